@@ -1,0 +1,104 @@
+"""Load the configuration from one YAML file plus `STAGESYNC_*` environment variables.
+
+Errors name the key as the user wrote it (`collections[0] (orders).business_key`), never a
+pydantic internal, and never echo a value that could hold a password.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from settings.model import Settings
+
+CONFIG_ENV = "STAGESYNC_CONFIG"
+DEFAULT_CONFIG = "stagesync.yaml"
+
+
+class ConfigError(Exception):
+    """A configuration that cannot be used; the message names every offending key."""
+
+
+def config_path(explicit: str | os.PathLike[str] | None = None) -> Path:
+    """`--config PATH`, else `STAGESYNC_CONFIG`, else ./stagesync.yaml."""
+    chosen = explicit or os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG
+    return Path(chosen)
+
+
+def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
+    source = config_path(path)
+    data = _read_yaml(source) if source.exists() else _missing(source, path)
+    try:
+        return Settings(**data)
+    except ValidationError as error:
+        raise ConfigError(format_validation_error(error, _labels(data), source)) from None
+
+
+def _labels(data: dict[str, Any]) -> dict[str, Any]:
+    """What the user wrote, for naming keys in errors; the environment wins, as in loading."""
+    override = os.environ.get("STAGESYNC_COLLECTIONS")
+    if override is None:
+        return data
+    try:
+        return {**data, "collections": json.loads(override)}
+    except ValueError:
+        return data
+
+
+def _missing(source: Path, explicit: str | os.PathLike[str] | None) -> dict[str, Any]:
+    if explicit or os.environ.get(CONFIG_ENV):
+        raise ConfigError(f"config file {source} does not exist")
+    # No file at all: the environment alone may carry the whole configuration.
+    return {}
+
+
+def _read_yaml(source: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(source.read_text(encoding="utf-8"))
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        raise ConfigError(f"{source}: not valid YAML{where}") from None
+    except OSError as error:
+        raise ConfigError(f"{source}: cannot read ({error.strerror})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping of keys")
+    return data
+
+
+def format_validation_error(error: ValidationError, data: dict[str, Any], source: Path) -> str:
+    lines = [f"invalid configuration ({source}):"]
+    for problem in error.errors():
+        key = _dotted(problem["loc"], data)
+        message = problem["msg"].removeprefix("Value error, ")
+        if problem["type"] == "extra_forbidden":
+            message = "unknown key"
+        elif problem["type"] == "missing":
+            message = "required key is missing"
+        lines.append(f"  {key}: {message}" if key else f"  {message}")
+    return "\n".join(lines)
+
+
+def _dotted(location: tuple[int | str, ...], data: dict[str, Any]) -> str:
+    """('collections', 0, 'business_key') -> 'collections[0] (orders).business_key'."""
+    parts: list[str] = []
+    node: Any = data
+    for item in location:
+        if isinstance(item, int):
+            label = f"[{item}]"
+            entry = node[item] if isinstance(node, list) and item < len(node) else None
+            if isinstance(entry, dict) and isinstance(entry.get("name"), str):
+                label += f" ({entry['name']})"
+            parts.append(label)
+            node = entry
+        else:
+            parts.append(f".{item}" if parts else str(item))
+            node = node.get(item) if isinstance(node, dict) else None
+    return "".join(parts)

@@ -1,0 +1,373 @@
+"""What to sync: the validated shape of a stagesync configuration.
+
+Every model forbids unknown keys, so a typo in the YAML file fails loudly instead of silently
+falling back to a default. Validators raise plain ``ValueError``s; ``settings.loader`` turns
+pydantic's error locations into the dotted key a user can find in their file.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+from typing import Annotated, Any, Literal
+
+from limits import RateLimitItem, parse
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from settings.durations import parse_duration
+from settings.pii_rules import PiiRule, parse_pii_rule
+
+# Queue names are `stagesync.<name>` and partitions `stagesync.<name>.<n>`, so a name must not
+# contain a dot; Redis keys and Prometheus labels are built from it too.
+COLLECTION_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,62}$")
+# MongoDB's own rules for database names (no `/\. "$*<>:|?`, at most 63 bytes).
+DATABASE_NAME = re.compile(r'^[^/\\. "$*<>:|?\x00]{1,63}$')
+RATE_UNITS = {"s": "second", "sec": "second", "m": "minute", "min": "minute", "h": "hour",
+              "d": "day"}
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ProductionSettings(StrictModel):
+    """Production is only ever read; its URI may be a replica-set URI with credentials."""
+
+    uri: str
+    read_concern: Literal["local", "majority"] = "majority"
+
+    @field_validator("uri")
+    @classmethod
+    def _uri_is_mongodb(cls, value: str) -> str:
+        return _check_mongodb_uri(value)
+
+
+class StagingSettings(StrictModel):
+    """Staging receives the merged documents and holds stagesync's own durable state."""
+
+    uri: str
+    write_concern: Literal["majority"] | Annotated[int, Field(ge=1)] = "majority"
+    # Checkpoints, version counters, the dead-letter store and leases live here.
+    state_db: str = "stagesync"
+
+    @field_validator("uri")
+    @classmethod
+    def _uri_is_mongodb(cls, value: str) -> str:
+        return _check_mongodb_uri(value)
+
+    @field_validator("state_db")
+    @classmethod
+    def _state_db_name(cls, value: str) -> str:
+        if not DATABASE_NAME.match(value):
+            raise ValueError(f"{value!r} is not a valid MongoDB database name")
+        return value
+
+
+class CollectionSettings(StrictModel):
+    """One production collection mirrored into one staging collection."""
+
+    name: str
+    source: str
+    target: str
+    business_key: list[str]
+    soft_delete_field: str = "deleted"
+    staging_fields: list[str] = []
+    pii: dict[str, PiiRule] = {}
+    rate_limit: str | None = None
+    partitions: Annotated[int, Field(ge=1, le=64)] = 1
+    filter: dict[str, Any] | None = None
+    schema_version_field: str | None = None
+    accepted_schema_versions: list[int | str] | None = None
+    purge_deleted_after: str | None = None
+    resync_chunk_size: Annotated[int, Field(ge=10, le=50_000)] = 1000
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not COLLECTION_NAME.match(value):
+            raise ValueError(
+                f"{value!r} cannot name a queue: use letters, digits, '_' or '-', starting with a "
+                "letter, no dots (queues are stagesync.<name> and stagesync.<name>.<n>)"
+            )
+        return value
+
+    @field_validator("source", "target")
+    @classmethod
+    def _namespace(cls, value: str) -> str:
+        database, _, collection = value.partition(".")
+        if not collection:
+            raise ValueError(f"{value!r} must be 'database.collection'")
+        if not DATABASE_NAME.match(database):
+            raise ValueError(f"{database!r} is not a valid MongoDB database name")
+        if "$" in collection or "\x00" in collection or collection.startswith("system."):
+            raise ValueError(f"{collection!r} is not a collection name MongoDB accepts")
+        return value
+
+    @field_validator("business_key")
+    @classmethod
+    def _business_key(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("must name at least one field")
+        for path in value:
+            _check_field_path(path)
+            if path == "_id" or path.startswith("_id."):
+                raise ValueError(
+                    "production _ids differ from staging _ids; use business fields instead"
+                )
+        if len(set(value)) != len(value):
+            raise ValueError("lists a field twice")
+        return value
+
+    @field_validator("soft_delete_field", "schema_version_field")
+    @classmethod
+    def _field_path(cls, value: str | None) -> str | None:
+        if value is not None:
+            _check_field_path(value)
+            if value == "_id" or value.startswith("_sync"):
+                raise ValueError(f"{value!r} is reserved")
+        return value
+
+    @field_validator("staging_fields")
+    @classmethod
+    def _staging_fields(cls, value: list[str]) -> list[str]:
+        for path in value:
+            _check_field_path(path)
+            if path == "_id" or path.split(".")[0] == "_sync":
+                raise ValueError(f"{path!r} is reserved")
+        return value
+
+    @field_validator("pii", mode="before")
+    @classmethod
+    def _pii(cls, value: Any) -> Any:
+        if not isinstance(value, dict):
+            return value
+        rules = {}
+        for path, rule in value.items():
+            _check_field_path(path)
+            if path == "_id" or path.startswith("_id."):
+                raise ValueError(
+                    "_id cannot be masked: production _ids travel through Redis so changes can "
+                    "be matched to documents; keep personal data out of _id"
+                )
+            rules[path] = parse_pii_rule(path, rule)
+        return rules
+
+    @field_validator("rate_limit")
+    @classmethod
+    def _rate_limit(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_rate_limit(value)
+        return value
+
+    @field_validator("purge_deleted_after")
+    @classmethod
+    def _purge_after(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_duration(value)
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> CollectionSettings:
+        if self.source == self.target:
+            raise ValueError(
+                f"target: must differ from source ({self.source}); a staging namespace that "
+                "mirrors production's makes a swapped URI write into production"
+            )
+        for path in self.business_key:
+            rule = self.pii.get(path)
+            if rule is not None and rule.kind != "hash":
+                raise ValueError(
+                    f"pii.{path}: business-key fields may only use 'hash' ('{rule.kind}' "
+                    + ("collapses keys" if rule.kind in ("drop", "redact", "null")
+                       else "values can collide and merge two records") + ")"
+                )
+            if path in self.staging_fields:
+                raise ValueError(f"staging_fields: {path!r} is part of the business key")
+        reserved = {self.soft_delete_field, self.schema_version_field}
+        for path in self.staging_fields:
+            if path in reserved:
+                raise ValueError(f"staging_fields: {path!r} is managed by stagesync")
+        if self.accepted_schema_versions is not None and self.schema_version_field is None:
+            raise ValueError("accepted_schema_versions: needs schema_version_field")
+        return self
+
+    @property
+    def queues(self) -> list[str]:
+        """Every Celery queue of this collection, partitions included."""
+        if self.partitions == 1:
+            return [f"stagesync.{self.name}"]
+        return [f"stagesync.{self.name}.{n}" for n in range(self.partitions)]
+
+    @property
+    def source_db(self) -> str:
+        return self.source.partition(".")[0]
+
+    @property
+    def source_collection(self) -> str:
+        return self.source.partition(".")[2]
+
+    @property
+    def target_db(self) -> str:
+        return self.target.partition(".")[0]
+
+    @property
+    def target_collection(self) -> str:
+        return self.target.partition(".")[2]
+
+    def rate_limit_item(self) -> RateLimitItem | None:
+        return parse_rate_limit(self.rate_limit) if self.rate_limit else None
+
+    def purge_after(self) -> timedelta | None:
+        return parse_duration(self.purge_deleted_after) if self.purge_deleted_after else None
+
+
+class WatcherSettings(StrictModel):
+    """How the watcher batches, bounds and checkpoints what it reads."""
+
+    batch_max_size: Annotated[int, Field(ge=1, le=10_000)] = 500
+    batch_max_wait_ms: Annotated[int, Field(ge=0, le=5_000)] = 20
+    max_unapplied: Annotated[int, Field(ge=10)] = 20_000
+    inflight_timeout_seconds: Annotated[float, Field(gt=0)] = 600.0
+    checkpoint_interval_seconds: Annotated[float, Field(gt=0)] = 1.0
+    lease_seconds: Annotated[float, Field(ge=2)] = 15.0
+    idle_sleep_ms: Annotated[int, Field(ge=1, le=1_000)] = 20
+
+
+class WorkerSettings(StrictModel):
+    """At-least-once delivery on Redis: how long a message may stay unacknowledged and how
+    often a change is tried before it is dead-lettered."""
+
+    visibility_timeout_seconds: Annotated[int, Field(ge=10)] = 300
+    task_time_limit_seconds: Annotated[int, Field(ge=5)] = 240
+    max_deliveries: Annotated[int, Field(ge=1, le=100)] = 3
+    max_retries: Annotated[int, Field(ge=0, le=100)] = 8
+    retry_backoff_max_seconds: Annotated[float, Field(gt=0)] = 60.0
+
+    @model_validator(mode="after")
+    def _below_visibility(self) -> WorkerSettings:
+        # Redis redelivers a task whose countdown outlives the visibility timeout, and a task
+        # that runs longer than it is handed to a second worker while the first still works.
+        if self.retry_backoff_max_seconds >= self.visibility_timeout_seconds:
+            raise ValueError(
+                "retry_backoff_max_seconds: must stay below visibility_timeout_seconds"
+            )
+        if self.task_time_limit_seconds >= self.visibility_timeout_seconds:
+            raise ValueError("task_time_limit_seconds: must stay below visibility_timeout_seconds")
+        return self
+
+
+class StatusSettings(StrictModel):
+    lag_threshold_seconds: Annotated[float, Field(gt=0)] = 60.0
+    stalled_after_seconds: Annotated[float, Field(gt=0)] = 120.0
+
+
+class MetricsSettings(StrictModel):
+    # Watcher port; each worker child process serves on port + 1 + its pool index when
+    # worker_port_base is set (see README, "Metrics").
+    watcher_port: Annotated[int, Field(ge=0, le=65535)] = 0
+    worker_port_base: Annotated[int, Field(ge=0, le=65535)] = 0
+
+
+class Settings(BaseSettings):
+    """The whole configuration; see README, "Configuration reference".
+
+    Values come from keyword arguments (the YAML file, see `settings.loader`) overridden by
+    `STAGESYNC_*` environment variables, `__` separating nested keys.
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix="STAGESYNC_", env_nested_delimiter="__", extra="forbid", frozen=True
+    )
+
+    prod: ProductionSettings
+    staging: StagingSettings
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    pii_secret: SecretStr | None = None
+    collections: list[CollectionSettings]
+    watcher: WatcherSettings = WatcherSettings()
+    worker: WorkerSettings = WorkerSettings()
+    status: StatusSettings = StatusSettings()
+    metrics: MetricsSettings = MetricsSettings()
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str) -> str:
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return value
+
+    @field_validator("collections")
+    @classmethod
+    def _collections(cls, value: list[CollectionSettings]) -> list[CollectionSettings]:
+        if not value:
+            raise ValueError("must configure at least one collection")
+        for kind in ("name", "target"):
+            seen: set[str] = set()
+            for index, collection in enumerate(value):
+                item = getattr(collection, kind)
+                if item in seen:
+                    raise ValueError(f"{index}.{kind}: {item!r} is configured twice")
+                seen.add(item)
+        return value
+
+    @model_validator(mode="after")
+    def _secret_for_keyed_rules(self) -> Settings:
+        for index, collection in enumerate(self.collections):
+            for path, rule in collection.pii.items():
+                if rule.keyed and self.pii_secret is None:
+                    raise ValueError(
+                        f"collections.{index}.pii.{path}: '{rule.kind}' needs pii_secret "
+                        "(set STAGESYNC_PII_SECRET)"
+                    )
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Environment first so it overrides the file; no dotenv or secrets-dir magic.
+        return (env_settings, init_settings)
+
+    def collection(self, name: str) -> CollectionSettings:
+        for collection in self.collections:
+            if collection.name == name:
+                return collection
+        known = ", ".join(c.name for c in self.collections)
+        raise KeyError(f"no collection named {name!r} in the configuration (known: {known})")
+
+    def secret_bytes(self) -> bytes:
+        return self.pii_secret.get_secret_value().encode() if self.pii_secret else b""
+
+
+def parse_rate_limit(value: str) -> RateLimitItem:
+    """Parse `2000/s`, `120/min` or any `limits` expression into one rate limit item."""
+    text = value.strip()
+    match = re.fullmatch(r"(\d+)\s*/\s*(\d*)\s*([A-Za-z]+)", text)
+    if match:
+        amount, multiple, unit = match.groups()
+        unit = RATE_UNITS.get(unit.lower(), unit)
+        text = f"{amount}/{multiple}{unit}" if multiple else f"{amount}/{unit}"
+    try:
+        item = parse(text)
+    except ValueError as error:
+        raise ValueError(f"{value!r} is not a rate such as '2000/s' or '100/minute'") from error
+    if item.amount < 1:
+        raise ValueError(f"{value!r} allows nothing")
+    return item
+
+
+def _check_field_path(path: str) -> None:
+    if not path or any(not part or part.startswith("$") for part in path.split(".")):
+        raise ValueError(f"{path!r} is not a field path such as 'customer.email'")
+
+
+def _check_mongodb_uri(value: str) -> str:
+    if not value.startswith(("mongodb://", "mongodb+srv://")):
+        raise ValueError("must start with mongodb:// or mongodb+srv://")
+    return value
