@@ -115,6 +115,8 @@ class CollectionSettings(StrictModel):
                 raise ValueError(
                     "production _ids differ from staging _ids; use business fields instead"
                 )
+            if path.split(".")[0] == "_sync":
+                raise ValueError("_sync is stagesync's own metadata")
         if len(set(value)) != len(value):
             raise ValueError("lists a field twice")
         return value

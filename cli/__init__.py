@@ -1,0 +1,1 @@
+"""The stagesync command line and its local-server helpers."""

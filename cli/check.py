@@ -1,0 +1,113 @@
+"""`stagesync check`: is this configuration usable, here and now?
+
+Errors (exit 1): a deployment or Redis that does not answer, staging that is production.
+Warnings (exit 0): things that will not stop the sync but will surprise someone, found by
+sampling production documents: the soft-delete field already used by production, business-key
+fields missing, PII rules that match nothing, staging masked under older PII rules.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+from pymongo.errors import PyMongoError
+from rich.console import Console
+
+from settings.logs import redact_uri
+from settings.model import CollectionSettings, Settings
+from tasks.pii_state import masking_drift
+from tasks.rules.identity import business_key, key_paths
+from tasks.rules.paths import has_path, split_dotted
+from tasks.rules.pii import paths_matched
+from tasks.staging import connect_staging
+from watcher.guard import SameDeploymentError, assert_distinct_deployments
+from watcher.production import ProductionReader
+
+SAMPLE = 20
+TIMEOUT_MS = 5000
+
+
+def run_check(settings: Settings, console: Console) -> int:
+    problems: list[str] = []
+    warnings: list[str] = []
+    console.print(f"configuration: ok ({len(settings.collections)} collection(s): "
+                  f"{', '.join(c.name for c in settings.collections)})")
+    production = ProductionReader(settings.prod, serverSelectionTimeoutMS=TIMEOUT_MS)
+    staging = connect_staging(settings.staging, serverSelectionTimeoutMS=TIMEOUT_MS)
+    reached = {"production": _reach(production.ping, "production", problems),
+               "staging": _reach(lambda: staging.admin.command("ping"), "staging", problems)}
+    try:
+        client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=3,
+                                      socket_timeout=3)
+        client.ping()
+        console.print("redis: reachable")
+    except redis.RedisError as error:
+        problems.append(f"redis unreachable ({redact_uri(settings.redis_url)}): {error}")
+    for name, ok in reached.items():
+        if ok:
+            console.print(f"{name}: reachable")
+    if all(reached.values()):
+        try:
+            assert_distinct_deployments(production, staging, settings.staging.state_db)
+            console.print("deployments: production and staging are distinct")
+        except SameDeploymentError as error:
+            problems.append(str(error))
+        for collection in settings.collections:
+            warnings.extend(_sample_warnings(production, collection))
+            drift = masking_drift(staging[settings.staging.state_db], settings, collection)
+            if drift:
+                warnings.append(f"{collection.name}: {drift}")
+    production.close()
+    staging.close()
+    for warning in warnings:
+        console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
+    for problem in problems:
+        console.print(f"[red]error:[/red] {redact_uri(problem)}", highlight=False)
+    if problems:
+        return 1
+    console.print("[green]check passed[/green]")
+    return 0
+
+
+def _reach(ping: Any, name: str, problems: list[str]) -> bool:
+    try:
+        ping()
+        return True
+    except PyMongoError as error:
+        problems.append(f"{name} unreachable: {type(error).__name__}: {str(error)[:300]}")
+        return False
+
+
+def _sample_warnings(production: ProductionReader, collection: CollectionSettings) -> list[str]:
+    source = production.collection(collection)
+    try:
+        sample = list(source.find(collection.filter or {}, limit=SAMPLE))
+    except PyMongoError as error:
+        return [f"{collection.name}: cannot read {collection.source}: {error}"]
+    if not sample:
+        return [f"{collection.name}: {collection.source} has no documents to sample"]
+    found: list[str] = []
+    soft_delete = split_dotted(collection.soft_delete_field)
+    if any(has_path(doc, soft_delete) for doc in sample):
+        found.append(
+            f"{collection.name}: production documents already have a "
+            f"'{collection.soft_delete_field}' field; the sync owns it in staging "
+            "(set soft_delete_field to another name)"
+        )
+    paths = key_paths(collection.business_key)
+    missing = sum(1 for doc in sample if business_key(doc, paths) is None)
+    if missing:
+        found.append(
+            f"{collection.name}: {missing} of {len(sample)} sampled documents lack the business "
+            f"key ({', '.join(collection.business_key)}); they will be dead-lettered"
+        )
+    matched: set[str] = set()
+    for doc in sample:
+        matched |= paths_matched(doc, collection.pii)
+    for path in sorted(set(collection.pii) - matched):
+        found.append(
+            f"{collection.name}: pii rule '{path}' matches nothing in {len(sample)} sampled "
+            "documents (typo?)"
+        )
+    return found

@@ -1,0 +1,110 @@
+"""`stagesync dlq list|show|replay|purge`: the dead-letter store from the command line."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from cli.jobs import follow
+from settings.model import Settings
+from tasks.app import app as celery_app
+from tasks.dead_letters import DeadLetterStore, summarize
+from tasks.replay import start_replay
+from tasks.staging import connect_staging
+
+REPLAY_TIMEOUT = 300.0
+
+
+def _store(settings: Settings) -> tuple[Any, DeadLetterStore]:
+    client = connect_staging(settings.staging, serverSelectionTimeoutMS=10_000)
+    return client, DeadLetterStore(client[settings.staging.state_db])
+
+
+def _plain(entry: dict[str, Any]) -> dict[str, Any]:
+    return {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in entry.items()}
+
+
+def list_entries(settings: Settings, collection: str | None, reason: str | None,
+                 json_output: bool, console: Console) -> int:
+    client, store = _store(settings)
+    entries = list(store.list(collection, reason))
+    client.close()
+    if json_output:
+        console.print_json(json.dumps([_plain(e) for e in entries]))
+        return 0
+    if not entries:
+        console.print("dead-letter store is empty" + (f" for {collection}" if collection else ""))
+        return 0
+    table = Table(title=f"{len(entries)} dead-lettered change(s)")
+    for column in ("collection", "production _id", "op", "reason", "attempts", "first seen",
+                   "last seen", "error"):
+        table.add_column(column)
+    for entry in entries:
+        table.add_row(
+            entry.get("collection"), entry.get("pid"), entry.get("op"), entry.get("reason"),
+            str(entry.get("attempts")), f"{entry.get('firstSeen'):%Y-%m-%d %H:%M:%S}",
+            f"{entry.get('lastSeen'):%Y-%m-%d %H:%M:%S}", str(entry.get("error"))[:60],
+        )
+    console.print(table)
+    console.print(", ".join(f"{reason}: {n}" for reason, n in summarize(entries).items()))
+    return 0
+
+
+def show_entry(settings: Settings, collection: str | None, pid: str, console: Console) -> int:
+    client, store = _store(settings)
+    names = [collection] if collection else [c.name for c in settings.collections]
+    found = [e for name in names if (e := store.get(name, pid)) is not None]
+    client.close()
+    if not found:
+        console.print(f"no dead-letter entry for {pid}")
+        return 1
+    for entry in found:
+        console.print_json(json.dumps(_plain(entry)))
+    return 0
+
+
+def replay_entries(settings: Settings, collection: str | None, reason: str | None,
+                   pids: list[str], console: Console) -> int:
+    client, store = _store(settings)
+    state_db = client[settings.staging.state_db]
+    names = [collection] if collection else [c.name for c in settings.collections]
+    failing = 0
+    for name in names:
+        if not any(True for _ in store.list(name, reason, limit=1)):
+            continue
+        job = start_replay(celery_app, state_db, name, settings.collection(name).queues[0],
+                           pids or None, reason)
+        final = follow(console, lambda job=job: _job(state_db, job), f"replay {name}",
+                       REPLAY_TIMEOUT)
+        if final is None:
+            console.print(f"[red]replay of {name} did not finish (are workers running?)[/red]")
+            failing += 1
+            continue
+        summary = final.get("summary", {})
+        console.print(f"{name}: {summary.get('resolved', 0)} resolved, "
+                      f"{summary.get('still_failing', 0)} still failing")
+        failing += int(summary.get("still_failing", 0))
+    client.close()
+    return 1 if failing else 0
+
+
+def _job(state_db: Any, job_id: str) -> dict[str, Any]:
+    record = state_db["resyncs"].find_one({"_id": job_id}) or {}
+    summary = record.get("summary") or {}
+    return {"state": record.get("state"), "total": summary.get("entries"),
+            "done": summary.get("entries", 0), "summary": summary}
+
+
+def purge_entries(settings: Settings, collection: str | None, pids: list[str] | None,
+                  console: Console) -> int:
+    client, store = _store(settings)
+    if pids and not collection:
+        console.print("[red]--id needs --collection[/red]")
+        return 2
+    removed = store.purge(collection, pids)
+    client.close()
+    console.print(f"purged {removed} dead-letter entr{'y' if removed == 1 else 'ies'}")
+    return 0

@@ -1,0 +1,236 @@
+"""One apply: version, production read, staging read, plan, one bulk write, re-plan the losers.
+
+Shared by stream batches, resync chunks and dead-letter replays, so every path that writes
+staging takes its version the same way, masks PII the same way and merges by the same rules.
+
+Rounds: a change can lose a race (another apply wrote the document between our read and our
+write), or wait on a business key that another document of this batch frees first. Such
+changes are re-planned against a fresh staging read, with the same version (our production
+read still happened after the version was taken). A handful of rounds settles every realistic
+batch; what remains after that is contention, raised as a transient error so the task retries
+with a new version.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from pymongo import MongoClient
+from pymongo.database import Database
+
+from settings.model import CollectionSettings
+from tasks.dead_letters import DeadLetterEntry, DeadLetterStore
+from tasks.rules.identity import decode_id, encode_id
+from tasks.rules.pii import Masker
+from tasks.rules.plan import CollectionRules, DeadLetter, PlannedWrite, plan_batch
+from tasks.staging import DUPLICATE_KEY, TargetCollection
+from tasks.versions import take_version
+from watcher.production import ReadOnlyCollection, read_documents
+
+MAX_ROUNDS = 6
+# Outcomes after which the document holds this apply's read (or a newer one).
+DONE_OUTCOMES = frozenset({"created", "updated", "unchanged", "soft_deleted", "tombstoned"})
+
+Document = dict[str, Any]
+
+
+class ContentionError(RuntimeError):
+    """Writes kept losing races for several rounds; retry the task with a new version."""
+
+
+@dataclass
+class ApplyContext:
+    """Everything one collection's applies need, built once per worker process."""
+
+    settings: CollectionSettings
+    rules: CollectionRules
+    masker: Masker
+    production: ReadOnlyCollection
+    target: TargetCollection
+    state_db: Database[Document]
+    dead_letters: DeadLetterStore
+
+    @classmethod
+    def build(
+        cls,
+        settings: CollectionSettings,
+        masker: Masker,
+        production: ReadOnlyCollection,
+        staging: MongoClient[Document],
+        state_db: Database[Document],
+        dead_letters: DeadLetterStore,
+    ) -> ApplyContext:
+        rules = CollectionRules.from_settings(settings)
+        return cls(settings, rules, masker, production,
+                   TargetCollection(staging, settings, rules), state_db, dead_letters)
+
+    @property
+    def name(self) -> str:
+        return self.settings.name
+
+    def read_production(self, pids: Iterable[str]) -> dict[str, Document | None]:
+        """Current production documents, masked the moment they are read; None when gone."""
+        wanted = list(dict.fromkeys(pids))
+        found: dict[str, Document | None] = dict.fromkeys(wanted)
+        documents = read_documents(
+            self.production, [decode_id(pid) for pid in wanted], self.settings.filter
+        )
+        for document in documents:
+            pid = encode_id(document["_id"])
+            if pid in found:
+                found[pid] = self.masker.mask(document)
+        return found
+
+
+@dataclass
+class ApplyResult:
+    version: int
+    outcomes: Counter[str] = field(default_factory=Counter)
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+    rounds: int = 0
+    staging_writes: int = 0
+
+    @property
+    def dead_lettered(self) -> int:
+        return len(self.dead_letters)
+
+
+def apply_changes(context: ApplyContext, ops: Mapping[str, str]) -> ApplyResult:
+    """Apply the changes of these production `_id`s (pid -> operation seen in the stream)."""
+    version = take_version(context.state_db, context.name)
+    production = context.read_production(ops)
+    return apply_documents(context, version, production, ops)
+
+
+def apply_documents(
+    context: ApplyContext,
+    version: int,
+    production: dict[str, Document | None],
+    ops: Mapping[str, str],
+) -> ApplyResult:
+    """Write what production holds for these pids; `production` was read after `version`."""
+    result = ApplyResult(version)
+    now = datetime.now(UTC)
+    pending = set(production)
+    done: set[str] = set()
+    dead: dict[str, DeadLetter] = {}
+    woken: set[str] = set()
+    lost: set[str] = set()
+    for _ in range(MAX_ROUNDS):
+        result.rounds += 1
+        view = context.target.read_view(sorted(pending), production)
+        plan = plan_batch(
+            version=version, now=now, pids=pending, production=production, staging=view,
+            rules=context.rules,
+        )
+        if plan.need_production:
+            # A live document holds a key we want: decide on its production document's
+            # current state, and apply that document's change in the same batch.
+            production.update(context.read_production(plan.need_production))
+            pending |= plan.need_production
+            continue
+        if plan.releases:
+            context.target.execute(plan.releases)
+            result.staging_writes += len(plan.releases)
+        lost = _execute(context, plan.writes, version, result, dead, done)
+        result.outcomes["superseded"] += len(plan.superseded)
+        done.update(plan.superseded)
+        for letter in plan.dead_letters:
+            dead[letter.pid] = letter
+        pending = set(plan.deferred) | lost
+        waiting = _waiting_on(context, plan.released_keys) - woken - pending
+        if waiting:
+            woken |= waiting
+            production.update(context.read_production(waiting))
+            pending |= waiting
+        if not pending:
+            break
+    else:
+        if lost:
+            raise ContentionError(
+                f"{len(lost)} change(s) of {context.name} kept losing write races"
+            )
+        for pid in pending:
+            document = production.get(pid)
+            key = context.rules.key_of(document) if document else None
+            dead[pid] = DeadLetter(
+                pid, "key_conflict", "business key still held by another document", key
+            )
+    _settle_dead_letters(context, version, ops, dead, done, result)
+    return result
+
+
+def _execute(
+    context: ApplyContext,
+    writes: list[PlannedWrite],
+    version: int,
+    result: ApplyResult,
+    dead: dict[str, DeadLetter],
+    done: set[str],
+) -> set[str]:
+    """Run one round's writes; return the pids whose write lost a race."""
+    if not writes:
+        return set()
+    report = context.target.execute(writes)
+    result.staging_writes += len(writes)
+    lost: set[str] = set()
+    for index, (code, message) in report.failed.items():
+        write = writes[index]
+        if write.pid is None:
+            continue
+        if code == DUPLICATE_KEY:
+            lost.add(write.pid)  # an insert raced another apply for the same pid or key
+        else:
+            dead[write.pid] = DeadLetter(write.pid, "write_error", f"code {code}: {message}")
+    failed = {writes[index].pid for index in report.failed}
+    unsure = [w.pid for w in writes if w.pid and not w.is_insert and w.pid not in failed]
+    stored = context.target.versions_of(unsure) if not report.matched_all and unsure else {}
+    for write in writes:
+        pid = write.pid
+        if pid is None or pid in failed:
+            continue
+        if pid in stored or (not report.matched_all and pid in unsure):
+            current = stored.get(pid)
+            if current is None or current < version:
+                lost.add(pid)
+                continue
+            if current > version:
+                result.outcomes["superseded"] += 1
+                done.add(pid)
+                continue
+        result.outcomes[write.outcome] += 1
+        done.add(pid)
+    return lost
+
+
+def _waiting_on(context: ApplyContext, released_keys: set[str]) -> set[str]:
+    if not released_keys or not context.dead_letters.may_have_entries(context.name):
+        return set()
+    return set(context.dead_letters.waiting_on_keys(context.name, released_keys))
+
+
+def _settle_dead_letters(
+    context: ApplyContext,
+    version: int,
+    ops: Mapping[str, str],
+    dead: dict[str, DeadLetter],
+    done: set[str],
+    result: ApplyResult,
+) -> None:
+    """Record this apply's dead letters and drop older entries it has made obsolete."""
+    result.dead_letters = list(dead.values())
+    result.outcomes["dead_lettered"] += len(dead)
+    context.dead_letters.record(
+        DeadLetterEntry(
+            collection=context.name, pid=letter.pid, op=ops.get(letter.pid, "related"),
+            reason=letter.reason, error=letter.detail, key=letter.key, version=version,
+        )
+        for letter in dead.values()
+    )
+    resolved = done - set(dead)
+    if resolved and context.dead_letters.may_have_entries(context.name):
+        context.dead_letters.clear(context.name, resolved, older_than=version)

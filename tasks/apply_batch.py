@@ -1,0 +1,105 @@
+"""The stream's task: apply one batch of changes of one collection (one queue partition).
+
+One message is one ack-and-retry unit. A message is acknowledged only after its changes are
+done: written, superseded, a no-op or dead-lettered. Failure handling, in order:
+- the infrastructure failed (server down, step-down, network): retry with exponential backoff
+  and jitter, capped below the visibility timeout so Redis does not redeliver a waiting task;
+- the batch failed for another reason: split it in two and enqueue both halves, until the bad
+  change stands alone; a lone change is retried `max_retries` times, then dead-lettered;
+- the message keeps killing its worker (started more than `max_deliveries` times without
+  finishing): split or dead-letter it the same way instead of looping.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Sequence
+
+from celery import Task
+
+from tasks.app import app
+from tasks.applier import apply_changes
+from tasks.constants import APPLY_BATCH
+from tasks.dead_letters import DeadLetterEntry
+from tasks.errors import describe_error, is_transient
+from tasks.publish import Change, publish_apply
+from tasks.runtime import Runtime, get_runtime
+
+log = logging.getLogger("stagesync.apply")
+
+
+@app.task(name=APPLY_BATCH, bind=True, acks_late=True, reject_on_worker_lost=True)
+def apply_batch(
+    self: Task, collection: str, batch: str | None, part: str, changes: list[list[str]]
+) -> None:
+    runtime = get_runtime()
+    settings = runtime.settings.worker
+    pairs: list[Change] = [(pid, op) for pid, op in changes]
+    started = runtime.count_delivery(self.request.id, self.request.retries)
+    if started > settings.max_deliveries:
+        log.error(
+            "message keeps failing its worker",
+            extra={"collection": collection, "changes": len(pairs), "deliveries": started},
+        )
+        _isolate(runtime, self, collection, batch, part, pairs, "poison",
+                 f"worker lost {started - 1} times while applying")
+        return
+    ops = dict(pairs)
+    began = time.monotonic()
+    try:
+        waited = runtime.rate_limiter.acquire(collection, len(ops))
+        result = apply_changes(runtime.context(collection), ops)
+    except Exception as error:
+        if is_transient(error):
+            countdown = _backoff(self.request.retries, settings.retry_backoff_max_seconds)
+            log.warning(
+                "transient failure, retrying",
+                extra={"collection": collection, "error": describe_error(error),
+                       "retry_in": round(countdown, 2), "attempt": self.request.retries + 1},
+            )
+            raise self.retry(exc=error, countdown=countdown, max_retries=None) from None
+        if len(pairs) == 1 and self.request.retries < settings.max_retries:
+            raise self.retry(
+                exc=error, countdown=_backoff(self.request.retries, 5.0), max_retries=None
+            ) from None
+        log.exception("apply failed", extra={"collection": collection, "changes": len(pairs)})
+        _isolate(runtime, self, collection, batch, part, pairs, "apply_error",
+                 describe_error(error))
+        return
+    runtime.report_done(collection, batch, part, result)
+    log.info(
+        "applied",
+        extra={
+            "collection": collection, "changes": len(ops), "version": result.version,
+            "rounds": result.rounds, "writes": result.staging_writes,
+            "outcomes": dict(result.outcomes), "rate_wait_s": round(waited, 3),
+            "seconds": round(time.monotonic() - began, 4),
+        },
+    )
+
+
+def _isolate(
+    runtime: Runtime, task: Task, collection: str, batch: str | None, part: str,
+    pairs: Sequence[Change], reason: str, error: str,
+) -> None:
+    """Split a failing batch in two, or dead-letter a lone failing change."""
+    queue = task.request.delivery_info.get("routing_key") or runtime.settings.collection(
+        collection
+    ).queues[0]
+    if len(pairs) > 1:
+        middle = len(pairs) // 2
+        publish_apply(app, queue, collection, batch, part + "0", pairs[:middle])
+        publish_apply(app, queue, collection, batch, part + "1", pairs[middle:])
+        return
+    pid, op = pairs[0]
+    runtime.dead_letters.record(
+        [DeadLetterEntry(collection=collection, pid=pid, op=op, reason=reason, error=error)]
+    )
+    runtime.report_done(collection, batch, part, None, {"dead_lettered": 1})
+
+
+def _backoff(attempt: int, cap: float) -> float:
+    """Exponential backoff with full jitter: 0.5 s, 1 s, 2 s ... up to `cap`."""
+    return random.uniform(0.1, min(cap, 0.5 * 2**attempt))

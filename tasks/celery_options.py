@@ -1,0 +1,49 @@
+"""Celery settings derived from a stagesync configuration.
+
+At-least-once on Redis: late acks, requeue when a worker process dies, one message reserved
+per process, and a visibility timeout after which Redis hands an unacknowledged message to
+another worker (that is how work held by a SIGKILLed worker comes back). Results are not
+stored: progress and outcomes live in staging and in the watcher's done reports.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kombu import Queue
+
+from settings.model import Settings
+from tasks.routing import all_queues
+
+
+def celery_options(settings: Settings) -> dict[str, Any]:
+    worker = settings.worker
+    queues = all_queues(settings)
+    return {
+        "broker_url": settings.redis_url,
+        "broker_connection_retry_on_startup": True,
+        "broker_transport_options": {
+            "visibility_timeout": worker.visibility_timeout_seconds,
+            "socket_timeout": 30,
+            "socket_connect_timeout": 10,
+            "retry_on_timeout": True,
+        },
+        "task_queues": [Queue(name, routing_key=name) for name in queues],
+        "task_default_queue": queues[0],
+        "task_create_missing_queues": False,
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "task_ignore_result": True,
+        "result_backend": None,
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "task_acks_on_failure_or_timeout": True,
+        "worker_prefetch_multiplier": 1,
+        "task_time_limit": worker.task_time_limit_seconds,
+        "task_soft_time_limit": max(worker.task_time_limit_seconds - 15, 1),
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+        "worker_hijack_root_logger": False,
+        "worker_max_memory_per_child": 400_000,  # KiB: a leaking child is replaced
+        "enable_utc": True,
+    }

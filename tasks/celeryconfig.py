@@ -1,0 +1,9 @@
+"""Read by Celery the first time it needs its configuration (see `tasks.app`)."""
+
+from settings import ConfigError, load_settings
+from tasks.celery_options import celery_options
+
+try:
+    globals().update(celery_options(load_settings()))
+except ConfigError as error:  # a worker without a usable config must say why and stop
+    raise SystemExit(f"stagesync: {error}") from None

@@ -1,0 +1,59 @@
+"""Which PII rules the documents in staging were masked under.
+
+Workers record the fingerprint of the rules (and secret) they mask with; a completed full
+resync resets the record to its own. When more than the current fingerprint is on record,
+some staging documents still carry values masked the old way, and `check` and `status` say
+that a resync re-applies the current rules.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from pymongo.database import Database
+
+from settings.model import CollectionSettings, Settings
+from tasks.constants import RUNTIME
+from tasks.rules.pii import rules_fingerprint
+
+
+def _record_id(collection: str) -> str:
+    return f"pii:{collection}"
+
+
+def record_masking(state_db: Database[dict[str, Any]], collection: str, fingerprint: str) -> None:
+    state_db[RUNTIME].update_one(
+        {"_id": _record_id(collection)},
+        {"$set": {"current": fingerprint, "updatedAt": datetime.now(UTC)},
+         "$addToSet": {"seen": fingerprint}},
+        upsert=True,
+    )
+
+
+def reset_after_resync(
+    state_db: Database[dict[str, Any]], collection: str, fingerprint: str
+) -> None:
+    state_db[RUNTIME].update_one(
+        {"_id": _record_id(collection)},
+        {"$set": {"current": fingerprint, "seen": [fingerprint],
+                  "resyncedAt": datetime.now(UTC)}},
+        upsert=True,
+    )
+
+
+def masking_drift(
+    state_db: Database[dict[str, Any]], settings: Settings, collection: CollectionSettings
+) -> str | None:
+    """A sentence for the user when staging holds documents masked under other rules."""
+    current = rules_fingerprint(collection.pii, settings.secret_bytes())
+    record = state_db[RUNTIME].find_one({"_id": _record_id(collection.name)})
+    if not record:
+        return None
+    older = [fp for fp in record.get("seen") or [] if fp != current]
+    if not older:
+        return None
+    return (
+        "staging documents were masked under other PII rules or another pii_secret; run "
+        f"`stagesync resync {collection.name}` to re-apply the current rules"
+    )

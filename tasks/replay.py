@@ -1,0 +1,79 @@
+"""Dead-letter replay: apply dead-lettered changes again through the normal apply path.
+
+An entry goes only when its change is done this time (written, superseded or a no-op): the
+apply clears the entries it makes obsolete and records the ones that fail again, with their
+attempts counted. Replays take versions like any apply, so a replay can never bring back an
+older state than the stream has written since.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections import Counter
+from datetime import UTC, datetime
+from typing import Any
+
+from celery import Celery, Task
+from pymongo.database import Database
+
+from tasks.app import app
+from tasks.applier import apply_changes
+from tasks.constants import REPLAY_DEAD_LETTERS, RESYNCS
+from tasks.errors import is_transient
+from tasks.runtime import get_runtime
+
+log = logging.getLogger("stagesync.replay")
+
+REPLAY_BATCH = 200
+
+
+def start_replay(
+    celery: Celery, state_db: Database[dict[str, Any]], collection: str, queue: str,
+    pids: list[str] | None = None, reason: str | None = None,
+) -> str:
+    job_id = f"replay-{collection}-{uuid.uuid4().hex[:8]}"
+    state_db[RESYNCS].insert_one({
+        "_id": job_id, "kind": "replay", "collection": collection, "state": "queued",
+        "startedAt": datetime.now(UTC), "reason": reason,
+    })
+    celery.send_task(REPLAY_DEAD_LETTERS, args=[collection, job_id, pids, reason], queue=queue)
+    return job_id
+
+
+@app.task(name=REPLAY_DEAD_LETTERS, bind=True, acks_late=True, reject_on_worker_lost=True)
+def replay_dead_letters(
+    self: Task, collection: str, job_id: str | None = None, pids: list[str] | None = None,
+    reason: str | None = None,
+) -> dict[str, int]:
+    runtime = get_runtime()
+    context = runtime.context(collection)
+    wanted = set(pids) if pids else None
+    entries = [
+        entry for entry in runtime.dead_letters.list(collection, reason)
+        if wanted is None or entry["pid"] in wanted
+    ]
+    counts: Counter[str] = Counter()
+    try:
+        for start in range(0, len(entries), REPLAY_BATCH):
+            chunk = entries[start:start + REPLAY_BATCH]
+            ops = {entry["pid"]: str(entry.get("op") or "replay") for entry in chunk}
+            runtime.rate_limiter.acquire(collection, len(ops))
+            result = apply_changes(context, ops)
+            counts.update(result.outcomes)
+            runtime.report_done(collection, None, "", result)
+    except Exception as error:
+        if is_transient(error):
+            raise self.retry(exc=error, countdown=5, max_retries=None) from None
+        raise
+    summary = {
+        "entries": len(entries),
+        "resolved": len(entries) - counts.get("dead_lettered", 0),
+        "still_failing": counts.get("dead_lettered", 0),
+    }
+    if job_id:
+        runtime.state_db[RESYNCS].update_one({"_id": job_id}, {"$set": {
+            "state": "done", "finishedAt": datetime.now(UTC), "summary": summary,
+        }})
+    log.info("dead letters replayed", extra={"collection": collection, **summary})
+    return summary

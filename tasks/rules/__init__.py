@@ -1,0 +1,1 @@
+"""Merge rules: pure functions with no I/O (fields, keys, plans, PII)."""

@@ -1,0 +1,57 @@
+"""How a document is recognised across deployments: encoded production `_id`s and business keys.
+
+Production `_id`s travel through Redis and are stored in staging as canonical Extended JSON
+strings. Strings (not the raw values) because some servers cannot match an ObjectId held
+outside `_id`, and canonical Extended JSON because it keeps types apart: `ObjectId("ab…")`,
+`"ab…"`, `1` and `1.0` each get their own spelling.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from bson import json_util
+from bson.json_util import CANONICAL_JSON_OPTIONS
+
+from tasks.rules.paths import Path, get_path, split_dotted
+
+_ABSENT = object()
+
+
+def encode_id(value: Any) -> str:
+    """A production `_id` as a type-preserving string."""
+    return json_util.dumps(value, json_options=CANONICAL_JSON_OPTIONS)
+
+
+def decode_id(encoded: str) -> Any:
+    return json_util.loads(encoded, json_options=CANONICAL_JSON_OPTIONS)
+
+
+def key_paths(business_key: Sequence[str]) -> list[Path]:
+    return [split_dotted(field) for field in business_key]
+
+
+def business_key(document: Mapping[str, Any], paths: Sequence[Path]) -> list[Any] | None:
+    """The values of the business-key fields, or None when any is missing or null.
+
+    A null key cannot tell two records apart, so it counts as missing.
+    """
+    values = []
+    for path in paths:
+        value = get_path(document, path, _ABSENT)
+        if value is _ABSENT or value is None:
+            return None
+        values.append(value)
+    return values
+
+
+def key_digest(values: Sequence[Any]) -> str:
+    """A fixed-size, type-preserving digest of a business key, held in `_sync.key`.
+
+    The unique index sits on this digest instead of the raw fields so that a compound key of
+    any size and type costs one short indexed string.
+    """
+    canonical = json_util.dumps(list(values), json_options=CANONICAL_JSON_OPTIONS)
+    return hashlib.sha256(canonical.encode()).hexdigest()

@@ -1,0 +1,390 @@
+"""Deciding what one apply writes: the merge rules for a whole batch, as a pure function.
+
+Input: the version this apply took, what it read from production (already masked) and what it
+read from staging. Output: conditional writes plus the changes that must wait, dead-letter or
+give way. Each write expects the staging document to be exactly as read (`_sync.v` compare-
+and-swap), so a write computed from a stale read never lands; `tasks.applier` re-reads and
+re-plans the few that lose a race. Uniqueness of `_sync.pid` and `_sync.key` is enforced by
+indexes; this module only plans writes that keep both unique when applied in one round.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+import bson
+from bson import ObjectId
+
+from settings.model import CollectionSettings
+from tasks.rules.identity import business_key, key_digest, key_paths
+from tasks.rules.merge import FieldRules, merge_fields
+from tasks.rules.paths import Path, dotted_paths, get_path, set_path, split_dotted
+from tasks.rules.sync_meta import (
+    CHANGED_AT,
+    DELETED_AT,
+    EXPIRE_AT,
+    KEY,
+    OWNED,
+    PID,
+    SYNC,
+    TOMBSTONE,
+    VERSION,
+    SyncMeta,
+    read_meta,
+)
+
+# 16 MiB is MongoDB's document limit; keep room for the update command around it.
+MAX_DOCUMENT_BYTES = 16 * 1024 * 1024 - 64 * 1024
+# A tombstone only has to outlive any apply that read production before the delete; task time
+# limits keep those to minutes, so an hour is generous.
+TOMBSTONE_TTL = timedelta(hours=1)
+
+Outcome = Literal["created", "updated", "unchanged", "soft_deleted", "tombstoned", "released"]
+Reason = Literal[
+    "missing_business_key", "key_conflict", "schema_version", "document_too_large"
+]
+
+
+class Unsynced:
+    """Expectation for a document that has never been synced (no `_sync`)."""
+
+    def __repr__(self) -> str:
+        return "UNSYNCED"
+
+
+UNSYNCED = Unsynced()
+
+
+@dataclass(frozen=True)
+class CollectionRules:
+    """The merge-relevant part of a collection's configuration, in path form."""
+
+    key_paths: tuple[Path, ...]
+    fields: FieldRules
+    schema_version_field: Path | None = None
+    accepted_schema_versions: frozenset[Any] | None = None
+
+    @classmethod
+    def from_settings(cls, settings: CollectionSettings) -> CollectionRules:
+        accepted = settings.accepted_schema_versions
+        return cls(
+            key_paths=tuple(key_paths(settings.business_key)),
+            fields=FieldRules(
+                staging_fields=tuple(split_dotted(f) for f in settings.staging_fields),
+                soft_delete_field=split_dotted(settings.soft_delete_field),
+            ),
+            schema_version_field=(
+                split_dotted(settings.schema_version_field)
+                if settings.schema_version_field else None
+            ),
+            accepted_schema_versions=frozenset(accepted) if accepted is not None else None,
+        )
+
+    @property
+    def soft_delete_field(self) -> Path:
+        return self.fields.soft_delete_field
+
+    def key_of(self, document: Mapping[str, Any]) -> str | None:
+        values = business_key(document, self.key_paths)
+        return key_digest(values) if values is not None else None
+
+
+@dataclass(frozen=True)
+class StagingView:
+    """The staging documents a batch can touch, as read just now."""
+
+    by_pid: Mapping[str, Mapping[str, Any]]
+    by_key: Mapping[str, Mapping[str, Any]]
+    # Documents that never went through a sync, matched on the raw business-key fields.
+    unsynced_by_key: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PlannedWrite:
+    """One conditional write. `expect` is the `_sync.v` the document must still hold (None for
+    an insert, UNSYNCED for a document without `_sync`). With `document` None and `delete`
+    False it only raises `_sync.v` to `version` (content unchanged)."""
+
+    pid: str | None
+    staging_id: Any
+    expect: int | Unsynced | None
+    outcome: Outcome
+    document: dict[str, Any] | None = None
+    version: int | None = None
+    delete: bool = False
+
+    @property
+    def is_insert(self) -> bool:
+        return self.expect is None
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    pid: str
+    reason: Reason
+    detail: str
+    key: str | None = None
+
+
+@dataclass
+class BatchPlan:
+    writes: list[PlannedWrite] = field(default_factory=list)
+    # Writes on other documents that must land before some of this batch's writes can
+    # (freeing a business key); the changes waiting on them are in `deferred`.
+    releases: list[PlannedWrite] = field(default_factory=list)
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+    superseded: list[str] = field(default_factory=list)
+    deferred: list[str] = field(default_factory=list)
+    # Production documents whose current state decides a key conflict: read them, re-plan.
+    need_production: set[str] = field(default_factory=set)
+    # Business keys this batch stops holding live: dead-lettered conflicts on them can retry.
+    released_keys: set[str] = field(default_factory=set)
+
+
+@dataclass
+class _Round:
+    claimed_keys: dict[str, str] = field(default_factory=dict)
+    targeted: set[Any] = field(default_factory=set)
+
+
+def plan_batch(
+    *,
+    version: int,
+    now: datetime,
+    pids: Iterable[str],
+    production: Mapping[str, Mapping[str, Any] | None],
+    staging: StagingView,
+    rules: CollectionRules,
+) -> BatchPlan:
+    """Plan the writes for `pids`; `production[pid]` is the masked document or None (gone).
+
+    Every pid must be a key of `production`. Holders of a business key whose production
+    document is also in `production` are judged on that fresh read.
+    """
+    plan = BatchPlan()
+    keys = {pid: rules.key_of(doc) for pid, doc in production.items() if doc is not None}
+    state = _Round()
+    for pid in sorted(set(pids)):
+        own = staging.by_pid.get(pid)
+        own_meta = read_meta(own)
+        if own is not None and own_meta.version is not None and own_meta.version >= version:
+            plan.superseded.append(pid)
+        elif own is not None and own["_id"] in state.targeted:
+            plan.deferred.append(pid)
+        elif production[pid] is None:
+            _plan_gone(plan, state, pid, own, own_meta, version, now, rules)
+        else:
+            _plan_present(
+                plan, state, pid, production, keys, own, own_meta, staging, version, now, rules
+            )
+    return plan
+
+
+def _plan_gone(
+    plan: BatchPlan,
+    state: _Round,
+    pid: str,
+    own: Mapping[str, Any] | None,
+    own_meta: SyncMeta,
+    version: int,
+    now: datetime,
+    rules: CollectionRules,
+) -> None:
+    """Production no longer has the document (deleted, or outside the configured filter)."""
+    if own is None:
+        # Nothing to mark, but a slower apply that read the document before it went must not
+        # create it afterwards: a tombstone holds the pid at this version.
+        tombstone: dict[str, Any] = {"_id": ObjectId()}
+        set_path(tombstone, rules.soft_delete_field, True)
+        tombstone[SYNC] = {
+            PID: pid, VERSION: version, CHANGED_AT: now, DELETED_AT: now, OWNED: [],
+            TOMBSTONE: True, EXPIRE_AT: now + TOMBSTONE_TTL,
+        }
+        plan.writes.append(PlannedWrite(pid, tombstone["_id"], None, "tombstoned", tombstone))
+        return
+    state.targeted.add(own["_id"])
+    if own_meta.deleted and get_path(own, rules.soft_delete_field) is True:
+        # Already marked: only the version moves, so older reads cannot revive it.
+        plan.writes.append(_version_only(pid, own, own_meta, version, "unchanged"))
+        return
+    document = {k: v for k, v in own.items() if k != SYNC}
+    set_path(document, rules.soft_delete_field, True)
+    meta = dict(own.get(SYNC) or {})
+    meta.update({PID: pid, VERSION: version, CHANGED_AT: now})
+    meta[DELETED_AT] = own_meta.deleted_at or now
+    document[SYNC] = meta
+    plan.writes.append(
+        PlannedWrite(pid, own["_id"], _expectation(own_meta), "soft_deleted", document)
+    )
+    if own_meta.key is not None and not own_meta.deleted:
+        plan.released_keys.add(own_meta.key)
+
+
+def _plan_present(
+    plan: BatchPlan,
+    state: _Round,
+    pid: str,
+    production: Mapping[str, Mapping[str, Any] | None],
+    keys: Mapping[str, str | None],
+    own: Mapping[str, Any] | None,
+    own_meta: SyncMeta,
+    staging: StagingView,
+    version: int,
+    now: datetime,
+    rules: CollectionRules,
+) -> None:
+    document = production[pid]
+    assert document is not None
+    rejected = _schema_rejection(document, rules)
+    if rejected:
+        plan.dead_letters.append(DeadLetter(pid, "schema_version", rejected))
+        return
+    key = keys[pid]
+    if key is None:
+        fields = ", ".join(".".join(p) for p in rules.key_paths)
+        plan.dead_letters.append(
+            DeadLetter(pid, "missing_business_key", f"business key ({fields}) missing or null")
+        )
+        return
+    if key in state.claimed_keys:
+        plan.deferred.append(pid)  # another change of this batch takes the key this round
+        return
+
+    target: Mapping[str, Any] | None = own
+    holder = staging.by_key.get(key)
+    if holder is not None and (own is None or holder["_id"] != own["_id"]):
+        holder_meta = read_meta(holder)
+        if holder["_id"] in state.targeted:
+            plan.deferred.append(pid)
+            return
+        if not holder_meta.deleted:
+            _judge_live_holder(plan, pid, key, holder_meta, production, keys)
+            return
+        if own is not None:
+            # A soft-deleted document holds the key this document moves to (or, for a
+            # tombstone, the key it revives): free it first, then move in next round.
+            state.targeted.add(holder["_id"] if not own_meta.tombstone else own["_id"])
+            plan.releases.append(
+                _remove_tombstone(pid, own, own_meta) if own_meta.tombstone
+                else _release_key(holder, holder_meta)
+            )
+            plan.deferred.append(pid)
+            return
+        target = holder  # a re-insert of the key revives the soft-deleted document
+    elif own is None or own_meta.tombstone:
+        unsynced = staging.unsynced_by_key.get(key)
+        if unsynced is not None and unsynced["_id"] not in state.targeted:
+            if own is not None:
+                state.targeted.add(own["_id"])
+                plan.releases.append(_remove_tombstone(pid, own, own_meta))
+                plan.deferred.append(pid)
+                return
+            target = unsynced  # a document that predates the sync: adopt it
+
+    target_meta = read_meta(target)
+    owned_before = target_meta.owned
+    body, owned = merge_fields(target, document, owned_before, rules.fields)
+    set_path(body, rules.soft_delete_field, False)
+    staging_id = target["_id"] if target is not None else ObjectId()
+    merged = {"_id": staging_id, **body}
+    merged[SYNC] = {
+        PID: pid, KEY: key, VERSION: version, CHANGED_AT: now, OWNED: dotted_paths(owned)
+    }
+    if len(bson.encode(merged)) > MAX_DOCUMENT_BYTES:
+        plan.dead_letters.append(
+            DeadLetter(pid, "document_too_large", "merged document exceeds 16 MiB", key)
+        )
+        return
+
+    state.claimed_keys[key] = pid
+    if target is not None:
+        state.targeted.add(staging_id)
+    if own_meta.key is not None and own_meta.key != key and not own_meta.deleted:
+        plan.released_keys.add(own_meta.key)
+    if target is None:
+        plan.writes.append(PlannedWrite(pid, staging_id, None, "created", merged))
+    elif _unchanged(target, target_meta, pid, key, owned, body):
+        plan.writes.append(_version_only(pid, target, target_meta, version, "unchanged"))
+    else:
+        plan.writes.append(
+            PlannedWrite(pid, staging_id, _expectation(target_meta), "updated", merged)
+        )
+
+
+def _judge_live_holder(
+    plan: BatchPlan,
+    pid: str,
+    key: str,
+    holder_meta: SyncMeta,
+    production: Mapping[str, Mapping[str, Any] | None],
+    keys: Mapping[str, str | None],
+) -> None:
+    """Another live staging document holds the key: a real conflict only if its production
+    document still has that key now; otherwise the holder is stale and will move."""
+    holder_pid = holder_meta.pid
+    if holder_pid is None:
+        plan.dead_letters.append(
+            DeadLetter(pid, "key_conflict", "key held by a document without production _id", key)
+        )
+    elif holder_pid not in production:
+        plan.need_production.add(holder_pid)
+        plan.deferred.append(pid)
+    elif production[holder_pid] is not None and keys.get(holder_pid) == key:
+        plan.dead_letters.append(
+            DeadLetter(
+                pid, "key_conflict",
+                "another production document has the same business key", key,
+            )
+        )
+    else:
+        plan.deferred.append(pid)  # the holder's own change in this batch frees the key
+
+
+def _schema_rejection(document: Mapping[str, Any], rules: CollectionRules) -> str | None:
+    if rules.schema_version_field is None or rules.accepted_schema_versions is None:
+        return None
+    value = get_path(document, rules.schema_version_field)
+    if value in rules.accepted_schema_versions and not isinstance(value, bool):
+        return None
+    accepted = ", ".join(sorted(map(str, rules.accepted_schema_versions)))
+    return f"schema version {value!r} not accepted (accepted: {accepted})"
+
+
+def _unchanged(
+    target: Mapping[str, Any],
+    meta: SyncMeta,
+    pid: str,
+    key: str,
+    owned: Collection[Path],
+    body: Mapping[str, Any],
+) -> bool:
+    if meta.pid != pid or meta.key != key or meta.deleted or meta.tombstone:
+        return False
+    if meta.owned != frozenset(owned):
+        return False
+    return {k: v for k, v in target.items() if k not in ("_id", SYNC)} == body
+
+
+def _expectation(meta: SyncMeta) -> int | Unsynced:
+    return meta.version if meta.version is not None else UNSYNCED
+
+
+def _version_only(
+    pid: str, target: Mapping[str, Any], meta: SyncMeta, version: int, outcome: Outcome
+) -> PlannedWrite:
+    return PlannedWrite(pid, target["_id"], _expectation(meta), outcome, version=version)
+
+
+def _release_key(holder: Mapping[str, Any], meta: SyncMeta) -> PlannedWrite:
+    document = dict(holder)
+    sync = dict(document.get(SYNC) or {})
+    sync.pop(KEY, None)
+    document[SYNC] = sync
+    return PlannedWrite(None, holder["_id"], _expectation(meta), "released", document)
+
+
+def _remove_tombstone(pid: str, own: Mapping[str, Any], meta: SyncMeta) -> PlannedWrite:
+    return PlannedWrite(pid, own["_id"], _expectation(meta), "released", delete=True)

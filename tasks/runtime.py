@@ -1,0 +1,107 @@
+"""Per-process resources of a worker: clients, apply contexts, rate limiter, done reports.
+
+Built lazily on first use and rebuilt after a fork (Celery's prefork children must not share
+their parent's MongoDB or Redis sockets).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Mapping
+
+import redis
+
+from settings import Settings, load_settings
+from tasks.applier import ApplyContext, ApplyResult
+from tasks.constants import deliveries_key, done_key, stats_key
+from tasks.dead_letters import DeadLetterStore
+from tasks.pii_state import record_masking
+from tasks.rate_limit import QueueRateLimiter
+from tasks.rules.pii import Masker
+from tasks.staging import connect_staging
+from watcher.production import ProductionReader
+
+# A delivery counter outlives any redelivery cycle of its message, then goes.
+DELIVERY_COUNTER_TTL = 24 * 3600
+
+
+class Runtime:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.production = ProductionReader(settings.prod)
+        self.staging = connect_staging(settings.staging)
+        self.state_db = self.staging[settings.staging.state_db]
+        self.dead_letters = DeadLetterStore(self.state_db)
+        self.redis = redis.Redis.from_url(settings.redis_url, socket_timeout=30)
+        self.rate_limiter = QueueRateLimiter(settings, self.redis, self.state_db)
+        self._contexts: dict[str, ApplyContext] = {}
+
+    def context(self, name: str) -> ApplyContext:
+        context = self._contexts.get(name)
+        if context is None:
+            collection = self.settings.collection(name)
+            masker = Masker.from_settings(collection, self.settings.secret_bytes())
+            record_masking(self.state_db, name, masker.fingerprint)
+            context = ApplyContext.build(
+                collection, masker, self.production.collection(collection), self.staging,
+                self.state_db, self.dead_letters,
+            )
+            self._contexts[name] = context
+        return context
+
+    def count_delivery(self, task_id: str, attempt: int) -> int:
+        """How many times this message (this retry of this task) has been started."""
+        key = f"{deliveries_key(task_id)}:{attempt}"
+        with self.redis.pipeline() as pipe:
+            pipe.incr(key)
+            pipe.expire(key, DELIVERY_COUNTER_TTL)
+            count, _ = pipe.execute()
+        return int(count)
+
+    def report_done(
+        self, collection: str, batch: str | None, part: str, result: ApplyResult | None,
+        outcomes: Mapping[str, int] | None = None,
+    ) -> None:
+        """Tell the watcher a part of a batch is done, and count what happened (one trip)."""
+        counts = dict(result.outcomes if result else outcomes or {})
+        with self.redis.pipeline(transaction=False) as pipe:
+            if batch:
+                pipe.rpush(done_key(collection), f"{batch}|{part}")
+            for outcome, count in counts.items():
+                if count:
+                    pipe.hincrby(stats_key(collection), outcome, count)
+            if result is not None:
+                pipe.hincrby(stats_key(collection), "applied_batches", 1)
+                pipe.hset(stats_key(collection), "last_apply_version", result.version)
+            pipe.execute()
+
+    def close(self) -> None:
+        self.production.close()
+        self.staging.close()
+        self.redis.close()
+
+
+_lock = threading.Lock()
+_runtime: Runtime | None = None
+_runtime_pid: int | None = None
+
+
+def get_runtime() -> Runtime:
+    global _runtime, _runtime_pid
+    with _lock:
+        if _runtime is None or _runtime_pid != os.getpid():
+            _runtime = Runtime(load_settings())
+            _runtime_pid = os.getpid()
+        return _runtime
+
+
+def reset_runtime() -> None:
+    """Forget the resources of this process (after a fork, or in tests)."""
+    global _runtime, _runtime_pid
+    with _lock:
+        if _runtime is not None and _runtime_pid == os.getpid():
+            _runtime.close()
+        _runtime = None
+        _runtime_pid = None
+

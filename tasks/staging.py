@@ -1,0 +1,165 @@
+"""Staging I/O for one target collection: the reads a batch plan needs and its one bulk write.
+
+Filters name `_id` or use explicit `$eq`/`$in`, and `_id` plus a condition is wrapped in
+`$and`: the same meaning on every MongoDB, and index-friendly on the servers the tests use.
+Merged documents are written whole with `ReplaceOne`, which keeps every BSON type.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from pymongo import DeleteOne, InsertOne, MongoClient, ReplaceOne, UpdateOne
+from pymongo.collection import Collection
+from pymongo.errors import BulkWriteError
+from pymongo.write_concern import WriteConcern
+
+from settings.model import CollectionSettings, StagingSettings
+from tasks.rules.identity import business_key, key_digest
+from tasks.rules.plan import UNSYNCED, CollectionRules, PlannedWrite, StagingView
+from tasks.rules.sync_meta import KEY_FIELD, PID_FIELD, SYNC, VERSION_FIELD, read_meta
+
+DUPLICATE_KEY = 11000
+
+Document = dict[str, Any]
+
+
+def connect_staging(settings: StagingSettings, **client_options: Any) -> MongoClient[Document]:
+    return MongoClient(
+        settings.uri,
+        w=settings.write_concern,
+        appname="stagesync",
+        **client_options,
+    )
+
+
+@dataclass
+class WriteReport:
+    """What one bulk write did, as far as the server tells per operation."""
+
+    attempted: int = 0
+    matched_all: bool = True
+    failed: dict[int, tuple[int, str]] = field(default_factory=dict)  # index -> (code, message)
+
+
+class TargetCollection:
+    """One staging collection and the queries of the apply path."""
+
+    def __init__(
+        self,
+        client: MongoClient[Document],
+        settings: CollectionSettings,
+        rules: CollectionRules,
+        write_concern: WriteConcern | None = None,
+    ) -> None:
+        database = client[settings.target_db]
+        self.collection: Collection[Document] = database.get_collection(
+            settings.target_collection, write_concern=write_concern
+        )
+        self.settings = settings
+        self.rules = rules
+        self._first_key_field = settings.business_key[0]
+
+    def read_view(
+        self, pids: Sequence[str], production: Mapping[str, Mapping[str, Any] | None]
+    ) -> StagingView:
+        """Everything the planner may need, in one to three indexed queries.
+
+        1. by recorded production `_id`; 2. by key digest, only for keys not already held by
+        the documents found in 1; 3. documents never synced, by the raw business-key fields,
+        only for keys nobody holds yet (first syncs of pre-existing staging data).
+        """
+        by_pid = {
+            doc[SYNC]["pid"]: doc
+            for doc in self.collection.find({PID_FIELD: {"$in": list(pids)}})
+        }
+        wanted: dict[str, Mapping[str, Any]] = {}
+        for pid in pids:
+            document = production.get(pid)
+            if document is None:
+                continue
+            key = self.rules.key_of(document)
+            if key is not None and read_meta(by_pid.get(pid)).key != key:
+                wanted[key] = document
+        by_key: dict[str, Document] = {}
+        for doc in by_pid.values():
+            meta = read_meta(doc)
+            if meta.key is not None:
+                by_key[meta.key] = doc
+        missing = [key for key in wanted if key not in by_key]
+        if missing:
+            for doc in self.collection.find({KEY_FIELD: {"$in": missing}}):
+                by_key[doc[SYNC]["key"]] = doc
+        unsynced = self._unsynced_by_key(
+            {key: wanted[key] for key in missing if key not in by_key}
+        )
+        return StagingView(by_pid=by_pid, by_key=by_key, unsynced_by_key=unsynced)
+
+    def _unsynced_by_key(self, wanted: Mapping[str, Mapping[str, Any]]) -> dict[str, Document]:
+        if not wanted:
+            return {}
+        firsts = []
+        for document in wanted.values():
+            values = business_key(document, self.rules.key_paths)
+            if values is not None:
+                firsts.append(values[0])
+        found: dict[str, Document] = {}
+        query = {self._first_key_field: {"$in": firsts}, SYNC: {"$exists": False}}
+        for doc in self.collection.find(query).sort("_id", 1):
+            values = business_key(doc, self.rules.key_paths)
+            if values is None:
+                continue
+            key = key_digest(values)
+            if key in wanted and key not in found:
+                found[key] = doc
+        return found
+
+    def execute(self, writes: Sequence[PlannedWrite]) -> WriteReport:
+        """One unordered bulk write; per-operation failures come back by index."""
+        report = WriteReport(attempted=len(writes))
+        if not writes:
+            return report
+        operations = [_operation(write) for write in writes]
+        expected_matches = sum(1 for write in writes if not write.is_insert)
+        try:
+            result = self.collection.bulk_write(operations, ordered=False)
+            details: Mapping[str, Any] = result.bulk_api_result
+        except BulkWriteError as error:
+            details = error.details
+            for failure in details.get("writeErrors", []):
+                report.failed[int(failure["index"])] = (
+                    int(failure.get("code", 0)), str(failure.get("errmsg", ""))[:500]
+                )
+        failed_matches = sum(1 for index in report.failed if not writes[index].is_insert)
+        matched = int(details.get("nMatched", 0)) + int(details.get("nRemoved", 0))
+        report.matched_all = matched >= expected_matches - failed_matches
+        return report
+
+    def versions_of(self, pids: Iterable[str]) -> dict[str, int | None]:
+        """The `_sync.v` now stored for each pid, to learn which writes of a round landed."""
+        found: dict[str, int | None] = {}
+        projection = {PID_FIELD: 1, VERSION_FIELD: 1}
+        for doc in self.collection.find({PID_FIELD: {"$in": list(pids)}}, projection):
+            found[doc[SYNC]["pid"]] = read_meta(doc).version
+        return found
+
+
+WriteOperation = InsertOne[Document] | ReplaceOne[Document] | UpdateOne | DeleteOne
+
+
+def _operation(write: PlannedWrite) -> WriteOperation:
+    if write.is_insert:
+        assert write.document is not None
+        return InsertOne(write.document)
+    if write.expect is UNSYNCED:
+        condition: dict[str, Any] = {SYNC: {"$exists": False}}
+    else:
+        condition = {VERSION_FIELD: {"$eq": write.expect}}
+    query = {"$and": [{"_id": write.staging_id}, condition]}
+    if write.delete:
+        return DeleteOne(query)
+    if write.document is None:
+        return UpdateOne(query, {"$set": {VERSION_FIELD: write.version}})
+    return ReplaceOne(query, write.document)

@@ -1,0 +1,49 @@
+"""Worker start-up and fork hooks: logging, the safety guard, indexes, fresh clients per child.
+
+The guard runs in the worker's main process before it consumes anything: a worker pointed at
+production as its staging refuses to start, like the watcher.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import signals
+
+from settings import load_settings
+from settings.logs import configure_logging
+from tasks.indexes import ensure_indexes
+from tasks.runtime import reset_runtime
+from tasks.staging import connect_staging
+from watcher.guard import SameDeploymentError, assert_distinct_deployments
+from watcher.production import ProductionReader
+
+log = logging.getLogger("stagesync.worker")
+
+
+@signals.setup_logging.connect
+def _setup_logging(**_: Any) -> None:
+    configure_logging("worker")
+
+
+@signals.worker_init.connect
+def _check_deployments(**_: Any) -> None:
+    settings = load_settings()
+    production = ProductionReader(settings.prod)
+    staging = connect_staging(settings.staging)
+    try:
+        assert_distinct_deployments(production, staging, settings.staging.state_db)
+        ensure_indexes(staging, settings)
+    except SameDeploymentError as error:
+        # Celery logs and ignores ordinary exceptions from signal handlers; this must stop it.
+        raise SystemExit(f"stagesync: {error}") from None
+    finally:
+        production.close()
+        staging.close()
+    log.info("worker ready", extra={"collections": [c.name for c in settings.collections]})
+
+
+@signals.worker_process_init.connect
+def _fresh_clients(**_: Any) -> None:
+    reset_runtime()

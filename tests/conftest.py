@@ -1,0 +1,77 @@
+"""Session-wide real services: a MongoDB pair (see tests/support/backends.py) and Redis."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from cli.local_servers import LocalServer, redis_answers, start_redis
+from tests.support.backends import MongoPair, start_pair
+from tests.support.pipeline import Pipeline, collection_config
+
+MACHINE_REDIS = "redis://127.0.0.1:6379"
+TEST_REDIS_DB = 11
+
+
+def pytest_report_header() -> list[str]:
+    import os
+    import shutil
+
+    if os.environ.get("STAGESYNC_TEST_PROD_URI"):
+        backend = "external deployments (STAGESYNC_TEST_*_URI)"
+    elif shutil.which("mongod"):
+        backend = "mongod replica sets started by the fixtures"
+    else:
+        backend = "nx-27017 test server (no mongod on PATH)"
+    return [f"stagesync MongoDB backend: {backend}"]
+
+
+@pytest.fixture(scope="session")
+def mongo_pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MongoPair]:
+    pair = start_pair(tmp_path_factory.mktemp("mongo"))
+    yield pair
+    pair.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_base(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The machine's Redis when it answers, else a real redis-server started here."""
+    if redis_answers(MACHINE_REDIS):
+        yield MACHINE_REDIS
+        return
+    server: LocalServer = start_redis(workdir=tmp_path_factory.mktemp("redis"))
+    yield f"redis://127.0.0.1:{server.port}"
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_base: str) -> str:
+    url = f"{redis_base}/{TEST_REDIS_DB}"
+    redis.Redis.from_url(url).flushdb()
+    return url
+
+
+@pytest.fixture
+def pipeline_factory(mongo_pair: MongoPair, redis_url: str, tmp_path: Path
+                     ) -> Iterator[object]:
+    made: list[Pipeline] = []
+
+    def make(collections: list[dict[str, object]] | None = None, **extra: object) -> Pipeline:
+        workdir = tmp_path / f"p{len(made)}"
+        workdir.mkdir()
+        pipeline = Pipeline(mongo_pair, redis_url, workdir,
+                            collections or [collection_config("orders")], extra)
+        made.append(pipeline)
+        return pipeline
+
+    yield make
+    for pipeline in made:
+        pipeline.stop()
+
+
+@pytest.fixture
+def pipeline(pipeline_factory: object) -> Pipeline:
+    return pipeline_factory()  # type: ignore[operator,no-any-return]

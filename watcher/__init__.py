@@ -1,0 +1,1 @@
+"""Reads production: change streams, micro-batches, checkpoints, the safety guard."""

@@ -1,0 +1,158 @@
+"""Read-only access to production: the only door through which stagesync touches it.
+
+The pymongo client stays private to this module and the classes below expose read operations
+only (find, change streams, counts), so no code path in watcher, workers or CLI can issue a
+write to production; invariant 1 is enforced here rather than by convention. A command
+listener additionally records every command name sent, which the tests use to prove it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any
+
+from pymongo import MongoClient, monitoring
+from pymongo.change_stream import CollectionChangeStream
+from pymongo.read_concern import ReadConcern
+from pymongo.read_preferences import ReadPreference
+
+from settings.model import CollectionSettings, ProductionSettings
+
+# Commands a reader legitimately sends; anything else reaching production is a bug.
+READ_COMMANDS = frozenset({
+    "find", "getMore", "aggregate", "count", "distinct", "listCollections", "listIndexes",
+    "killCursors", "hello", "isMaster", "ismaster", "ping", "buildInfo", "serverStatus",
+    "endSessions", "saslStart", "saslContinue", "authenticate", "getnonce",
+    "replSetGetStatus", "collStats", "dbStats", "connectionStatus", "getParameter",
+})
+FORBIDDEN_STAGES = ("$out", "$merge")
+
+
+class CommandLog(monitoring.CommandListener):
+    """Remembers which commands went to production (names only, never arguments)."""
+
+    def __init__(self) -> None:
+        self.names: set[str] = set()
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        self.names.add(event.command_name)
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        pass
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        pass
+
+    @property
+    def writes(self) -> set[str]:
+        return self.names - READ_COMMANDS
+
+
+class ReadOnlyCollection:
+    """The read operations of one production collection."""
+
+    def __init__(self, collection: Any) -> None:
+        self._collection = collection
+
+    @property
+    def full_name(self) -> str:
+        return str(self._collection.full_name)
+
+    def find(
+        self,
+        query: Mapping[str, Any],
+        projection: Mapping[str, Any] | None = None,
+        *,
+        sort: Sequence[tuple[str, int]] | None = None,
+        limit: int = 0,
+        batch_size: int = 0,
+    ) -> Iterator[dict[str, Any]]:
+        cursor = self._collection.find(query, projection, limit=limit, batch_size=batch_size)
+        if sort:
+            cursor = cursor.sort(list(sort))
+        return iter(cursor)
+
+    def find_one(self, query: Mapping[str, Any]) -> dict[str, Any] | None:
+        return self._collection.find_one(query)  # type: ignore[no-any-return]
+
+    def aggregate(self, pipeline: Sequence[Mapping[str, Any]]) -> Iterator[dict[str, Any]]:
+        for stage in pipeline:
+            if any(name in stage for name in FORBIDDEN_STAGES):
+                raise PermissionError("production is read-only: $out and $merge are refused")
+        return iter(self._collection.aggregate(list(pipeline)))
+
+    def estimated_document_count(self) -> int:
+        return int(self._collection.estimated_document_count())
+
+    def watch(
+        self,
+        pipeline: Sequence[Mapping[str, Any]] | None = None,
+        *,
+        resume_after: Mapping[str, Any] | None = None,
+        start_after: Mapping[str, Any] | None = None,
+        batch_size: int | None = None,
+        max_await_time_ms: int | None = None,
+    ) -> CollectionChangeStream[dict[str, Any]]:
+        return self._collection.watch(  # type: ignore[no-any-return]
+            list(pipeline or []), resume_after=resume_after, start_after=start_after,
+            batch_size=batch_size, max_await_time_ms=max_await_time_ms,
+        )
+
+
+class ProductionReader:
+    """A production deployment, opened for reading only."""
+
+    def __init__(self, settings: ProductionSettings, **client_options: Any) -> None:
+        self.commands = CommandLog()
+        self._client: MongoClient[dict[str, Any]] = MongoClient(
+            settings.uri,
+            read_preference=ReadPreference.PRIMARY,
+            readConcernLevel=settings.read_concern,
+            event_listeners=[self.commands],
+            appname="stagesync-reader",
+            **client_options,
+        )
+        self._read_concern = ReadConcern(settings.read_concern)
+
+    def collection(self, namespace: CollectionSettings | str) -> ReadOnlyCollection:
+        full = namespace.source if isinstance(namespace, CollectionSettings) else namespace
+        database, _, name = full.partition(".")
+        return ReadOnlyCollection(
+            self._client[database].get_collection(name, read_concern=self._read_concern)
+        )
+
+    def find_marker(self, database: str, collection: str, marker: str) -> bool:
+        """Whether a document with this `_id` exists; used by the same-deployment guard."""
+        return self._client[database][collection].find_one({"_id": marker}, {"_id": 1}) is not None
+
+    def ping(self) -> None:
+        self._client.admin.command("ping")
+
+    def server_status(self) -> dict[str, Any]:
+        return dict(self._client.admin.command("serverStatus"))
+
+    def oplog_window_seconds(self) -> float | None:
+        """Time between the oldest and newest oplog entries, where the server exposes them."""
+        oplog = self._client["local"]["oplog.rs"]
+        try:
+            first = oplog.find_one({}, {"ts": 1}, sort=[("$natural", 1)])
+            last = oplog.find_one({}, {"ts": 1}, sort=[("$natural", -1)])
+        except Exception:  # not a replica set, no privilege, or a server without an oplog
+            return None
+        if not first or not last or "ts" not in first or "ts" not in last:
+            return None
+        return float(last["ts"].time - first["ts"].time)
+
+    def close(self) -> None:
+        self._client.close()
+
+
+def read_documents(
+    collection: ReadOnlyCollection,
+    ids: Iterable[Any],
+    query_filter: Mapping[str, Any] | None = None,
+) -> Iterator[dict[str, Any]]:
+    """Current production documents for these `_id`s in one query; absent ones are gone."""
+    by_id: dict[str, Any] = {"_id": {"$in": list(ids)}}
+    query = {"$and": [by_id, dict(query_filter)]} if query_filter else by_id
+    return collection.find(query)

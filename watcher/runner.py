@@ -1,0 +1,66 @@
+"""The `stagesync watch` process: checks, then one streaming thread per collection.
+
+Start-up refuses to run when staging is production under another name, and creates the
+indexes the sync relies on. SIGTERM or SIGINT stops every stream cleanly: in-flight work gets a
+short grace period, the checkpoint is saved, and the leases are released so a standby takes
+over at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import uuid
+from collections.abc import Sequence
+from types import FrameType
+
+import redis
+
+from settings.model import Settings
+from tasks.app import app as celery_app
+from tasks.indexes import ensure_indexes
+from tasks.staging import connect_staging
+from watcher.guard import assert_distinct_deployments
+from watcher.production import ProductionReader
+from watcher.stream import CollectionWatcher
+
+log = logging.getLogger("stagesync.watcher")
+
+
+def run_watcher(settings: Settings, names: Sequence[str] = ()) -> int:
+    collections = [settings.collection(n) for n in names] if names else settings.collections
+    production = ProductionReader(settings.prod)
+    staging = connect_staging(settings.staging)
+    assert_distinct_deployments(production, staging, settings.staging.state_db)
+    ensure_indexes(staging, settings)
+    redis_client = redis.Redis.from_url(settings.redis_url, socket_timeout=30)
+    run_id = uuid.uuid4().hex[:12]
+    stop = threading.Event()
+
+    def request_stop(signum: int, _frame: FrameType | None) -> None:
+        log.info("stopping", extra={"signal": signal.Signals(signum).name})
+        stop.set()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    threads = []
+    for collection in collections:
+        watcher = CollectionWatcher(
+            settings, collection, production, staging[settings.staging.state_db], redis_client,
+            celery_app, run_id, stop,
+        )
+        thread = threading.Thread(target=watcher.run, name=f"watch-{collection.name}",
+                                  daemon=True)
+        thread.start()
+        threads.append(thread)
+    log.info("watcher started", extra={"run": run_id,
+                                       "collections": [c.name for c in collections]})
+    while any(thread.is_alive() for thread in threads):
+        for thread in threads:
+            thread.join(timeout=0.5)
+    production.close()
+    staging.close()
+    redis_client.close()
+    log.info("watcher stopped", extra={"run": run_id})
+    return 0

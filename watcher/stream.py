@@ -1,0 +1,367 @@
+"""One collection's watcher: lease, change stream, micro-batches, checkpoint.
+
+The loop reads with `try_next()` (never a blocking iterator: it spins on some servers and
+cannot notice a stop request), so between reads it can drain done reports, move and persist
+the checkpoint, renew its lease, notice a wiped Redis, re-publish work that timed out, and
+stop reading when too much is in flight (backpressure: the stream simply waits in the oplog).
+
+Any unexpected failure restarts the stream from the durable checkpoint after a backoff: the
+in-memory window is dropped, changes after the checkpoint are read and enqueued again, and the
+applies are idempotent, so a restart costs time, never data.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import random
+import threading
+import time
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import redis
+from celery import Celery
+from pymongo.database import Database
+from pymongo.errors import OperationFailure, PyMongoError
+
+from settings.model import CollectionSettings, Settings
+from tasks.constants import done_key, epoch_key, stats_key, watcher_key
+from tasks.publish import publish_apply
+from tasks.resync import progress, start_resync
+from tasks.routing import queue_for
+from watcher.batcher import MicroBatcher
+from watcher.checkpoint import WatcherRecord
+from watcher.events import STREAM_PROJECTION, Change, HistoryEnded, Malformed, classify
+from watcher.inflight import InflightWindow
+from watcher.production import ProductionReader
+
+log = logging.getLogger("stagesync.watcher")
+
+HISTORY_LOST_CODES = frozenset({286, 280})  # ChangeStreamHistoryLost, ChangeStreamFatalError
+HOUSEKEEPING_SECONDS = 0.2
+HEARTBEAT_SECONDS = 1.0
+RESYNC_CHECK_SECONDS = 5.0
+DONE_DRAIN = 1000
+SHUTDOWN_GRACE_SECONDS = 5.0
+# How long one getMore may wait for new changes on servers that honour it: bounds the latency
+# of a change that arrives while a partial batch is buffered.
+STREAM_AWAIT_MS = 100
+
+
+class HistoryLost(Exception):
+    """The stream cannot continue from the checkpoint; staging needs a full resync."""
+
+
+class LeaseLost(Exception):
+    """Another watcher owns this collection now."""
+
+
+class CollectionWatcher:
+    def __init__(
+        self,
+        settings: Settings,
+        collection: CollectionSettings,
+        production: ProductionReader,
+        state_db: Database[dict[str, Any]],
+        redis_client: redis.Redis,
+        celery: Celery,
+        run_id: str,
+        stop: threading.Event,
+    ) -> None:
+        self.settings = settings
+        self.collection = collection
+        self.name = collection.name
+        self.source = production.collection(collection)
+        self.state_db = state_db
+        self.redis = redis_client
+        self.celery = celery
+        self.run_id = run_id
+        self.stop = stop
+        self.record = WatcherRecord(state_db, self.name, run_id, settings.watcher.lease_seconds)
+        self.last_error: str | None = None
+        self.state = "starting"
+        self._fresh_start: str | None = None  # why the next stream must start from now
+        self._pending_token: Mapping[str, Any] | None = None
+        self._saved_token: Mapping[str, Any] | None = None
+        self._next_save = 0.0
+        self._resync_marker: tuple[Any, ...] | None = None
+        self._resync_moved_at = 0.0
+
+    # -- outer loop: lease, restarts ------------------------------------------------------
+    def run(self) -> None:
+        failures = 0
+        while not self.stop.is_set():
+            try:
+                if not self.record.acquire():
+                    self._standby()
+                    continue
+                log.info("streaming", extra={"collection": self.name, "owner": self.run_id})
+                self._stream()
+                failures = 0
+            except LeaseLost:
+                log.warning("lease lost, standing by", extra={"collection": self.name})
+            except HistoryLost as lost:
+                log.critical(
+                    "change stream history lost: staging may have missed changes; starting a "
+                    "full resync and streaming again from now",
+                    extra={"collection": self.name, "reason": str(lost)},
+                )
+                self.last_error = f"history lost: {lost}"
+                self._fresh_start = f"history lost: {lost}"
+                failures = 0
+            except Exception as error:
+                failures += 1
+                self.last_error = f"{type(error).__name__}: {str(error)[:300]}"
+                pause = min(30.0, 0.5 * 2 ** min(failures, 6)) * random.uniform(0.5, 1.0)
+                log.error("stream failed, restarting from the checkpoint",
+                          extra={"collection": self.name, "error": self.last_error,
+                                 "retry_in": round(pause, 2)})
+                self._heartbeat_quietly(state="restarting")
+                self.stop.wait(pause)
+        self._release_quietly()
+
+    def _standby(self) -> None:
+        self.state = "standby"
+        self._heartbeat_quietly(state="standby", owner=False)
+        self.stop.wait(max(0.5, self.settings.watcher.lease_seconds / 5))
+
+    # -- the stream ---------------------------------------------------------------------------
+    def _stream(self) -> None:
+        config = self.settings.watcher
+        token = None if self._fresh_start else self.record.load().get("token")
+        try:
+            stream = self.source.watch(
+                STREAM_PROJECTION, resume_after=token, batch_size=config.batch_max_size,
+                max_await_time_ms=STREAM_AWAIT_MS,
+            )
+        except OperationFailure as error:
+            if error.code in HISTORY_LOST_CODES:
+                raise HistoryLost(f"resume token no longer usable (code {error.code})") from None
+            raise
+        try:
+            if token is None:
+                # Bootstrap or history lost: the stream is open and its position saved before
+                # the resync starts copying, so every later change is streamed: no gap.
+                reason = self._fresh_start or "bootstrap: no checkpoint yet"
+                self._note_checkpoint(stream.resume_token)
+                self._save_checkpoint(force=True)
+                self._begin_resync(reason)
+                self._fresh_start = None
+            self._loop(stream)
+        except OperationFailure as error:
+            if error.code in HISTORY_LOST_CODES:
+                raise HistoryLost(f"resume token no longer usable (code {error.code})") from None
+            raise
+        finally:
+            stream.close()
+
+    def _loop(self, stream: Any) -> None:
+        config = self.settings.watcher
+        window = InflightWindow()
+        batcher = MicroBatcher(
+            lambda pid: queue_for(self.collection, pid), config.batch_max_size,
+            config.batch_max_wait_ms / 1000,
+        )
+        self._set_epoch()
+        self.state = "streaming"
+        clock = _Clocks()
+        oldest_buffered: datetime | None = None
+        last_token: Mapping[str, Any] | None = stream.resume_token
+        while not self.stop.is_set():
+            now = time.monotonic()
+            if now >= clock.housekeeping:
+                clock.housekeeping = now + HOUSEKEEPING_SECONDS
+                self._housekeeping(window, clock, now)
+            if window.unapplied + batcher.size >= config.max_unapplied:
+                if batcher.due(now, stream_idle=True):
+                    self._flush(batcher, window, last_token, oldest_buffered)
+                    oldest_buffered = None
+                self.state = "backpressure"
+                self.stop.wait(config.idle_sleep_ms / 1000)
+                continue
+            self.state = "streaming"
+            event = stream.try_next()
+            if event is None:
+                if batcher.due(now, stream_idle=True):
+                    self._flush(batcher, window, last_token, oldest_buffered)
+                    oldest_buffered = None
+                elif window.empty and batcher.size == 0:
+                    # Idle: the post-batch token moves on even without events, so a quiet
+                    # collection's checkpoint never falls off the oplog.
+                    last_token = stream.resume_token
+                    self._note_checkpoint(last_token)
+                self.stop.wait(config.idle_sleep_ms / 1000)
+                continue
+            last_token = stream.resume_token
+            action = classify(event)
+            if isinstance(action, Change):
+                batcher.add(action, now)
+                happened = action.happened_at or datetime.now(UTC)
+                if oldest_buffered is None or happened < oldest_buffered:
+                    oldest_buffered = happened
+            elif isinstance(action, HistoryEnded):
+                raise HistoryLost(action.reason)
+            elif isinstance(action, Malformed):
+                log.error("skipping malformed change event",
+                          extra={"collection": self.name, "reason": action.reason})
+            if batcher.due(now, stream_idle=False):
+                self._flush(batcher, window, last_token, oldest_buffered)
+                oldest_buffered = None
+        self._drain_before_exit(window, clock)
+
+    def _flush(
+        self,
+        batcher: MicroBatcher,
+        window: InflightWindow,
+        token: Mapping[str, Any] | None,
+        oldest: datetime | None,
+    ) -> None:
+        per_queue, seen = batcher.drain()
+        seq_prefix = f"{self.run_id}:{time.monotonic_ns()}"
+        batches = {f"{seq_prefix}:{i}": (queue, changes)
+                   for i, (queue, changes) in enumerate(per_queue.items())}
+        window.open_group(token, batches, time.monotonic(), oldest)
+        for batch_id, (queue, changes) in batches.items():
+            publish_apply(self.celery, queue, self.name, batch_id, "", changes)
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hincrby(stats_key(self.name), "read", seen)
+            pipe.hincrby(stats_key(self.name), "enqueued", sum(len(c) for _, c in batches.values()))
+            pipe.execute()
+
+    # -- housekeeping ----------------------------------------------------------------------
+    def _housekeeping(self, window: InflightWindow, clock: _Clocks, now: float) -> None:
+        reports = self.redis.lpop(done_key(self.name), DONE_DRAIN) or []
+        for report in reports:
+            batch_id, _, part = report.decode().rpartition("|")
+            window.part_done(batch_id, part)
+        self._note_checkpoint(window.advance())
+        self._save_checkpoint()
+        if now >= clock.lease:
+            clock.lease = now + self.settings.watcher.lease_seconds / 3
+            if not self.record.renew():
+                raise LeaseLost()
+        if now >= clock.heartbeat:
+            clock.heartbeat = now + HEARTBEAT_SECONDS
+            if not self.redis.exists(epoch_key(self.name)):
+                self._republish(window.incomplete(), "redis was wiped")
+                self._set_epoch()
+            self._heartbeat(window)
+        timeout = self.settings.watcher.inflight_timeout_seconds
+        expired = window.expired(now, timeout)
+        if expired:
+            self._republish(expired, f"no done report within {timeout:.0f}s")
+        if now >= clock.resync:
+            clock.resync = now + RESYNC_CHECK_SECONDS
+            self._watch_pending_resync()
+
+    def _republish(self, batches: list[Any], why: str) -> None:
+        if not batches:
+            return
+        log.warning("re-publishing in-flight batches",
+                    extra={"collection": self.name, "batches": len(batches), "reason": why})
+        for batch in batches:
+            batch.parts_done.clear()
+            publish_apply(self.celery, batch.queue, self.name, batch.batch_id, "", batch.changes)
+
+    def _note_checkpoint(self, token: Mapping[str, Any] | None) -> None:
+        if token is not None:
+            self._pending_token = token
+
+    def _save_checkpoint(self, force: bool = False) -> None:
+        """Persist the newest allowed token, at most every `checkpoint_interval_seconds`."""
+        token = self._pending_token
+        if token is None or token == self._saved_token:
+            return
+        now = time.monotonic()
+        if not force and now < self._next_save:
+            return
+        if not self.record.save_checkpoint(token):
+            raise LeaseLost()
+        self._saved_token = token
+        self._next_save = now + self.settings.watcher.checkpoint_interval_seconds
+
+    def _drain_before_exit(self, window: InflightWindow, clock: _Clocks) -> None:
+        """On stop: give in-flight work a moment to finish so the checkpoint can move."""
+        deadline = time.monotonic() + SHUTDOWN_GRACE_SECONDS
+        while not window.empty and time.monotonic() < deadline:
+            reports = self.redis.lpop(done_key(self.name), DONE_DRAIN) or []
+            for report in reports:
+                batch_id, _, part = report.decode().rpartition("|")
+                window.part_done(batch_id, part)
+            self._note_checkpoint(window.advance())
+            if not reports:
+                time.sleep(0.05)
+        self._save_checkpoint(force=True)
+
+    # -- resyncs ---------------------------------------------------------------------------
+    def _begin_resync(self, reason: str) -> None:
+        resync_id = start_resync(
+            self.celery, self.state_db, self.name, self.collection.queues[0], reason
+        )
+        if not self.record.save({"resyncPending": resync_id, "resyncReason": reason}):
+            raise LeaseLost()
+        log.warning("full resync started",
+                    extra={"collection": self.name, "resync": resync_id, "reason": reason})
+
+    def _watch_pending_resync(self) -> None:
+        """Clear a finished bootstrap/history-lost resync; restart one whose tasks vanished."""
+        pending = self.record.load().get("resyncPending")
+        if not pending:
+            return
+        try:
+            state = progress(self.state_db, pending)
+        except KeyError:
+            self._begin_resync("previous resync record missing")
+            return
+        if state["state"] == "done":
+            self.record.save({"resyncPending": None, "lastResync": pending})
+            return
+        marker = (state["state"], state["done"], state["chunks_done"])
+        if marker != self._resync_marker:
+            self._resync_marker = marker
+            self._resync_moved_at = time.monotonic()
+        elif time.monotonic() - self._resync_moved_at > self.settings.status.stalled_after_seconds:
+            self._resync_marker = None
+            self._begin_resync(f"resync {pending} made no progress (tasks lost?)")
+
+    # -- Redis-side state --------------------------------------------------------------------
+    def _set_epoch(self) -> None:
+        self.redis.set(epoch_key(self.name), self.run_id)
+
+    def _heartbeat(self, window: InflightWindow) -> None:
+        oldest = window.oldest_pending_change()
+        fields = {
+            "owner": self.run_id, "state": self.state, "heartbeat": time.time(),
+            "unapplied": window.unapplied, "groups": window.groups,
+            "oldest_pending": oldest.timestamp() if oldest else "",
+            "last_error": self.last_error or "",
+        }
+        key = watcher_key(self.name)
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hset(key, mapping=fields)
+            pipe.expire(key, 30)
+            pipe.execute()
+
+    def _heartbeat_quietly(self, state: str, owner: bool = True) -> None:
+        try:
+            key = watcher_key(self.name)
+            if owner or not self.redis.hget(key, "owner"):
+                self.redis.hset(key, mapping={"state": state, "heartbeat": time.time(),
+                                              "last_error": self.last_error or ""})
+                self.redis.expire(key, 30)
+        except redis.RedisError:
+            pass
+
+    def _release_quietly(self) -> None:
+        with contextlib.suppress(PyMongoError):
+            self.record.release()
+
+
+class _Clocks:
+    def __init__(self) -> None:
+        self.housekeeping = 0.0
+        self.lease = 0.0
+        self.heartbeat = 0.0
+        self.resync = 0.0
