@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
 import yaml
 from pydantic import ValidationError
+from pydantic_settings import SettingsError
 
 from settings.model import Settings
 
@@ -37,6 +39,18 @@ def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
         return Settings(**data)
     except ValidationError as error:
         raise ConfigError(format_validation_error(error, _labels(data), source)) from None
+    except SettingsError as error:
+        # An environment value that is not valid JSON, e.g. STAGESYNC_COLLECTIONS.
+        cause = error.__cause__ or error
+        raise ConfigError(
+            f"invalid configuration (environment): {_env_key(str(error))}: {cause}"
+        ) from None
+
+
+def _env_key(message: str) -> str:
+    """'error parsing value for field "collections" from source "EnvSettingsSource"' -> key."""
+    match = re.search(r'field "([^"]+)"', message)
+    return match.group(1) if match else "environment"
 
 
 def _labels(data: dict[str, Any]) -> dict[str, Any]:

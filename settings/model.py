@@ -59,7 +59,7 @@ class StagingSettings(StrictModel):
     @field_validator("state_db")
     @classmethod
     def _state_db_name(cls, value: str) -> str:
-        if not DATABASE_NAME.match(value):
+        if not DATABASE_NAME.fullmatch(value):
             raise ValueError(f"{value!r} is not a valid MongoDB database name")
         return value
 
@@ -85,7 +85,7 @@ class CollectionSettings(StrictModel):
     @field_validator("name")
     @classmethod
     def _name(cls, value: str) -> str:
-        if not COLLECTION_NAME.match(value):
+        if not COLLECTION_NAME.fullmatch(value):
             raise ValueError(
                 f"{value!r} cannot name a queue: use letters, digits, '_' or '-', starting with a "
                 "letter, no dots (queues are stagesync.<name> and stagesync.<name>.<n>)"
@@ -98,7 +98,7 @@ class CollectionSettings(StrictModel):
         database, _, collection = value.partition(".")
         if not collection:
             raise ValueError(f"{value!r} must be 'database.collection'")
-        if not DATABASE_NAME.match(database):
+        if not DATABASE_NAME.fullmatch(database):
             raise ValueError(f"{database!r} is not a valid MongoDB database name")
         if "$" in collection or "\x00" in collection or collection.startswith("system."):
             raise ValueError(f"{collection!r} is not a collection name MongoDB accepts")
@@ -184,6 +184,12 @@ class CollectionSettings(StrictModel):
                     + ("collapses keys" if rule.kind in ("drop", "redact", "null")
                        else "values can collide and merge two records") + ")"
                 )
+            for rule_path in self.pii:
+                if path.startswith(rule_path + "."):
+                    raise ValueError(
+                        f"pii.{rule_path}: masks business-key field {path!r} as a whole; put "
+                        f"a 'hash' rule on {path!r} and rules on the other fields instead"
+                    )
             if path in self.staging_fields:
                 raise ValueError(f"staging_fields: {path!r} is part of the business key")
         reserved = {self.soft_delete_field, self.schema_version_field}
@@ -304,23 +310,29 @@ class Settings(BaseSettings):
     def _collections(cls, value: list[CollectionSettings]) -> list[CollectionSettings]:
         if not value:
             raise ValueError("must configure at least one collection")
-        for kind in ("name", "target"):
-            seen: set[str] = set()
-            for index, collection in enumerate(value):
-                item = getattr(collection, kind)
-                if item in seen:
-                    raise ValueError(f"{index}.{kind}: {item!r} is configured twice")
-                seen.add(item)
         return value
 
     @model_validator(mode="after")
-    def _secret_for_keyed_rules(self) -> Settings:
+    def _across_collections(self) -> Settings:
+        """Checks that need more than one collection, or the collection and the rest."""
+        for kind in ("name", "target"):
+            seen: set[str] = set()
+            for index, collection in enumerate(self.collections):
+                item = getattr(collection, kind)
+                if item in seen:
+                    raise ValueError(f"{_key(index, collection, kind)}: {item!r} is configured "
+                                     "twice")
+                seen.add(item)
+        secret = self.pii_secret.get_secret_value() if self.pii_secret else ""
         for index, collection in enumerate(self.collections):
+            if collection.target_db == self.staging.state_db:
+                raise ValueError(f"{_key(index, collection, 'target')}: the database "
+                                 f"{self.staging.state_db!r} is stagesync's own state database")
             for path, rule in collection.pii.items():
-                if rule.keyed and self.pii_secret is None:
+                if rule.keyed and not secret:
                     raise ValueError(
-                        f"collections.{index}.pii.{path}: '{rule.kind}' needs pii_secret "
-                        "(set STAGESYNC_PII_SECRET)"
+                        f"{_key(index, collection, 'pii.' + path)}: '{rule.kind}' needs a "
+                        "non-empty pii_secret (set STAGESYNC_PII_SECRET)"
                     )
         return self
 
@@ -345,6 +357,10 @@ class Settings(BaseSettings):
 
     def secret_bytes(self) -> bytes:
         return self.pii_secret.get_secret_value().encode() if self.pii_secret else b""
+
+
+def _key(index: int, collection: CollectionSettings, field: str) -> str:
+    return f"collections[{index}] ({collection.name}).{field}"
 
 
 def parse_rate_limit(value: str) -> RateLimitItem:

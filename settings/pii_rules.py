@@ -15,10 +15,12 @@ RULE_KINDS: tuple[RuleKind, ...] = ("drop", "redact", "null", "hash", "fake")
 FAKE_KINDS: tuple[FakeKind, ...] = ("email", "name", "phone", "address")
 
 # A bare `fake` infers what to generate from the field's last path segment.
+# Ordered: "emailAddress" is an email, "mailingAddress" an address.
 FAKE_HINTS: tuple[tuple[FakeKind, tuple[str, ...]], ...] = (
-    ("email", ("email", "mail")),
-    ("phone", ("phone", "mobile", "tel", "fax")),
+    ("email", ("email",)),
     ("address", ("address", "street", "addr")),
+    ("phone", ("phone", "mobile", "tel", "fax")),
+    ("email", ("mail",)),
     ("name", ("name",)),
 )
 

@@ -103,7 +103,21 @@ def apply_changes(context: ApplyContext, ops: Mapping[str, str]) -> ApplyResult:
     """Apply the changes of these production `_id`s (pid -> operation seen in the stream)."""
     version = take_version(context.state_db, context.name)
     production = context.read_production(ops)
-    return apply_documents(context, version, production, ops)
+    result = apply_documents(context, version, production, ops)
+    freed = _conflicts_already_freed(context, result)
+    if freed:
+        # The holder let the key go after we read it but before our dead letter was recorded,
+        # so its apply could not see the entry to wake it: try these once more ourselves.
+        retry = apply_documents(
+            context, take_version(context.state_db, context.name),
+            context.read_production(freed), {pid: ops.get(pid, "related") for pid in freed},
+        )
+        result.outcomes["dead_lettered"] -= len(freed)
+        result.outcomes.update(retry.outcomes)
+        result.dead_letters = [
+            letter for letter in result.dead_letters if letter.pid not in freed
+        ] + retry.dead_letters
+    return result
 
 
 def apply_documents(
@@ -207,8 +221,19 @@ def _execute(
     return lost
 
 
+def _conflicts_already_freed(context: ApplyContext, result: ApplyResult) -> set[str]:
+    """Key-conflict dead letters of this apply whose key no live document holds any more."""
+    conflicts = {letter.key: letter.pid for letter in result.dead_letters
+                 if letter.reason == "key_conflict" and letter.key}
+    if not conflicts:
+        return set()
+    held = context.target.live_holders(conflicts)
+    return {pid for key, pid in conflicts.items() if key not in held}
+
+
 def _waiting_on(context: ApplyContext, released_keys: set[str]) -> set[str]:
-    if not released_keys or not context.dead_letters.may_have_entries(context.name):
+    """Changes dead-lettered on a key conflict that this batch's writes just resolved."""
+    if not released_keys:
         return set()
     return set(context.dead_letters.waiting_on_keys(context.name, released_keys))
 
@@ -232,5 +257,5 @@ def _settle_dead_letters(
         for letter in dead.values()
     )
     resolved = done - set(dead)
-    if resolved and context.dead_letters.may_have_entries(context.name):
+    if resolved:
         context.dead_letters.clear(context.name, resolved, older_than=version)

@@ -26,6 +26,7 @@ from tasks.dead_letters import DeadLetterEntry
 from tasks.errors import describe_error, is_transient
 from tasks.publish import Change, publish_apply
 from tasks.runtime import Runtime, get_runtime
+from tasks.versions import take_version
 
 log = logging.getLogger("stagesync.apply")
 
@@ -94,9 +95,11 @@ def _isolate(
         publish_apply(app, queue, collection, batch, part + "1", pairs[middle:])
         return
     pid, op = pairs[0]
-    runtime.dead_letters.record(
-        [DeadLetterEntry(collection=collection, pid=pid, op=op, reason=reason, error=error)]
-    )
+    # A version of its own: any apply that reads production after this verdict outranks it.
+    version = take_version(runtime.state_db, collection)
+    runtime.dead_letters.record([DeadLetterEntry(
+        collection=collection, pid=pid, op=op, reason=reason, error=error, version=version,
+    )])
     runtime.report_done(collection, batch, part, None, {"dead_lettered": 1})
 
 

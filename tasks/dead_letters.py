@@ -7,19 +7,20 @@ the operation, the reason and a short error text, never the document body (it ma
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pymongo.database import Database
+from pymongo.errors import DuplicateKeyError
 
 from tasks.constants import DEAD_LETTERS
 
-# How long a worker trusts "this collection has no dead letters" before asking again; a
-# dead letter recorded by another worker is then cleared at most this late.
-EMPTY_CACHE_SECONDS = 5.0
+OPEN = "open"
+RESOLVED = "resolved"
+# A resolved entry only has to outlive applies that read production before the resolving one.
+RESOLVED_KEPT = timedelta(hours=1)
 
 
 @dataclass(frozen=True)
@@ -29,9 +30,9 @@ class DeadLetterEntry:
     op: str
     reason: str
     error: str
+    # Version of the apply that gave up: entries only ever move forward in versions.
+    version: int
     key: str | None = None
-    # Version of the apply that gave up; a later apply that lands clears only older entries.
-    version: int = 0
 
 
 def entry_id(collection: str, pid: str) -> str:
@@ -39,63 +40,71 @@ def entry_id(collection: str, pid: str) -> str:
 
 
 class DeadLetterStore:
+    """Entries are `open` until an apply with a newer version lands the document; they are
+    then kept as `resolved` (with that version) for an hour, so a slower apply that read
+    production earlier cannot re-open them with a stale reason."""
+
     def __init__(self, state_db: Database[dict[str, Any]]) -> None:
         self.entries = state_db[DEAD_LETTERS]
-        self._empty_until: dict[str, float] = {}
 
     def record(self, entries: Iterable[DeadLetterEntry]) -> int:
+        """Open (or update) entries, unless a newer apply already decided about the document."""
         count = 0
         now = datetime.now(UTC)
         for entry in entries:
-            count += 1
-            self._empty_until.pop(entry.collection, None)
             # Plain update_one (not a bulk): some servers store datetimes set in a bulk as text.
-            self.entries.update_one(
-                {"_id": entry_id(entry.collection, entry.pid)},
-                {
-                    "$set": {
-                        "op": entry.op, "reason": entry.reason, "error": entry.error[:1000],
-                        "key": entry.key, "version": entry.version, "lastSeen": now,
+            try:
+                self.entries.update_one(
+                    {"$and": [{"_id": entry_id(entry.collection, entry.pid)},
+                              {"version": {"$lt": entry.version}}]},
+                    {
+                        "$set": {
+                            "state": OPEN, "op": entry.op, "reason": entry.reason,
+                            "error": entry.error[:1000], "key": entry.key,
+                            "version": entry.version, "lastSeen": now,
+                        },
+                        "$unset": {"resolvedAt": "", "expireAt": ""},
+                        "$inc": {"attempts": 1},
+                        "$setOnInsert": {
+                            "collection": entry.collection, "pid": entry.pid, "firstSeen": now,
+                        },
                     },
-                    "$inc": {"attempts": 1},
-                    "$setOnInsert": {
-                        "collection": entry.collection, "pid": entry.pid, "firstSeen": now,
-                    },
-                },
-                upsert=True,
-            )
+                    upsert=True,
+                )
+            except DuplicateKeyError:
+                continue  # the entry holds a newer version: this verdict is stale
+            count += 1
         return count
 
-    def may_have_entries(self, collection: str) -> bool:
-        """Cheap check before the per-batch clean-up; cached while the store is empty."""
-        if self._empty_until.get(collection, 0.0) > time.monotonic():
-            return False
-        found = self.entries.find_one({"collection": {"$eq": collection}}, {"_id": 1})
-        if found is None:
-            self._empty_until[collection] = time.monotonic() + EMPTY_CACHE_SECONDS
-        return found is not None
-
     def clear(self, collection: str, pids: Iterable[str], older_than: int) -> int:
-        """Drop entries that an apply with version `older_than` has made obsolete."""
+        """Resolve entries that an apply with version `older_than` has made obsolete.
+
+        Run after every apply, without first asking whether the store is empty: a cache of
+        "empty" shared by no one would let an entry recorded by another worker outlive the
+        apply that resolved it. It is one indexed `_id` update per batch.
+        """
         ids = [entry_id(collection, pid) for pid in pids]
         if not ids:
             return 0
+        now = datetime.now(UTC)
         query = {"$and": [{"_id": {"$in": ids}}, {"version": {"$lt": older_than}}]}
-        return int(self.entries.delete_many(query).deleted_count)
+        update = {"$set": {"state": RESOLVED, "version": older_than, "resolvedAt": now,
+                           "expireAt": now + RESOLVED_KEPT}}
+        return int(self.entries.update_many(query, update).modified_count)
 
     def waiting_on_keys(self, collection: str, keys: Iterable[str]) -> list[str]:
         """Pids dead-lettered as key conflicts on one of these business keys."""
         wanted = list(keys)
         if not wanted:
             return []
-        query = {"collection": {"$eq": collection}, "reason": {"$eq": "key_conflict"},
-                 "key": {"$in": wanted}}
+        query = {"collection": {"$eq": collection}, "state": {"$eq": OPEN},
+                 "reason": {"$eq": "key_conflict"}, "key": {"$in": wanted}}
         return [doc["pid"] for doc in self.entries.find(query, {"pid": 1})]
 
     def list(
         self, collection: str | None = None, reason: str | None = None, limit: int = 0
     ) -> Iterator[dict[str, Any]]:
-        query: dict[str, Any] = {}
+        query: dict[str, Any] = {"state": {"$eq": OPEN}}
         if collection:
             query["collection"] = {"$eq": collection}
         if reason:
@@ -103,10 +112,14 @@ class DeadLetterStore:
         return iter(self.entries.find(query, limit=limit).sort("firstSeen", 1))
 
     def get(self, collection: str, pid: str) -> dict[str, Any] | None:
-        return self.entries.find_one({"_id": entry_id(collection, pid)})
+        return self.entries.find_one(
+            {"$and": [{"_id": entry_id(collection, pid)}, {"state": {"$eq": OPEN}}]}
+        )
 
     def count(self, collection: str | None = None) -> int:
-        query = {"collection": {"$eq": collection}} if collection else {}
+        query: dict[str, Any] = {"state": {"$eq": OPEN}}
+        if collection:
+            query["collection"] = {"$eq": collection}
         return sum(1 for _ in self.entries.find(query, {"_id": 1}))
 
     def purge(self, collection: str | None = None, pids: Iterable[str] | None = None) -> int:

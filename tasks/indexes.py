@@ -46,8 +46,10 @@ def ensure_indexes(client: MongoClient[dict[str, Any]], settings: Settings) -> N
         _ensure(target, target_indexes(collection))
     state = client[settings.staging.state_db]
     _ensure(state[DEAD_LETTERS], [
-        IndexModel([("collection", ASCENDING), ("reason", ASCENDING), ("key", ASCENDING)],
-                   name="stagesync_dead_letters"),
+        IndexModel([("collection", ASCENDING), ("state", ASCENDING), ("reason", ASCENDING),
+                    ("key", ASCENDING)], name="stagesync_dead_letters"),
+        IndexModel([("expireAt", ASCENDING)], name="stagesync_resolved_ttl",
+                   expireAfterSeconds=0),
     ])
 
 

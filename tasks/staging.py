@@ -137,6 +137,14 @@ class TargetCollection:
         report.matched_all = matched >= expected_matches - failed_matches
         return report
 
+    def live_holders(self, keys: Iterable[str]) -> set[str]:
+        """The business keys that a live (not soft-deleted) staging document holds now."""
+        query = {KEY_FIELD: {"$in": list(keys)}}
+        return {
+            doc[SYNC]["key"] for doc in self.collection.find(query, {SYNC: 1})
+            if not read_meta(doc).deleted
+        }
+
     def versions_of(self, pids: Iterable[str]) -> dict[str, int | None]:
         """The `_sync.v` now stored for each pid, to learn which writes of a round landed."""
         found: dict[str, int | None] = {}

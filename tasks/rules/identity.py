@@ -9,10 +9,11 @@ outside `_id`, and canonical Extended JSON because it keeps types apart: `Object
 from __future__ import annotations
 
 import hashlib
+import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from bson import json_util
+from bson import Binary, json_util
 from bson.json_util import CANONICAL_JSON_OPTIONS
 
 from tasks.rules.paths import Path, get_path, split_dotted
@@ -21,7 +22,13 @@ _ABSENT = object()
 
 
 def encode_id(value: Any) -> str:
-    """A production `_id` as a type-preserving string."""
+    """A production `_id` as a type-preserving string.
+
+    A UUID arrives as `uuid.UUID` or as a subtype-4 `Binary`, depending on the client's
+    `uuidRepresentation`; both are the same BSON value and get the same spelling.
+    """
+    if isinstance(value, uuid.UUID):
+        value = Binary.from_uuid(value)
     return json_util.dumps(value, json_options=CANONICAL_JSON_OPTIONS)
 
 

@@ -238,16 +238,17 @@ def _plan_present(
 ) -> None:
     document = production[pid]
     assert document is not None
+    key = keys[pid]
     rejected = _schema_rejection(document, rules)
     if rejected:
-        plan.dead_letters.append(DeadLetter(pid, "schema_version", rejected))
+        _give_up(plan, state, DeadLetter(pid, "schema_version", rejected), own, own_meta, key,
+                 version)
         return
-    key = keys[pid]
     if key is None:
         fields = ", ".join(".".join(p) for p in rules.key_paths)
-        plan.dead_letters.append(
-            DeadLetter(pid, "missing_business_key", f"business key ({fields}) missing or null")
-        )
+        letter = DeadLetter(pid, "missing_business_key",
+                            f"business key ({fields}) missing or null")
+        _give_up(plan, state, letter, own, own_meta, key, version)
         return
     if key in state.claimed_keys:
         plan.deferred.append(pid)  # another change of this batch takes the key this round
@@ -261,7 +262,12 @@ def _plan_present(
             plan.deferred.append(pid)
             return
         if not holder_meta.deleted:
-            _judge_live_holder(plan, pid, key, holder_meta, production, keys)
+            verdict = _judge_live_holder(plan, key, holder_meta, production, keys)
+            if verdict is None:
+                plan.deferred.append(pid)
+            else:
+                _give_up(plan, state, DeadLetter(pid, "key_conflict", verdict, key), own,
+                         own_meta, key, version)
             return
         if own is not None:
             # A soft-deleted document holds the key this document moves to (or, for a
@@ -294,9 +300,8 @@ def _plan_present(
         PID: pid, KEY: key, VERSION: version, CHANGED_AT: now, OWNED: dotted_paths(owned)
     }
     if len(bson.encode(merged)) > MAX_DOCUMENT_BYTES:
-        plan.dead_letters.append(
-            DeadLetter(pid, "document_too_large", "merged document exceeds 16 MiB", key)
-        )
+        letter = DeadLetter(pid, "document_too_large", "merged document exceeds 16 MiB", key)
+        _give_up(plan, state, letter, own, own_meta, key, version)
         return
 
     state.claimed_keys[key] = pid
@@ -316,31 +321,44 @@ def _plan_present(
 
 def _judge_live_holder(
     plan: BatchPlan,
-    pid: str,
     key: str,
     holder_meta: SyncMeta,
     production: Mapping[str, Mapping[str, Any] | None],
     keys: Mapping[str, str | None],
-) -> None:
-    """Another live staging document holds the key: a real conflict only if its production
-    document still has that key now; otherwise the holder is stale and will move."""
+) -> str | None:
+    """Another live staging document holds the key. A real conflict (returned as its reason)
+    only if that document's production twin still has the key now; otherwise the holder is
+    stale and moves, in this batch (its twin is read and applied here too): wait for it."""
     holder_pid = holder_meta.pid
     if holder_pid is None:
-        plan.dead_letters.append(
-            DeadLetter(pid, "key_conflict", "key held by a document without production _id", key)
-        )
-    elif holder_pid not in production:
+        return "key held by a staging document without production _id"
+    if holder_pid not in production:
         plan.need_production.add(holder_pid)
-        plan.deferred.append(pid)
-    elif production[holder_pid] is not None and keys.get(holder_pid) == key:
-        plan.dead_letters.append(
-            DeadLetter(
-                pid, "key_conflict",
-                "another production document has the same business key", key,
-            )
-        )
-    else:
-        plan.deferred.append(pid)  # the holder's own change in this batch frees the key
+        return None
+    if production[holder_pid] is not None and keys.get(holder_pid) == key:
+        return "another production document has the same business key"
+    return None
+
+
+def _give_up(
+    plan: BatchPlan,
+    state: _Round,
+    letter: DeadLetter,
+    own: Mapping[str, Any] | None,
+    own_meta: SyncMeta,
+    key: str | None,
+    version: int,
+) -> None:
+    """Dead-letter a change. If its staging copy claims a key that production no longer gives
+    the document, the claim goes (the stale copy stays): it must not block the document that
+    holds that key in production now."""
+    plan.dead_letters.append(letter)
+    if (own is None or own_meta.key is None or own_meta.key == key or own_meta.deleted
+            or own["_id"] in state.targeted):
+        return
+    state.targeted.add(own["_id"])
+    plan.writes.append(_release_key(own, own_meta, pid=letter.pid, version=version))
+    plan.released_keys.add(own_meta.key)
 
 
 def _schema_rejection(document: Mapping[str, Any], rules: CollectionRules) -> str | None:
@@ -378,12 +396,18 @@ def _version_only(
     return PlannedWrite(pid, target["_id"], _expectation(meta), outcome, version=version)
 
 
-def _release_key(holder: Mapping[str, Any], meta: SyncMeta) -> PlannedWrite:
+def _release_key(
+    holder: Mapping[str, Any], meta: SyncMeta, pid: str | None = None, version: int | None = None
+) -> PlannedWrite:
+    """Drop a document's claim on its business key. For another document's soft-deleted
+    holder the version stays; for our own document it records this apply's read."""
     document = dict(holder)
     sync = dict(document.get(SYNC) or {})
     sync.pop(KEY, None)
+    if version is not None:
+        sync[VERSION] = version
     document[SYNC] = sync
-    return PlannedWrite(None, holder["_id"], _expectation(meta), "released", document)
+    return PlannedWrite(pid, holder["_id"], _expectation(meta), "released", document)
 
 
 def _remove_tombstone(pid: str, own: Mapping[str, Any], meta: SyncMeta) -> PlannedWrite:
