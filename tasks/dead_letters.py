@@ -48,9 +48,12 @@ class DeadLetterStore:
         self.entries = state_db[DEAD_LETTERS]
 
     def record(self, entries: Iterable[DeadLetterEntry]) -> int:
-        """Open (or update) entries, unless a newer apply already decided about the document."""
+        """Open (or update) entries, unless a newer apply already decided about the document.
+
+        "Now" is set with `$currentDate`, which every server stores as a date.
+        """
         count = 0
-        now = datetime.now(UTC)
+        now = datetime.now(UTC)  # firstSeen, set only when the entry is inserted
         for entry in entries:
             # Plain update_one (not a bulk): some servers store datetimes set in a bulk as text.
             try:
@@ -61,8 +64,9 @@ class DeadLetterStore:
                         "$set": {
                             "state": OPEN, "op": entry.op, "reason": entry.reason,
                             "error": entry.error[:1000], "key": entry.key,
-                            "version": entry.version, "lastSeen": now,
+                            "version": entry.version,
                         },
+                        "$currentDate": {"lastSeen": True},
                         "$unset": {"resolvedAt": "", "expireAt": ""},
                         "$inc": {"attempts": 1},
                         "$setOnInsert": {
@@ -86,10 +90,10 @@ class DeadLetterStore:
         ids = [entry_id(collection, pid) for pid in pids]
         if not ids:
             return 0
-        now = datetime.now(UTC)
         query = {"$and": [{"_id": {"$in": ids}}, {"version": {"$lt": older_than}}]}
-        update = {"$set": {"state": RESOLVED, "version": older_than, "resolvedAt": now,
-                           "expireAt": now + RESOLVED_KEPT}}
+        update = {"$set": {"state": RESOLVED, "version": older_than,
+                           "expireAt": datetime.now(UTC) + RESOLVED_KEPT},
+                  "$currentDate": {"resolvedAt": True}}
         return int(self.entries.update_many(query, update).modified_count)
 
     def waiting_on_keys(self, collection: str, keys: Iterable[str]) -> list[str]:

@@ -8,7 +8,6 @@ that a resync re-applies the current rules.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 
 from pymongo.database import Database
@@ -25,7 +24,7 @@ def _record_id(collection: str) -> str:
 def record_masking(state_db: Database[dict[str, Any]], collection: str, fingerprint: str) -> None:
     state_db[RUNTIME].update_one(
         {"_id": _record_id(collection)},
-        {"$set": {"current": fingerprint, "updatedAt": datetime.now(UTC)},
+        {"$set": {"current": fingerprint}, "$currentDate": {"updatedAt": True},
          "$addToSet": {"seen": fingerprint}},
         upsert=True,
     )
@@ -36,8 +35,8 @@ def reset_after_resync(
 ) -> None:
     state_db[RUNTIME].update_one(
         {"_id": _record_id(collection)},
-        {"$set": {"current": fingerprint, "seen": [fingerprint],
-                  "resyncedAt": datetime.now(UTC)}},
+        {"$set": {"current": fingerprint, "seen": [fingerprint]},
+         "$currentDate": {"resyncedAt": True}},
         upsert=True,
     )
 

@@ -72,8 +72,9 @@ def replay_dead_letters(
         "still_failing": counts.get("dead_lettered", 0),
     }
     if job_id:
-        runtime.state_db[RESYNCS].update_one({"_id": job_id}, {"$set": {
-            "state": "done", "finishedAt": datetime.now(UTC), "summary": summary,
-        }})
+        runtime.state_db[RESYNCS].update_one({"_id": job_id}, {
+            "$set": {"state": "done", "summary": summary},
+            "$currentDate": {"finishedAt": True},
+        })
     log.info("dead letters replayed", extra={"collection": collection, **summary})
     return summary

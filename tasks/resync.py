@@ -123,9 +123,10 @@ def resync(self: Task, collection: str, resync_id: str | None = None) -> str:
         )
         chunks += 1
         total += count
-    resyncs.update_one({"_id": resync_id}, {"$set": {
-        "state": "applying", "chunks": chunks, "total": total, "plannedAt": datetime.now(UTC),
-    }})
+    resyncs.update_one({"_id": resync_id}, {
+        "$set": {"state": "applying", "chunks": chunks, "total": total},
+        "$currentDate": {"plannedAt": True},
+    })
     log.info("resync planned", extra={"collection": collection, "resync": resync_id,
                                       "chunks": chunks, "documents": total})
     if _chunks_done(runtime.state_db, resync_id) >= chunks:
@@ -206,9 +207,10 @@ def resync_sweep(self: Task, collection: str, resync_id: str) -> None:
     summary = _summary(runtime.state_db, resync_id)
     summary["soft_deleted"] += outcomes.get("soft_deleted", 0)
     summary["dead_lettered"] += outcomes.get("dead_lettered", 0)
-    runtime.state_db[RESYNCS].update_one({"_id": resync_id}, {"$set": {
-        "state": "done", "finishedAt": datetime.now(UTC), "summary": summary,
-    }})
+    runtime.state_db[RESYNCS].update_one({"_id": resync_id}, {
+        "$set": {"state": "done", "summary": summary},
+        "$currentDate": {"finishedAt": True},
+    })
     reset_after_resync(runtime.state_db, collection, context.masker.fingerprint)
     log.info("resync finished", extra={"collection": collection, "resync": resync_id,
                                        "summary": summary})
@@ -258,7 +260,7 @@ def progress(state_db: Database[dict[str, Any]], resync_id: str) -> dict[str, An
 def _live_synced_pids(target: Any, batch: int) -> Iterator[list[str]]:
     query = {PID_FIELD: {"$exists": True}, DELETED_AT_FIELD: {"$exists": False}}
     pids: list[str] = []
-    for doc in target.find(query, {PID_FIELD: 1}).sort("_id", 1):
+    for doc in target.find(query, {SYNC: 1}).sort("_id", 1):
         pids.append(doc[SYNC]["pid"])
         if len(pids) >= batch:
             yield pids

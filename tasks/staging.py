@@ -148,8 +148,8 @@ class TargetCollection:
     def versions_of(self, pids: Iterable[str]) -> dict[str, int | None]:
         """The `_sync.v` now stored for each pid, to learn which writes of a round landed."""
         found: dict[str, int | None] = {}
-        projection = {PID_FIELD: 1, VERSION_FIELD: 1}
-        for doc in self.collection.find({PID_FIELD: {"$in": list(pids)}}, projection):
+        # Whole `_sync`, not dotted fields: some servers return dotted projections flattened.
+        for doc in self.collection.find({PID_FIELD: {"$in": list(pids)}}, {SYNC: 1}):
             found[doc[SYNC]["pid"]] = read_meta(doc).version
         return found
 

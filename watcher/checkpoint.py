@@ -5,16 +5,17 @@ has not been renewed for `lease_seconds`. Every checkpoint write is conditional 
 holding the lease, so a watcher that lost it (paused, partitioned) can never move the
 checkpoint of its successor (fencing).
 
-Stored fields: owner, host, pid, leaseUntil, token (resume token), checkpointAt,
-resyncPending (id of a bootstrap or history-lost resync not finished yet).
+Stored fields: owner, host, pid, leaseUntil (epoch seconds: compared numerically, the same on
+every server), token (resume token), checkpointAt, resyncPending (id of a bootstrap or
+history-lost resync not finished yet).
 """
 
 from __future__ import annotations
 
 import os
 import socket
+import time
 from collections.abc import Mapping
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pymongo.database import Database
@@ -30,20 +31,21 @@ class WatcherRecord:
         self.documents = state_db[WATCHERS]
         self.collection = collection
         self.owner = owner
-        self.lease = timedelta(seconds=lease)
+        self.lease = lease
 
     def acquire(self) -> bool:
         """Take the lease if it is free, expired or already ours."""
-        now = datetime.now(UTC)
+        now = time.time()
         query = {"$and": [
             {"_id": self.collection},
             {"$or": [{"owner": {"$eq": self.owner}}, {"leaseUntil": {"$lt": now}},
                      {"owner": {"$eq": None}}]},
         ]}
-        update = {"$set": {
-            "owner": self.owner, "leaseUntil": now + self.lease, "host": socket.gethostname(),
-            "pid": os.getpid(), "acquiredAt": now,
-        }}
+        update = {
+            "$set": {"owner": self.owner, "leaseUntil": now + self.lease,
+                     "host": socket.gethostname(), "pid": os.getpid()},
+            "$currentDate": {"acquiredAt": True},
+        }
         try:
             result = self.documents.update_one(query, update, upsert=True)
         except DuplicateKeyError:
@@ -51,32 +53,34 @@ class WatcherRecord:
         return result.matched_count == 1 or result.upserted_id is not None
 
     def renew(self) -> bool:
-        now = datetime.now(UTC)
         result = self.documents.update_one(
             {"$and": [{"_id": self.collection}, {"owner": {"$eq": self.owner}}]},
-            {"$set": {"leaseUntil": now + self.lease}},
+            {"$set": {"leaseUntil": time.time() + self.lease}},
         )
         return result.matched_count == 1
 
     def release(self) -> None:
         self.documents.update_one(
             {"$and": [{"_id": self.collection}, {"owner": {"$eq": self.owner}}]},
-            {"$set": {"owner": None, "leaseUntil": datetime.now(UTC)}},
+            {"$set": {"owner": None, "leaseUntil": time.time()}},
         )
 
     def load(self) -> dict[str, Any]:
         return self.documents.find_one({"_id": self.collection}) or {}
 
-    def save(self, fields: Mapping[str, Any]) -> bool:
-        """Write checkpoint fields if we still hold the lease; False means we lost it."""
+    def save(self, fields: Mapping[str, Any], stamp: str | None = None) -> bool:
+        """Write fields if we still hold the lease; False means we lost it. `stamp` names a
+        field to set to the server's current date."""
+        update: dict[str, Any] = {"$set": dict(fields)}
+        if stamp:
+            update["$currentDate"] = {stamp: True}
         result = self.documents.update_one(
-            {"$and": [{"_id": self.collection}, {"owner": {"$eq": self.owner}}]},
-            {"$set": dict(fields)},
+            {"$and": [{"_id": self.collection}, {"owner": {"$eq": self.owner}}]}, update
         )
         return result.matched_count == 1
 
     def save_checkpoint(self, token: Mapping[str, Any] | None) -> bool:
-        return self.save({"token": token, "checkpointAt": datetime.now(UTC)})
+        return self.save({"token": token}, stamp="checkpointAt")
 
 
 def read_all(state_db: Database[dict[str, Any]]) -> dict[str, dict[str, Any]]:

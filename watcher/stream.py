@@ -318,6 +318,9 @@ class CollectionWatcher:
         if state["state"] == "done":
             self.record.save({"resyncPending": None, "lastResync": pending})
             return
+        if state["state"] == "failed":
+            self._begin_resync(f"resync {pending} failed: {state.get('error')}")
+            return
         marker = (state["state"], state["done"], state["chunks_done"])
         if marker != self._resync_marker:
             self._resync_marker = marker

@@ -170,7 +170,8 @@ def plan_batch(
     for pid in sorted(set(pids)):
         own = staging.by_pid.get(pid)
         own_meta = read_meta(own)
-        if own is not None and own_meta.version is not None and own_meta.version >= version:
+        if own is not None and own_meta.version is not None and own_meta.version > version:
+            # (Equal means this apply wrote it in an earlier round, e.g. a key release.)
             plan.superseded.append(pid)
         elif own is not None and own["_id"] in state.targeted:
             plan.deferred.append(pid)
@@ -265,6 +266,10 @@ def _plan_present(
             verdict = _judge_live_holder(plan, key, holder_meta, production, keys)
             if verdict is None:
                 plan.deferred.append(pid)
+                if holder_meta.pid in production:
+                    # The holder is stale and moves; if it moves onto our old key (a swap, or
+                    # a longer cycle), it waits for us: let our old key go first.
+                    _release_stale_claim(plan, state, pid, own, own_meta, key, version)
             else:
                 _give_up(plan, state, DeadLetter(pid, "key_conflict", verdict, key), own,
                          own_meta, key, version)
@@ -353,11 +358,23 @@ def _give_up(
     the document, the claim goes (the stale copy stays): it must not block the document that
     holds that key in production now."""
     plan.dead_letters.append(letter)
+    _release_stale_claim(plan, state, letter.pid, own, own_meta, key, version)
+
+
+def _release_stale_claim(
+    plan: BatchPlan,
+    state: _Round,
+    pid: str,
+    own: Mapping[str, Any] | None,
+    own_meta: SyncMeta,
+    key: str | None,
+    version: int,
+) -> None:
     if (own is None or own_meta.key is None or own_meta.key == key or own_meta.deleted
             or own["_id"] in state.targeted):
         return
     state.targeted.add(own["_id"])
-    plan.writes.append(_release_key(own, own_meta, pid=letter.pid, version=version))
+    plan.writes.append(_release_key(own, own_meta, pid=pid, version=version))
     plan.released_keys.add(own_meta.key)
 
 
