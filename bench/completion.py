@@ -1,0 +1,190 @@
+"""When has staging caught up? Cheap, exact-enough probes against the staging server.
+
+Why not poll a full comparison: reading 20k documents costs the test server ~0.8 s of CPU,
+which would steal from the system under test on a 2-core machine and blur the end time.
+Instead, every workload write sets `writeSeq` (see `bench.workload`), so each document's final
+state is known in advance. The tracker reads only documents not yet confirmed, oldest final
+write first, in `$in` batches (~40 ms for 500 documents), and never re-reads a confirmed one.
+The end time is when the last pending document is confirmed; a full `verify_equal` follows,
+untimed, and a run that does not verify does not count.
+
+A staging document is found by a `StagingLocator`: by `_id` for the baselines (their staging
+copy keeps production's `_id`), by business key for a system whose staging `_id`s differ.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from pymongo.collection import Collection
+
+from bench.workload import MARKER, Expected, WriteRecord
+
+
+class StagingLocator(Protocol):
+    """Fetches the staging documents standing for some production documents."""
+
+    def fetch(self, coll: Collection[Any], wanted: Sequence[Expected]) -> dict[Any, dict[str, Any]]:
+        """Map `Expected.id` -> the live staging document (soft-deleted ones left out)."""
+        ...
+
+
+@dataclass(frozen=True)
+class ByProductionId:
+    """Staging `_id` == production `_id` (the baselines copy documents whole)."""
+
+    soft_delete_field: str | None = None
+
+    def fetch(self, coll: Collection[Any], wanted: Sequence[Expected]) -> dict[Any, dict[str, Any]]:
+        projection = {MARKER: 1, **({self.soft_delete_field: 1} if self.soft_delete_field else {})}
+        found = coll.find({"_id": {"$in": [w.id for w in wanted]}}, projection)
+        return {d["_id"]: d for d in found if not _soft_deleted(d, self.soft_delete_field)}
+
+
+@dataclass(frozen=True)
+class ByBusinessKey:
+    """Staging `_id`s differ from production's: match on the business key fields.
+
+    Queries `$in` on the first key field (explicit operator, indexed on any sane staging) and
+    filters the rest client-side; `$or` of `$eq` clauses is pathologically slow on the test server.
+    """
+
+    fields: tuple[str, ...]
+    soft_delete_field: str | None = "deleted"
+
+    def fetch(self, coll: Collection[Any], wanted: Sequence[Expected]) -> dict[Any, dict[str, Any]]:
+        by_key = {w.key: w.id for w in wanted}
+        projection = {MARKER: 1, **{f: 1 for f in self.fields}}
+        if self.soft_delete_field:
+            projection[self.soft_delete_field] = 1
+        out: dict[Any, dict[str, Any]] = {}
+        for doc in coll.find({self.fields[0]: {"$in": sorted({w.key[0] for w in wanted})}},
+                             projection):
+            key = tuple(_get(doc, f) for f in self.fields)
+            if key in by_key and not _soft_deleted(doc, self.soft_delete_field):
+                out[by_key[key]] = doc
+        return out
+
+
+def _get(doc: dict[str, Any], path: str) -> Any:
+    value: Any = doc
+    for part in path.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return value
+
+
+def _soft_deleted(doc: dict[str, Any], soft_delete_field: str | None) -> bool:
+    return bool(soft_delete_field and doc.get(soft_delete_field))
+
+
+def _applied(doc: dict[str, Any] | None, wanted: Expected) -> bool:
+    """Does this staging document (None = absent or soft-deleted) reflect `wanted`?"""
+    if wanted.deleted:
+        return doc is None
+    if doc is None:
+        return False
+    value = doc.get(MARKER)
+    return isinstance(value, int) and value >= wanted.seq
+
+
+def wait_until_applied(
+    coll: Collection[Any],
+    locator: StagingLocator,
+    expected: Iterable[Expected],
+    timeout: float,
+    batch: int = 500,
+    poll: float = 0.05,
+) -> tuple[float | None, int]:
+    """Block until staging shows every expected final state, or `timeout` seconds pass.
+
+    Returns (monotonic time the last document was confirmed or None on timeout, still pending).
+    """
+    pending = sorted(expected, key=lambda e: e.seq)
+    deadline = time.monotonic() + timeout
+    while pending and time.monotonic() < deadline:
+        head = pending[:batch]
+        found = locator.fetch(coll, head)
+        left = [e for e in head if not _applied(found.get(e.id), e)]
+        pending = left + pending[batch:]
+        if left:  # later writes are even less likely done: wait, then retry from the oldest
+            time.sleep(poll)
+    return (time.monotonic() if not pending else None), len(pending)
+
+
+@dataclass
+class LagObserver:
+    """Watches staging for each paced write and records its lag (steady-state scenario).
+
+    A write counts as applied when staging shows its `writeSeq` or a later one, or — for a
+    delete, or a document later deleted — shows the document gone. The lag recorded is the time
+    of the probe that saw it minus the time the write was sent: an upper bound, within one poll
+    interval (`poll`) plus one query.
+    """
+
+    coll: Collection[Any]
+    locator: StagingLocator
+    poll: float = 0.02
+    batch: int = 300
+    lags: list[float] = field(default_factory=list)
+    _pending: list[tuple[WriteRecord, Expected]] = field(default_factory=list)
+    _deleted_at: dict[Any, int] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def add(self, record: WriteRecord, key: tuple[Any, ...]) -> None:
+        op = record.op
+        with self._lock:
+            if op.kind == "delete":
+                self._deleted_at[op.id] = op.seq
+            self._pending.append((record, Expected(op.id, key, op.seq, op.kind == "delete")))
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="lag-observer", daemon=True)
+        self._thread.start()
+
+    def drain(self, timeout: float) -> int:
+        """Wait until every added write is seen (or `timeout`); stop; return how many were not."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                if not self._pending:
+                    break
+            time.sleep(0.05)
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(10)
+        with self._lock:
+            return len(self._pending)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            with self._lock:
+                head = self._pending[: self.batch]
+            if head:
+                found = self.locator.fetch(self.coll, [e for _, e in head])
+                seen_at = time.monotonic()
+                done = {id(r) for r, e in head if self._seen(found.get(e.id), e)}
+                with self._lock:
+                    self.lags.extend(seen_at - r.sent for r, _ in head if id(r) in done)
+                    self._pending = [p for p in self._pending if id(p[0]) not in done]
+            self._stop.wait(self.poll)
+
+    def _seen(self, doc: dict[str, Any] | None, wanted: Expected) -> bool:
+        if _applied(doc, wanted):
+            return True
+        deleted = self._deleted_at.get(wanted.id)
+        return doc is None and deleted is not None and deleted > wanted.seq
+
+
+def percentile(values: Sequence[float], pct: float) -> float:
+    """Nearest-rank percentile (no interpolation); 0.0 for no values."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    rank = max(1, min(len(ordered), round(pct / 100 * len(ordered) + 0.5)))
+    return ordered[rank - 1]

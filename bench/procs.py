@@ -1,0 +1,148 @@
+"""Process plumbing for the benchmark: children that always end, and their peak memory.
+
+Why: every measured system runs in its own process so its peak RSS (`VmHWM`, read from /proc:
+no extra dependency) is its own, not the runner's. Children are started in their own session
+(Ctrl-C in a terminal reaches only the runner, which then stops them in order), are stopped by
+PID, and stop by themselves when their parent dies or their time budget runs out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from pymongo import MongoClient
+from pymongo.collection import Collection
+
+
+def stop_event(max_seconds: float) -> threading.Event:
+    """An event set on SIGTERM/SIGINT, when the parent process dies, or after `max_seconds`.
+
+    For child processes' main loops: every loop checks it, so no child outlives its runner.
+    """
+    stop = threading.Event()
+    parent = os.getppid()
+    deadline = time.monotonic() + max_seconds
+
+    def on_signal(_signum: int, _frame: Any) -> None:
+        stop.set()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, on_signal)
+
+    def watchdog() -> None:
+        while not stop.wait(0.5):
+            if os.getppid() != parent or time.monotonic() > deadline:
+                stop.set()
+
+    threading.Thread(target=watchdog, name="stop-watchdog", daemon=True).start()
+    return stop
+
+
+def spawn(argv: list[str], workdir: Path, name: str) -> subprocess.Popen[bytes]:
+    """Start `argv` in its own session, output to `workdir/<name>.log`."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    log = open(workdir / f"{name}.log", "ab")  # noqa: SIM115 - handed to the child
+    try:
+        return subprocess.Popen(
+            argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            cwd=Path(__file__).resolve().parent.parent, start_new_session=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+    finally:
+        log.close()
+
+
+def python_module(module: str, *args: str) -> list[str]:
+    return [sys.executable, "-m", module, *args]
+
+
+def stop_process(process: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
+    """SIGTERM, then SIGKILL after `timeout` seconds."""
+    if process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(10)
+
+
+def wait_for_file(path: Path, process: subprocess.Popen[bytes], timeout: float) -> None:
+    """Wait until a child writes `path` (its readiness signal); fail if it exits or times out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists():
+            return
+        if process.poll() is not None:
+            raise RuntimeError(f"{path.name}: process exited with {process.returncode}")
+        time.sleep(0.05)
+    raise RuntimeError(f"{path.name} did not appear within {timeout:.0f}s")
+
+
+def write_json(path: Path | None, data: dict[str, Any]) -> None:
+    """Write atomically, so a reader polling for the file never sees half of it."""
+    if path is None:
+        return
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data))
+    tmp.replace(path)
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    with contextlib.suppress(OSError, ValueError):
+        data = json.loads(path.read_text())
+        if isinstance(data, dict):
+            return data
+    return {}
+
+
+def peak_rss_mb(pid: int) -> float | None:
+    """Peak resident set size (`VmHWM`) of a live process, in MiB; None if unreadable."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return None
+
+
+def process_tree(pid: int) -> list[int]:
+    """`pid` and its live descendants (e.g. a Celery worker's pool children)."""
+    out, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        out.append(current)
+        with contextlib.suppress(OSError, ValueError):
+            for task in Path(f"/proc/{current}/task").iterdir():
+                todo.extend(int(c) for c in (task / "children").read_text().split())
+    return out
+
+
+def baseline_args(description: str, argv: list[str] | None) -> argparse.Namespace:
+    """Command-line arguments shared by the baseline sync processes."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--prod", required=True, help="production URI (through the proxy at 2 ms)")
+    parser.add_argument("--staging", required=True, help="staging URI (through the proxy at 2 ms)")
+    parser.add_argument("--source", default="production.orders", help="db.collection")
+    parser.add_argument("--target", default="staging.orders", help="db.collection")
+    parser.add_argument("--key", default="userEmail,accountId", help="business key fields")
+    parser.add_argument("--ready-file", type=Path, help="written once the stream is open")
+    parser.add_argument("--stats-file", type=Path, help="counters written at exit")
+    parser.add_argument("--max-seconds", type=float, default=3600, help="stop by itself after")
+    return parser.parse_args(argv)
+
+
+def collection(client: MongoClient[Any], dotted: str) -> Collection[Any]:
+    """`client["db"]["coll"]` from `"db.coll"`."""
+    db, _, coll = dotted.partition(".")
+    return client[db][coll]

@@ -1,0 +1,199 @@
+"""The registry of systems a benchmark measures, and the two baselines.
+
+Why a registry: the runner (`bench.run`) knows how to build servers, networks and workloads,
+time them and verify the result; it does not know how to start any particular sync system. A
+system is a `SystemSpec`: how to bring staging to the "already synced" starting state, how to
+start the system so it sees every change written from then on, how to find a staging document
+for a production one, and how to verify. Modules listed in `SYSTEM_MODULES` each provide
+`systems(options) -> list[SystemSpec]`.
+
+EXTENSION POINT for the product: add a module (e.g. `bench/product.py`) with a `systems()`
+function returning a `SystemSpec` named "stagesync", and append its name to `SYSTEM_MODULES`.
+See bench/README.md, "Plugging in the product", for what its `start` must do.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from subprocess import Popen
+from typing import Any, Protocol
+
+from pymongo import MongoClient
+
+from bench.completion import ByProductionId, StagingLocator
+from bench.naive_sync import create_key_index
+from bench.procs import (
+    collection,
+    python_module,
+    read_json,
+    spawn,
+    stop_process,
+    wait_for_file,
+)
+from bench.verify_equal import VerifyResult, verify_uris
+from bench.workload import BUSINESS_KEY
+
+# Modules providing `systems(options) -> list[SystemSpec]`, in table order.
+SYSTEM_MODULES: list[str] = ["bench.systems"]
+READY_TIMEOUT = 60.0  # seconds a system may take to start
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """Sizes and knobs of a run, as given on the command line."""
+
+    docs: int = 20_000
+    changes: int = 100_000
+    naive_changes: int = 3_000
+    rate: float = 300.0
+    duration: float = 60.0
+    seed: int = 1
+    timeout: float | None = None  # per measurement; None = derived from the sizes
+
+
+@dataclass(frozen=True)
+class BenchContext:
+    """Everything a system needs to know about one measured run."""
+
+    scenario: str  # "burst" | "steady"
+    network: str  # "loopback" | "2ms"
+    prod_uri: str  # what the system must use (through the delay proxy at 2 ms)
+    staging_uri: str
+    prod_direct_uri: str  # for untimed preparation and for verification only
+    staging_direct_uri: str
+    workdir: Path  # logs and scratch files of this run
+    max_seconds: float  # the system must stop by itself after this long
+    source: str = "production.orders"
+    target: str = "staging.orders"
+    business_key: tuple[str, ...] = BUSINESS_KEY
+    redis_url: str | None = None  # a private Redis, started when the spec asks for one
+
+
+class RunningSystem(Protocol):
+    """A started system: its processes (for peak RSS) and how to stop it."""
+
+    def processes(self) -> dict[str, int]:
+        """Role -> PID of each main process; descendants are found from /proc."""
+        ...
+
+    def stop(self) -> dict[str, Any]:
+        """Stop everything it started (idempotent); returns counters worth showing."""
+        ...
+
+
+@dataclass(frozen=True)
+class SystemSpec:
+    name: str
+    summary: str
+    # Bring staging to the "already synced" starting state, untimed (direct URIs allowed).
+    prepare: Callable[[BenchContext, Sequence[dict[str, Any]]], None]
+    # Start the system; return only once it will see every change written from now on.
+    start: Callable[[BenchContext], RunningSystem]
+    # Find staging documents for production ones (completion and lag probes).
+    locator: StagingLocator
+    # Whole-collection check after the run (direct connections).
+    verify: Callable[[BenchContext], VerifyResult]
+    # Largest burst it is measured on (None = the full burst); its rate is then extrapolated.
+    max_changes: int | None = None
+    scenarios: frozenset[str] = frozenset({"burst", "steady"})
+    needs_redis: bool = False
+    notes: list[str] = field(default_factory=list)
+
+
+def load_systems(options: RunOptions, modules: Sequence[str] | None = None) -> list[SystemSpec]:
+    """Every registered system, in `SYSTEM_MODULES` order."""
+    specs: list[SystemSpec] = []
+    for name in modules or SYSTEM_MODULES:
+        specs.extend(importlib.import_module(name).systems(options))
+    names = [s.name for s in specs]
+    if len(set(names)) != len(names):
+        raise ValueError(f"duplicate system names: {names}")
+    return specs
+
+
+# -- the baselines ---------------------------------------------------------------------------
+@dataclass
+class ProcessSystem:
+    """Child processes started by `spawn`; stats files are read back after they stop."""
+
+    procs: dict[str, Popen[bytes]]
+    stats_files: dict[str, Path]
+
+    def processes(self) -> dict[str, int]:
+        return {role: p.pid for role, p in self.procs.items()}
+
+    def stop(self) -> dict[str, Any]:
+        for proc in self.procs.values():
+            stop_process(proc)
+        out: dict[str, Any] = {}
+        for path in self.stats_files.values():
+            out.update(read_json(path))
+        return out
+
+
+def _baseline_start(name: str, module: str) -> Callable[[BenchContext], RunningSystem]:
+    def start(ctx: BenchContext) -> RunningSystem:
+        ready, stats = ctx.workdir / f"{name}.ready", ctx.workdir / f"{name}.stats.json"
+        argv = python_module(
+            module, "--prod", ctx.prod_uri, "--staging", ctx.staging_uri, "--source", ctx.source,
+            "--target", ctx.target, "--key", ",".join(ctx.business_key),
+            "--ready-file", str(ready), "--stats-file", str(stats),
+            "--max-seconds", str(ctx.max_seconds),
+        )
+        proc = spawn(argv, ctx.workdir, name)
+        try:
+            wait_for_file(ready, proc, READY_TIMEOUT)
+        except BaseException:
+            stop_process(proc)
+            raise
+        return ProcessSystem({name: proc}, {name: stats})
+
+    return start
+
+
+def _copy_prepare(with_key_index: bool) -> Callable[[BenchContext, Sequence[dict[str, Any]]], None]:
+    """Staging starts as a straight copy of production (same `_id`s), as after a full copy."""
+
+    def prepare(ctx: BenchContext, docs: Sequence[dict[str, Any]]) -> None:
+        client: MongoClient[Any] = MongoClient(ctx.staging_direct_uri)
+        try:
+            staging = collection(client, ctx.target)
+            if with_key_index:
+                create_key_index(staging, ctx.business_key)
+            for start in range(0, len(docs), 5000):
+                staging.insert_many(list(docs[start : start + 5000]), ordered=False)
+        finally:
+            client.close()
+
+    return prepare
+
+
+def _verify_by_id(ctx: BenchContext) -> VerifyResult:
+    return verify_uris(ctx.prod_direct_uri, ctx.staging_direct_uri, ctx.source, ctx.target,
+                       match_on=("_id",))
+
+
+def systems(options: RunOptions) -> list[SystemSpec]:
+    """The two baselines of issue 5."""
+    return [
+        SystemSpec(
+            name="naive",
+            summary="per event: read prod by _id, find staging by business key, insert/replace",
+            prepare=_copy_prepare(with_key_index=True),
+            start=_baseline_start("naive", "bench.naive_sync"),
+            locator=ByProductionId(),
+            verify=_verify_by_id,
+            max_changes=options.naive_changes,
+        ),
+        SystemSpec(
+            name="limit",
+            summary="stream ids -> $in read -> unordered ReplaceOne/DeleteOne by _id",
+            prepare=_copy_prepare(with_key_index=False),
+            start=_baseline_start("limit", "bench.limit_copy"),
+            locator=ByProductionId(),
+            verify=_verify_by_id,
+        ),
+    ]
