@@ -19,6 +19,7 @@ from collections.abc import Sequence
 
 from celery import Task
 
+from tasks import metrics
 from tasks.app import app
 from tasks.applier import apply_changes
 from tasks.constants import APPLY_BATCH
@@ -54,6 +55,7 @@ def apply_batch(
         result = apply_changes(runtime.context(collection), ops)
     except Exception as error:
         if is_transient(error):
+            metrics.FAILURES.labels(collection, "transient").inc()
             countdown = _backoff(self.request.retries, settings.retry_backoff_max_seconds)
             log.warning(
                 "transient failure, retrying",
@@ -70,6 +72,8 @@ def apply_batch(
                  describe_error(error))
         return
     runtime.report_done(collection, batch, part, result)
+    metrics.observe_apply(collection, len(ops), time.monotonic() - began, waited,
+                          result.outcomes)
     log.info(
         "applied",
         extra={
@@ -89,6 +93,7 @@ def _isolate(
     queue = task.request.delivery_info.get("routing_key") or runtime.settings.collection(
         collection
     ).queues[0]
+    metrics.FAILURES.labels(collection, reason).inc()
     if len(pairs) > 1:
         middle = len(pairs) // 2
         publish_apply(app, queue, collection, batch, part + "0", pairs[:middle])

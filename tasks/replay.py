@@ -61,7 +61,7 @@ def replay_dead_letters(
             runtime.rate_limiter.acquire(collection, len(ops))
             result = apply_changes(context, ops)
             counts.update(result.outcomes)
-            runtime.report_done(collection, None, "", result)
+            runtime.report_done(collection, None, "", result, source="replay")
     except Exception as error:
         if is_transient(error):
             raise self.retry(exc=error, countdown=5, max_retries=None) from None

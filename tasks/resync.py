@@ -169,7 +169,7 @@ def resync_chunk(
         })
     except DuplicateKeyError:
         return
-    runtime.report_done(collection, None, "", result)
+    runtime.report_done(collection, None, "", result, source="resync")
     record = resyncs.find_one({"_id": resync_id}) or {}
     chunks = record.get("chunks")
     if chunks is not None and _chunks_done(runtime.state_db, resync_id) >= chunks:

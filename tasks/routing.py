@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 
+import redis
+
 from settings.model import CollectionSettings, Settings
 
 
@@ -26,6 +28,18 @@ def queue_for(collection: CollectionSettings, pid: str) -> str:
 
 def all_queues(settings: Settings) -> list[str]:
     return [queue for collection in settings.collections for queue in collection.queues]
+
+
+# kombu's Redis transport keeps messages with a priority in sibling lists of the queue.
+PRIORITY_SUFFIXES = ("", "\x06\x163", "\x06\x166", "\x06\x169")
+
+
+def queue_depth(client: redis.Redis, queue: str) -> int:
+    """Messages waiting in a queue (reserved, unacknowledged ones are not counted)."""
+    with client.pipeline(transaction=False) as pipe:
+        for suffix in PRIORITY_SUFFIXES:
+            pipe.llen(queue + suffix)
+        return int(sum(pipe.execute()))
 
 
 def collection_of_queue(settings: Settings, queue: str) -> CollectionSettings | None:

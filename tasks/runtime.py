@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Mapping
 
 import redis
@@ -61,19 +62,25 @@ class Runtime:
 
     def report_done(
         self, collection: str, batch: str | None, part: str, result: ApplyResult | None,
-        outcomes: Mapping[str, int] | None = None,
+        outcomes: Mapping[str, int] | None = None, source: str = "stream",
     ) -> None:
-        """Tell the watcher a part of a batch is done, and count what happened (one trip)."""
+        """Tell the watcher a part of a batch is done, and count what happened (one trip).
+
+        Stream outcomes are counted under their own names; resync and replay outcomes under
+        `resync:<outcome>` and `replay:<outcome>`, so `status` can tell changes from copies.
+        """
         counts = dict(result.outcomes if result else outcomes or {})
+        prefix = "" if source == "stream" else f"{source}:"
+        key = stats_key(collection)
         with self.redis.pipeline(transaction=False) as pipe:
             if batch:
                 pipe.rpush(done_key(collection), f"{batch}|{part}")
             for outcome, count in counts.items():
                 if count:
-                    pipe.hincrby(stats_key(collection), outcome, count)
-            if result is not None:
-                pipe.hincrby(stats_key(collection), "applied_batches", 1)
-                pipe.hset(stats_key(collection), "last_apply_version", result.version)
+                    pipe.hincrby(key, prefix + outcome, count)
+            if result is not None and source == "stream":
+                pipe.hincrby(key, "applied_batches", 1)
+                pipe.hset(key, "last_applied_at", time.time())
             pipe.execute()
 
     def close(self) -> None:

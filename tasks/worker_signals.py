@@ -13,6 +13,7 @@ from celery import signals
 
 from settings import load_settings
 from settings.logs import configure_logging
+from tasks import metrics
 from tasks.indexes import ensure_indexes
 from tasks.runtime import reset_runtime
 from tasks.staging import connect_staging
@@ -47,3 +48,4 @@ def _check_deployments(**_: Any) -> None:
 @signals.worker_process_init.connect
 def _fresh_clients(**_: Any) -> None:
     reset_runtime()
+    metrics.serve(load_settings().metrics.worker_port_base, 0)

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from types import FrameType
 
 import redis
+from prometheus_client import start_http_server
 
 from settings.model import Settings
 from tasks.app import app as celery_app
@@ -35,6 +36,8 @@ def run_watcher(settings: Settings, names: Sequence[str] = ()) -> int:
     assert_distinct_deployments(production, staging, settings.staging.state_db)
     ensure_indexes(staging, settings)
     redis_client = redis.Redis.from_url(settings.redis_url, socket_timeout=30)
+    if settings.metrics.watcher_port:
+        start_http_server(settings.metrics.watcher_port, addr="0.0.0.0")
     run_id = uuid.uuid4().hex[:12]
     stop = threading.Event()
 

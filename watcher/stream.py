@@ -28,9 +28,11 @@ from pymongo.errors import OperationFailure, PyMongoError
 
 from settings.model import CollectionSettings, Settings
 from tasks.constants import done_key, epoch_key, stats_key, watcher_key
+from tasks.dead_letters import DeadLetterStore
 from tasks.publish import publish_apply
 from tasks.resync import progress, start_resync
-from tasks.routing import queue_for
+from tasks.routing import queue_depth, queue_for
+from watcher import metrics
 from watcher.batcher import MicroBatcher
 from watcher.checkpoint import WatcherRecord
 from watcher.events import STREAM_PROJECTION, Change, HistoryEnded, Malformed, classify
@@ -45,6 +47,7 @@ HEARTBEAT_SECONDS = 1.0
 RESYNC_CHECK_SECONDS = 5.0
 DONE_DRAIN = 1000
 SHUTDOWN_GRACE_SECONDS = 5.0
+DEAD_LETTER_COUNT_SECONDS = 10.0
 # How long one getMore may wait for new changes on servers that honour it: bounds the latency
 # of a change that arrives while a partial batch is buffered.
 STREAM_AWAIT_MS = 100
@@ -88,6 +91,9 @@ class CollectionWatcher:
         self._next_save = 0.0
         self._resync_marker: tuple[Any, ...] | None = None
         self._resync_moved_at = 0.0
+        self._saved_at = 0.0
+        self._dead_letters = 0
+        self._dead_letters_at = 0.0
 
     # -- outer loop: lease, restarts ------------------------------------------------------
     def run(self) -> None:
@@ -225,10 +231,13 @@ class CollectionWatcher:
         window.open_group(token, batches, time.monotonic(), oldest)
         for batch_id, (queue, changes) in batches.items():
             publish_apply(self.celery, queue, self.name, batch_id, "", changes)
+        enqueued = sum(len(changes) for _, changes in batches.values())
         with self.redis.pipeline(transaction=False) as pipe:
             pipe.hincrby(stats_key(self.name), "read", seen)
-            pipe.hincrby(stats_key(self.name), "enqueued", sum(len(c) for _, c in batches.values()))
+            pipe.hincrby(stats_key(self.name), "enqueued", enqueued)
             pipe.execute()
+        metrics.READ.labels(self.name).inc(seen)
+        metrics.ENQUEUED.labels(self.name).inc(enqueued)
 
     # -- housekeeping ----------------------------------------------------------------------
     def _housekeeping(self, window: InflightWindow, clock: _Clocks, now: float) -> None:
@@ -261,6 +270,7 @@ class CollectionWatcher:
             return
         log.warning("re-publishing in-flight batches",
                     extra={"collection": self.name, "batches": len(batches), "reason": why})
+        metrics.REPUBLISHED.labels(self.name).inc(len(batches))
         for batch in batches:
             batch.parts_done.clear()
             publish_apply(self.celery, batch.queue, self.name, batch.batch_id, "", batch.changes)
@@ -279,6 +289,7 @@ class CollectionWatcher:
             return
         if not self.record.save_checkpoint(token):
             raise LeaseLost()
+        self._saved_at = time.time()
         self._saved_token = token
         self._next_save = now + self.settings.watcher.checkpoint_interval_seconds
 
@@ -334,20 +345,33 @@ class CollectionWatcher:
         self.redis.set(epoch_key(self.name), self.run_id)
 
     def _heartbeat(self, window: InflightWindow) -> None:
+        now = time.time()
         oldest = window.oldest_pending_change()
+        if now >= self._dead_letters_at:
+            self._dead_letters_at = now + DEAD_LETTER_COUNT_SECONDS
+            self._dead_letters = DeadLetterStore(self.state_db).count(self.name)
         fields = {
-            "owner": self.run_id, "state": self.state, "heartbeat": time.time(),
+            "owner": self.run_id, "state": self.state, "heartbeat": now,
             "unapplied": window.unapplied, "groups": window.groups,
             "oldest_pending": oldest.timestamp() if oldest else "",
-            "last_error": self.last_error or "",
+            "last_error": self.last_error or "", "dead_letters": self._dead_letters,
         }
         key = watcher_key(self.name)
         with self.redis.pipeline(transaction=False) as pipe:
             pipe.hset(key, mapping=fields)
             pipe.expire(key, 30)
             pipe.execute()
+        metrics.STREAMING.labels(self.name).set(1)
+        metrics.LAG.labels(self.name).set(max(0.0, now - oldest.timestamp()) if oldest else 0)
+        metrics.UNAPPLIED.labels(self.name).set(window.unapplied)
+        if self._saved_at:
+            metrics.CHECKPOINT_AGE.labels(self.name).set(now - self._saved_at)
+        metrics.DEAD_LETTERS.labels(self.name).set(self._dead_letters)
+        for queue in self.collection.queues:
+            metrics.QUEUE_DEPTH.labels(queue).set(queue_depth(self.redis, queue))
 
     def _heartbeat_quietly(self, state: str, owner: bool = True) -> None:
+        metrics.STREAMING.labels(self.name).set(0)
         try:
             key = watcher_key(self.name)
             if owner or not self.redis.hget(key, "owner"):

@@ -1,0 +1,194 @@
+"""`stagesync status [--json] [--watch]`: is every collection healthy, and how far behind?
+
+Per collection: lag (age of the oldest change read but not yet applied; 0 when nothing is
+pending, so an idle collection is healthy), last applied change, counters, queue depths,
+the rate limit in force, checkpoint time and age, oplog headroom where the server reports it,
+whether a watcher streams it, the last error. Health (exit code 1 when any is not "ok"):
+- down: no watcher has reported for this collection recently;
+- stalled: changes are pending and nothing was applied for `status.stalled_after_seconds`;
+- lagging: lag above `status.lag_threshold_seconds`.
+Flower shows workers and tasks; this shows replication itself.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import redis
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+
+from settings.model import CollectionSettings, Settings
+from tasks.constants import RESYNCS, stats_key, watcher_key
+from tasks.dead_letters import DeadLetterStore
+from tasks.pii_state import masking_drift
+from tasks.rate_limit import effective_rate
+from tasks.routing import queue_depth
+from tasks.staging import connect_staging
+from watcher.checkpoint import read_all
+from watcher.production import ProductionReader
+
+HEARTBEAT_FRESH_SECONDS = 10.0
+STREAM_COUNTERS = ("read", "enqueued", "created", "updated", "unchanged", "soft_deleted",
+                   "tombstoned", "superseded", "released", "dead_lettered")
+
+
+class StatusReader:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.redis = redis.Redis.from_url(settings.redis_url, socket_timeout=5,
+                                          socket_connect_timeout=5)
+        self.staging = connect_staging(settings.staging, serverSelectionTimeoutMS=5000)
+        self.state_db = self.staging[settings.staging.state_db]
+        self.production = ProductionReader(settings.prod, serverSelectionTimeoutMS=5000)
+
+    def close(self) -> None:
+        self.redis.close()
+        self.staging.close()
+        self.production.close()
+
+    def collect(self) -> list[dict[str, Any]]:
+        now = time.time()
+        records = read_all(self.state_db)
+        oplog_window = self.production.oplog_window_seconds()
+        dead_letters = DeadLetterStore(self.state_db)
+        return [self._one(c, records.get(c.name, {}), dead_letters, oplog_window, now)
+                for c in self.settings.collections]
+
+    def _one(self, collection: CollectionSettings, record: dict[str, Any],
+             dead_letters: DeadLetterStore, oplog_window: float | None, now: float
+             ) -> dict[str, Any]:
+        heartbeat = _decode(self.redis.hgetall(watcher_key(collection.name)))
+        stats = _decode(self.redis.hgetall(stats_key(collection.name)))
+        alive = _float(heartbeat.get("heartbeat")) > now - HEARTBEAT_FRESH_SECONDS
+        oldest = _float(heartbeat.get("oldest_pending"))
+        lag = max(0.0, now - oldest) if (alive and oldest) else 0.0
+        last_applied = _float(stats.get("last_applied_at")) or None
+        checkpoint_at = record.get("checkpointAt")
+        checkpoint_age = (datetime.now(UTC) - _aware(checkpoint_at)).total_seconds() \
+            if isinstance(checkpoint_at, datetime) else None
+        rate, rate_source = effective_rate(self.settings, self.state_db, collection.name)
+        queues = {q: queue_depth(self.redis, q) for q in collection.queues}
+        pending = int(_float(heartbeat.get("unapplied")))
+        health = "ok"
+        if not alive:
+            health = "down"
+        elif pending and (last_applied is None or now - last_applied
+                          > self.settings.status.stalled_after_seconds) and \
+                lag > self.settings.status.stalled_after_seconds:
+            health = "stalled"
+        elif lag > self.settings.status.lag_threshold_seconds:
+            health = "lagging"
+        resync = record.get("resyncPending")
+        return {
+            "collection": collection.name,
+            "health": health,
+            "watcher": {"alive": alive, "state": heartbeat.get("state") if alive else "down",
+                        "owner": record.get("owner"), "host": record.get("host")},
+            "lag_seconds": round(lag, 3),
+            "pending_changes": pending,
+            "last_applied_at": _iso(last_applied),
+            "counters": {name: int(_float(stats.get(name))) for name in STREAM_COUNTERS},
+            "resync_counters": {k.split(":", 1)[1]: int(_float(v)) for k, v in stats.items()
+                                if k.startswith("resync:")},
+            "dead_letters": dead_letters.count(collection.name),
+            "queues": queues,
+            "queue_depth": sum(queues.values()),
+            "rate_limit": {"rate": rate, "source": rate_source},
+            "checkpoint_at": checkpoint_at.isoformat() if isinstance(checkpoint_at, datetime)
+            else None,
+            "checkpoint_age_seconds": round(checkpoint_age, 1)
+            if checkpoint_age is not None else None,
+            "oplog_window_seconds": oplog_window,
+            "oplog_headroom_seconds": round(oplog_window - checkpoint_age, 1)
+            if oplog_window is not None and checkpoint_age is not None else None,
+            "resync": self._resync(resync) if resync else None,
+            "last_error": heartbeat.get("last_error") or None,
+            "warnings": [w for w in [masking_drift(self.state_db, self.settings, collection)]
+                         if w],
+        }
+
+    def _resync(self, resync_id: str) -> dict[str, Any]:
+        record = self.state_db[RESYNCS].find_one({"_id": resync_id}) or {}
+        return {"id": resync_id, "state": record.get("state"), "reason": record.get("reason")}
+
+
+def render(rows: list[dict[str, Any]]) -> Group:
+    table = Table(title=f"stagesync status  {datetime.now(UTC):%Y-%m-%d %H:%M:%S} UTC")
+    for column in ("collection", "health", "watcher", "lag s", "pending", "read", "applied",
+                   "dead", "queue", "rate limit", "checkpoint age", "oplog headroom",
+                   "last applied"):
+        table.add_column(column)
+    notes: list[str] = []
+    for row in rows:
+        counters = row["counters"]
+        applied = sum(v for k, v in counters.items() if k not in ("read", "enqueued",
+                                                                  "dead_lettered"))
+        colour = {"ok": "green", "lagging": "yellow"}.get(row["health"], "red")
+        rate = row["rate_limit"]
+        table.add_row(
+            row["collection"], f"[{colour}]{row['health']}[/{colour}]", row["watcher"]["state"],
+            f"{row['lag_seconds']:.1f}", str(row["pending_changes"]), str(counters["read"]),
+            str(applied), str(row["dead_letters"]),
+            " ".join(f"{q.rsplit('.', 1)[-1] if len(row['queues']) > 1 else ''}{d}"
+                     for q, d in row["queues"].items()).strip(),
+            f"{rate['rate'] or 'none'} ({rate['source']})",
+            _seconds(row["checkpoint_age_seconds"]), _seconds(row["oplog_headroom_seconds"]),
+            (row["last_applied_at"] or "-")[11:19],
+        )
+        if row["resync"]:
+            notes.append(f"{row['collection']}: resync {row['resync']['id']} "
+                         f"{row['resync']['state']} ({row['resync']['reason']})")
+        if row["last_error"]:
+            notes.append(f"{row['collection']}: last error: {row['last_error']}")
+        notes.extend(f"{row['collection']}: {warning}" for warning in row["warnings"])
+    return Group(table, *notes)
+
+
+def run_status(settings: Settings, json_output: bool, watch_live: bool, interval: float,
+               console: Console) -> int:
+    reader = StatusReader(settings)
+    try:
+        if watch_live:
+            with Live(render(reader.collect()), console=console, refresh_per_second=4) as live:
+                try:
+                    while True:
+                        time.sleep(interval)
+                        live.update(render(reader.collect()))
+                except KeyboardInterrupt:
+                    pass
+        rows = reader.collect()
+    finally:
+        reader.close()
+    if json_output:
+        console.print_json(json.dumps({"collections": rows}))
+    elif not watch_live:
+        console.print(render(rows))
+    return 0 if all(row["health"] == "ok" for row in rows) else 1
+
+
+def _decode(raw: dict[bytes, bytes]) -> dict[str, str]:
+    return {k.decode(): v.decode() for k, v in raw.items()}
+
+
+def _float(value: str | None) -> float:
+    try:
+        return float(value) if value else 0.0
+    except ValueError:
+        return 0.0
+
+
+def _aware(moment: datetime) -> datetime:
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _iso(epoch: float | None) -> str | None:
+    return datetime.fromtimestamp(epoch, UTC).isoformat() if epoch else None
+
+
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}s"
