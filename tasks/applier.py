@@ -27,7 +27,7 @@ from tasks.dead_letters import DeadLetterEntry, DeadLetterStore
 from tasks.rules.identity import decode_id, encode_id
 from tasks.rules.pii import Masker
 from tasks.rules.plan import CollectionRules, DeadLetter, PlannedWrite, plan_batch
-from tasks.staging import DUPLICATE_KEY, TargetCollection
+from tasks.staging import TargetCollection
 from tasks.versions import take_version
 from watcher.production import ReadOnlyCollection, read_documents
 
@@ -40,6 +40,17 @@ Document = dict[str, Any]
 
 class ContentionError(RuntimeError):
     """Writes kept losing races for several rounds; retry the task with a new version."""
+
+
+class WriteErrors(RuntimeError):
+    """Staging refused some writes for good reasons of its own (a user's unique index, a
+    validator, a size limit). Raised after the rest of the batch is done, so the task can
+    retry and isolate the failing changes before they are dead-lettered."""
+
+    def __init__(self, errors: Mapping[str, str]) -> None:
+        super().__init__(f"{len(errors)} write(s) refused by staging: "
+                         + "; ".join(sorted(set(errors.values()))[:3]))
+        self.errors = dict(errors)
 
 
 @dataclass
@@ -132,6 +143,7 @@ def apply_documents(
     pending = set(production)
     done: set[str] = set()
     dead: dict[str, DeadLetter] = {}
+    refused: dict[str, str] = {}
     woken: set[str] = set()
     lost: set[str] = set()
     for _ in range(MAX_ROUNDS):
@@ -150,7 +162,7 @@ def apply_documents(
         if plan.releases:
             context.target.execute(plan.releases)
             result.staging_writes += len(plan.releases)
-        lost = _execute(context, plan.writes, version, result, dead, done)
+        lost = _execute(context, plan.writes, version, result, refused, done)
         result.outcomes["superseded"] += len(plan.superseded)
         done.update(plan.superseded)
         for letter in plan.dead_letters:
@@ -175,6 +187,8 @@ def apply_documents(
                 pid, "key_conflict", "business key still held by another document", key
             )
     _settle_dead_letters(context, version, ops, dead, done, result)
+    if refused:
+        raise WriteErrors(refused)
     return result
 
 
@@ -183,7 +197,7 @@ def _execute(
     writes: list[PlannedWrite],
     version: int,
     result: ApplyResult,
-    dead: dict[str, DeadLetter],
+    refused: dict[str, str],
     done: set[str],
 ) -> set[str]:
     """Run one round's writes; return the pids whose write lost a race."""
@@ -196,10 +210,10 @@ def _execute(
         write = writes[index]
         if write.pid is None:
             continue
-        if code == DUPLICATE_KEY:
+        if index in report.raced:
             lost.add(write.pid)  # an insert raced another apply for the same pid or key
         else:
-            dead[write.pid] = DeadLetter(write.pid, "write_error", f"code {code}: {message}")
+            refused[write.pid] = f"code {code}: {message}"
     failed = {writes[index].pid for index in report.failed}
     unsure = [w.pid for w in writes if w.pid and not w.is_insert and w.pid not in failed]
     stored = context.target.versions_of(unsure) if not report.matched_all and unsure else {}

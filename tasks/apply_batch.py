@@ -21,7 +21,7 @@ from celery import Task
 
 from tasks import metrics
 from tasks.app import app
-from tasks.applier import apply_changes
+from tasks.applier import WriteErrors, apply_changes
 from tasks.constants import APPLY_BATCH
 from tasks.dead_letters import DeadLetterEntry
 from tasks.errors import describe_error, is_transient
@@ -67,9 +67,19 @@ def apply_batch(
             raise self.retry(
                 exc=error, countdown=_backoff(self.request.retries, 5.0), max_retries=None
             ) from None
-        log.exception("apply failed", extra={"collection": collection, "changes": len(pairs)})
-        _isolate(runtime, self, collection, batch, part, pairs, "apply_error",
-                 describe_error(error))
+        if isinstance(error, WriteErrors) and 0 < len(error.errors) < len(pairs):
+            # The rest of the batch is done: report it, retry only the refused changes.
+            refused = [pair for pair in pairs if pair[0] in error.errors]
+            runtime.report_done(collection, batch, part + "1", None, {})
+            publish_apply(app, _queue(runtime, self, collection), collection, batch,
+                          part + "0", refused)
+            metrics.FAILURES.labels(collection, "split").inc()
+            return
+        log.warning("apply failed", exc_info=not isinstance(error, WriteErrors),
+                    extra={"collection": collection, "changes": len(pairs),
+                           "error": describe_error(error)})
+        reason = "write_error" if isinstance(error, WriteErrors) else "apply_error"
+        _isolate(runtime, self, collection, batch, part, pairs, reason, describe_error(error))
         return
     runtime.report_done(collection, batch, part, result)
     metrics.observe_apply(collection, len(ops), time.monotonic() - began, waited,
@@ -90,9 +100,7 @@ def _isolate(
     pairs: Sequence[Change], reason: str, error: str,
 ) -> None:
     """Split a failing batch in two, or dead-letter a lone failing change."""
-    queue = task.request.delivery_info.get("routing_key") or runtime.settings.collection(
-        collection
-    ).queues[0]
+    queue = _queue(runtime, task, collection)
     metrics.FAILURES.labels(collection, reason).inc()
     if len(pairs) > 1:
         middle = len(pairs) // 2
@@ -106,6 +114,12 @@ def _isolate(
         collection=collection, pid=pid, op=op, reason=reason, error=error, version=version,
     )])
     runtime.report_done(collection, batch, part, None, {"dead_lettered": 1})
+
+
+def _queue(runtime: Runtime, task: Task, collection: str) -> str:
+    """The queue this message came from (its partition), where its pieces go back."""
+    routing_key = (task.request.delivery_info or {}).get("routing_key")
+    return str(routing_key or runtime.settings.collection(collection).queues[0])
 
 
 def _backoff(attempt: int, cap: float) -> float:

@@ -18,10 +18,12 @@ from celery import Celery, Task
 from pymongo.database import Database
 
 from tasks.app import app
-from tasks.applier import apply_changes
+from tasks.applier import WriteErrors, apply_changes
 from tasks.constants import REPLAY_DEAD_LETTERS, RESYNCS
+from tasks.dead_letters import DeadLetterEntry
 from tasks.errors import is_transient
 from tasks.runtime import get_runtime
+from tasks.versions import take_version
 
 log = logging.getLogger("stagesync.replay")
 
@@ -59,7 +61,18 @@ def replay_dead_letters(
             chunk = entries[start:start + REPLAY_BATCH]
             ops = {entry["pid"]: str(entry.get("op") or "replay") for entry in chunk}
             runtime.rate_limiter.acquire(collection, len(ops))
-            result = apply_changes(context, ops)
+            try:
+                result = apply_changes(context, ops)
+            except WriteErrors as refused:
+                # Still refused: the entries stay, with the new error and one more attempt.
+                version = take_version(runtime.state_db, collection)
+                runtime.dead_letters.record(
+                    DeadLetterEntry(collection=collection, pid=pid, op=ops[pid],
+                                    reason="write_error", error=message, version=version)
+                    for pid, message in refused.errors.items()
+                )
+                counts["dead_lettered"] += len(refused.errors)
+                continue
             counts.update(result.outcomes)
             runtime.report_done(collection, None, "", result, source="replay")
     except Exception as error:

@@ -34,8 +34,9 @@ from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError
 
 from tasks.app import app
-from tasks.applier import apply_changes, apply_documents
+from tasks.applier import ApplyResult, WriteErrors, apply_changes, apply_documents
 from tasks.constants import RESYNC, RESYNC_CHUNK, RESYNC_SWEEP, RESYNCS
+from tasks.dead_letters import DeadLetterEntry
 from tasks.errors import describe_error, is_transient
 from tasks.pii_state import reset_after_resync
 from tasks.rules.identity import decode_id, encode_id
@@ -154,8 +155,12 @@ def resync_chunk(
             encode_id(doc["_id"]): context.masker.mask(doc)
             for doc in context.production.find(query)
         }
-        result = apply_documents(context, version, dict(production),
-                                 dict.fromkeys(production, "resync"))
+        try:
+            result = apply_documents(context, version, dict(production),
+                                     dict.fromkeys(production, "resync"))
+        except WriteErrors as refused:
+            # A copy has no retry budget of its own: record what staging refused, go on.
+            result = _dead_letter_refused(runtime, collection, refused)
     except Exception as error:
         if is_transient(error):
             raise self.retry(exc=error, countdown=5, max_retries=None) from None
@@ -214,6 +219,19 @@ def resync_sweep(self: Task, collection: str, resync_id: str) -> None:
     reset_after_resync(runtime.state_db, collection, context.masker.fingerprint)
     log.info("resync finished", extra={"collection": collection, "resync": resync_id,
                                        "summary": summary})
+
+
+def _dead_letter_refused(runtime: Runtime, collection: str, refused: WriteErrors
+                         ) -> ApplyResult:
+    version = take_version(runtime.state_db, collection)
+    runtime.dead_letters.record(
+        DeadLetterEntry(collection=collection, pid=pid, op="resync", reason="write_error",
+                        error=message, version=version)
+        for pid, message in refused.errors.items()
+    )
+    result = ApplyResult(version)
+    result.outcomes["dead_lettered"] = len(refused.errors)
+    return result
 
 
 def _start_sweep(runtime: Runtime, collection: str, resync_id: str, queue: str) -> None:

@@ -7,6 +7,7 @@ Merged documents are written whole with `ReplaceOne`, which keeps every BSON typ
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,17 +23,19 @@ from tasks.rules.plan import UNSYNCED, CollectionRules, PlannedWrite, StagingVie
 from tasks.rules.sync_meta import KEY_FIELD, PID_FIELD, SYNC, VERSION_FIELD, read_meta
 
 DUPLICATE_KEY = 11000
+# Unique indexes whose duplicate-key errors mean "another apply got there first" (re-plan),
+# as opposed to an index of the user's, which makes the write fail for good.
+SYNC_INDEX_MARKERS = ("stagesync_pid", "stagesync_key", "_sync.pid", "_sync.key",
+                      "_sync_pid", "_sync_key")
 
 Document = dict[str, Any]
 
 
 def connect_staging(settings: StagingSettings, **client_options: Any) -> MongoClient[Document]:
-    return MongoClient(
-        settings.uri,
-        w=settings.write_concern,
-        appname="stagesync",
-        **client_options,
-    )
+    # socketTimeoutMS: a staging server that stops answering fails the call (a transient
+    # error, retried) instead of hanging the process.
+    options = {"socketTimeoutMS": 60_000, **client_options}
+    return MongoClient(settings.uri, w=settings.write_concern, appname="stagesync", **options)
 
 
 @dataclass
@@ -42,6 +45,7 @@ class WriteReport:
     attempted: int = 0
     matched_all: bool = True
     failed: dict[int, tuple[int, str]] = field(default_factory=dict)  # index -> (code, message)
+    raced: set[int] = field(default_factory=set)  # indexes that lost to another apply
 
 
 class TargetCollection:
@@ -129,9 +133,11 @@ class TargetCollection:
         except BulkWriteError as error:
             details = error.details
             for failure in details.get("writeErrors", []):
-                report.failed[int(failure["index"])] = (
-                    int(failure.get("code", 0)), str(failure.get("errmsg", ""))[:500]
-                )
+                index = int(failure["index"])
+                code = int(failure.get("code", 0))
+                report.failed[index] = (code, str(failure.get("errmsg", ""))[:500])
+                if code == DUPLICATE_KEY and _on_sync_index(failure):
+                    report.raced.add(index)
         failed_matches = sum(1 for index in report.failed if not writes[index].is_insert)
         matched = int(details.get("nMatched", 0)) + int(details.get("nRemoved", 0))
         report.matched_all = matched >= expected_matches - failed_matches
@@ -155,6 +161,20 @@ class TargetCollection:
 
 
 WriteOperation = InsertOne[Document] | ReplaceOne[Document] | UpdateOne | DeleteOne
+
+
+def _on_sync_index(failure: Mapping[str, Any]) -> bool:
+    """Whether a duplicate-key error comes from `_id` or stagesync's own unique indexes.
+
+    MongoDB names the key pattern (`keyPattern`) since 4.4; the message names the index.
+    """
+    pattern = failure.get("keyPattern")
+    if isinstance(pattern, Mapping) and pattern:
+        return set(pattern) <= {"_id", "_sync.pid", "_sync.key"}
+    message = str(failure.get("errmsg", ""))
+    if any(marker in message for marker in SYNC_INDEX_MARKERS):
+        return True
+    return bool(re.search(r"(index: _id_ |\._id\b)", message))
 
 
 def _operation(write: PlannedWrite) -> WriteOperation:

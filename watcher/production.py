@@ -26,6 +26,9 @@ READ_COMMANDS = frozenset({
     "replSetGetStatus", "collStats", "dbStats", "connectionStatus", "getParameter",
 })
 FORBIDDEN_STAGES = ("$out", "$merge")
+# A server that stops answering must not hang a watcher or worker forever; every read here
+# returns well within this (change streams wait at most their await time per getMore).
+SOCKET_TIMEOUT_MS = 60_000
 
 
 class CommandLog(monitoring.CommandListener):
@@ -104,13 +107,14 @@ class ProductionReader:
 
     def __init__(self, settings: ProductionSettings, **client_options: Any) -> None:
         self.commands = CommandLog()
+        options = {"socketTimeoutMS": SOCKET_TIMEOUT_MS, **client_options}
         self._client: MongoClient[dict[str, Any]] = MongoClient(
             settings.uri,
             read_preference=ReadPreference.PRIMARY,
             readConcernLevel=settings.read_concern,
             event_listeners=[self.commands],
             appname="stagesync-reader",
-            **client_options,
+            **options,
         )
         self._read_concern = ReadConcern(settings.read_concern)
 

@@ -42,9 +42,20 @@ def production_snapshot(client: MongoClient[Any]) -> dict[str, Any]:
     return snapshot
 
 
+def populated_databases(pipeline: Pipeline) -> set[str]:
+    """Production databases holding collections (other tests share the server).
+
+    nx-27017 quirk: a read of a missing database (the guard's marker lookup) lists it, empty;
+    real MongoDB creates nothing. Only databases holding collections count here.
+    """
+    names = set(pipeline.prod_client.list_database_names()) - {"admin", "local", "config"}
+    return {name for name in names if pipeline.prod_client[name].list_collection_names()}
+
+
 def test_document_lifecycle_keeps_staging_fields_and_never_touches_production(
     pipeline: Pipeline,
 ) -> None:
+    databases_before = populated_databases(pipeline)
     pipeline.start_watcher()
     pipeline.start_worker()
     pipeline.wait_streaming()
@@ -128,12 +139,7 @@ def test_document_lifecycle_keeps_staging_fields_and_never_touches_production(
     time.sleep(2)  # the watcher and worker keep running, checkpointing, renewing leases
     assert production_snapshot(pipeline.prod_client) == before
     source_db = pipeline.collections[0]["source"].split(".")[0]
-    databases = set(pipeline.prod_client.list_database_names()) - {"admin", "local", "config"}
-    if pipeline.pair.is_test_server:
-        # nx-27017 quirk: a read of a missing database (the guard's marker lookup) lists it,
-        # empty; real MongoDB creates nothing. Only databases holding collections count here.
-        databases = {d for d in databases if pipeline.prod_client[d].list_collection_names()}
-    assert databases == {source_db}
+    assert populated_databases(pipeline) - databases_before == {source_db}
     assert set(pipeline.prod_client[source_db].list_collection_names()) == {"orders"}
     for document in pipeline.prod().find({}):
         assert "_sync" not in document and "deleted" not in document

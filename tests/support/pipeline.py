@@ -148,9 +148,16 @@ class Pipeline:
             argv += ["-Q", ",".join(queues)]
         return self.start("worker", argv)
 
-    def cli(self, *args: str, timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([str(VENV_BIN / "stagesync"), *args], env=self.env(),
-                              cwd=self.workdir, capture_output=True, text=True, timeout=timeout)
+    def cli(self, *args: str, timeout: float = 180.0) -> subprocess.CompletedProcess[str]:
+        try:
+            return subprocess.run([str(VENV_BIN / "stagesync"), *args], env=self.env(),
+                                  cwd=self.workdir, capture_output=True, text=True,
+                                  timeout=timeout)
+        except subprocess.TimeoutExpired as error:
+            output = (error.stdout or b"").decode(errors="replace") if isinstance(
+                error.stdout, bytes) else (error.stdout or "")
+            raise AssertionError(f"stagesync {' '.join(args)} ran over {timeout:.0f}s\n"
+                                 f"{output[-2000:]}\n{self.logs()}") from None
 
     def stop(self) -> None:
         for proc in reversed(self.procs):

@@ -1,0 +1,356 @@
+"""Bursts (issue 5): coalescing, a per-queue rate limit across workers, backpressure.
+
+Real processes only: `stagesync watch`, `celery -A tasks worker`, the machine's Redis and two
+MongoDB servers. Figures come from what the product itself records where every process writes
+it: the outcome counters in the Redis stats hash (one per document written), the workers' JSON
+log lines (`"applied"`, with the number of staging write operations of the batch), the Redis
+queue (messages read without consuming them) and the watcher's heartbeat hash.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+from pymongo import UpdateOne
+
+from tasks.constants import APPLY_BATCH, RESYNCS, stats_key, watcher_key
+from tasks.rate_limit import OVERRIDE_CACHE_SECONDS
+from tasks.routing import PRIORITY_SUFFIXES
+from tasks.rules.identity import encode_id
+from tests.support.pipeline import Pipeline, Proc, collection_config, wait_for
+
+TIMEOUT = 45
+# Outcomes after which a staging document was written by a stream apply (one write each).
+WRITTEN = ("created", "updated", "unchanged", "soft_deleted", "tombstoned", "released")
+# Every way a change handed to a worker can end (written, lost to a newer write, parked).
+SETTLED = (*WRITTEN, "superseded", "dead_lettered")
+
+
+# -- helpers --------------------------------------------------------------------------------
+@pytest.fixture
+def rds(redis_url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    yield client
+    client.close()
+
+
+def name_of(pipeline: Pipeline) -> str:
+    return str(pipeline.collections[0]["name"])
+
+
+def counters(rds: redis.Redis, pipeline: Pipeline) -> dict[str, int]:
+    raw = rds.hgetall(stats_key(name_of(pipeline)))
+    return {key: int(float(value)) for key, value in raw.items() if key != "last_applied_at"}
+
+
+def total(stats: dict[str, int], outcomes: tuple[str, ...]) -> int:
+    return sum(stats.get(outcome, 0) for outcome in outcomes)
+
+
+def applied_logs(pipeline: Pipeline) -> list[dict[str, Any]]:
+    """Every `applied` line the workers logged for this pipeline's collection."""
+    lines = []
+    for proc in pipeline.procs:
+        if proc.name != "worker" or not proc.log_path.exists():
+            continue
+        for line in proc.log_path.read_text(errors="replace").splitlines():
+            if not line.startswith("{"):
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if record.get("message") == "applied" and \
+                    record.get("collection") == name_of(pipeline):
+                lines.append(record)
+    return lines
+
+
+def heartbeat(rds: redis.Redis, pipeline: Pipeline) -> dict[str, str]:
+    return rds.hgetall(watcher_key(name_of(pipeline)))
+
+
+def status(pipeline: Pipeline) -> dict[str, Any]:
+    result = pipeline.cli("status", "--json")
+    assert result.stdout, result.stderr
+    row: dict[str, Any] = json.loads(result.stdout)["collections"][0]
+    return row
+
+
+def queued_changes(rds: redis.Redis, queue: str) -> tuple[int, int]:
+    """(apply messages, changes they carry) waiting in a queue, read without consuming.
+
+    kombu keeps a message as JSON whose `body` is the base64 of Celery's protocol-2 body
+    `[args, kwargs, embed]`; `apply_batch`'s args are (collection, batch, part, changes).
+    """
+    messages = changes = 0
+    for suffix in PRIORITY_SUFFIXES:
+        for raw in rds.lrange(queue + suffix, 0, -1):
+            message = json.loads(raw)
+            if message.get("headers", {}).get("task") != APPLY_BATCH:
+                continue
+            args, _, _ = json.loads(base64.b64decode(message["body"]))
+            messages += 1
+            changes += len(args[3])
+    return messages, changes
+
+
+def wait_bootstrapped(pipeline: Pipeline) -> None:
+    """The watcher streams and its bootstrap resync (of an empty collection) is done."""
+    pipeline.wait_streaming()
+    wait_for(lambda: pipeline.state()[RESYNCS].find_one(
+        {"kind": {"$eq": "resync"}, "state": {"$eq": "done"}}), TIMEOUT,
+        "bootstrap resync done", pipeline)
+
+
+def staging_by_pid(pipeline: Pipeline) -> dict[str, dict[str, Any]]:
+    return {doc["_sync"]["pid"]: doc for doc in pipeline.staging().find({})}
+
+
+def mismatches(pipeline: Pipeline, production: list[dict[str, Any]]) -> list[str]:
+    """Production-owned fields whose staging value differs, field by field."""
+    staged = staging_by_pid(pipeline)
+    problems = []
+    for document in production:
+        pid = encode_id(document["_id"])
+        target = staged.get(pid)
+        if target is None:
+            problems.append(f"{pid}: missing in staging")
+            continue
+        for field, value in document.items():
+            if field != "_id" and target.get(field) != value:
+                problems.append(f"{pid}.{field}: {target.get(field)!r} != {value!r}")
+        if target.get("deleted") is not False:
+            problems.append(f"{pid}: deleted={target.get('deleted')!r}")
+    return problems
+
+
+def verify(pipeline: Pipeline) -> None:
+    result = pipeline.cli("verify", name_of(pipeline))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+Sample = tuple[float, int]
+
+
+def sample_until(rds: redis.Redis, pipeline: Pipeline, outcomes: tuple[str, ...], target: int,
+                 timeout: float, what: str) -> list[Sample]:
+    """(monotonic time, counter sum) every 0.1 s until the sum reaches `target`."""
+    samples: list[Sample] = []
+
+    def reached() -> bool:
+        samples.append((time.monotonic(), total(counters(rds, pipeline), outcomes)))
+        return samples[-1][1] >= target
+
+    wait_for(reached, timeout, what, pipeline)
+    return samples
+
+
+def applying_span(samples: list[Sample], start: int) -> list[Sample]:
+    """The samples from the last one still at `start` (just before the first apply) on."""
+    first = max(i for i, (_, count) in enumerate(samples) if count <= start)
+    return samples[first:]
+
+
+def peak_rate(samples: list[Sample], window: float) -> float:
+    """Highest documents/second over any stretch of at least `window` seconds."""
+    best = 0.0
+    for i, (t0, c0) in enumerate(samples):
+        for t1, c1 in samples[i + 1:]:
+            if t1 - t0 >= window:
+                best = max(best, (c1 - c0) / (t1 - t0))
+                break
+    return best
+
+
+# -- 1. coalescing --------------------------------------------------------------------------
+def test_burst_to_a_few_documents_is_coalesced_and_ends_equal(
+    pipeline_factory: Any, rds: redis.Redis,
+) -> None:
+    pipeline: Pipeline = pipeline_factory([collection_config("orders")])
+    pipeline.start_watcher()
+    pipeline.start_worker(concurrency=2)
+    wait_bootstrapped(pipeline)
+    prod = pipeline.prod()
+    ids = prod.insert_many([{"userEmail": f"hot{i}@corp.test", "accountId": i, "n": 0}
+                            for i in range(5)]).inserted_ids
+    wait_for(lambda: counters(rds, pipeline).get("created", 0) >= 5, TIMEOUT, "5 created",
+             pipeline)
+    before = counters(rds, pipeline)
+    logged_before = sum(int(line["writes"]) for line in applied_logs(pipeline))
+
+    changes = 3000
+    began = time.monotonic()
+    for start in range(0, changes, 500):
+        prod.bulk_write([
+            UpdateOne({"_id": ids[i % 5]},
+                      {"$set": {"n": i, f"f{i % 7}": i, "nested.last": i}, "$inc": {"count": 1}})
+            for i in range(start, start + 500)
+        ], ordered=True)
+    written_in = time.monotonic() - began
+
+    final = list(prod.find({}))
+    assert [d["count"] for d in final] == [changes // 5] * 5
+    wait_for(lambda: not mismatches(pipeline, final), TIMEOUT, "staging equals production",
+             pipeline)
+    wait_for(lambda: int(float(heartbeat(rds, pipeline).get("unapplied", -1))) == 0, TIMEOUT,
+             "nothing left unapplied", pipeline)
+    converged_in = time.monotonic() - began
+    verify(pipeline)
+
+    after = counters(rds, pipeline)
+    read = after.get("read", 0) - before.get("read", 0)
+    enqueued = after.get("enqueued", 0) - before.get("enqueued", 0)
+    documents_written = total(after, SETTLED) - total(before, SETTLED)
+    write_ops = sum(int(line["writes"]) for line in applied_logs(pipeline)) - logged_before
+    print(f"\ncoalescing: {changes} changes in {written_in:.2f}s, read {read}, enqueued "
+          f"{enqueued}, documents settled {documents_written}, staging write ops {write_ops}, "
+          f"converged in {converged_in:.2f}s")
+    assert read >= changes  # the watcher saw every change...
+    assert enqueued < changes / 5  # ...and handed the workers far fewer
+    assert 0 < documents_written < changes / 5
+    assert 0 < write_ops < changes / 5
+    assert after.get("dead_lettered", 0) == 0
+
+
+# -- 2. rate limit across workers -----------------------------------------------------------
+def test_rate_limit_holds_across_two_workers_and_changes_at_run_time(
+    pipeline_factory: Any, rds: redis.Redis,
+) -> None:
+    rate = 50
+    pipeline: Pipeline = pipeline_factory(
+        [collection_config("orders", rate_limit=f"{rate}/s")], watcher={"batch_max_size": 25},
+    )
+    name = name_of(pipeline)
+    pipeline.start_watcher()
+    workers = [pipeline.start_worker(concurrency=2), pipeline.start_worker(concurrency=2)]
+    wait_bootstrapped(pipeline)
+    prod = pipeline.prod()
+
+    # Phase 1: 400 new documents at the configured 50/s.
+    count = 400
+    first_ids = prod.insert_many([{"userEmail": f"u{i}@corp.test", "accountId": i}
+                                  for i in range(count)]).inserted_ids
+    samples = applying_span(sample_until(rds, pipeline, SETTLED, count, TIMEOUT, "400 applied"),
+                            0)
+    elapsed = samples[-1][0] - samples[0][0]
+    per_worker = [applied_batches(proc) for proc in workers]
+    peak = peak_rate(samples, 5.0)
+    print(f"\nrate 1: {count} docs at {rate}/s in {elapsed:.2f}s = {count / elapsed:.1f}/s, "
+          f"peak 5s window {peak:.1f}/s, batches per worker {per_worker}")
+    assert elapsed >= (count - rate) / rate * 0.7, elapsed  # the first window's worth is free
+    assert peak <= rate * 1.5, samples
+    assert count / elapsed <= rate * 1.5
+    assert all(per_worker), per_worker  # both workers took part
+
+    # Phase 2: raised at run time for every worker, no restart.
+    result = pipeline.cli("ratelimit", name, "200/s")
+    assert result.returncode == 0 and "200/s (runtime)" in result.stdout, result
+    assert status(pipeline)["rate_limit"] == {"rate": "200/s", "source": "runtime"}
+    time.sleep(OVERRIDE_CACHE_SECONDS + 0.5)  # workers re-read the override this often
+    start = total(counters(rds, pipeline), SETTLED)
+    raised = 600
+    prod.insert_many([{"userEmail": f"v{i}@corp.test", "accountId": i} for i in range(raised)])
+    samples = applying_span(sample_until(rds, pipeline, SETTLED, start + raised, TIMEOUT,
+                                         "600 more applied"), start)
+    elapsed_raised = samples[-1][0] - samples[0][0]
+    print(f"rate 2: {raised} docs at 200/s in {elapsed_raised:.2f}s = "
+          f"{raised / elapsed_raised:.1f}/s, peak 2.5s window {peak_rate(samples, 2.5):.1f}/s")
+    assert raised / elapsed_raised > rate * 1.5  # well above the old limit
+    assert raised / elapsed_raised <= 200 * 1.5
+    assert peak_rate(samples, 2.5) <= 200 * 1.5
+    assert all(proc.alive() for proc in workers)
+
+    # Phase 3: back to the configuration.
+    result = pipeline.cli("ratelimit", name, "--clear")
+    assert result.returncode == 0 and f"{rate}/s (config)" in result.stdout, result
+    assert status(pipeline)["rate_limit"] == {"rate": f"{rate}/s", "source": "config"}
+    time.sleep(OVERRIDE_CACHE_SECONDS + 0.5)
+    start = total(counters(rds, pipeline), SETTLED)
+    again = 200
+    prod.update_many({"_id": {"$in": first_ids[:again]}}, {"$set": {"phase": 3}})
+    samples = applying_span(sample_until(rds, pipeline, SETTLED, start + again, TIMEOUT,
+                                         "200 updates applied"), start)
+    elapsed_again = samples[-1][0] - samples[0][0]
+    print(f"rate 3: {again} docs back at {rate}/s in {elapsed_again:.2f}s")
+    assert elapsed_again >= (again - rate) / rate * 0.7
+    verify(pipeline)
+
+
+def applied_batches(proc: Proc) -> int:
+    return sum(1 for line in proc.log_path.read_text(errors="replace").splitlines()
+               if '"message": "applied"' in line)
+
+
+# -- 3. backpressure ------------------------------------------------------------------------
+def test_backpressure_bounds_the_unapplied_window_and_drains(
+    pipeline_factory: Any, rds: redis.Redis,
+) -> None:
+    max_unapplied, batch = 200, 50
+    pipeline: Pipeline = pipeline_factory(
+        [collection_config("orders")],
+        watcher={"max_unapplied": max_unapplied, "batch_max_size": batch,
+                 "inflight_timeout_seconds": 120},
+    )
+    queue = f"stagesync.{name_of(pipeline)}"
+    pipeline.start_watcher()
+    bootstrap_worker = pipeline.start_worker(concurrency=1)
+    wait_bootstrapped(pipeline)
+    bootstrap_worker.terminate()
+    prod = pipeline.prod()
+
+    # 800 changes while no worker runs: 600 inserts, 150 updates, 50 deletes.
+    ids = prod.insert_many([{"userEmail": f"b{i}@corp.test", "accountId": i, "v": 0}
+                            for i in range(600)]).inserted_ids
+    prod.bulk_write([UpdateOne({"_id": ids[i]}, {"$set": {"v": 1}}) for i in range(0, 600, 4)])
+    prod.delete_many({"_id": {"$in": ids[1:100:2]}})
+
+    peak_queued = peak_unapplied = 0
+    observed: list[tuple[int, int, str]] = []
+
+    def saturated() -> bool:
+        nonlocal peak_queued, peak_unapplied
+        _, changes = queued_changes(rds, queue)
+        beat = heartbeat(rds, pipeline)
+        unapplied = int(float(beat.get("unapplied", 0)))
+        peak_queued = max(peak_queued, changes)
+        peak_unapplied = max(peak_unapplied, unapplied)
+        observed.append((changes, unapplied, beat.get("state", "")))
+        return beat.get("state") == "backpressure" and changes >= max_unapplied - batch
+    wait_for(saturated, TIMEOUT, "watcher in backpressure", pipeline)
+    # Keep watching for a while: the watcher must stay paused, not creep forward.
+    deadline = time.monotonic() + 3.0
+    while time.monotonic() < deadline:
+        saturated()
+        time.sleep(0.1)
+    row = status(pipeline)
+    read = counters(rds, pipeline).get("read", 0)
+    print(f"\nbackpressure: peak queued changes {peak_queued}, peak unapplied "
+          f"{peak_unapplied}, read {read} of 800, status pending {row['pending_changes']}, "
+          f"state {row['watcher']['state']}, samples {len(observed)}")
+    assert peak_queued <= max_unapplied + batch, observed
+    assert peak_unapplied <= max_unapplied + batch, observed
+    assert row["watcher"]["state"] == "backpressure"
+    assert 0 < row["pending_changes"] <= max_unapplied + batch
+    assert read <= max_unapplied + batch  # it stopped reading; the rest waits in the oplog
+
+    # A worker starts: everything drains, staging ends equal.
+    pipeline.start_worker(concurrency=2)
+    wait_for(lambda: counters(rds, pipeline).get("read", 0) == 800, TIMEOUT,
+             "every change read", pipeline)
+    wait_for(lambda: int(float(heartbeat(rds, pipeline).get("unapplied", -1))) == 0
+             and queued_changes(rds, queue) == (0, 0), TIMEOUT, "drained", pipeline)
+    final = list(prod.find({}))
+    assert len(final) == 550
+    wait_for(lambda: not mismatches(pipeline, final), TIMEOUT, "staging equals production",
+             pipeline)
+    deleted = pipeline.staging().count_documents({"deleted": True})
+    assert deleted == 50
+    verify(pipeline)
+    assert status(pipeline)["pending_changes"] == 0
