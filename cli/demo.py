@@ -31,9 +31,9 @@ from rich.table import Table
 
 from cli.local_servers import LocalServer, redis_answers, start_mongo_test_server, start_redis
 from cli.status import StatusReader, render
-from cli.verify import verify_collection
 from settings import load_settings
 from settings.model import Settings
+from tasks.verification import verify_collection
 
 LOCAL_REDIS = "redis://127.0.0.1:6379"
 DEMO_REDIS_DB = 15

@@ -23,7 +23,7 @@ from rich.live import Live
 from rich.table import Table
 
 from settings.model import CollectionSettings, Settings
-from tasks.constants import RESYNCS, stats_key, watcher_key
+from tasks.constants import RESYNCS, VERIFICATIONS, stats_key, watcher_key
 from tasks.dead_letters import DeadLetterStore
 from tasks.pii_state import masking_drift
 from tasks.rate_limit import effective_rate
@@ -84,6 +84,7 @@ class StatusReader:
         elif lag > self.settings.status.lag_threshold_seconds:
             health = "lagging"
         resync = record.get("resyncPending")
+        verified = self.state_db[VERIFICATIONS].find_one({"_id": collection.name})
         return {
             "collection": collection.name,
             "health": health,
@@ -107,6 +108,9 @@ class StatusReader:
             "oplog_headroom_seconds": round(oplog_window - checkpoint_age, 1)
             if oplog_window is not None and checkpoint_age is not None else None,
             "resync": self._resync(resync) if resync else None,
+            "last_verify": {"at": verified["at"].isoformat() if isinstance(
+                verified.get("at"), datetime) else None, "equal": verified.get("equal"),
+                "mismatched": verified.get("mismatched")} if verified else None,
             "last_error": heartbeat.get("last_error") or None,
             "warnings": [w for w in [masking_drift(self.state_db, self.settings, collection)]
                          if w],
@@ -143,6 +147,9 @@ def render(rows: list[dict[str, Any]]) -> Group:
         if row["resync"]:
             notes.append(f"{row['collection']}: resync {row['resync']['id']} "
                          f"{row['resync']['state']} ({row['resync']['reason']})")
+        if row["last_verify"] and not row["last_verify"]["equal"]:
+            notes.append(f"{row['collection']}: last scheduled verify found "
+                         f"{row['last_verify']['mismatched']} mismatched document(s)")
         if row["last_error"]:
             notes.append(f"{row['collection']}: last error: {row['last_error']}")
         notes.extend(f"{row['collection']}: {warning}" for warning in row["warnings"])

@@ -265,14 +265,44 @@ class WorkerSettings(StrictModel):
         return self
 
 
+class ScheduleEntry(StrictModel):
+    """A job Celery beat runs: a full resync or a verification of one collection."""
+
+    task: Literal["resync", "verify"]
+    collection: str
+    every: str | None = None  # a duration such as 6h or 1d
+    cron: str | None = None  # five crontab fields, e.g. "0 3 * * *" (UTC)
+
+    @field_validator("every")
+    @classmethod
+    def _every(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_duration(value)
+        return value
+
+    @field_validator("cron")
+    @classmethod
+    def _cron(cls, value: str | None) -> str | None:
+        if value is not None and len(value.split()) != 5:
+            raise ValueError(f"{value!r} is not five crontab fields (minute hour day month "
+                             "weekday)")
+        return value
+
+    @model_validator(mode="after")
+    def _one_timing(self) -> ScheduleEntry:
+        if (self.every is None) == (self.cron is None):
+            raise ValueError("give exactly one of 'every' or 'cron'")
+        return self
+
+
 class StatusSettings(StrictModel):
     lag_threshold_seconds: Annotated[float, Field(gt=0)] = 60.0
     stalled_after_seconds: Annotated[float, Field(gt=0)] = 120.0
 
 
 class MetricsSettings(StrictModel):
-    # Watcher port; each worker child process serves on port + 1 + its pool index when
-    # worker_port_base is set (see README, "Metrics").
+    # Watcher port; each worker child process serves on the first free port from
+    # worker_port_base (see README, "Metrics"). 0 disables either.
     watcher_port: Annotated[int, Field(ge=0, le=65535)] = 0
     worker_port_base: Annotated[int, Field(ge=0, le=65535)] = 0
 
@@ -297,6 +327,7 @@ class Settings(BaseSettings):
     worker: WorkerSettings = WorkerSettings()
     status: StatusSettings = StatusSettings()
     metrics: MetricsSettings = MetricsSettings()
+    schedule: list[ScheduleEntry] = []
 
     @field_validator("redis_url")
     @classmethod
@@ -323,6 +354,11 @@ class Settings(BaseSettings):
                     raise ValueError(f"{_key(index, collection, kind)}: {item!r} is configured "
                                      "twice")
                 seen.add(item)
+        names = {collection.name for collection in self.collections}
+        for index, entry in enumerate(self.schedule):
+            if entry.collection not in names:
+                raise ValueError(f"schedule[{index}].collection: no collection named "
+                                 f"{entry.collection!r}")
         secret = self.pii_secret.get_secret_value() if self.pii_secret else ""
         for index, collection in enumerate(self.collections):
             if collection.target_db == self.staging.state_db:

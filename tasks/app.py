@@ -16,6 +16,7 @@ TASK_MODULES = [
     "tasks.apply_batch",
     "tasks.resync",
     "tasks.replay",
+    "tasks.maintenance",
 ]
 
 app = Celery("stagesync", include=TASK_MODULES)

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from celery.schedules import crontab
 from kombu import Queue
 
+from settings.durations import parse_duration
 from settings.model import Settings
+from tasks.constants import PURGE_DELETED, RESYNC, VERIFY
 from tasks.routing import all_queues
 
 
@@ -46,4 +49,37 @@ def celery_options(settings: Settings) -> dict[str, Any]:
         "worker_hijack_root_logger": False,
         "worker_max_memory_per_child": 400_000,  # KiB: a leaking child is replaced
         "enable_utc": True,
+        "beat_schedule": beat_schedule(settings),
     }
+
+
+def _crontab(fields: str) -> crontab:
+    """Standard crontab order (minute hour day month weekday) into Celery's keywords."""
+    minute, hour, day, month, weekday = fields.split()
+    return crontab(minute=minute, hour=hour, day_of_month=day, month_of_year=month,
+                   day_of_week=weekday)
+
+
+# Erasure runs hourly for every collection that asks for it.
+PURGE_EVERY_SECONDS = 3600
+
+
+def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
+    """`celery -A tasks beat` jobs: the configured `schedule` plus erasure purges."""
+    jobs: dict[str, dict[str, Any]] = {}
+    for entry in settings.schedule:
+        collection = settings.collection(entry.collection)
+        timing: Any = (parse_duration(entry.every).total_seconds() if entry.every
+                       else _crontab(str(entry.cron)))
+        jobs[f"{entry.task}-{entry.collection}"] = {
+            "task": RESYNC if entry.task == "resync" else VERIFY,
+            "schedule": timing, "args": [entry.collection],
+            "options": {"queue": collection.queues[0]},
+        }
+    for collection in settings.collections:
+        if collection.purge_deleted_after:
+            jobs[f"purge-{collection.name}"] = {
+                "task": PURGE_DELETED, "schedule": PURGE_EVERY_SECONDS,
+                "args": [collection.name], "options": {"queue": collection.queues[0]},
+            }
+    return jobs

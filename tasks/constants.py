@@ -22,6 +22,7 @@ COUNTERS = "counters"  # version counters, one document per collection
 DEAD_LETTERS = "dead_letters"
 RESYNCS = "resyncs"  # one document per full resync: chunks, progress, summary
 RUNTIME = "runtime"  # settings changed at run time (per-queue rate limits)
+VERIFICATIONS = "verifications"  # the latest scheduled verification per collection
 GUARD = "guard"  # markers of the same-deployment check
 
 PREFIX = "stagesync"

@@ -1,0 +1,214 @@
+"""Verification: does staging hold what production holds, on production's fields?
+
+Production documents are masked with the current PII rules, then compared with their staging
+documents (found by recorded production `_id`) on the leaf paths production owns, ignoring
+staging-only fields and the soft-delete flag. Also reported: production documents missing in
+staging, staging documents still live whose production document is gone, and dead-lettered
+ones. Under live writes a first pass can catch changes in flight, so mismatches are
+re-checked once the pipeline has caught up, and only those that persist are reported.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+
+from settings.model import CollectionSettings, Settings
+from tasks.constants import watcher_key
+from tasks.dead_letters import DeadLetterStore
+from tasks.rules.identity import decode_id, encode_id
+from tasks.rules.merge import owned_paths, production_view
+from tasks.rules.paths import join_dotted, leaf_paths
+from tasks.rules.pii import Masker
+from tasks.rules.plan import CollectionRules
+from tasks.rules.sync_meta import PID_FIELD, SYNC, read_meta
+from tasks.staging import connect_staging
+from watcher.production import ProductionReader, read_documents
+
+CHUNK = 1000
+RECHECKS = 3
+
+
+@dataclass
+class Report:
+    collection: str
+    production_documents: int = 0
+    staging_live: int = 0
+    staging_soft_deleted: int = 0
+    staging_unsynced: int = 0
+    compared: int = 0
+    sampled: bool = False
+    missing_in_staging: list[str] = field(default_factory=list)
+    deleted_in_staging: list[str] = field(default_factory=list)
+    gone_in_production: list[str] = field(default_factory=list)
+    dead_lettered: dict[str, str] = field(default_factory=dict)
+    different: dict[str, list[str]] = field(default_factory=dict)
+
+    @property
+    def equal(self) -> bool:
+        return not (self.missing_in_staging or self.deleted_in_staging
+                    or self.gone_in_production or self.dead_lettered or self.different)
+
+    def mismatched(self) -> set[str]:
+        return (set(self.missing_in_staging) | set(self.deleted_in_staging)
+                | set(self.gone_in_production) | set(self.different) | set(self.dead_lettered))
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "collection": self.collection, "equal": self.equal, "sampled": self.sampled,
+            "counts": {
+                "production": self.production_documents, "staging_live": self.staging_live,
+                "staging_soft_deleted": self.staging_soft_deleted,
+                "staging_never_synced": self.staging_unsynced, "compared": self.compared,
+            },
+            "missing_in_staging": self.missing_in_staging,
+            "soft_deleted_in_staging_but_live": self.deleted_in_staging,
+            "live_in_staging_but_gone": self.gone_in_production,
+            "dead_lettered": self.dead_lettered,
+            "different_fields": self.different,
+        }
+
+
+class Verifier:
+    def __init__(self, settings: Settings, collection: CollectionSettings) -> None:
+        self.settings = settings
+        self.collection = collection
+        self.rules = CollectionRules.from_settings(collection)
+        self.masker = Masker.from_settings(collection, settings.secret_bytes())
+        self.production = ProductionReader(settings.prod, serverSelectionTimeoutMS=10_000)
+        self.source = self.production.collection(collection)
+        self.staging_client = connect_staging(settings.staging, serverSelectionTimeoutMS=10_000)
+        self.target = self.staging_client[collection.target_db][collection.target_collection]
+        self.dead_letters = DeadLetterStore(self.staging_client[settings.staging.state_db])
+
+    def close(self) -> None:
+        self.production.close()
+        self.staging_client.close()
+
+    def full_report(self, sample: int = 0) -> Report:
+        report = Report(self.collection.name, sampled=sample > 0)
+        ids = [doc["_id"] for doc in self.source.find(self.collection.filter or {}, {"_id": 1})]
+        report.production_documents = len(ids)
+        chosen = random.sample(ids, sample) if 0 < sample < len(ids) else ids
+        self._compare(report, chosen)
+        self._count_staging(report, None if sample else {encode_id(i) for i in ids})
+        return report
+
+    def recheck(self, previous: Report) -> Report:
+        """Compare again only the documents that differed."""
+        report = Report(previous.collection, sampled=previous.sampled,
+                        production_documents=previous.production_documents,
+                        staging_live=previous.staging_live,
+                        staging_soft_deleted=previous.staging_soft_deleted,
+                        staging_unsynced=previous.staging_unsynced)
+        pids = sorted(previous.mismatched())
+        present = {encode_id(d["_id"]): d["_id"] for d in read_documents(
+            self.source, [decode_id(p) for p in pids], self.collection.filter)}
+        self._compare(report, list(present.values()))
+        gone = [p for p in pids if p not in present]
+        for pid in gone:
+            doc = self.target.find_one({PID_FIELD: {"$eq": pid}})
+            if doc is not None and not read_meta(doc).deleted:
+                report.gone_in_production.append(pid)
+        return report
+
+    def _compare(self, report: Report, ids: list[Any]) -> None:
+        for start in range(0, len(ids), CHUNK):
+            chunk = ids[start:start + CHUNK]
+            production = {
+                encode_id(doc["_id"]): self.masker.mask(doc)
+                for doc in read_documents(self.source, chunk, self.collection.filter)
+            }
+            staging = {
+                doc[SYNC]["pid"]: doc
+                for doc in self.target.find({PID_FIELD: {"$in": list(production)}})
+            }
+            dead = {entry["pid"]: entry["reason"] for entry in self._entries(production)}
+            for pid, document in production.items():
+                report.compared += 1
+                if pid in dead:
+                    report.dead_lettered[pid] = dead[pid]
+                    continue
+                mirror = staging.get(pid)
+                if mirror is None:
+                    report.missing_in_staging.append(pid)
+                    continue
+                meta = read_meta(mirror)
+                if meta.deleted:
+                    report.deleted_in_staging.append(pid)
+                    continue
+                paths = _differences(document, mirror, self.rules)
+                if paths:
+                    report.different[pid] = paths
+
+    def _entries(self, production: dict[str, Any]) -> Iterable[dict[str, Any]]:
+        wanted = set(production)
+        return (e for e in self.dead_letters.list(self.collection.name) if e["pid"] in wanted)
+
+    def _count_staging(self, report: Report, production_pids: set[str] | None) -> None:
+        for doc in self.target.find({}, {SYNC: 1}):
+            meta = read_meta(doc)
+            if meta.pid is None:
+                report.staging_unsynced += 1
+            elif meta.deleted:
+                report.staging_soft_deleted += 1
+            else:
+                report.staging_live += 1
+                if production_pids is not None and meta.pid not in production_pids:
+                    report.gone_in_production.append(meta.pid)
+
+    def wait_caught_up(self, redis_url: str, timeout: float) -> bool:
+        """Until the watcher reports nothing in flight, or `timeout`; False if no watcher."""
+        client = redis.Redis.from_url(redis_url, socket_timeout=5)
+        deadline = time.monotonic() + timeout
+        try:
+            while time.monotonic() < deadline:
+                state = client.hgetall(watcher_key(self.collection.name))
+                if not state:
+                    return False
+                if state.get(b"unapplied", b"0") == b"0" and not state.get(b"oldest_pending"):
+                    return True
+                time.sleep(0.5)
+        finally:
+            client.close()
+        return True
+
+
+def _differences(document: dict[str, Any], mirror: dict[str, Any], rules: CollectionRules
+                 ) -> list[str]:
+    expected_paths = owned_paths(document, rules.fields)
+    expected = production_view(document, expected_paths)
+    actual = production_view(mirror, expected_paths | read_meta(mirror).owned)
+    if expected == actual:
+        return []
+    flat_expected = dict(leaf_paths(expected))
+    flat_actual = dict(leaf_paths(actual))
+    paths = {p for p in flat_expected.keys() | flat_actual.keys()
+             if flat_expected.get(p, _Missing) != flat_actual.get(p, _Missing)
+             or type(flat_expected.get(p)) is not type(flat_actual.get(p))}
+    return sorted(join_dotted(p) for p in paths)
+
+
+class _Missing:
+    pass
+
+
+def verify_collection(settings: Settings, name: str, sample: int, settle: float
+                      ) -> Report:
+    verifier = Verifier(settings, settings.collection(name))
+    try:
+        report = verifier.full_report(sample)
+        for _ in range(RECHECKS):
+            if report.equal:
+                break
+            if not verifier.wait_caught_up(settings.redis_url, settle):
+                time.sleep(min(settle, 2.0))
+            report = verifier.recheck(report)
+        return report
+    finally:
+        verifier.close()
