@@ -74,7 +74,7 @@ def _reach(ping: Any, name: str, problems: list[str]) -> bool:
     try:
         ping()
         return True
-    except PyMongoError as error:
+    except Exception as error:  # any failure to talk to it is the answer we report
         problems.append(f"{name} unreachable: {type(error).__name__}: {str(error)[:300]}")
         return False
 

@@ -132,6 +132,9 @@ class ProductionReader:
     def ping(self) -> None:
         self._client.admin.command("ping")
 
+    def hello(self) -> dict[str, Any]:
+        return dict(self._client.admin.command("hello"))
+
     def server_status(self) -> dict[str, Any]:
         return dict(self._client.admin.command("serverStatus"))
 

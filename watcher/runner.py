@@ -14,12 +14,16 @@ import threading
 import uuid
 from collections.abc import Sequence
 from types import FrameType
+from typing import Any
 
 import redis
 from prometheus_client import start_http_server
+from pymongo import MongoClient
+from pymongo.errors import PyMongoError
 
 from settings.model import Settings
 from tasks.app import app as celery_app
+from tasks.errors import describe_error
 from tasks.indexes import ensure_indexes
 from tasks.staging import connect_staging
 from watcher.guard import assert_distinct_deployments
@@ -31,14 +35,6 @@ log = logging.getLogger("stagesync.watcher")
 
 def run_watcher(settings: Settings, names: Sequence[str] = ()) -> int:
     collections = [settings.collection(n) for n in names] if names else settings.collections
-    production = ProductionReader(settings.prod)
-    staging = connect_staging(settings.staging)
-    assert_distinct_deployments(production, staging, settings.staging.state_db)
-    ensure_indexes(staging, settings)
-    redis_client = redis.Redis.from_url(settings.redis_url, socket_timeout=30)
-    if settings.metrics.watcher_port:
-        start_http_server(settings.metrics.watcher_port, addr="0.0.0.0")
-    run_id = uuid.uuid4().hex[:12]
     stop = threading.Event()
 
     def request_stop(signum: int, _frame: FrameType | None) -> None:
@@ -47,23 +43,54 @@ def run_watcher(settings: Settings, names: Sequence[str] = ()) -> int:
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
-    threads = []
-    for collection in collections:
-        watcher = CollectionWatcher(
-            settings, collection, production, staging[settings.staging.state_db], redis_client,
-            celery_app, run_id, stop,
-        )
-        thread = threading.Thread(target=watcher.run, name=f"watch-{collection.name}",
-                                  daemon=True)
-        thread.start()
-        threads.append(thread)
-    log.info("watcher started", extra={"run": run_id,
-                                       "collections": [c.name for c in collections]})
-    while any(thread.is_alive() for thread in threads):
-        for thread in threads:
-            thread.join(timeout=0.5)
-    production.close()
-    staging.close()
-    redis_client.close()
-    log.info("watcher stopped", extra={"run": run_id})
-    return 0
+    production = ProductionReader(settings.prod)
+    staging = connect_staging(settings.staging)
+    try:
+        if not _prepare(settings, production, staging, stop):
+            return 0
+        redis_client = redis.Redis.from_url(settings.redis_url, socket_timeout=30)
+        if settings.metrics.watcher_port:
+            start_http_server(settings.metrics.watcher_port, addr="0.0.0.0")
+        run_id = uuid.uuid4().hex[:12]
+        threads = []
+        for collection in collections:
+            watcher = CollectionWatcher(
+                settings, collection, production, staging[settings.staging.state_db],
+                redis_client, celery_app, run_id, stop,
+            )
+            thread = threading.Thread(target=watcher.run, name=f"watch-{collection.name}",
+                                      daemon=True)
+            thread.start()
+            threads.append(thread)
+        log.info("watcher started", extra={"run": run_id,
+                                           "collections": [c.name for c in collections]})
+        while any(thread.is_alive() for thread in threads):
+            for thread in threads:
+                thread.join(timeout=0.5)
+        redis_client.close()
+        log.info("watcher stopped", extra={"run": run_id})
+        return 0
+    finally:
+        production.close()
+        staging.close()
+
+
+def _prepare(
+    settings: Settings, production: ProductionReader, staging: MongoClient[dict[str, Any]],
+    stop: threading.Event,
+) -> bool:
+    """The safety guard and the indexes, retried while a server is unreachable (a watcher
+    started before its databases waits for them instead of dying). False when stopped."""
+    attempt = 0
+    while not stop.is_set():
+        try:
+            assert_distinct_deployments(production, staging, settings.staging.state_db)
+            ensure_indexes(staging, settings)
+            return True
+        except PyMongoError as error:
+            attempt += 1
+            pause = min(30.0, 2.0**attempt)
+            log.error("MongoDB not reachable yet, retrying",
+                      extra={"error": describe_error(error), "retry_in": pause})
+            stop.wait(pause)
+    return False
