@@ -146,7 +146,6 @@ def resync_chunk(
     if resyncs.find_one({"_id": chunk_id}, {"_id": 1}):
         return  # redelivered after it was recorded
     try:
-        runtime.rate_limiter.acquire(collection, context.settings.resync_chunk_size)
         version = take_version(runtime.state_db, collection)
         query: dict[str, Any] = {"_id": {"$gte": decode_id(first), "$lte": decode_id(last)}}
         if context.settings.filter:
@@ -155,6 +154,7 @@ def resync_chunk(
             encode_id(doc["_id"]): context.masker.mask(doc)
             for doc in context.production.find(query)
         }
+        runtime.rate_limiter.acquire(collection, len(production))
         try:
             result = apply_documents(context, version, dict(production),
                                      dict.fromkeys(production, "resync"))

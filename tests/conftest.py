@@ -6,7 +6,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import redis
 
 from cli.local_servers import LocalServer, redis_answers, start_redis
 from tests.support.backends import MongoPair, start_pair
@@ -49,9 +48,9 @@ def redis_base(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.fixture
 def redis_url(redis_base: str) -> str:
-    url = f"{redis_base}/{TEST_REDIS_DB}"
-    redis.Redis.from_url(url).flushdb()
-    return url
+    """A Redis database for the tests. Never flushed: every test uses collection names of its
+    own (so its own queues and keys), and other test sessions may share the database."""
+    return f"{redis_base}/{TEST_REDIS_DB}"
 
 
 @pytest.fixture

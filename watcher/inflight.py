@@ -109,6 +109,9 @@ class InflightWindow:
     def incomplete(self) -> list[BatchInFlight]:
         return [batch for _, batch in self._batches.values() if not batch.complete]
 
+    def any_expired(self, now: float, timeout: float) -> bool:
+        return any(now - batch.published_at > timeout for batch in self.incomplete())
+
     def expired(self, now: float, timeout: float) -> list[BatchInFlight]:
         """Incomplete batches published more than `timeout` ago; their clock restarts."""
         stale = [b for b in self.incomplete() if now - b.published_at > timeout]

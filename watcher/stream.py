@@ -258,9 +258,13 @@ class CollectionWatcher:
                 self._set_epoch()
             self._heartbeat(window)
         timeout = self.settings.watcher.inflight_timeout_seconds
-        expired = window.expired(now, timeout)
-        if expired:
-            self._republish(expired, f"no done report within {timeout:.0f}s")
+        # Only once the queues are empty: a batch still waiting in a queue (workers behind or
+        # away) is not lost, and a copy would only grow the queue past the backpressure bound.
+        if window.any_expired(now, timeout) and not any(
+            queue_depth(self.redis, queue) for queue in self.collection.queues
+        ):
+            self._republish(window.expired(now, timeout),
+                            f"no done report within {timeout:.0f}s")
         if now >= clock.resync:
             clock.resync = now + RESYNC_CHECK_SECONDS
             self._watch_pending_resync()
