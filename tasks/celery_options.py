@@ -40,7 +40,10 @@ def celery_options(settings: Settings) -> dict[str, Any]:
         "result_backend": None,
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
-        "task_acks_on_failure_or_timeout": True,
+        # A task killed by the hard time limit goes back to its queue: its redeliveries are
+        # counted, and past `max_deliveries` it is split or dead-lettered instead of looping.
+        "task_acks_on_failure": True,
+        "task_acks_on_timeout": False,
         "worker_prefetch_multiplier": 1,
         "task_time_limit": worker.task_time_limit_seconds,
         "task_soft_time_limit": max(worker.task_time_limit_seconds - 15, 1),

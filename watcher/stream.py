@@ -30,6 +30,7 @@ from settings.model import CollectionSettings, Settings
 from tasks.constants import done_key, epoch_key, stats_key, watcher_key
 from tasks.dead_letters import DeadLetterStore
 from tasks.publish import publish_apply
+from tasks.replay import start_replay
 from tasks.resync import progress, start_resync
 from tasks.routing import queue_depth, queue_for
 from watcher import metrics
@@ -171,6 +172,7 @@ class CollectionWatcher:
             config.batch_max_wait_ms / 1000,
         )
         self._set_epoch()
+        self._replay_held_schema_versions()
         self.state = "streaming"
         clock = _Clocks()
         oldest_buffered: datetime | None = None
@@ -343,6 +345,17 @@ class CollectionWatcher:
         elif time.monotonic() - self._resync_moved_at > self.settings.status.stalled_after_seconds:
             self._resync_marker = None
             self._begin_resync(f"resync {pending} made no progress (tasks lost?)")
+
+    def _replay_held_schema_versions(self) -> None:
+        """Documents held for their schema version get another chance whenever a watcher
+        starts streaming (typically after a configuration change accepted new versions)."""
+        store = DeadLetterStore(self.state_db)
+        if next(store.list(self.name, "schema_version", limit=1), None) is None:
+            return
+        job = start_replay(self.celery, self.state_db, self.name, self.collection.queues[0],
+                           reason="schema_version")
+        log.info("replaying documents held for their schema version",
+                 extra={"collection": self.name, "job": job})
 
     # -- Redis-side state --------------------------------------------------------------------
     def _set_epoch(self) -> None:

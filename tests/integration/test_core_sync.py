@@ -5,11 +5,9 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from bson.raw_bson import RawBSONDocument
-from pymongo import MongoClient
-
 from tasks.rules.identity import encode_id
 from tests.support.pipeline import Pipeline, collection_config, wait_for
+from tests.support.snapshots import production_snapshot
 
 TIMEOUT = 30
 
@@ -23,23 +21,6 @@ def wait_doc(pipeline: Pipeline, production_id: Any, check: Any, what: str) -> d
         lambda: (doc := staging_doc(pipeline, production_id)) is not None and check(doc) and doc,
         TIMEOUT, what, pipeline,
     )
-
-
-def production_snapshot(client: MongoClient[Any]) -> dict[str, Any]:
-    """Every database, collection, index and document of production, as raw bytes."""
-    snapshot: dict[str, Any] = {}
-    for database in sorted(client.list_database_names()):
-        if database in ("admin", "local", "config"):
-            continue
-        for name in sorted(client[database].list_collection_names()):
-            collection = client[database].get_collection(name)
-            raw = collection.with_options(codec_options=collection.codec_options.with_options(
-                document_class=RawBSONDocument))
-            snapshot[f"{database}.{name}"] = {
-                "indexes": sorted(collection.index_information()),
-                "documents": sorted(bytes(d.raw) for d in raw.find({})),
-            }
-    return snapshot
 
 
 def populated_databases(pipeline: Pipeline) -> set[str]:

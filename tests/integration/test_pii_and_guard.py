@@ -27,7 +27,6 @@ import redis
 import yaml
 from bson import ObjectId, json_util
 from bson.json_util import CANONICAL_JSON_OPTIONS
-from bson.raw_bson import RawBSONDocument
 from pymongo import MongoClient
 
 from cli.local_servers import free_port
@@ -35,6 +34,7 @@ from settings.pii_rules import parse_pii_rule
 from tasks.rules.identity import encode_id, key_digest
 from tasks.rules.pii import Masker
 from tests.support.pipeline import VENV_BIN, Pipeline, Proc, collection_config, wait_for
+from tests.support.snapshots import production_snapshot
 
 TIMEOUT = 60
 SECRET = b"test-secret"  # what tests/support/pipeline.py configures as pii_secret
@@ -188,27 +188,6 @@ def wait_staging(pipeline: Pipeline, production_id: Any, check: Any, what: str
         lambda: (d := staging_by_pid(pipeline, production_id)) is not None and check(d) and d,
         TIMEOUT, what, pipeline,
     )
-
-
-def production_snapshot(client: MongoClient[Any]) -> dict[str, Any]:
-    """Every collection holding something in production: indexes and raw documents.
-
-    nx-27017 quirk (MONGO-TEST-SERVER.md): a read of a missing database lists that database,
-    empty, where real MongoDB creates nothing; databases without collections are left out.
-    """
-    snapshot: dict[str, Any] = {}
-    for database in sorted(client.list_database_names()):
-        if database in ("admin", "local", "config"):
-            continue
-        for name in sorted(client[database].list_collection_names()):
-            collection = client[database].get_collection(name)
-            raw = collection.with_options(codec_options=collection.codec_options.with_options(
-                document_class=RawBSONDocument))
-            snapshot[f"{database}.{name}"] = {
-                "indexes": sorted(collection.index_information()),
-                "documents": sorted(bytes(d.raw) for d in raw.find({})),
-            }
-    return snapshot
 
 
 def wait_exit(proc: Proc, timeout: float) -> int | None:

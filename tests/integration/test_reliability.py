@@ -107,3 +107,34 @@ def test_sigterm_stops_the_watcher_cleanly_and_frees_the_lease(pipeline: Pipelin
     after = prod.insert_one({"userEmail": "late@corp.test", "accountId": 1}).inserted_id
     wait_for(lambda: synced(pipeline, after), 20, "resumed from the checkpoint", pipeline)
     assert len(pipeline.live_staging()) == 201
+
+
+def test_documents_of_an_unaccepted_schema_version_wait_until_the_config_accepts_them(
+    pipeline_factory: Any,
+) -> None:
+    pipeline: Pipeline = pipeline_factory([collection_config(
+        "orders", schema_version_field="schemaVersion", accepted_schema_versions=[1])])
+    prod = pipeline.prod()
+    pipeline.start_worker()
+    watcher = pipeline.start_watcher()
+    pipeline.wait_streaming()
+    current = prod.insert_one({"userEmail": "a@corp.test", "accountId": 1,
+                               "schemaVersion": 1}).inserted_id
+    future = prod.insert_one({"userEmail": "b@corp.test", "accountId": 1,
+                              "schemaVersion": 2}).inserted_id
+    wait_for(lambda: synced(pipeline, current), TIMEOUT, "accepted version synced", pipeline)
+    entry = wait_for(lambda: dead_letters(pipeline).get(encode_id(future)), TIMEOUT,
+                     "held for its schema version", pipeline)
+    assert entry["reason"] == "schema_version" and "2" in entry["error"]
+    assert synced(pipeline, future) is None
+
+    # The configuration learns version 2; the watcher restarts and replays what it held.
+    watcher.terminate()
+    for proc in pipeline.procs:
+        proc.terminate()
+    pipeline.collections[0]["accepted_schema_versions"] = [1, 2]
+    pipeline.write_config()
+    pipeline.start_worker()
+    pipeline.start_watcher()
+    wait_for(lambda: synced(pipeline, future), TIMEOUT, "replayed once accepted", pipeline)
+    assert dead_letters(pipeline) == {}
