@@ -202,7 +202,9 @@ def run_demo(console: Console, non_interactive: bool, documents: int, burst: int
                 time.sleep(0.5)
             demo.say(f"burst: {demo.burst} changes as fast as production accepts them ...")
             demo.traffic(orders, demo.burst)
-            _wait(lambda: _caught_up(reader), 300, "the pipeline to catch up", demo, show)
+            burst_end = time.time()
+            _wait(lambda: _caught_up(reader, burst_end), 300, "the pipeline to catch up", demo,
+                  show)
         reports = [verify_collection(settings, c.name, 0, 30) for c in settings.collections]
         qa_kept = staged_orders.count_documents({"qaNotes": "checked by QA"})
         leaked = _raw_pii_in_staging(staging)
@@ -270,10 +272,9 @@ def _bootstrapped(settings: Settings) -> bool:
                not records[c.name].get("resyncPending") for c in settings.collections)
 
 
-def _caught_up(reader: StatusReader) -> bool:
-    rows = reader.collect()
-    return all(r["pending_changes"] == 0 and r["queue_depth"] == 0 and r["watcher"]["alive"]
-               for r in rows)
+def _caught_up(reader: StatusReader, since: float) -> bool:
+    """Every watcher found its stream empty, with nothing in flight, after `since`."""
+    return all((row["watcher"]["idle_at"] or 0) > since for row in reader.collect())
 
 
 def _raw_pii_in_staging(staging: MongoClient[Any]) -> int:

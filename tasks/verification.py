@@ -162,8 +162,10 @@ class Verifier:
                 if production_pids is not None and meta.pid not in production_pids:
                     report.gone_in_production.append(meta.pid)
 
-    def wait_caught_up(self, redis_url: str, timeout: float) -> bool:
-        """Until the watcher reports nothing in flight, or `timeout`; False if no watcher."""
+    def wait_caught_up(self, redis_url: str, timeout: float, since: float) -> bool:
+        """Until the watcher has found its stream empty with nothing in flight at a moment
+        after `since` (so every change made before then is applied), or `timeout`.
+        False when no watcher reports for this collection."""
         client = redis.Redis.from_url(redis_url, socket_timeout=5)
         deadline = time.monotonic() + timeout
         try:
@@ -171,9 +173,9 @@ class Verifier:
                 state = client.hgetall(watcher_key(self.collection.name))
                 if not state:
                     return False
-                if state.get(b"unapplied", b"0") == b"0" and not state.get(b"oldest_pending"):
+                if float(state.get(b"idle_at") or 0) > since:
                     return True
-                time.sleep(0.5)
+                time.sleep(0.25)
         finally:
             client.close()
         return True
@@ -206,7 +208,7 @@ def verify_collection(settings: Settings, name: str, sample: int, settle: float
         for _ in range(RECHECKS):
             if report.equal:
                 break
-            if not verifier.wait_caught_up(settings.redis_url, settle):
+            if not verifier.wait_caught_up(settings.redis_url, settle, since=time.time()):
                 time.sleep(min(settle, 2.0))
             report = verifier.recheck(report)
         return report

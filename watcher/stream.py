@@ -93,6 +93,7 @@ class CollectionWatcher:
         self._resync_marker: tuple[Any, ...] | None = None
         self._resync_moved_at = 0.0
         self._saved_at = 0.0
+        self._idle_at = 0.0
         self._dead_letters = 0
         self._dead_letters_at = 0.0
 
@@ -200,6 +201,7 @@ class CollectionWatcher:
                     # collection's checkpoint never falls off the oplog.
                     last_token = stream.resume_token
                     self._note_checkpoint(last_token)
+                    self._idle_at = time.time()  # everything read so far is applied
                 self.stop.wait(config.idle_sleep_ms / 1000)
                 continue
             last_token = stream.resume_token
@@ -372,6 +374,7 @@ class CollectionWatcher:
             "unapplied": window.unapplied, "groups": window.groups,
             "oldest_pending": oldest.timestamp() if oldest else "",
             "last_error": self.last_error or "", "dead_letters": self._dead_letters,
+            "idle_at": self._idle_at,
         }
         key = watcher_key(self.name)
         with self.redis.pipeline(transaction=False) as pipe:
