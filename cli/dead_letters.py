@@ -11,6 +11,7 @@ from rich.table import Table
 from cli.jobs import follow
 from settings.model import Settings
 from tasks.app import app as celery_app
+from tasks.constants import RESYNCS
 from tasks.dead_letters import DeadLetterStore, summarize
 from tasks.replay import start_replay
 from tasks.staging import connect_staging
@@ -92,7 +93,7 @@ def replay_entries(settings: Settings, collection: str | None, reason: str | Non
 
 
 def _job(state_db: Any, job_id: str) -> dict[str, Any]:
-    record = state_db["resyncs"].find_one({"_id": job_id}) or {}
+    record = state_db[RESYNCS].find_one({"_id": job_id}) or {}
     summary = record.get("summary") or {}
     return {"state": record.get("state"), "total": summary.get("entries"),
             "done": summary.get("entries", 0), "summary": summary}
