@@ -1,0 +1,178 @@
+"""The batch planner's decisions, case by case (the pure merge rules of the apply path)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from bson import ObjectId
+
+from settings.model import CollectionSettings
+from tasks.rules.identity import encode_id
+from tasks.rules.plan import UNSYNCED, BatchPlan, CollectionRules, StagingView, plan_batch
+from tasks.rules.sync_meta import read_meta
+
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
+RULES = CollectionRules.from_settings(CollectionSettings(
+    name="orders", source="p.orders", target="s.orders", business_key=["email", "account"],
+    staging_fields=["qaNotes"], schema_version_field="v", accepted_schema_versions=[1, 2],
+))
+P1, P2 = encode_id(ObjectId()), encode_id(ObjectId())
+
+
+def prod(email: str, account: int = 1, **fields: Any) -> dict[str, Any]:
+    return {"_id": ObjectId(), "email": email, "account": account, "v": 1, **fields}
+
+
+def key(email: str, account: int = 1) -> str:
+    result = RULES.key_of({"email": email, "account": account})
+    assert result is not None
+    return result
+
+
+def staged(pid: str, email: str, account: int = 1, version: int = 1, deleted: bool = False,
+           **fields: Any) -> dict[str, Any]:
+    sync: dict[str, Any] = {"pid": pid, "key": key(email, account), "v": version, "at": NOW,
+                            "owned": ["account", "email", "v", *fields]}
+    if deleted:
+        sync["deletedAt"] = NOW
+    return {"_id": ObjectId(), "email": email, "account": account, "v": 1,
+            "deleted": deleted, **fields, "_sync": sync}
+
+
+def plan(production: dict[str, Any], staging: list[dict[str, Any]], version: int = 10,
+         unsynced: dict[str, dict[str, Any]] | None = None) -> BatchPlan:
+    by_pid = {d["_sync"]["pid"]: d for d in staging if "_sync" in d}
+    by_key = {d["_sync"]["key"]: d for d in staging if d.get("_sync", {}).get("key")}
+    view = StagingView(by_pid=by_pid, by_key=by_key, unsynced_by_key=unsynced or {})
+    return plan_batch(version=version, now=NOW, pids=list(production), production=production,
+                      staging=view, rules=RULES)
+
+
+def test_a_new_document_is_created_with_its_sync_metadata() -> None:
+    result = plan({P1: prod("a@x", total=5)}, [])
+    [write] = result.writes
+    assert write.outcome == "created" and write.is_insert
+    meta = read_meta(write.document)
+    assert (meta.pid, meta.key, meta.version) == (P1, key("a@x"), 10)
+    assert write.document["deleted"] is False and write.document["total"] == 5
+
+
+def test_an_update_keeps_staging_fields_and_expects_the_version_it_read() -> None:
+    current = staged(P1, "a@x", total=1, qaNotes="mine")
+    current["qaTag"] = "also mine"
+    result = plan({P1: prod("a@x", total=2, qaNotes="from production")}, [current])
+    [write] = result.writes
+    assert write.outcome == "updated" and write.expect == 1
+    assert write.document["_id"] == current["_id"]
+    assert write.document["total"] == 2
+    assert write.document["qaNotes"] == "mine" and write.document["qaTag"] == "also mine"
+
+
+def test_an_unchanged_document_only_moves_its_version() -> None:
+    current = staged(P1, "a@x")
+    result = plan({P1: {k: v for k, v in current.items() if k not in ("deleted", "_sync")}},
+                  [current])
+    [write] = result.writes
+    assert write.outcome == "unchanged" and write.document is None and write.version == 10
+
+
+def test_a_newer_staging_version_supersedes_this_apply() -> None:
+    result = plan({P1: prod("a@x")}, [staged(P1, "a@x", version=11)])
+    assert result.superseded == [P1] and result.writes == []
+
+
+def test_a_delete_soft_deletes_and_frees_the_key_for_waiters() -> None:
+    current = staged(P1, "a@x", total=1)
+    result = plan({P1: None}, [current])
+    [write] = result.writes
+    assert write.outcome == "soft_deleted"
+    assert write.document["deleted"] is True and write.document["total"] == 1
+    assert read_meta(write.document).deleted_at == NOW
+    assert result.released_keys == {key("a@x")}
+
+
+def test_a_delete_of_a_document_never_synced_leaves_a_tombstone() -> None:
+    [write] = plan({P1: None}, []).writes
+    assert write.outcome == "tombstoned" and write.is_insert
+    meta = read_meta(write.document)
+    assert meta.tombstone and meta.deleted and meta.pid == P1 and meta.key is None
+
+
+def test_a_reinsert_of_a_deleted_key_revives_the_same_staging_document() -> None:
+    old = staged(P1, "a@x", deleted=True, qaNotes="kept")
+    [write] = plan({P2: prod("a@x", total=9)}, [old]).writes
+    assert write.document["_id"] == old["_id"] and write.expect == 1
+    assert write.document["deleted"] is False and write.document["qaNotes"] == "kept"
+    assert read_meta(write.document).pid == P2 and read_meta(write.document).deleted_at is None
+
+
+def test_a_key_change_moves_the_document_and_releases_the_old_key() -> None:
+    current = staged(P1, "a@x")
+    result = plan({P1: prod("b@x")}, [current])
+    [write] = result.writes
+    assert write.document["_id"] == current["_id"]
+    assert read_meta(write.document).key == key("b@x")
+    assert result.released_keys == {key("a@x")}
+
+
+def test_two_production_documents_with_one_key_are_a_conflict() -> None:
+    holder = staged(P2, "a@x")
+    result = plan({P1: prod("a@x"), P2: prod("a@x")}, [holder])
+    assert [(d.pid, d.reason) for d in result.dead_letters] == [(P1, "key_conflict")]
+
+
+def test_a_holder_whose_twin_is_unknown_is_read_before_judging() -> None:
+    result = plan({P1: prod("a@x")}, [staged(P2, "a@x")])
+    assert result.need_production == {P2} and result.deferred == [P1]
+    assert result.dead_letters == []
+
+
+def test_a_stale_holder_moving_away_is_waited_for() -> None:
+    holder = staged(P2, "a@x")
+    result = plan({P1: prod("a@x"), P2: prod("b@x")}, [holder])
+    assert P1 in result.deferred and result.dead_letters == []
+    assert [w.pid for w in result.writes] == [P2]  # the holder moves first
+
+
+def test_a_swap_of_keys_releases_its_stale_claim_to_break_the_cycle() -> None:
+    first, second = staged(P1, "a@x"), staged(P2, "b@x")
+    result = plan({P1: prod("b@x"), P2: prod("a@x")}, [first, second])
+    released = [w for w in result.writes if w.outcome == "released"]
+    assert released and result.deferred
+
+
+def test_a_soft_deleted_holder_of_a_target_key_gives_it_up() -> None:
+    moving, deleted = staged(P1, "a@x"), staged(P2, "b@x", deleted=True)
+    result = plan({P1: prod("b@x")}, [moving, deleted])
+    [release] = result.releases
+    assert release.staging_id == deleted["_id"] and "key" not in release.document["_sync"]
+    assert result.deferred == [P1]
+
+
+def test_a_document_losing_its_key_is_dead_lettered_and_lets_its_key_go() -> None:
+    current = staged(P1, "a@x")
+    document = prod("a@x")
+    del document["account"]
+    result = plan({P1: document}, [current])
+    assert [d.reason for d in result.dead_letters] == ["missing_business_key"]
+    [write] = result.writes
+    assert write.outcome == "released" and "key" not in write.document["_sync"]
+
+
+def test_an_unaccepted_schema_version_is_held() -> None:
+    result = plan({P1: prod("a@x", v=3)}, [])
+    [letter] = result.dead_letters
+    assert letter.reason == "schema_version" and "3" in letter.detail and result.writes == []
+
+
+def test_a_document_that_predates_the_sync_is_adopted() -> None:
+    legacy = {"_id": ObjectId(), "email": "a@x", "account": 1, "qaNotes": "from backup"}
+    [write] = plan({P1: prod("a@x")}, [], unsynced={key("a@x"): legacy}).writes
+    assert write.document["_id"] == legacy["_id"] and write.expect is UNSYNCED
+    assert write.document["qaNotes"] == "from backup"
+
+
+def test_one_key_claimed_twice_in_a_batch_defers_the_second() -> None:
+    result = plan({P1: prod("a@x"), P2: prod("a@x")}, [])
+    assert len(result.writes) == 1 and len(result.deferred) == 1
