@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
+import ctypes.util
 import json
 import os
 import signal
@@ -17,11 +19,14 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from pymongo import MongoClient
 from pymongo.collection import Collection
+
+PR_SET_PDEATHSIG = 1
 
 
 def stop_event(max_seconds: float) -> threading.Event:
@@ -48,18 +53,45 @@ def stop_event(max_seconds: float) -> threading.Event:
     return stop
 
 
-def spawn(argv: list[str], workdir: Path, name: str) -> subprocess.Popen[bytes]:
-    """Start `argv` in its own session, output to `workdir/<name>.log`."""
+def spawn(
+    argv: list[str],
+    workdir: Path,
+    name: str,
+    env: dict[str, str] | None = None,
+    die_with_parent: bool = False,
+) -> subprocess.Popen[bytes]:
+    """Start `argv` in its own session, output to `workdir/<name>.log`.
+
+    `env` replaces the inherited environment (PYTHONUNBUFFERED is always set).
+    `die_with_parent`: the kernel sends the child SIGTERM when the runner dies (Linux
+    `PR_SET_PDEATHSIG`), for programs that cannot watch their parent themselves (the product).
+    """
     workdir.mkdir(parents=True, exist_ok=True)
     log = open(workdir / f"{name}.log", "ab")  # noqa: SIM115 - handed to the child
     try:
         return subprocess.Popen(
             argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             cwd=Path(__file__).resolve().parent.parent, start_new_session=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={**(os.environ if env is None else env), "PYTHONUNBUFFERED": "1"},
+            preexec_fn=_term_on_parent_death() if die_with_parent else None,
         )
     finally:
         log.close()
+
+
+def _term_on_parent_death() -> Callable[[], None] | None:
+    """A pre-exec hook that asks the kernel to SIGTERM the child when its parent exits (Linux
+    `prctl(PR_SET_PDEATHSIG)`). libc is loaded here, in the parent: nothing but the `prctl`
+    call runs between fork and exec."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    except OSError:
+        return None
+
+    def hook() -> None:
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+    return hook
 
 
 def python_module(module: str, *args: str) -> list[str]:

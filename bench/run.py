@@ -1,4 +1,4 @@
-"""One command, one table: `python -m bench.run [--scenario burst|steady|all] [--quick] ...`.
+"""One command, one table: `python -m bench.run [--scenario burst|steady|resync|all] [--quick]`.
 
 Why fresh servers per measured system: a system leaves state behind (staging documents, change
 stream history, indexes, metadata), so each (scenario, network, system) gets its own production
@@ -9,13 +9,16 @@ What is timed (burst): from the first production write until the completion prob
 final state of every document the burst touched in staging (over a direct connection, see
 `bench.completion`). Then, untimed, the system's own whole-collection verification; a row that
 does not verify does not count. Steady state: the lag from each write being sent to the probe
-seeing it in staging (an upper bound within ~20 ms).
+seeing it in staging (an upper bound within ~20 ms). Resync: a system's full copy of production
+into an empty staging (and, case "again", into one already synced), timed by the system, beside
+a plain find + insert_many copy (`copy`).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import shlex
 import signal
 import sys
@@ -37,12 +40,12 @@ from rich.table import Table
 from bench.completion import LagObserver, percentile, wait_until_applied
 from bench.network import NETWORKS, open_network
 from bench.procs import collection, peak_rss_mb, process_tree
-from bench.systems import BenchContext, RunOptions, SystemSpec, load_systems
+from bench.systems import BenchContext, ResyncOutcome, RunOptions, SystemSpec, load_systems
 from bench.verify_equal import VerifyResult
 from bench.workload import Burst, apply_burst, apply_steady, make_ops, make_orders, seed_production
 from cli.local_servers import LocalServer, start_mongo_test_server, start_redis
 
-SCENARIOS = ("burst", "steady")
+SCENARIOS = ("burst", "steady", "resync")
 QUICK = RunOptions(docs=2_000, changes=5_000, naive_changes=1_000, rate=300.0, duration=6.0)
 
 
@@ -52,6 +55,7 @@ class Row:
     network: str
     system: str
     command: str
+    case: str = ""  # resync: "empty" or "again"
     changes: int = 0
     seconds: float | None = None
     extrapolated: bool = False
@@ -64,6 +68,13 @@ class Row:
     writer_rate: float | None = None
     verify: VerifyResult | None = None
     error: str | None = None
+    counters: dict[str, Any] = field(default_factory=dict)  # what the system's stop() returned
+    cpu: dict[str, float] = field(default_factory=dict)  # CPU seconds per role while measured
+    resync: ResyncOutcome | None = None
+
+    @property
+    def label(self) -> str:
+        return f"{self.system} ({self.case})" if self.case else self.system
 
     @property
     def rate(self) -> float | None:
@@ -73,6 +84,13 @@ class Row:
     def counts(self) -> bool:
         """A row only counts when it finished and staging verified equal."""
         return self.error is None and self.verify is not None and self.verify.ok and not self.unseen
+
+    @property
+    def data_verified(self) -> bool:
+        """The harness's document-by-document comparison passed (a system may add its own
+        checks on top, e.g. `stagesync verify`, whose failure keeps the row from counting)."""
+        return (self.error is None and self.verify is not None and not self.unseen
+                and bool(getattr(self.verify, "data_ok", self.verify.ok)))
 
 
 # -- cached workloads (deterministic; generated once per size) --------------------------------
@@ -89,10 +107,11 @@ def _ops(docs: int, seed: int, count: int, stream: str) -> Burst:
 
 
 # -- one measured run -------------------------------------------------------------------------
-def run_one(scenario: str, network: str, spec: SystemSpec, opts: RunOptions, root: Path) -> Row:
-    """Fresh servers, one system, one scenario, one network condition."""
-    row = Row(scenario, network, spec.name, reproduce(scenario, network, spec, opts))
-    workdir = root / f"{scenario}-{network}-{spec.name}"
+def run_one(scenario: str, network: str, spec: SystemSpec, opts: RunOptions, root: Path,
+            case: str = "") -> Row:
+    """Fresh servers, one system, one scenario, one network condition (and resync case)."""
+    row = Row(scenario, network, spec.name, reproduce(scenario, network, spec, opts), case)
+    workdir = root / f"{scenario}-{network}-{spec.name}{'-' + case if case else ''}"
     with contextlib.ExitStack() as stack:
         prod = _server(stack, workdir / "prod-server")
         staging = _server(stack, workdir / "staging-server")
@@ -103,27 +122,39 @@ def run_one(scenario: str, network: str, spec: SystemSpec, opts: RunOptions, roo
         budget = _timeout(scenario, spec, opts)
         ctx = BenchContext(scenario, network, prod.uri, staging.uri, prod.uri, staging.uri,
                            workdir, max_seconds=budget + 300)
-        spec.prepare(ctx, docs)
+        if scenario != "resync" or case == "again":
+            spec.prepare(ctx, docs)
         net = open_network(network, prod, staging, workdir)
         stack.callback(net.stop)
         row.ping_overhead_ms = net.ping_overhead_ms
         redis_url = None
+        infra = {"prod-server": prod.pid, "staging-server": staging.pid, "runner": os.getpid(),
+                 **{f"proxy-{name}": proxy.process.pid for name, proxy in net.proxies.items()}}
         if spec.needs_redis:
             redis = start_redis(workdir=workdir / "redis")
             stack.callback(redis.stop)
             redis_url = redis.uri
+            infra["redis"] = redis.pid
         ctx = replace(ctx, prod_uri=net.prod_uri, staging_uri=net.staging_uri,
                       redis_url=redis_url)
         system = spec.start(ctx)
         stack.callback(system.stop)
+        roles = {**system.processes(), **infra}
+        cpu_before = cpu_seconds(roles)
         if scenario == "burst":
             _measure_burst(row, spec, opts, prod_coll, staging_coll, budget)
-        else:
+        elif scenario == "steady":
             _measure_steady(row, spec, opts, prod_coll, staging_coll, budget)
+        else:
+            _measure_resync(row, spec, ctx, system)
+        row.cpu = {role: spent - cpu_before.get(role, 0.0)
+                   for role, spent in cpu_seconds({**system.processes(), **infra}).items()}
         _record_rss(row, system.processes())
+        if row.resync is not None:
+            row.rss.update(row.resync.rss)
         if redis_url:
             row.rss["redis"] = redis_peak_mb(redis_url)
-        system.stop()
+        row.counters = system.stop()
         row.staging_msgs = net.stop().get("staging", {}).get("messages_up")
         row.verify = spec.verify(ctx)
     return row
@@ -166,6 +197,14 @@ def _measure_steady(
         row.error = f"{row.unseen} writes not seen in staging within {budget:.0f}s"
 
 
+def _measure_resync(row: Row, spec: SystemSpec, ctx: BenchContext, system: Any) -> None:
+    """The system copies all of production into staging; its own start -> done is timed."""
+    assert spec.resync is not None
+    outcome = spec.resync(ctx, system)
+    row.resync = outcome
+    row.changes, row.seconds = outcome.documents, outcome.seconds
+
+
 def _record_rss(row: Row, processes: dict[str, int]) -> None:
     """Peak RSS of each role's main process, and of its descendants, before they stop."""
     for role, pid in processes.items():
@@ -175,6 +214,22 @@ def _record_rss(row: Row, processes: dict[str, int]) -> None:
         children = [p for p in (peak_rss_mb(c) for c in process_tree(pid)[1:]) if p is not None]
         if children:
             row.children_rss[role] = children
+
+
+def cpu_seconds(roles: dict[str, int]) -> dict[str, float]:
+    """User + system CPU seconds of each role's process and its live descendants (`/proc`);
+    where the time of a run goes on this 2-core machine."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out: dict[str, float] = {}
+    for role, pid in roles.items():
+        total = 0.0
+        for member in process_tree(pid) if role != "runner" else [pid]:  # runner: itself
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                stat = Path(f"/proc/{member}/stat").read_text()
+                fields = stat[stat.rindex(")") + 2 :].split()
+                total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+        out[role] = total
+    return out
 
 
 def redis_peak_mb(url: str) -> float:
@@ -191,6 +246,8 @@ def _timeout(scenario: str, spec: SystemSpec, opts: RunOptions) -> float:
         return opts.timeout
     if scenario == "burst":
         return 120 + min(opts.changes, spec.max_changes or opts.changes) / 100
+    if scenario == "resync":
+        return 120 + opts.docs / 20
     return opts.duration * 3 + 30
 
 
@@ -215,7 +272,7 @@ def reproduce(scenario: str, network: str, spec: SystemSpec, opts: RunOptions) -
         argv += ["--changes", str(opts.changes)]
         if spec.max_changes is not None and spec.max_changes < opts.changes:
             argv += ["--naive-changes", str(spec.max_changes)]
-    else:
+    elif scenario == "steady":
         argv += ["--rate", f"{opts.rate:g}", "--duration", f"{opts.duration:g}"]
     return shlex.join(argv)
 
@@ -228,12 +285,12 @@ def render(rows: Sequence[Row], opts: RunOptions, root: Path, console: Console) 
         ("scenario", "left"), ("network", "left"), ("system", "left"), ("changes", "right"),
         ("seconds", "right"), ("changes/s", "right"), ("vs naive", "right"), ("vs limit", "right"),
         ("lag p50/p99/max s", "right"), ("peak RSS", "left"), ("staging cmds/1k", "right"),
-        ("verified", "left"), ("reproduce", "left"),
+        ("redis cmds/1k", "right"), ("verified", "left"), ("reproduce", "left"),
     ]:
         table.add_column(name, justify=justify, overflow="fold")  # type: ignore[arg-type]
     for row in rows:
         table.add_row(
-            row.scenario, row.network, row.system,
+            row.scenario, row.network, row.label,
             f"{row.changes:,}{' (a)' if row.extrapolated else ''}",
             f"{row.seconds:.2f}" if row.seconds else "—",
             f"{row.rate:,.0f}" if row.rate else "—",
@@ -242,7 +299,7 @@ def render(rows: Sequence[Row], opts: RunOptions, root: Path, console: Console) 
             _rss_text(row),
             f"{row.staging_msgs / row.changes * 1000:,.0f}"
             if row.staging_msgs is not None and row.changes else "—",
-            _verified_text(row), row.command,
+            _redis_text(row), _verified_text(row), row.command,
         )
     console.print(table)
     for note in _notes(rows, opts, root):
@@ -254,14 +311,30 @@ def _duration(seconds: float) -> str:
 
 
 def _ratio(row: Row, rows: Sequence[Row], base: str) -> str:
-    if row.scenario != "burst" or not row.counts or row.rate is None:
+    if row.scenario == "resync":  # the limit of a full copy is the plain find + insert_many
+        if base != "limit":
+            return "—"
+        base = "copy"
+    elif row.scenario != "burst":
+        return "—"
+    if not row.data_verified or row.rate is None or row.system == base:
         return "—"
     for other in rows:
         same_run = (other.scenario, other.network, other.system) == (row.scenario, row.network,
                                                                        base)
         if same_run and other.counts and other.rate:
-            return f"{row.rate / other.rate:.2f}x"
+            # "*": the data verified equal, but the system's own verification failed.
+            return f"{row.rate / other.rate:.2f}x{'' if row.counts else '*'}"
     return "—"
+
+
+def _redis_text(row: Row) -> str:
+    """Redis commands per 1,000 changes (all of them; task publishes = LPUSH to a queue)."""
+    calls = row.counters.get("redis_calls")
+    if calls is None or not row.changes:
+        return "—"
+    per_k = 1000 / row.changes
+    return f"{calls * per_k:,.0f} ({row.counters.get('redis_lpush', 0) * per_k:,.1f} pub)"
 
 
 def _rss_text(row: Row) -> str:
@@ -282,7 +355,13 @@ def _verified_text(row: Row) -> str:
     v = row.verify
     if v.ok:
         return f"yes ({v.compared:,} docs)"
+    if row.data_verified:
+        return (f"NO*: data equal ({v.compared:,} docs), but stagesync verify failed "
+                f"({getattr(v, 'tool_problem', '') or 'see notes'})")
     return f"NO: {v.missing} missing, {v.extra} extra, {v.different} different"
+
+
+_spec_notes: list[str] = []  # the systems' own notes (configuration), set by main()
 
 
 def _notes(rows: Sequence[Row], opts: RunOptions, root: Path) -> list[str]:
@@ -301,6 +380,11 @@ def _notes(rows: Sequence[Row], opts: RunOptions, root: Path) -> list[str]:
             + ", ".join(f"~{_duration(opts.changes / r.rate)} at {r.network}"
                         for r in rows if r.extrapolated and r.rate and r.counts) + ". "
             "Use --naive-changes to measure it on the full burst.")
+    if any(r.data_verified and not r.counts for r in rows):
+        notes.append("NO* / ratio*: the harness's strict document-by-document comparison passed "
+                     "(every production document equals its live staging document on every "
+                     "field), but the product's own `stagesync verify` failed (see the row's "
+                     "note below): the row does not count; its ratio is shown for information.")
     overheads = [r.ping_overhead_ms for r in rows if r.ping_overhead_ms is not None]
     if overheads:
         notes.append(f"2ms: a ping through the delay proxy cost {min(overheads):.2f} to "
@@ -311,9 +395,37 @@ def _notes(rows: Sequence[Row], opts: RunOptions, root: Path) -> list[str]:
                      f"{max(writers):,.0f} ops/s (ordered bulk_write, 500 ops per call).")
     notes.append("staging cmds/1k = wire messages the system sent to staging (through the 2 ms "
                  "proxy, handshakes and monitoring included) per 1,000 changes.")
+    if any(r.counters.get("redis_calls") is not None for r in rows):
+        notes.append("redis cmds/1k = commands the system sent to its private Redis per 1,000 "
+                     "changes (INFO commandstats delta from ready to stop; pub = LPUSH of task "
+                     "messages onto queues). Per run: "
+                     + "; ".join(f"{r.scenario}/{r.network}/{r.label}: {r.counters['redis_top']}"
+                                 for r in rows if r.counters.get("redis_top")))
+    cpu_rows = [r for r in rows if r.cpu and r.seconds]
+    if cpu_rows:
+        notes.append("CPU seconds while measured (2 cores: at most 2 s of CPU per second), per "
+                     "process and its children: " + "; ".join(
+                         f"{r.scenario}/{r.network}/{r.label} ({r.seconds:.0f} s): "
+                         + ", ".join(f"{role} {spent:.1f}" for role, spent in
+                                     sorted(r.cpu.items(), key=lambda item: -item[1])
+                                     if spent >= 0.05) for r in cpu_rows))
+    resyncs = [r for r in rows if r.resync is not None]
+    if resyncs:
+        notes.append(
+            "resync: changes = production documents copied; seconds = the copy's own start -> "
+            "done (stagesync: its `resyncs` record, startedAt -> finishedAt, chunks and sweep "
+            "included; copy: first find -> last insert ack); vs limit = ratio to the plain "
+            "find + insert_many copy (`copy`) on the same network. (empty) = empty staging, "
+            "(again) = staging already synced by a previous full resync. Only workers run (no "
+            "watcher). " + "; ".join(
+                f"{r.network}/{r.label}: `stagesync resync --wait` took {r.resync.wall_seconds:.1f}"
+                f" s end to end, summary {r.resync.summary}" for r in resyncs
+                if r.resync is not None and r.resync.wall_seconds is not None))
+    for spec_note in _spec_notes:
+        notes.append(spec_note)
     for row in rows:
         if row.verify is not None and row.verify.examples:
-            notes.append(f"{row.scenario}/{row.network}/{row.system}: "
+            notes.append(f"{row.scenario}/{row.network}/{row.label}: "
                          + "; ".join(row.verify.examples[:3]))
     notes.append(f"logs: {root}")
     return notes
@@ -361,10 +473,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"unknown systems {sorted(unknown)}; known: {[s.name for s in specs]}")
             return 2
         specs = [s for s in specs if s.name in wanted]
+    _spec_notes[:] = [note for spec in specs for note in spec.notes]
     scenarios = SCENARIOS if args.scenario == "all" else (args.scenario,)
     networks = NETWORKS if args.network == "both" else (args.network,)
     root = Path(tempfile.mkdtemp(prefix="stagesync-bench-"))
-    console = Console(width=None if sys.stdout.isatty() else 250)
+    console = Console(width=None if sys.stdout.isatty() else int(os.environ.get("COLUMNS")
+                                                                    or 250))
     rows: list[Row] = []
     interrupted = False
     try:
@@ -373,16 +487,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                 for spec in specs:
                     if scenario not in spec.scenarios:
                         continue
-                    console.print(f"[dim]{time.strftime('%H:%M:%S')} {scenario} / {network} / "
-                                  f"{spec.name} ...[/dim]")
-                    try:
-                        rows.append(run_one(scenario, network, spec, opts, root))
-                    except Exception as exc:  # one system failing must not hide the others
-                        traceback.print_exc()
-                        row = Row(scenario, network, spec.name, reproduce(scenario, network,
-                                                                           spec, opts))
-                        row.error = f"{type(exc).__name__}: {exc}"
-                        rows.append(row)
+                    cases = spec.resync_cases if scenario == "resync" else ("",)
+                    for case in cases:
+                        console.print(f"[dim]{time.strftime('%H:%M:%S')} {scenario} / {network}"
+                                      f" / {spec.name}{' / ' + case if case else ''} ...[/dim]")
+                        try:
+                            rows.append(run_one(scenario, network, spec, opts, root, case))
+                        except Exception as exc:  # one system failing must not hide the others
+                            traceback.print_exc()
+                            row = Row(scenario, network, spec.name,
+                                      reproduce(scenario, network, spec, opts), case)
+                            row.error = f"{type(exc).__name__}: {exc}"
+                            rows.append(row)
     except KeyboardInterrupt:
         interrupted = True
         console.print("[red]interrupted: partial results[/red]")

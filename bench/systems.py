@@ -7,9 +7,9 @@ start the system so it sees every change written from then on, how to find a sta
 for a production one, and how to verify. Modules listed in `SYSTEM_MODULES` each provide
 `systems(options) -> list[SystemSpec]`.
 
-EXTENSION POINT for the product: add a module (e.g. `bench/product.py`) with a `systems()`
-function returning a `SystemSpec` named "stagesync", and append its name to `SYSTEM_MODULES`.
-See bench/README.md, "Plugging in the product", for what its `start` must do.
+Registered: this module (the baselines `naive`, `limit` and, for the resync scenario, `copy`)
+and `bench.product` (stagesync itself). Another system plugs in the same way; see
+bench/README.md, "Adding another system".
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from bench.verify_equal import VerifyResult, verify_uris
 from bench.workload import BUSINESS_KEY
 
 # Modules providing `systems(options) -> list[SystemSpec]`, in table order.
-SYSTEM_MODULES: list[str] = ["bench.systems"]
+SYSTEM_MODULES: list[str] = ["bench.systems", "bench.product"]
 READY_TIMEOUT = 60.0  # seconds a system may take to start
 
 
@@ -58,7 +58,7 @@ class RunOptions:
 class BenchContext:
     """Everything a system needs to know about one measured run."""
 
-    scenario: str  # "burst" | "steady"
+    scenario: str  # "burst" | "steady" | "resync"
     network: str  # "loopback" | "2ms"
     prod_uri: str  # what the system must use (through the delay proxy at 2 ms)
     staging_uri: str
@@ -84,6 +84,17 @@ class RunningSystem(Protocol):
         ...
 
 
+@dataclass
+class ResyncOutcome:
+    """One measured full copy of production into staging (scenario "resync")."""
+
+    documents: int
+    seconds: float  # the copy's own start -> done
+    wall_seconds: float | None = None  # command launched -> exited, when run as a command
+    summary: dict[str, int] = field(default_factory=dict)  # created / updated / unchanged ...
+    rss: dict[str, float] = field(default_factory=dict)  # of processes that already ended
+
+
 @dataclass(frozen=True)
 class SystemSpec:
     name: str
@@ -101,6 +112,10 @@ class SystemSpec:
     scenarios: frozenset[str] = frozenset({"burst", "steady"})
     needs_redis: bool = False
     notes: list[str] = field(default_factory=list)
+    # Scenario "resync": copy all of production into staging with the started system. Cases:
+    # "empty" (staging empty) and "again" (`prepare` ran first: staging already holds them).
+    resync: Callable[[BenchContext, RunningSystem], ResyncOutcome] | None = None
+    resync_cases: tuple[str, ...] = ()
 
 
 def load_systems(options: RunOptions, modules: Sequence[str] | None = None) -> list[SystemSpec]:
@@ -176,8 +191,35 @@ def _verify_by_id(ctx: BenchContext) -> VerifyResult:
                        match_on=("_id",))
 
 
+@dataclass
+class NoProcesses:
+    """A system whose measured work runs inside its `resync` call (the copy baseline)."""
+
+    def processes(self) -> dict[str, int]:
+        return {}
+
+    def stop(self) -> dict[str, Any]:
+        return {}
+
+
+def _plain_copy(ctx: BenchContext, _system: RunningSystem) -> ResyncOutcome:
+    stats_file = ctx.workdir / "copy.stats.json"
+    proc = spawn(python_module("bench.plain_copy", "--prod", ctx.prod_uri, "--staging",
+                               ctx.staging_uri, "--source", ctx.source, "--target", ctx.target,
+                               "--stats-file", str(stats_file)), ctx.workdir, "copy")
+    try:
+        code = proc.wait(ctx.max_seconds)
+    finally:
+        stop_process(proc)
+    stats = read_json(stats_file)
+    if code != 0 or not stats:
+        raise RuntimeError(f"plain copy exited with {code} (see {ctx.workdir / 'copy.log'})")
+    return ResyncOutcome(int(stats["documents"]), float(stats["seconds"]),
+                         rss={"copy": float(stats["peak_rss_mb"])})
+
+
 def systems(options: RunOptions) -> list[SystemSpec]:
-    """The two baselines of issue 5."""
+    """The two baselines of issue 5, and the plain-copy baseline of issue 4's resync."""
     return [
         SystemSpec(
             name="naive",
@@ -195,5 +237,16 @@ def systems(options: RunOptions) -> list[SystemSpec]:
             start=_baseline_start("limit", "bench.limit_copy"),
             locator=ByProductionId(),
             verify=_verify_by_id,
+        ),
+        SystemSpec(
+            name="copy",
+            summary="full copy: find (batches of 1000) + unordered insert_many into empty staging",
+            prepare=lambda _ctx, _docs: None,
+            start=lambda _ctx: NoProcesses(),
+            locator=ByProductionId(),
+            verify=_verify_by_id,
+            scenarios=frozenset({"resync"}),
+            resync=_plain_copy,
+            resync_cases=("empty",),
         ),
     ]

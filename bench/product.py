@@ -1,0 +1,643 @@
+"""The product as a benchmarked system: `stagesync watch` plus Celery workers on a private Redis.
+
+What runs (see bench/README.md, "The product"):
+- a YAML configuration written into the run's workdir, pointing at `ctx.prod_uri` /
+  `ctx.staging_uri` (through the delay proxies at 2 ms) and the private Redis the runner starts;
+  one collection `orders`, business key `userEmail, accountId`, no PII rules, staging write
+  concern `majority` (the product's default, which the test server accepts);
+- `stagesync watch` and N x `celery -A tasks worker -c K -P prefork --without-mingle
+  --without-gossip -n bench-wN@%h`, each its own session, `STAGESYNC_CONFIG` set, inherited
+  `STAGESYNC_*` variables removed (so the shell running the benchmark cannot change the config).
+
+`prepare` (untimed, direct URIs, its own throw-away Redis) is the product's own bootstrap: a
+watcher started with no checkpoint opens the stream, keeps its token and runs a full resync as
+Celery tasks; prepare waits until the watcher records the resync as finished (`watchers` doc:
+`lastResync` set, `resyncPending` cleared), then stops watcher and workers. The checkpoint it
+leaves is where the measured watcher resumes.
+
+`start` returns once every worker logged "ready" and the new watcher owns the collection (its
+pid in the `watchers` doc), holds a checkpoint (`token`) and reports `streaming` in its Redis
+heartbeat — i.e. its change stream is open. In the resync scenario only workers are started.
+
+The product cannot watch its parent, so its processes get `PR_SET_PDEATHSIG` (SIGTERM when the
+runner dies) and a timer SIGTERMs them after `ctx.max_seconds`.
+
+Tuning, for trying alternatives without editing code: `BENCH_STAGESYNC_*` variables (see
+`Tuning`; defaults are the settled configuration, 1 worker x -c 2, watcher batches of up to
+5000 changes / 200 ms, resync chunks of 5000, TTL index dropped after start), e.g.
+    BENCH_STAGESYNC_WORKERS=2 BENCH_STAGESYNC_BATCH=default python -m bench.run ...
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import redis
+import yaml
+from pymongo import MongoClient
+from pymongo.collection import Collection
+
+from bench.procs import spawn
+from bench.systems import (
+    BenchContext,
+    ResyncOutcome,
+    RunningSystem,
+    RunOptions,
+    SystemSpec,
+)
+from bench.verify_equal import VerifyResult, verify_uris
+from bench.workload import BUSINESS_KEY, MARKER, Expected
+from settings import load_settings
+from tasks.constants import RESYNCS, WATCHERS, watcher_key
+from tasks.rules.identity import encode_id
+from tasks.rules.sync_meta import PID_FIELD, SYNC
+
+VENV_BIN = Path(sys.executable).parent
+COLLECTION = "orders"
+SOFT_DELETE_FIELD = "deleted"
+STATE_DB = "stagesync"
+READY_TIMEOUT = 90.0  # seconds for workers to log "ready" and the watcher to stream
+STOP_TIMEOUT = 30.0  # SIGTERM -> SIGKILL: the watcher drains for up to 5 s, workers finish a task
+ENV_PREFIX = "BENCH_STAGESYNC_"
+
+
+# -- tuning --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Tuning:
+    """Process layout and the few settings worth varying; None = the product's default."""
+
+    workers: int = 1
+    concurrency: int = 2
+    batch: int | None = 5000  # watcher.batch_max_size (product default 500)
+    batch_wait_ms: int | None = 200  # watcher.batch_max_wait_ms (product default 20)
+    partitions: int | None = None  # collections[].partitions (product default 1)
+    resync_chunk: int | None = 5000  # collections[].resync_chunk_size (product default 1000)
+    write_concern: str = "majority"
+    log_level: str = "INFO"
+    pool: str = "prefork"
+    # "drop": remove the product's TTL index on the target after start (test-server quirk: a
+    # TTL index makes every query on that collection scan it; see bench/README.md).
+    ttl_index: str = "drop"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] = os.environ) -> Tuning:
+        values: dict[str, Any] = {}
+        for item in fields(cls):
+            raw = env.get(ENV_PREFIX + item.name.upper())
+            if raw is None or raw == "":
+                continue
+            if raw.lower() == "default" and item.name in ("batch", "batch_wait_ms", "partitions",
+                                                          "resync_chunk"):
+                values[item.name] = None  # the product's own default
+                continue
+            values[item.name] = int(raw) if item.name in ("workers", "concurrency", "batch",
+                                                          "batch_wait_ms", "partitions",
+                                                          "resync_chunk") else raw
+        return cls(**values)
+
+    def describe(self) -> str:
+        parts = [f"{self.workers} worker{'s' if self.workers != 1 else ''} x -c "
+                 f"{self.concurrency} ({self.pool})",
+                 f"batch_max_size {self.batch or 'default (500)'}",
+                 f"batch_max_wait_ms {self.batch_wait_ms or 'default (20)'}",
+                 f"partitions {self.partitions or 'default (1)'}",
+                 f"resync_chunk_size {self.resync_chunk or 'default (1000)'}",
+                 f"staging w={self.write_concern}", f"log {self.log_level}",
+                 f"TTL index {'dropped after start' if self.ttl_index == 'drop' else 'kept'}"]
+        return ", ".join(parts)
+
+    def env_assignments(self) -> str:
+        """The BENCH_STAGESYNC_* settings that differ from the defaults, for reproducing."""
+        default = Tuning()
+        return " ".join(f"{ENV_PREFIX}{f.name.upper()}={getattr(self, f.name)}"
+                        for f in fields(self) if getattr(self, f.name) != getattr(default,
+                                                                                  f.name))
+
+
+# -- configuration ---------------------------------------------------------------------------------
+def write_config(
+    path: Path, ctx: BenchContext, prod_uri: str, staging_uri: str, redis_url: str,
+    tuning: Tuning,
+) -> Path:
+    """A stagesync YAML configuration (validated by the product's own loader)."""
+    collection: dict[str, Any] = {
+        "name": COLLECTION, "source": ctx.source, "target": ctx.target,
+        "business_key": list(ctx.business_key), "soft_delete_field": SOFT_DELETE_FIELD,
+    }
+    if tuning.partitions:
+        collection["partitions"] = tuning.partitions
+    if tuning.resync_chunk:
+        collection["resync_chunk_size"] = tuning.resync_chunk
+    write_concern: str | int = (int(tuning.write_concern) if tuning.write_concern.isdigit()
+                                else tuning.write_concern)
+    data: dict[str, Any] = {
+        "prod": {"uri": prod_uri},
+        "staging": {"uri": staging_uri, "write_concern": write_concern, "state_db": STATE_DB},
+        "redis_url": redis_url,
+        "collections": [collection],
+    }
+    watcher = {"batch_max_size": tuning.batch, "batch_max_wait_ms": tuning.batch_wait_ms}
+    if any(v is not None for v in watcher.values()):
+        data["watcher"] = {k: v for k, v in watcher.items() if v is not None}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    load_settings(path)  # fail here, readably, rather than in four child processes
+    return path
+
+
+def child_env(config: Path, tuning: Tuning) -> dict[str, str]:
+    """The runner's environment without any STAGESYNC_* override, plus the config path."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STAGESYNC_")}
+    env["STAGESYNC_CONFIG"] = str(config)
+    env["STAGESYNC_LOG_LEVEL"] = tuning.log_level
+    return env
+
+
+# -- processes -------------------------------------------------------------------------------------
+@dataclass
+class ProductProcesses:
+    """The watcher and workers of one run; stop() is idempotent and returns Redis counters."""
+
+    workdir: Path
+    config: Path
+    tuning: Tuning
+    redis_url: str
+    max_seconds: float
+    tag: str = ""
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    _baseline: dict[str, int] | None = None
+    _counters: dict[str, Any] | None = None
+    _timer: threading.Timer | None = None
+
+    def __post_init__(self) -> None:
+        self._timer = threading.Timer(self.max_seconds, self._expire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _spawn(self, role: str, argv: list[str]) -> subprocess.Popen[bytes]:
+        proc = spawn(argv, self.workdir, f"{self.tag}{role}",
+                     env=child_env(self.config, self.tuning), die_with_parent=True)
+        self.procs[role] = proc
+        return proc
+
+    def start_workers(self) -> None:
+        for n in range(1, self.tuning.workers + 1):
+            self._spawn(f"worker-{n}", [
+                str(VENV_BIN / "celery"), "-A", "tasks", "worker", "-c",
+                str(self.tuning.concurrency), "-P", self.tuning.pool,
+                "-n", f"bench-{self.tag}w{n}@%h", "--without-mingle", "--without-gossip",
+                "-l", self.tuning.log_level,
+            ])
+
+    def start_watcher(self) -> subprocess.Popen[bytes]:
+        return self._spawn("watcher", [str(VENV_BIN / "stagesync"), "watch"])
+
+    def log_path(self, role: str) -> Path:
+        return self.workdir / f"{self.tag}{role}.log"
+
+    def check_alive(self) -> None:
+        for role, proc in self.procs.items():
+            if proc.poll() is not None:
+                tail = self.log_path(role).read_text(errors="replace").splitlines()[-15:]
+                raise RuntimeError(f"{role} exited with {proc.returncode}:\n" + "\n".join(tail))
+
+    def wait_workers_ready(self, timeout: float = READY_TIMEOUT) -> None:
+        """Until every worker logged Celery's "<name>@<host> ready." line."""
+        waiting = {role for role in self.procs if role.startswith("worker-")}
+
+        def all_ready() -> bool:
+            for role in list(waiting):
+                if _logged_ready(self.log_path(role), f"bench-{self.tag}w{role[7:]}@"):
+                    waiting.discard(role)
+            return not waiting
+
+        wait_until(all_ready, timeout, "workers ready", self.check_alive)
+
+    def snapshot_redis(self) -> None:
+        """Start counting Redis commands from here (`INFO commandstats` deltas)."""
+        self._baseline = redis_command_calls(self.redis_url)
+
+    def processes(self) -> dict[str, int]:
+        return {role: proc.pid for role, proc in self.procs.items()}
+
+    def stop(self) -> dict[str, Any]:
+        if self._counters is not None:
+            return self._counters
+        counters: dict[str, Any] = {}
+        if self._baseline is not None:
+            with contextlib.suppress(redis.RedisError):
+                counters = redis_counters(self._baseline, redis_command_calls(self.redis_url))
+        self._terminate()
+        if self._timer is not None:
+            self._timer.cancel()
+        self._counters = counters
+        return counters
+
+    def _terminate(self) -> None:
+        # The watcher first: it stops publishing, drains and saves its checkpoint.
+        order = sorted(self.procs, key=lambda role: role != "watcher")
+        for role in order:
+            self._signal(self.procs[role], signal.SIGTERM)
+            if role == "watcher":
+                _wait(self.procs[role], STOP_TIMEOUT)
+        for role in order:
+            _wait(self.procs[role], STOP_TIMEOUT)
+
+    def _expire(self) -> None:
+        for proc in self.procs.values():
+            self._signal(proc, signal.SIGTERM)
+
+    @staticmethod
+    def _signal(proc: subprocess.Popen[bytes], signum: int) -> None:
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signum)
+
+
+def _wait(proc: subprocess.Popen[bytes], timeout: float) -> None:
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()  # the Celery main process; its pool children die with it
+        proc.wait(10)
+
+
+def _logged_ready(log: Path, name: str) -> bool:
+    with contextlib.suppress(OSError):
+        for line in log.read_text(errors="replace").splitlines():
+            if name in line and " ready." in line:
+                return True
+    return False
+
+
+def wait_until(
+    check: Callable[[], Any], timeout: float, what: str, alive: Callable[[], None],
+    interval: float = 0.1,
+) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        alive()
+        result = check()
+        if result:
+            return result
+        time.sleep(interval)
+    raise RuntimeError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+# -- Redis accounting ------------------------------------------------------------------------------
+def redis_command_calls(url: str) -> dict[str, int]:
+    client = redis.Redis.from_url(url, socket_timeout=10)
+    try:
+        stats = client.info("commandstats")
+    finally:
+        client.close()
+    return {name.removeprefix("cmdstat_"): int(value["calls"]) for name, value in stats.items()}
+
+
+def redis_counters(before: Mapping[str, int], after: Mapping[str, int]) -> dict[str, Any]:
+    """Commands the system sent between two snapshots (the snapshots' own INFO excluded)."""
+    delta = {name: calls - before.get(name, 0) for name, calls in after.items()
+             if name != "info" and calls - before.get(name, 0) > 0}
+    top = sorted(delta.items(), key=lambda item: -item[1])[:8]
+    return {
+        "redis_calls": sum(delta.values()),
+        "redis_lpush": delta.get("lpush", 0),  # Celery task messages published to queues
+        "redis_rpush": delta.get("rpush", 0),  # workers' done reports to the watcher
+        "redis_publish": delta.get("publish", 0),  # Celery events (pub/sub)
+        "redis_top": ", ".join(f"{name} {calls}" for name, calls in top),
+    }
+
+
+# -- the watcher's records in staging ----------------------------------------------------------
+def state_collection(client: MongoClient[Any], name: str) -> Collection[Any]:
+    return client[STATE_DB][name]
+
+
+def watcher_doc(client: MongoClient[Any]) -> dict[str, Any]:
+    return state_collection(client, WATCHERS).find_one({"_id": COLLECTION}) or {}
+
+
+def wait_streaming(
+    procs: ProductProcesses, staging_direct_uri: str, timeout: float = READY_TIMEOUT
+) -> None:
+    """Until the watcher we started owns the collection, holds a checkpoint and streams."""
+    pid = procs.procs["watcher"].pid
+    client: MongoClient[Any] = MongoClient(staging_direct_uri)
+    heartbeat = redis.Redis.from_url(procs.redis_url, socket_timeout=10)
+    try:
+        def streaming() -> bool:
+            doc = watcher_doc(client)
+            if doc.get("pid") != pid or not doc.get("owner") or not doc.get("token"):
+                return False
+            state = heartbeat.hgetall(watcher_key(COLLECTION))
+            return (state.get(b"owner") == str(doc["owner"]).encode()
+                    and state.get(b"state") in (b"streaming", b"backpressure"))
+
+        wait_until(streaming, timeout, "the watcher streaming", procs.check_alive)
+    finally:
+        client.close()
+        heartbeat.close()
+
+
+# -- the spec's callables --------------------------------------------------------------------------
+def _prepare(tuning: Tuning) -> Callable[[BenchContext, Sequence[dict[str, Any]]], None]:
+    """Bootstrap, untimed, over direct connections and a throw-away Redis (see module doc)."""
+
+    def prepare(ctx: BenchContext, docs: Sequence[dict[str, Any]]) -> None:
+        from cli.local_servers import start_redis
+
+        workdir = ctx.workdir / "prepare"
+        scratch = start_redis(workdir=workdir / "redis")
+        timeout = 120 + len(docs) / 20
+        config = write_config(workdir / "stagesync.yaml", ctx, ctx.prod_direct_uri,
+                              ctx.staging_direct_uri, scratch.uri, tuning)
+        procs = ProductProcesses(workdir, config, tuning, scratch.uri, timeout + 60,
+                                 tag="prepare-")
+        client: MongoClient[Any] = MongoClient(ctx.staging_direct_uri)
+        try:
+            procs.start_workers()
+            procs.start_watcher()
+
+            def bootstrapped() -> bool:
+                doc = watcher_doc(client)
+                return bool(doc.get("token") and doc.get("lastResync")
+                            and not doc.get("resyncPending"))
+
+            wait_until(bootstrapped, timeout, "the bootstrap resync", procs.check_alive, 0.5)
+        finally:
+            procs.stop()
+            client.close()
+            scratch.stop()
+
+    return prepare
+
+
+def _start(tuning: Tuning, locator: BySyncPid) -> Callable[[BenchContext], RunningSystem]:
+    def start(ctx: BenchContext) -> RunningSystem:
+        if ctx.redis_url is None:
+            raise RuntimeError("stagesync needs the runner's private Redis (needs_redis=True)")
+        config = write_config(ctx.workdir / "stagesync.yaml", ctx, ctx.prod_uri,
+                              ctx.staging_uri, ctx.redis_url, tuning)
+        procs = ProductProcesses(ctx.workdir, config, tuning, ctx.redis_url, ctx.max_seconds)
+        try:
+            procs.start_workers()
+            if ctx.scenario != "resync":
+                procs.start_watcher()
+            procs.wait_workers_ready()
+            if ctx.scenario != "resync":
+                wait_streaming(procs, ctx.staging_direct_uri)
+            if tuning.ttl_index == "drop":
+                drop_ttl_index(ctx)  # every product process has run ensure_indexes by now
+            if ctx.scenario != "resync":
+                prime_locator(locator, ctx)
+            procs.snapshot_redis()
+        except BaseException:
+            procs.stop()
+            raise
+        return procs
+
+    return start
+
+
+def drop_ttl_index(ctx: BenchContext) -> None:
+    """Test-server workaround, opt-in: on nx-27017 a collection with a TTL index pays a scan
+    on every query (measured: a compound-index `$eq` find goes from ~0.5 ms to ~40 ms at 20k
+    documents), which real MongoDB does not (its TTL monitor runs once a minute)."""
+    from tasks.rules.sync_meta import EXPIRE_AT_FIELD
+
+    client: MongoClient[Any] = MongoClient(ctx.staging_direct_uri)
+    try:
+        db, _, name = ctx.target.partition(".")
+        for index in client[db][name].list_indexes():
+            if "expireAfterSeconds" in index and EXPIRE_AT_FIELD in index["key"]:
+                client[db][name].drop_index(index["name"])
+    finally:
+        client.close()
+
+
+def prime_locator(locator: BySyncPid, ctx: BenchContext) -> None:
+    client: MongoClient[Any] = MongoClient(ctx.staging_direct_uri)
+    try:
+        db, _, name = ctx.target.partition(".")
+        locator.prime(client[db][name])
+    finally:
+        client.close()
+
+
+def _resync(tuning: Tuning) -> Callable[[BenchContext, RunningSystem], ResyncOutcome]:
+    """`stagesync resync orders --wait` against the started workers, timed two ways."""
+
+    def resync(ctx: BenchContext, system: RunningSystem) -> ResyncOutcome:
+        assert isinstance(system, ProductProcesses)
+        client: MongoClient[Any] = MongoClient(ctx.staging_direct_uri)
+        try:
+            before = {d["_id"] for d in state_collection(client, RESYNCS).find(
+                {"kind": {"$eq": "resync"}}, {"_id": 1})}
+            log = ctx.workdir / "resync-command.log"
+            started = time.monotonic()
+            with open(log, "ab") as out:
+                code = subprocess.run(
+                    [str(VENV_BIN / "stagesync"), "resync", COLLECTION, "--wait", "--timeout",
+                     str(int(ctx.max_seconds))],
+                    stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                    env=child_env(system.config, tuning), timeout=ctx.max_seconds + 60,
+                    check=False,
+                ).returncode
+            wall = time.monotonic() - started
+            records = [d for d in state_collection(client, RESYNCS).find(
+                {"kind": {"$eq": "resync"}}) if d["_id"] not in before]
+        finally:
+            client.close()
+        if code != 0 or len(records) != 1:
+            tail = "\n".join(log.read_text(errors="replace").splitlines()[-10:])
+            raise RuntimeError(f"stagesync resync exited with {code} "
+                               f"({len(records)} new resync records):\n{tail}")
+        record = records[0]
+        seconds = (record["finishedAt"] - record["startedAt"]).total_seconds()
+        if not 0 < seconds <= wall + 1:  # clocks disagree: fall back to the command's time
+            seconds = wall
+        return ResyncOutcome(int(record.get("total") or 0), seconds, wall_seconds=wall,
+                             summary={k: int(v) for k, v in (record.get("summary") or {}).items()})
+
+    return resync
+
+
+@dataclass
+class ProductVerifyResult(VerifyResult):
+    """The harness's strict comparison, and the product's own `stagesync verify`."""
+
+    tool_exit: int | None = None
+    tool_problem: str = ""  # what `stagesync verify` reported, when it failed
+
+    @property
+    def data_ok(self) -> bool:
+        """The harness's own document-by-document comparison passed."""
+        return super().ok
+
+    @property
+    def ok(self) -> bool:
+        return self.data_ok and self.tool_exit == 0
+
+
+def _verify(tuning: Tuning) -> Callable[[BenchContext], VerifyResult]:
+    def verify(ctx: BenchContext) -> VerifyResult:
+        strict = verify_uris(ctx.prod_direct_uri, ctx.staging_direct_uri, ctx.source, ctx.target,
+                             match_on=tuple(ctx.business_key), ignore_fields=[SYNC],
+                             soft_delete_field=SOFT_DELETE_FIELD)
+        result = ProductVerifyResult(**vars(strict))
+        # The product's own verify, over DIRECT connections (never through the proxies).
+        config = write_config(ctx.workdir / "stagesync-verify.yaml", ctx, ctx.prod_direct_uri,
+                              ctx.staging_direct_uri, ctx.redis_url or "redis://127.0.0.1:1/0",
+                              tuning)
+        log = ctx.workdir / "verify-command.log"
+        with open(log, "ab") as out:
+            result.tool_exit = subprocess.run(
+                [str(VENV_BIN / "stagesync"), "verify", COLLECTION, "--settle", "5"],
+                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                env=child_env(config, tuning), timeout=900, check=False,
+            ).returncode
+        if result.tool_exit != 0:
+            dump = ctx.workdir / "dead-letters.json"
+            reasons = dump_dead_letters(ctx, dump)
+            result.tool_problem = (f"exit {result.tool_exit}" + (
+                ", open dead letters: " + ", ".join(f"{n} {r}" for r, n in reasons.items())
+                if reasons else ""))
+            result.examples.insert(0, f"stagesync verify exited with {result.tool_exit} "
+                                      f"(report: {log}; dead letters: {dump})")
+        return result
+
+    return verify
+
+
+def dump_dead_letters(ctx: BenchContext, path: Path) -> dict[str, int]:
+    """For a failed verification: every open dead letter, beside the staging documents that
+    hold its pid or its business key, and whether production still has the document."""
+    from bson import json_util
+
+    from tasks.constants import DEAD_LETTERS
+    from tasks.rules.identity import decode_id
+    from tasks.rules.sync_meta import KEY_FIELD
+
+    staging: MongoClient[Any] = MongoClient(ctx.staging_direct_uri)
+    prod: MongoClient[Any] = MongoClient(ctx.prod_direct_uri)
+    try:
+        target = staging[ctx.target.partition(".")[0]][ctx.target.partition(".")[2]]
+        source = prod[ctx.source.partition(".")[0]][ctx.source.partition(".")[2]]
+        out = []
+        for entry in state_collection(staging, DEAD_LETTERS).find({"state": {"$eq": "open"}}):
+            pid = entry.get("pid")
+            holders = list(target.find({KEY_FIELD: {"$eq": entry.get("key")}}, {SYNC: 1,
+                                       MARKER: 1, SOFT_DELETE_FIELD: 1})) if entry.get(
+                                       "key") else []
+            out.append({
+                "entry": entry,
+                "staging_by_pid": list(target.find({PID_FIELD: {"$eq": pid}},
+                                                   {SYNC: 1, MARKER: 1, SOFT_DELETE_FIELD: 1})),
+                "staging_by_key": holders,
+                "production": source.find_one({"_id": decode_id(pid)}, {MARKER: 1})
+                if pid else None,
+            })
+        path.write_text(json_util.dumps(out, indent=1))
+        reasons: dict[str, int] = {}
+        for item in out:
+            reason = str(item["entry"].get("reason"))
+            reasons[reason] = reasons.get(reason, 0) + 1
+        return reasons
+    finally:
+        staging.close()
+        prod.close()
+
+
+@dataclass
+class BySyncPid:
+    """Staging documents by the production `_id` they record (`_sync.pid`), probed cheaply.
+
+    Why not query `_sync.pid` with `$in` each time: on the test server a `$in` on any field
+    but `_id` scans the whole collection (~80 ms at 20k documents, whatever the list's size),
+    and the completion and lag probes poll every 20-50 ms: they would take most of the staging
+    server's time from the system under test. Instead `prime()` (called at the end of `start`,
+    untimed) maps every production `_id` to its staging `_id` with one scan, polls use
+    `{"_id": {"$in": ...}}` (indexed), and a document created during the run is found once by
+    its business key with explicit `$eq`s (the product's compound index), checked against its
+    recorded `_sync.pid`, and remembered. A staging document never changes its `_sync.pid`.
+    """
+
+    key_fields: tuple[str, ...] = BUSINESS_KEY
+    soft_delete_field: str = SOFT_DELETE_FIELD
+    staging_ids: dict[str, Any] = field(default_factory=dict)  # encoded pid -> staging _id
+    # Not found yet: when to look again (a lookup is one indexed query per document, so they
+    # are spaced by `retry_s` per document; this bounds the resolution for created documents).
+    retry_s: float = 0.1
+    _next_lookup: dict[str, float] = field(default_factory=dict)
+
+    def prime(self, coll: Collection[Any]) -> None:
+        self.staging_ids.clear()
+        self._next_lookup.clear()
+        for doc in coll.find({}, {PID_FIELD: 1}):
+            pid = _recorded_pid(doc)
+            if pid is not None:
+                self.staging_ids[pid] = doc["_id"]
+
+    def fetch(self, coll: Collection[Any], wanted: Sequence[Expected]) -> dict[Any, dict[str, Any]]:
+        projection = {MARKER: 1, self.soft_delete_field: 1, PID_FIELD: 1}
+        by_pid = {encode_id(w.id): w for w in wanted}
+        found: dict[str, dict[str, Any]] = {}
+        known = [self.staging_ids[pid] for pid in by_pid if pid in self.staging_ids]
+        if known:
+            for doc in coll.find({"_id": {"$in": known}}, projection):
+                pid = _recorded_pid(doc)
+                if pid is not None:
+                    found[pid] = doc
+        now = time.monotonic()
+        for pid, want in by_pid.items():
+            if pid in self.staging_ids or self._next_lookup.get(pid, 0.0) > now:
+                continue
+            query = {f: {"$eq": v} for f, v in zip(self.key_fields, want.key, strict=True)}
+            for doc in coll.find(query, projection):
+                if _recorded_pid(doc) == pid:
+                    self.staging_ids[pid] = doc["_id"]
+                    found[pid] = doc
+            if pid not in self.staging_ids:
+                self._next_lookup[pid] = now + self.retry_s
+        return {by_pid[pid].id: doc for pid, doc in found.items()
+                if not doc.get(self.soft_delete_field)}
+
+
+def _recorded_pid(doc: Mapping[str, Any]) -> str | None:
+    """`_sync.pid` of a document projected on it: real MongoDB nests a dotted projection, the
+    test server returns it flattened."""
+    value = doc.get(PID_FIELD)
+    if value is None and isinstance(doc.get(SYNC), Mapping):
+        value = doc[SYNC].get("pid")
+    return value if isinstance(value, str) else None
+
+
+def systems(options: RunOptions) -> list[SystemSpec]:
+    tuning = Tuning.from_env()
+    locator = BySyncPid()
+    return [
+        SystemSpec(
+            name="stagesync",
+            summary="stagesync watch + Celery workers (Redis), batched upsert-merges",
+            prepare=_prepare(tuning),
+            start=_start(tuning, locator),
+            locator=locator,
+            verify=_verify(tuning),
+            scenarios=frozenset({"burst", "steady", "resync"}),
+            needs_redis=True,
+            notes=[f"stagesync: {tuning.describe()}"
+                   + (f" [{tuning.env_assignments()}]" if tuning.env_assignments() else "")],
+            resync=_resync(tuning),
+            resync_cases=("empty", "again"),
+        ),
+    ]
