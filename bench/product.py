@@ -23,8 +23,9 @@ The product cannot watch its parent, so its processes get `PR_SET_PDEATHSIG` (SI
 runner dies) and a timer SIGTERMs them after `ctx.max_seconds`.
 
 Tuning, for trying alternatives without editing code: `BENCH_STAGESYNC_*` variables (see
-`Tuning`; defaults are the settled configuration, 1 worker x -c 2, watcher batches of up to
-5000 changes / 200 ms, resync chunks of 5000, TTL index dropped after start), e.g.
+`Tuning`; defaults are the settled configuration, 1 worker x -c 2 with the product's batching
+defaults and `max_inflight_batches` = worker processes, resync chunks of 5000, TTL index dropped
+after start), e.g.
     BENCH_STAGESYNC_WORKERS=2 BENCH_STAGESYNC_BATCH=default python -m bench.run ...
 """
 
@@ -78,8 +79,8 @@ class Tuning:
 
     workers: int = 1
     concurrency: int = 2
-    batch: int | None = 5000  # watcher.batch_max_size (product default 500)
-    batch_wait_ms: int | None = 200  # watcher.batch_max_wait_ms (product default 20)
+    batch: int | None = None  # watcher.batch_max_size (product default 2000)
+    batch_wait_ms: int | None = None  # watcher.batch_max_wait_ms (product default 20)
     partitions: int | None = None  # collections[].partitions (product default 1)
     resync_chunk: int | None = 5000  # collections[].resync_chunk_size (product default 1000)
     write_concern: str = "majority"
@@ -108,7 +109,8 @@ class Tuning:
     def describe(self) -> str:
         parts = [f"{self.workers} worker{'s' if self.workers != 1 else ''} x -c "
                  f"{self.concurrency} ({self.pool})",
-                 f"batch_max_size {self.batch or 'default (500)'}",
+                 f"batch_max_size {self.batch or 'default (2000)'}",
+                 f"max_inflight_batches {self.workers * self.concurrency}",
                  f"batch_max_wait_ms {self.batch_wait_ms or 'default (20)'}",
                  f"partitions {self.partitions or 'default (1)'}",
                  f"resync_chunk_size {self.resync_chunk or 'default (1000)'}",
@@ -146,9 +148,10 @@ def write_config(
         "redis_url": redis_url,
         "collections": [collection],
     }
-    watcher = {"batch_max_size": tuning.batch, "batch_max_wait_ms": tuning.batch_wait_ms}
-    if any(v is not None for v in watcher.values()):
-        data["watcher"] = {k: v for k, v in watcher.items() if v is not None}
+    # One batch in flight per worker process: more only queue up as small batches.
+    watcher = {"batch_max_size": tuning.batch, "batch_max_wait_ms": tuning.batch_wait_ms,
+               "max_inflight_batches": tuning.workers * tuning.concurrency}
+    data["watcher"] = {k: v for k, v in watcher.items() if v is not None}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     load_settings(path)  # fail here, readably, rather than in four child processes

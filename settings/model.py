@@ -233,8 +233,13 @@ class CollectionSettings(StrictModel):
 class WatcherSettings(StrictModel):
     """How the watcher batches, bounds and checkpoints what it reads."""
 
-    batch_max_size: Annotated[int, Field(ge=1, le=10_000)] = 500
+    batch_max_size: Annotated[int, Field(ge=1, le=10_000)] = 2000
     batch_max_wait_ms: Annotated[int, Field(ge=0, le=5_000)] = 20
+    # While this many batches of a collection are in flight, new changes gather (up to
+    # busy_batch_wait_ms) into bigger batches instead of queueing as small ones. Set it to
+    # about the number of worker processes that consume the collection.
+    max_inflight_batches: Annotated[int, Field(ge=1, le=1_000)] = 4
+    busy_batch_wait_ms: Annotated[int, Field(ge=0, le=10_000)] = 250
     max_unapplied: Annotated[int, Field(ge=10)] = 20_000
     inflight_timeout_seconds: Annotated[float, Field(gt=0)] = 600.0
     checkpoint_interval_seconds: Annotated[float, Field(gt=0)] = 1.0

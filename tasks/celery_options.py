@@ -47,8 +47,10 @@ def celery_options(settings: Settings) -> dict[str, Any]:
         "worker_prefetch_multiplier": 1,
         "task_time_limit": worker.task_time_limit_seconds,
         "task_soft_time_limit": max(worker.task_time_limit_seconds - 15, 1),
-        "worker_send_task_events": True,
-        "task_send_sent_event": True,
+        # Events cost several Redis commands per task; Flower enables them on the workers it
+        # watches (its --enable_events, on by default), so they run only when someone looks.
+        "worker_send_task_events": False,
+        "task_send_sent_event": False,
         "worker_hijack_root_logger": False,
         "worker_max_memory_per_child": 400_000,  # KiB: a leaking child is replaced
         "enable_utc": True,

@@ -94,8 +94,13 @@ class TargetCollection:
                 by_key[meta.key] = doc
         missing = [key for key in wanted if key not in by_key]
         if missing:
+            batch = set(pids)
             for doc in self.collection.find({KEY_FIELD: {"$in": missing}}):
                 by_key[doc[SYNC]["key"]] = doc
+                pid = doc[SYNC].get("pid")
+                if pid in batch and pid not in by_pid:
+                    # Written by another apply between our two reads: it is this pid's own.
+                    by_pid[pid] = doc
         unsynced = self._unsynced_by_key(
             {key: wanted[key] for key in missing if key not in by_key}
         )

@@ -106,6 +106,10 @@ class InflightWindow:
             advanced = True
         return token if advanced else None
 
+    @property
+    def batches_in_flight(self) -> int:
+        return sum(1 for _, batch in self._batches.values() if not batch.complete)
+
     def incomplete(self) -> list[BatchInFlight]:
         return [batch for _, batch in self._batches.values() if not batch.complete]
 

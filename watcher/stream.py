@@ -170,7 +170,7 @@ class CollectionWatcher:
         window = InflightWindow()
         batcher = MicroBatcher(
             lambda pid: queue_for(self.collection, pid), config.batch_max_size,
-            config.batch_max_wait_ms / 1000,
+            config.batch_max_wait_ms / 1000, config.busy_batch_wait_ms / 1000,
         )
         self._set_epoch()
         self._replay_held_schema_versions()
@@ -183,8 +183,9 @@ class CollectionWatcher:
             if now >= clock.housekeeping:
                 clock.housekeeping = now + HOUSEKEEPING_SECONDS
                 self._housekeeping(window, clock, now)
+            busy = window.batches_in_flight >= config.max_inflight_batches
             if window.unapplied + batcher.size >= config.max_unapplied:
-                if batcher.due(now, stream_idle=True):
+                if batcher.due(now, stream_idle=True, busy=busy):
                     self._flush(batcher, window, last_token, oldest_buffered)
                     oldest_buffered = None
                 self.state = "backpressure"
@@ -193,7 +194,7 @@ class CollectionWatcher:
             self.state = "streaming"
             event = stream.try_next()
             if event is None:
-                if batcher.due(now, stream_idle=True):
+                if batcher.due(now, stream_idle=True, busy=busy):
                     self._flush(batcher, window, last_token, oldest_buffered)
                     oldest_buffered = None
                 elif window.empty and batcher.size == 0:
@@ -216,7 +217,7 @@ class CollectionWatcher:
             elif isinstance(action, Malformed):
                 log.error("skipping malformed change event",
                           extra={"collection": self.name, "reason": action.reason})
-            if batcher.due(now, stream_idle=False):
+            if batcher.due(now, stream_idle=False, busy=busy):
                 self._flush(batcher, window, last_token, oldest_buffered)
                 oldest_buffered = None
         self._drain_before_exit(window, clock)

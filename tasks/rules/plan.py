@@ -257,6 +257,9 @@ def _plan_present(
 
     target: Mapping[str, Any] | None = own
     holder = staging.by_key.get(key)
+    if holder is not None and own is None and read_meta(holder).pid == pid:
+        plan.deferred.append(pid)  # our own copy, seen only by key: re-plan with it as own
+        return
     if holder is not None and (own is None or holder["_id"] != own["_id"]):
         holder_meta = read_meta(holder)
         if holder["_id"] in state.targeted:
