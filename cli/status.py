@@ -139,8 +139,7 @@ def render(rows: list[dict[str, Any]]) -> Group:
             row["collection"], f"[{colour}]{row['health']}[/{colour}]", row["watcher"]["state"],
             f"{row['lag_seconds']:.1f}", str(row["pending_changes"]), str(counters["read"]),
             str(applied), str(row["dead_letters"]),
-            " ".join(f"{q.rsplit('.', 1)[-1] if len(row['queues']) > 1 else ''}{d}"
-                     for q, d in row["queues"].items()).strip(),
+            _queues(row["queues"]),
             f"{rate['rate'] or 'none'} ({rate['source']})",
             _seconds(row["checkpoint_age_seconds"]), _seconds(row["oplog_headroom_seconds"]),
             (row["last_applied_at"] or "-")[11:19],
@@ -177,6 +176,13 @@ def run_status(settings: Settings, json_output: bool, watch_live: bool, interval
     elif not watch_live:
         console.print(render(rows))
     return 0 if all(row["health"] == "ok" for row in rows) else 1
+
+
+def _queues(depths: dict[str, int]) -> str:
+    """`12`, or per partition `p0:12 p1:3`."""
+    if len(depths) == 1:
+        return str(next(iter(depths.values())))
+    return " ".join(f"p{queue.rsplit('.', 1)[-1]}:{depth}" for queue, depth in depths.items())
 
 
 def _decode(raw: dict[bytes, bytes]) -> dict[str, str]:
