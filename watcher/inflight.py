@@ -113,12 +113,14 @@ class InflightWindow:
     def incomplete(self) -> list[BatchInFlight]:
         return [batch for _, batch in self._batches.values() if not batch.complete]
 
-    def any_expired(self, now: float, timeout: float) -> bool:
-        return any(now - batch.published_at > timeout for batch in self.incomplete())
+    def any_expired(self, now: float, timeout: float, since: float = 0.0) -> bool:
+        return any(now - max(batch.published_at, since) > timeout
+                   for batch in self.incomplete())
 
-    def expired(self, now: float, timeout: float) -> list[BatchInFlight]:
-        """Incomplete batches published more than `timeout` ago; their clock restarts."""
-        stale = [b for b in self.incomplete() if now - b.published_at > timeout]
+    def expired(self, now: float, timeout: float, since: float = 0.0) -> list[BatchInFlight]:
+        """Incomplete batches that waited more than `timeout`, counted from their publication
+        or from `since`, whichever is later; their clock restarts."""
+        stale = [b for b in self.incomplete() if now - max(b.published_at, since) > timeout]
         for batch in stale:
             batch.published_at = now
         return stale

@@ -94,6 +94,7 @@ class CollectionWatcher:
         self._resync_moved_at = 0.0
         self._saved_at = 0.0
         self._idle_at = 0.0
+        self._queues_busy_at = 0.0
         self._dead_letters = 0
         self._dead_letters_at = 0.0
 
@@ -263,13 +264,15 @@ class CollectionWatcher:
                 self._set_epoch()
             self._heartbeat(window)
         timeout = self.settings.watcher.inflight_timeout_seconds
-        # Only once the queues are empty: a batch still waiting in a queue (workers behind or
-        # away) is not lost, and a copy would only grow the queue past the backpressure bound.
-        if window.any_expired(now, timeout) and not any(
-            queue_depth(self.redis, queue) for queue in self.collection.queues
-        ):
-            self._republish(window.expired(now, timeout),
-                            f"no done report within {timeout:.0f}s")
+        # A batch is lost when it has not reported done `timeout` after its queue was last
+        # seen holding messages: while workers are behind or away it is only waiting, and a
+        # copy would grow the queue past the backpressure bound and be applied twice.
+        if window.any_expired(now, timeout, since=self._queues_busy_at):
+            if any(queue_depth(self.redis, queue) for queue in self.collection.queues):
+                self._queues_busy_at = now
+            else:
+                self._republish(window.expired(now, timeout, since=self._queues_busy_at),
+                                f"no done report within {timeout:.0f}s")
         if now >= clock.resync:
             clock.resync = now + RESYNC_CHECK_SECONDS
             self._watch_pending_resync()
