@@ -57,6 +57,3 @@ def rate_limit_prefix(collection: str) -> str:
     """Namespace of the shared token bucket of a collection's queues (`limits` storage)."""
     return f"{PREFIX}:{collection}:rate"
 
-
-def resync_progress_key(resync_id: str) -> str:
-    return f"{PREFIX}:resync:{resync_id}"

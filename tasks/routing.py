@@ -40,10 +40,3 @@ def queue_depth(client: redis.Redis, queue: str) -> int:
         for suffix in PRIORITY_SUFFIXES:
             pipe.llen(queue + suffix)
         return int(sum(pipe.execute()))
-
-
-def collection_of_queue(settings: Settings, queue: str) -> CollectionSettings | None:
-    for collection in settings.collections:
-        if queue in collection.queues:
-            return collection
-    return None

@@ -25,7 +25,6 @@ READ_COMMANDS = frozenset({
     "endSessions", "saslStart", "saslContinue", "authenticate", "getnonce",
     "replSetGetStatus", "collStats", "dbStats", "connectionStatus", "getParameter",
 })
-FORBIDDEN_STAGES = ("$out", "$merge")
 # A server that stops answering must not hang a watcher or worker forever; every read here
 # returns well within this (change streams wait at most their await time per getMore).
 SOCKET_TIMEOUT_MS = 60_000
@@ -77,15 +76,6 @@ class ReadOnlyCollection:
 
     def find_one(self, query: Mapping[str, Any]) -> dict[str, Any] | None:
         return self._collection.find_one(query)  # type: ignore[no-any-return]
-
-    def aggregate(self, pipeline: Sequence[Mapping[str, Any]]) -> Iterator[dict[str, Any]]:
-        for stage in pipeline:
-            if any(name in stage for name in FORBIDDEN_STAGES):
-                raise PermissionError("production is read-only: $out and $merge are refused")
-        return iter(self._collection.aggregate(list(pipeline)))
-
-    def estimated_document_count(self) -> int:
-        return int(self._collection.estimated_document_count())
 
     def watch(
         self,
