@@ -105,10 +105,6 @@ class ApplyResult:
     rounds: int = 0
     staging_writes: int = 0
 
-    @property
-    def dead_lettered(self) -> int:
-        return len(self.dead_letters)
-
 
 def apply_changes(context: ApplyContext, ops: Mapping[str, str]) -> ApplyResult:
     """Apply the changes of these production `_id`s (pid -> operation seen in the stream)."""

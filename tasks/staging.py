@@ -42,7 +42,6 @@ def connect_staging(settings: StagingSettings, **client_options: Any) -> MongoCl
 class WriteReport:
     """What one bulk write did, as far as the server tells per operation."""
 
-    attempted: int = 0
     matched_all: bool = True
     failed: dict[int, tuple[int, str]] = field(default_factory=dict)  # index -> (code, message)
     raced: set[int] = field(default_factory=set)  # indexes that lost to another apply
@@ -127,7 +126,7 @@ class TargetCollection:
 
     def execute(self, writes: Sequence[PlannedWrite]) -> WriteReport:
         """One unordered bulk write; per-operation failures come back by index."""
-        report = WriteReport(attempted=len(writes))
+        report = WriteReport()
         if not writes:
             return report
         operations = [_operation(write) for write in writes]

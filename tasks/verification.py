@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -118,6 +117,9 @@ class Verifier:
         return report
 
     def _compare(self, report: Report, ids: list[Any]) -> None:
+        # Open dead letters, read once for the whole comparison (not once per chunk).
+        dead = {entry["pid"]: entry["reason"]
+                for entry in self.dead_letters.list(self.collection.name)}
         for start in range(0, len(ids), CHUNK):
             chunk = ids[start:start + CHUNK]
             production = {
@@ -128,7 +130,6 @@ class Verifier:
                 doc[SYNC]["pid"]: doc
                 for doc in self.target.find({PID_FIELD: {"$in": list(production)}})
             }
-            dead = {entry["pid"]: entry["reason"] for entry in self._entries(production)}
             for pid, document in production.items():
                 report.compared += 1
                 if pid in dead:
@@ -145,10 +146,6 @@ class Verifier:
                 paths = _differences(document, mirror, self.rules)
                 if paths:
                     report.different[pid] = paths
-
-    def _entries(self, production: dict[str, Any]) -> Iterable[dict[str, Any]]:
-        wanted = set(production)
-        return (e for e in self.dead_letters.list(self.collection.name) if e["pid"] in wanted)
 
     def _count_staging(self, report: Report, production_pids: set[str] | None) -> None:
         for doc in self.target.find({}, {SYNC: 1}):
