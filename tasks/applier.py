@@ -22,14 +22,15 @@ from typing import Any
 from pymongo import MongoClient
 from pymongo.database import Database
 
+from deployments.production import ReadOnlyCollection, read_documents
 from settings.model import CollectionSettings
 from tasks.dead_letters import DeadLetterEntry, DeadLetterStore
+from tasks.pii_unclassified import record_unclassified
 from tasks.rules.identity import decode_id, encode_id
 from tasks.rules.pii import Masker
-from tasks.rules.plan import CollectionRules, DeadLetter, PlannedWrite, plan_batch
+from tasks.rules.plan import CollectionRules, DeadLetter, PlannedWrite, StagingView, plan_batch
 from tasks.staging import TargetCollection
 from tasks.versions import take_version
-from watcher.production import ReadOnlyCollection, read_documents
 
 MAX_ROUNDS = 6
 # Outcomes after which the document holds this apply's read (or a newer one).
@@ -94,6 +95,8 @@ class ApplyContext:
             pid = encode_id(document["_id"])
             if pid in found:
                 found[pid] = self.masker.mask(document)
+        # Strict PII mode: the paths the masking left out, never their values.
+        record_unclassified(self.state_db, self.name, self.masker.take_unclassified())
         return found
 
 
@@ -132,8 +135,18 @@ def apply_documents(
     version: int,
     production: dict[str, Document | None],
     ops: Mapping[str, str],
+    *,
+    compare_content: bool = False,
+    staging_known_empty: bool = False,
 ) -> ApplyResult:
-    """Write what production holds for these pids; `production` was read after `version`."""
+    """Write what production holds for these pids; `production` was read after `version`.
+
+    `compare_content` reads the staging documents in full and compares their content itself
+    instead of trusting `_sync.fp` (a resync repairs drift made by hand). `staging_known_empty`
+    skips the first staging read when the caller has proven that no staging document of these
+    pids or keys can exist: the inserts are still safe, since the unique indexes on `_sync.pid`
+    and `_sync.key` turn a racing write into a lost race that is re-planned after a real read.
+    """
     result = ApplyResult(version)
     now = datetime.now(UTC)
     pending = set(production)
@@ -142,13 +155,20 @@ def apply_documents(
     refused: dict[str, str] = {}
     woken: set[str] = set()
     lost: set[str] = set()
-    for _ in range(MAX_ROUNDS):
+    whole: set[Any] = set()
+    for round_number in range(MAX_ROUNDS):
         result.rounds += 1
-        view = context.target.read_view(sorted(pending), production)
+        if staging_known_empty and round_number == 0:
+            view = StagingView(by_pid={}, by_key={})
+        else:
+            view = context.target.read_view(
+                sorted(pending), production, True if compare_content else whole
+            )
         plan = plan_batch(
             version=version, now=now, pids=pending, production=production, staging=view,
             rules=context.rules,
         )
+        whole |= plan.need_content
         if plan.need_production:
             # A live document holds a key we want: decide on its production document's
             # current state, and apply that document's change in the same batch.

@@ -1,20 +1,23 @@
 """Staging I/O for one target collection: the reads a batch plan needs and its one bulk write.
 
-Filters name `_id` or use explicit `$eq`/`$in`, and `_id` plus a condition is wrapped in
-`$and`: the same meaning on every MongoDB, and index-friendly on the servers the tests use.
-Merged documents are written whole with `ReplaceOne`, which keeps every BSON type.
+Filters are written plainly (`{"_id": X, "_sync.v": V}`). Every query on `_sync.*` and on the
+raw business-key fields runs with the simple collation, the collation of stagesync's indexes:
+a staging collection restored with a case-insensitive default collation would otherwise make
+`_sync.pid`s and `_sync.key`s that differ only in case match each other.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Collection as AbstractCollection
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from pymongo import DeleteOne, InsertOne, MongoClient, ReplaceOne, UpdateOne
+from pymongo import DeleteOne, InsertOne, MongoClient, UpdateOne
+from pymongo.collation import Collation
 from pymongo.collection import Collection
-from pymongo.errors import BulkWriteError
+from pymongo.errors import BulkWriteError, WriteConcernError
 from pymongo.write_concern import WriteConcern
 
 from settings.model import CollectionSettings, StagingSettings
@@ -22,6 +25,7 @@ from tasks.rules.identity import business_key, key_digest
 from tasks.rules.plan import UNSYNCED, CollectionRules, PlannedWrite, StagingView
 from tasks.rules.sync_meta import KEY_FIELD, PID_FIELD, SYNC, VERSION_FIELD, read_meta
 
+SIMPLE = Collation(locale="simple")
 DUPLICATE_KEY = 11000
 # Unique indexes whose duplicate-key errors mean "another apply got there first" (re-plan),
 # as opposed to an index of the user's, which makes the write fail for good.
@@ -64,20 +68,32 @@ class TargetCollection:
         self.settings = settings
         self.rules = rules
         self._first_key_field = settings.business_key[0]
+        self._projection = {SYNC: 1, settings.soft_delete_field: 1}
 
     def read_view(
-        self, pids: Sequence[str], production: Mapping[str, Mapping[str, Any] | None]
+        self,
+        pids: Sequence[str],
+        production: Mapping[str, Mapping[str, Any] | None],
+        whole: AbstractCollection[Any] | bool = (),
     ) -> StagingView:
         """Everything the planner may need, in one to three indexed queries.
 
         1. by recorded production `_id`; 2. by key digest, only for keys not already held by
         the documents found in 1; 3. documents never synced, by the raw business-key fields,
         only for keys nobody holds yet (first syncs of pre-existing staging data).
+        Only `_sync` and the soft-delete flag are read, except for the staging `_id`s in
+        `whole` (or every document when `whole` is True), read in full.
         """
+        projection = None if whole is True else self._projection
         by_pid = {
             doc[SYNC]["pid"]: doc
-            for doc in self.collection.find({PID_FIELD: {"$in": list(pids)}})
+            for doc in self._find({PID_FIELD: {"$in": list(pids)}}, projection)
         }
+        if whole and whole is not True:
+            for doc in self.collection.find({"_id": {"$in": list(whole)}}):
+                pid = read_meta(doc).pid
+                if pid in by_pid:
+                    by_pid[pid] = doc
         wanted: dict[str, Mapping[str, Any]] = {}
         for pid in pids:
             document = production.get(pid)
@@ -94,7 +110,7 @@ class TargetCollection:
         missing = [key for key in wanted if key not in by_key]
         if missing:
             batch = set(pids)
-            for doc in self.collection.find({KEY_FIELD: {"$in": missing}}):
+            for doc in self._find({KEY_FIELD: {"$in": missing}}, projection):
                 by_key[doc[SYNC]["key"]] = doc
                 pid = doc[SYNC].get("pid")
                 if pid in batch and pid not in by_pid:
@@ -103,7 +119,17 @@ class TargetCollection:
         unsynced = self._unsynced_by_key(
             {key: wanted[key] for key in missing if key not in by_key}
         )
-        return StagingView(by_pid=by_pid, by_key=by_key, unsynced_by_key=unsynced)
+        complete = {doc["_id"] for doc in unsynced.values()}
+        if whole is True:
+            complete |= {doc["_id"] for doc in (*by_pid.values(), *by_key.values())}
+        elif whole:
+            complete |= set(whole)
+        return StagingView(by_pid=by_pid, by_key=by_key, unsynced_by_key=unsynced,
+                           whole=frozenset(complete))
+
+    def _find(self, query: Mapping[str, Any], projection: Mapping[str, Any] | None
+              ) -> Iterable[Document]:
+        return self.collection.find(query, projection, collation=SIMPLE)
 
     def _unsynced_by_key(self, wanted: Mapping[str, Mapping[str, Any]]) -> dict[str, Document]:
         if not wanted:
@@ -115,7 +141,7 @@ class TargetCollection:
                 firsts.append(values[0])
         found: dict[str, Document] = {}
         query = {self._first_key_field: {"$in": firsts}, SYNC: {"$exists": False}}
-        for doc in self.collection.find(query).sort("_id", 1):
+        for doc in self.collection.find(query, collation=SIMPLE).sort("_id", 1):
             values = business_key(doc, self.rules.key_paths)
             if values is None:
                 continue
@@ -136,6 +162,15 @@ class TargetCollection:
             details: Mapping[str, Any] = result.bulk_api_result
         except BulkWriteError as error:
             details = error.details
+            concern = details.get("writeConcernErrors") or []
+            if concern:
+                # Applied on the primary but not acknowledged as asked (wtimeout, a step-down):
+                # it may roll back, so the batch is not done. Raised as transient: retried.
+                first = concern[0]
+                raise WriteConcernError(
+                    str(first.get("errmsg", "write concern error")),
+                    first.get("code"), dict(details),
+                ) from error
             for failure in details.get("writeErrors", []):
                 index = int(failure["index"])
                 code = int(failure.get("code", 0))
@@ -159,12 +194,12 @@ class TargetCollection:
         """The `_sync.v` now stored for each pid, to learn which writes of a round landed."""
         found: dict[str, int | None] = {}
         # Whole `_sync`, not dotted fields: some servers return dotted projections flattened.
-        for doc in self.collection.find({PID_FIELD: {"$in": list(pids)}}, {SYNC: 1}):
+        for doc in self._find({PID_FIELD: {"$in": list(pids)}}, {SYNC: 1}):
             found[doc[SYNC]["pid"]] = read_meta(doc).version
         return found
 
 
-WriteOperation = InsertOne[Document] | ReplaceOne[Document] | UpdateOne | DeleteOne
+WriteOperation = InsertOne[Document] | UpdateOne | DeleteOne
 
 
 def _on_sync_index(failure: Mapping[str, Any]) -> bool:
@@ -185,13 +220,14 @@ def _operation(write: PlannedWrite) -> WriteOperation:
     if write.is_insert:
         assert write.document is not None
         return InsertOne(write.document)
+    query: dict[str, Any] = {"_id": write.staging_id}
     if write.expect is UNSYNCED:
-        condition: dict[str, Any] = {SYNC: {"$exists": False}}
+        query[SYNC] = {"$exists": False}
     else:
-        condition = {VERSION_FIELD: {"$eq": write.expect}}
-    query = {"$and": [{"_id": write.staging_id}, condition]}
+        query[VERSION_FIELD] = write.expect
+    # No collation here: the filter's only string can be `_id`, unique under the collection's
+    # own collation anyway, and only that collation lets a string `_id` use the `_id` index.
     if write.delete:
         return DeleteOne(query)
-    if write.document is None:
-        return UpdateOne(query, {"$set": {VERSION_FIELD: write.version}})
-    return ReplaceOne(query, write.document)
+    assert write.update is not None
+    return UpdateOne(query, write.update)

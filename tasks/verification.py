@@ -12,22 +12,24 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import bson
 import redis
 
+from deployments.production import ProductionReader, read_documents
 from settings.model import CollectionSettings, Settings
 from tasks.constants import watcher_key
 from tasks.dead_letters import DeadLetterStore
 from tasks.rules.identity import decode_id, encode_id
-from tasks.rules.merge import owned_paths, production_view
-from tasks.rules.paths import join_dotted, leaf_paths
+from tasks.rules.merge import owned_paths, production_content, production_view
+from tasks.rules.paths import Path, join_dotted, leaf_paths
 from tasks.rules.pii import Masker
 from tasks.rules.plan import CollectionRules
 from tasks.rules.sync_meta import PID_FIELD, SYNC, read_meta
-from tasks.staging import connect_staging
-from watcher.production import ProductionReader, read_documents
+from tasks.staging import SIMPLE, connect_staging
 
 CHUNK = 1000
 RECHECKS = 3
@@ -111,7 +113,7 @@ class Verifier:
         self._compare(report, list(present.values()))
         gone = [p for p in pids if p not in present]
         for pid in gone:
-            doc = self.target.find_one({PID_FIELD: {"$eq": pid}})
+            doc = self.target.find_one({PID_FIELD: {"$eq": pid}}, collation=SIMPLE)
             if doc is not None and not read_meta(doc).deleted:
                 report.gone_in_production.append(pid)
         return report
@@ -128,7 +130,8 @@ class Verifier:
             }
             staging = {
                 doc[SYNC]["pid"]: doc
-                for doc in self.target.find({PID_FIELD: {"$in": list(production)}})
+                for doc in self.target.find({PID_FIELD: {"$in": list(production)}},
+                                            collation=SIMPLE)
             }
             for pid, document in production.items():
                 report.compared += 1
@@ -180,17 +183,38 @@ class Verifier:
 
 def _differences(document: dict[str, Any], mirror: dict[str, Any], rules: CollectionRules
                  ) -> list[str]:
-    expected_paths = owned_paths(document, rules.fields)
-    expected = production_view(document, expected_paths)
-    actual = production_view(mirror, expected_paths | read_meta(mirror).owned)
-    if expected == actual:
+    """Production-owned paths whose staging value differs, compared as BSON (so `1`, `1.0`
+    and `true` differ), plus parents whose fields stand in another order."""
+    expected = production_content(document, rules.fields)
+    actual = production_view(
+        mirror, [*owned_paths(document, rules.fields), *read_meta(mirror).owned]
+    )
+    if bson.encode(expected) == bson.encode(actual):
         return []
     flat_expected = dict(leaf_paths(expected))
     flat_actual = dict(leaf_paths(actual))
-    paths = {p for p in flat_expected.keys() | flat_actual.keys()
-             if flat_expected.get(p, _Missing) != flat_actual.get(p, _Missing)
-             or type(flat_expected.get(p)) is not type(flat_actual.get(p))}
-    return sorted(join_dotted(p) for p in paths)
+    paths = {join_dotted(p) for p in flat_expected.keys() | flat_actual.keys()
+             if not _same(flat_expected.get(p, _Missing), flat_actual.get(p, _Missing))}
+    if not paths:
+        paths = {f"{join_dotted(p) or '(top level)'} (field order)"
+                 for p in _reordered(expected, actual)}
+    return sorted(paths)
+
+
+def _same(a: Any, b: Any) -> bool:
+    if a is _Missing or b is _Missing:
+        return a is b
+    return bson.encode({"v": a}) == bson.encode({"v": b})
+
+
+def _reordered(expected: Mapping[str, Any], actual: Mapping[str, Any], prefix: Path = ()
+               ) -> list[Path]:
+    found = [prefix] if list(expected) != list(actual) else []
+    for name, value in expected.items():
+        other = actual.get(name)
+        if isinstance(value, Mapping) and isinstance(other, Mapping):
+            found += _reordered(value, other, (*prefix, name))
+    return found
 
 
 class _Missing:

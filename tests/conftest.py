@@ -24,7 +24,7 @@ def pytest_report_header() -> list[str]:
     elif shutil.which("mongod"):
         backend = "mongod replica sets started by the fixtures"
     else:
-        backend = "nx-27017 test server (no mongod on PATH)"
+        backend = "two SecantusDB servers (no mongod on PATH)"
     return [f"stagesync MongoDB backend: {backend}"]
 
 

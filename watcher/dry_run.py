@@ -15,19 +15,21 @@ from datetime import UTC, datetime
 from types import FrameType
 from typing import Any
 
+import bson
 from rich.console import Console
 
+from deployments.production import ProductionReader
 from settings.model import CollectionSettings, Settings
 from tasks.applier import ApplyContext
 from tasks.constants import COUNTERS
 from tasks.dead_letters import DeadLetterStore
-from tasks.rules.paths import join_dotted, leaf_paths
+from tasks.rules.merge import merge_fields
+from tasks.rules.paths import join_dotted, leaf_paths, set_path
 from tasks.rules.pii import Masker
-from tasks.rules.plan import PlannedWrite, plan_batch
+from tasks.rules.plan import PlannedWrite, StagingView, plan_batch
 from tasks.rules.sync_meta import SYNC, read_meta
 from tasks.staging import connect_staging
 from watcher.events import STREAM_PROJECTION, Change, classify
-from watcher.production import ProductionReader
 
 BATCH = 200
 VERBS = {"created": "create", "updated": "update", "soft_deleted": "soft-delete",
@@ -92,14 +94,19 @@ def _show(console: Console, context: ApplyContext, collection: CollectionSetting
     counter = state_db[COUNTERS].find_one({"_id": f"version:{collection.name}"}) or {}
     version = int(counter.get("value", 0)) + 1  # what the next apply would take; not taken
     production = context.read_production(changes)
-    view = context.target.read_view(sorted(production), production)
+    view = context.target.read_view(sorted(production), production, whole=True)
     plan = plan_batch(version=version, now=datetime.now(UTC), pids=production,
                       production=production, staging=view, rules=context.rules)
     stamp = time.strftime("%H:%M:%S")
     for write in plan.releases + plan.writes:
         current = view.by_pid.get(write.pid or "") if write.pid else None
-        console.print(f"{stamp} {collection.name} would {_describe(write, current)}",
-                      highlight=False)
+        if current is None or current["_id"] != write.staging_id:
+            current = _by_id(view, write.staging_id)
+        incoming = production.get(write.pid or "")
+        console.print(
+            f"{stamp} {collection.name} would {_describe(write, current, incoming, context)}",
+            highlight=False,
+        )
     for letter in plan.dead_letters:
         console.print(f"{stamp} {collection.name} would dead-letter {letter.pid}: "
                       f"{letter.reason} ({letter.detail})", highlight=False)
@@ -111,23 +118,40 @@ def _show(console: Console, context: ApplyContext, collection: CollectionSetting
                       highlight=False)
 
 
-def _describe(write: PlannedWrite, current: dict[str, Any] | None) -> str:
+def _by_id(view: StagingView, staging_id: Any) -> dict[str, Any] | None:
+    for document in (*view.by_pid.values(), *view.by_key.values(),
+                     *view.unsynced_by_key.values()):
+        if document["_id"] == staging_id:
+            return dict(document)
+    return None
+
+
+def _describe(write: PlannedWrite, current: dict[str, Any] | None,
+              incoming: dict[str, Any] | None, context: ApplyContext) -> str:
+    """What the write would change, field by field, from the merge it writes."""
     target = f"staging _id={write.staging_id}"
     if write.delete:
         return f"remove tombstone {target} (pid {write.pid})"
-    if write.document is None:
-        return f"keep {target} (pid {write.pid}): unchanged, version only"
+    if write.outcome in ("unchanged", "released"):
+        return f"{VERBS.get(write.outcome, write.outcome)} {target} (pid {write.pid})"
+    if write.document is not None:
+        after = _body(write.document)
+    elif incoming is not None and write.outcome != "soft_deleted":
+        after, _ = merge_fields(current, incoming, read_meta(current).owned,
+                                context.rules.fields)
+    else:
+        after = dict(_body(current))
+        set_path(after, context.rules.soft_delete_field, True)
     before = {p: v for p, v in leaf_paths(_body(current))}
-    after = {p: v for p, v in leaf_paths(_body(write.document))}
-    added = sorted(join_dotted(p) for p in after.keys() - before.keys())
-    removed = sorted(join_dotted(p) for p in before.keys() - after.keys())
-    changed = sorted(join_dotted(p) for p in after.keys() & before.keys()
-                     if after[p] != before[p])
+    flat_after = {p: v for p, v in leaf_paths(after)}
+    added = sorted(join_dotted(p) for p in flat_after.keys() - before.keys())
+    removed = sorted(join_dotted(p) for p in before.keys() - flat_after.keys())
+    changed = sorted(join_dotted(p) for p in flat_after.keys() & before.keys()
+                     if bson.encode({"v": flat_after[p]}) != bson.encode({"v": before[p]}))
     parts = [f"+{', +'.join(added)}" if added else "", f"~{', ~'.join(changed)}" if changed
              else "", f"-{', -'.join(removed)}" if removed else ""]
     fields = " ".join(part for part in parts if part) or "no field changes"
-    meta = read_meta(write.document)
-    return f"{VERBS.get(write.outcome, write.outcome)} {target} (pid {meta.pid}): {fields}"
+    return f"{VERBS.get(write.outcome, write.outcome)} {target} (pid {write.pid}): {fields}"
 
 
 def _body(document: dict[str, Any] | None) -> dict[str, Any]:

@@ -8,7 +8,7 @@ path round-trips.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, MutableMapping
+from collections.abc import Iterator, Mapping, MutableMapping
 from typing import Any
 
 Path = tuple[str, ...]
@@ -101,5 +101,13 @@ def join_dotted(path: Path) -> str:
     return ".".join(name.replace("\\", "\\\\").replace(".", "\\.") for name in path)
 
 
-def dotted_paths(paths: Iterable[Path]) -> list[str]:
-    return sorted(join_dotted(path) for path in paths)
+def addressable(path: Path) -> bool:
+    """Whether an update operator can name this path: no field name is empty, holds a dot or
+    starts with `$` (MongoDB stores such names since 5.0, but `$set`/`$unset` cannot reach
+    them)."""
+    return all(name and "." not in name and not name.startswith("$") for name in path)
+
+
+def update_path(path: Path) -> str:
+    """The path as update operators and aggregation field paths spell it (addressable only)."""
+    return ".".join(path)

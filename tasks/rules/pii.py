@@ -2,8 +2,13 @@
 
 Invariant 6 (DESIGN.md): a field configured as PII is transformed the moment it is read from
 production, so its raw value never reaches Redis, staging, logs, metrics or the dead-letter
-store. Everything here is a pure function of the document, the rules and the secret (no I/O,
-no clock, no process state), so every worker in every process masks a value the same way.
+store. Every transform here is a pure function of the document, the rules and the secret (no
+I/O, no clock), so every worker in every process masks a value the same way. (The one piece of
+state, a strict masker's count of the paths it left out, never changes an output.)
+
+Strict mode (`pii_mode: strict`): the masker also leaves out every path that no rule, `allow`
+entry or business key classifies (`tasks.rules.pii_strict`), so a field added to production
+tomorrow fails closed instead of reaching staging raw.
 
 Rules
     ``drop``    removes the field.
@@ -55,6 +60,7 @@ import hmac
 import json
 import re
 import threading
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, overload
 
@@ -63,6 +69,7 @@ from bson.json_util import CANONICAL_JSON_OPTIONS
 
 from settings.pii_rules import FakeKind, PiiRule
 from tasks.rules.paths import Path, split_dotted
+from tasks.rules.pii_strict import Classification
 
 if TYPE_CHECKING:
     from faker import Faker
@@ -96,6 +103,9 @@ FAKER_LOCALE = "en_US"
 # against a `hash` pseudonym of the same value elsewhere in staging.
 _FAKE_DOMAIN = b"stagesync.pii.fake\x00"
 _FINGERPRINT_DOMAIN = b"stagesync.pii.rules\x00"
+# A strict masker counts the unclassified paths it left out until `take_unclassified` collects
+# them; beyond this many distinct paths, new ones are still left out but no longer counted.
+MAX_PENDING_PATHS = 1000
 _NOT_LETTERS = re.compile(r"[^a-z]+")
 _KEY_NOISE = re.compile(r"[\s_\-]+")
 
@@ -473,9 +483,21 @@ class Masker:
 
     Build one per collection and keep it: paths are split and transforms bound here, so
     `mask` only walks the paths that have rules. Thread-safe.
+
+    With a `classification` (`pii_mode: strict`, see `tasks.rules.pii_strict`), every path it
+    does not classify is left out of the result too, right where PII is masked: the stream,
+    resync and replay applies all mask what they read, so unclassified values never leave the
+    worker. `mask_reporting` returns the paths it left out; `mask` counts them for
+    `take_unclassified`, which the apply collects after each production read to record them
+    (`tasks.pii_unclassified`).
     """
 
-    def __init__(self, rules: Mapping[str, PiiRule], secret: bytes) -> None:
+    def __init__(
+        self,
+        rules: Mapping[str, PiiRule],
+        secret: bytes,
+        classification: Classification | None = None,
+    ) -> None:
         if secret == b"" and any(rule.keyed for rule in rules.values()):
             # An unkeyed hash of an email is reversed by hashing a list of emails.
             raise ValueError("pii: 'hash' and 'fake' rules need a non-empty pii_secret")
@@ -486,16 +508,29 @@ class Masker:
         # A rule on a field sees the raw value before any rule below it.
         compiled.sort(key=lambda rule: (len(rule.path), rule.path))
         self._compiled = tuple(compiled)
+        self._classification = classification
+        self._pending: Counter[str] = Counter()
+        self._pending_lock = threading.Lock()
 
     @classmethod
     def from_settings(cls, collection: CollectionSettings, secret: bytes) -> Masker:
         """The masker of a configured collection (`secret` is `Settings.secret_bytes()`)."""
-        return cls(collection.pii, secret)
+        return cls(collection.pii, secret, Classification.from_settings(collection))
+
+    @property
+    def strict(self) -> bool:
+        """True when unclassified paths are left out (`pii_mode: strict`)."""
+        return self._classification is not None
+
+    @property
+    def classification(self) -> Classification | None:
+        return self._classification
 
     @property
     def active(self) -> bool:
-        """False when the collection has no PII rules: `mask` then only copies the top level."""
-        return bool(self._compiled)
+        """False when the collection has no PII rules and is open: `mask` then only copies the
+        top level."""
+        return bool(self._compiled) or self._classification is not None
 
     @property
     def rules(self) -> Mapping[str, PiiRule]:
@@ -503,8 +538,9 @@ class Masker:
 
     @functools.cached_property
     def fingerprint(self) -> str:
-        """`rules_fingerprint` of this masker's rules and secret."""
-        return rules_fingerprint(self._rules, self._secret)
+        """`rules_fingerprint` of this masker's rules, secret and strict classification."""
+        strict = self._classification.paths if self._classification else None
+        return rules_fingerprint(self._rules, self._secret, strict)
 
     def mask(self, document: Mapping[str, Any]) -> dict[str, Any]:
         """Return a new document with every rule applied; never mutates the input.
@@ -514,7 +550,45 @@ class Masker:
         level it is copy-on-write: only the containers along changed paths are copied, and
         everything else is shared with the input. Callers must therefore not mutate nested
         values of either document.
+
+        In strict mode the unclassified paths are left out as well, and counted for
+        `take_unclassified`.
         """
+        result, dropped = self.mask_reporting(document)
+        if dropped:
+            self._count(dropped)
+        return result
+
+    def mask_reporting(self, document: Mapping[str, Any]) -> tuple[dict[str, Any], set[str]]:
+        """`mask`'s document, and the unclassified paths it left out (strict mode; no values).
+
+        Counts nothing: for callers that report the paths themselves (`stagesync check`).
+        """
+        result = self._apply_rules(document)
+        if self._classification is None:
+            return result, set()
+        return self._classification.filter(result)
+
+    def take_unclassified(self) -> dict[str, int]:
+        """The paths `mask` left out since the last call, each with the number of documents.
+
+        Empty in open mode. Collect it after each production read and hand it to
+        `tasks.pii_unclassified.record_unclassified`.
+        """
+        with self._pending_lock:
+            if not self._pending:
+                return {}
+            taken = dict(self._pending)
+            self._pending.clear()
+        return taken
+
+    def _count(self, dropped: Iterable[str]) -> None:
+        with self._pending_lock:
+            for path in dropped:
+                if path in self._pending or len(self._pending) < MAX_PENDING_PATHS:
+                    self._pending[path] += 1
+
+    def _apply_rules(self, document: Mapping[str, Any]) -> dict[str, Any]:
         result = dict(document)
         if not self._compiled:
             return result
@@ -528,10 +602,13 @@ class Masker:
 
     def __repr__(self) -> str:  # rule paths and kinds only; never the secret
         rules = ", ".join(f"{path}: {rule}" for path, rule in sorted(self._rules.items()))
-        return f"Masker({{{rules}}})"
+        mode = ", strict" if self._classification is not None else ""
+        return f"Masker({{{rules}}}{mode})"
 
 
-def rules_fingerprint(rules: Mapping[str, PiiRule], secret: bytes) -> str:
+def rules_fingerprint(
+    rules: Mapping[str, PiiRule], secret: bytes, strict: Iterable[str] | None = None
+) -> str:
     """A short, stable hex digest of how documents are masked: the rules and the secret.
 
     Stored next to masked data, it tells when staging documents were masked under other rules
@@ -539,12 +616,17 @@ def rules_fingerprint(rules: Mapping[str, PiiRule], secret: bytes) -> str:
     the order the rules were written in. When some rule is keyed (hash, fake), it is an HMAC
     keyed by the secret, so it reveals nothing about the secret; when none is, the secret does
     not change any output and is left out. It also covers `MASK_VERSION` and, when a fake rule
-    exists, the Faker version, whose data sets decide the fake values.
+    exists, the Faker version, whose data sets decide the fake values. In strict mode
+    (`strict`: the classified paths) it covers those paths too, so that allowing a path, or
+    turning strict mode on, asks for the resync that copies or removes what changed; in open
+    mode it is what it was before strict mode existed.
     """
     description: dict[str, Any] = {
         "version": MASK_VERSION,
         "rules": sorted([path, str(rule)] for path, rule in rules.items()),
     }
+    if strict is not None:
+        description["strict"] = sorted(set(strict))
     if any(rule.kind == "fake" for rule in rules.values()):
         description["faker"] = [_faker_version(), FAKER_LOCALE]
     payload = json.dumps(description, sort_keys=True, separators=(",", ":")).encode()

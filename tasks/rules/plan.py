@@ -10,7 +10,7 @@ indexes; this module only plans writes that keep both unique when applied in one
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal
@@ -19,20 +19,35 @@ import bson
 from bson import ObjectId
 
 from settings.model import CollectionSettings
+from tasks.rules.field_update import Update, plan_field_update
 from tasks.rules.identity import business_key, key_digest, key_paths
-from tasks.rules.merge import FieldRules, merge_fields
-from tasks.rules.paths import Path, dotted_paths, get_path, set_path, split_dotted
+from tasks.rules.merge import (
+    FieldRules,
+    fingerprint,
+    merge_fields,
+    owned_paths,
+    production_content,
+    production_view,
+)
+from tasks.rules.paths import Path, get_path, set_path, split_dotted, update_path
 from tasks.rules.sync_meta import (
     CHANGED_AT,
+    CHANGED_AT_FIELD,
     DELETED_AT,
+    DELETED_AT_FIELD,
     EXPIRE_AT,
+    FINGERPRINT,
     KEY,
+    KEY_FIELD,
     OWNED,
     PID,
+    PID_FIELD,
     SYNC,
     TOMBSTONE,
     VERSION,
+    VERSION_FIELD,
     SyncMeta,
+    encode_owned,
     read_meta,
 )
 
@@ -94,26 +109,33 @@ class CollectionRules:
 
 @dataclass(frozen=True)
 class StagingView:
-    """The staging documents a batch can touch, as read just now."""
+    """The staging documents a batch can touch, as read just now.
+
+    Normally only their `_sync` and soft-delete flag are read: a plan needs no more, since
+    `_sync.fp` tells whether production's content changed. Documents in `whole` (staging
+    `_id`s) were read in full: an exact comparison of their content (resync repairs drift made
+    by hand), or a merge that update operators cannot address.
+    """
 
     by_pid: Mapping[str, Mapping[str, Any]]
     by_key: Mapping[str, Mapping[str, Any]]
     # Documents that never went through a sync, matched on the raw business-key fields.
     unsynced_by_key: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    whole: frozenset[Any] = frozenset()
 
 
 @dataclass(frozen=True)
 class PlannedWrite:
     """One conditional write. `expect` is the `_sync.v` the document must still hold (None for
-    an insert, UNSYNCED for a document without `_sync`). With `document` None and `delete`
-    False it only raises `_sync.v` to `version` (content unchanged)."""
+    an insert, UNSYNCED for a document without `_sync`). An insert carries `document`; any
+    other write carries `update` (an update document or pipeline) or is a `delete`."""
 
     pid: str | None
     staging_id: Any
     expect: int | Unsynced | None
     outcome: Outcome
     document: dict[str, Any] | None = None
-    version: int | None = None
+    update: Update | None = None
     delete: bool = False
 
     @property
@@ -142,6 +164,8 @@ class BatchPlan:
     need_production: set[str] = field(default_factory=set)
     # Business keys this batch stops holding live: dead-lettered conflicts on them can retry.
     released_keys: set[str] = field(default_factory=set)
+    # Staging documents (by `_id`) to read in full and re-plan: their merge needs content.
+    need_content: set[Any] = field(default_factory=set)
 
 
 @dataclass
@@ -201,7 +225,7 @@ def _plan_gone(
         tombstone: dict[str, Any] = {"_id": ObjectId()}
         set_path(tombstone, rules.soft_delete_field, True)
         tombstone[SYNC] = {
-            PID: pid, VERSION: version, CHANGED_AT: now, DELETED_AT: now, OWNED: [],
+            PID: pid, VERSION: version, CHANGED_AT: now, DELETED_AT: now, OWNED: encode_owned(()),
             TOMBSTONE: True, EXPIRE_AT: now + TOMBSTONE_TTL,
         }
         plan.writes.append(PlannedWrite(pid, tombstone["_id"], None, "tombstoned", tombstone))
@@ -211,14 +235,12 @@ def _plan_gone(
         # Already marked: only the version moves, so older reads cannot revive it.
         plan.writes.append(_version_only(pid, own, own_meta, version, "unchanged"))
         return
-    document = {k: v for k, v in own.items() if k != SYNC}
-    set_path(document, rules.soft_delete_field, True)
-    meta = dict(own.get(SYNC) or {})
-    meta.update({PID: pid, VERSION: version, CHANGED_AT: now})
-    meta[DELETED_AT] = own_meta.deleted_at or now
-    document[SYNC] = meta
+    update = {"$set": {
+        update_path(rules.soft_delete_field): True, PID_FIELD: pid, VERSION_FIELD: version,
+        CHANGED_AT_FIELD: now, DELETED_AT_FIELD: own_meta.deleted_at or now,
+    }}
     plan.writes.append(
-        PlannedWrite(pid, own["_id"], _expectation(own_meta), "soft_deleted", document)
+        PlannedWrite(pid, own["_id"], _expectation(own_meta), "soft_deleted", update=update)
     )
     if own_meta.key is not None and not own_meta.deleted:
         plan.released_keys.add(own_meta.key)
@@ -299,32 +321,48 @@ def _plan_present(
             target = unsynced  # a document that predates the sync: adopt it
 
     target_meta = read_meta(target)
-    owned_before = target_meta.owned
-    body, owned = merge_fields(target, document, owned_before, rules.fields)
-    set_path(body, rules.soft_delete_field, False)
+    content = production_content(document, rules.fields)
+    digest = fingerprint(content)
     staging_id = target["_id"] if target is not None else ObjectId()
-    merged = {"_id": staging_id, **body}
-    merged[SYNC] = {
-        PID: pid, KEY: key, VERSION: version, CHANGED_AT: now, OWNED: dotted_paths(owned)
+    meta = {
+        PID: pid, KEY: key, VERSION: version, CHANGED_AT: now,
+        OWNED: encode_owned(owned_paths(document, rules.fields)), FINGERPRINT: digest,
     }
-    if len(bson.encode(merged)) > MAX_DOCUMENT_BYTES:
+    # Production's part plus `_sync`: a lower bound of the written document's size (staging's
+    # own fields come on top; the server refuses the write if they push it over the limit).
+    if len(bson.encode({"_id": staging_id, **content, SYNC: meta})) > MAX_DOCUMENT_BYTES:
         letter = DeadLetter(pid, "document_too_large", "merged document exceeds 16 MiB", key)
         _give_up(plan, state, letter, own, own_meta, key, version)
         return
+    if target is None:
+        created = {"_id": staging_id, **content}
+        set_path(created, rules.soft_delete_field, False)
+        created[SYNC] = meta
+        write = PlannedWrite(pid, staging_id, None, "created", created)
+    elif _unchanged(target, target_meta, pid, key, digest, staging.whole, rules):
+        write = _version_only(pid, target, target_meta, version, "unchanged")
+    else:
+        also = {update_path(rules.soft_delete_field): False, SYNC: meta}
+        field_update = plan_field_update(target_meta.owned, document, rules.fields, also)
+        if field_update is not None:
+            update: Update = field_update.update
+        elif staging_id in staging.whole:
+            body, _ = merge_fields(target, document, target_meta.owned, rules.fields)
+            set_path(body, rules.soft_delete_field, False)
+            update = [{"$replaceWith": {"$literal": {"_id": staging_id, **body, SYNC: meta}}}]
+        else:
+            plan.need_content.add(staging_id)  # names `$set` cannot address: merge in memory
+            plan.deferred.append(pid)
+            return
+        write = PlannedWrite(pid, staging_id, _expectation(target_meta), "updated",
+                             update=update)
 
     state.claimed_keys[key] = pid
     if target is not None:
         state.targeted.add(staging_id)
     if own_meta.key is not None and own_meta.key != key and not own_meta.deleted:
         plan.released_keys.add(own_meta.key)
-    if target is None:
-        plan.writes.append(PlannedWrite(pid, staging_id, None, "created", merged))
-    elif _unchanged(target, target_meta, pid, key, owned, body):
-        plan.writes.append(_version_only(pid, target, target_meta, version, "unchanged"))
-    else:
-        plan.writes.append(
-            PlannedWrite(pid, staging_id, _expectation(target_meta), "updated", merged)
-        )
+    plan.writes.append(write)
 
 
 def _judge_live_holder(
@@ -396,14 +434,22 @@ def _unchanged(
     meta: SyncMeta,
     pid: str,
     key: str,
-    owned: Collection[Path],
-    body: Mapping[str, Any],
+    digest: str,
+    whole: frozenset[Any],
+    rules: CollectionRules,
 ) -> bool:
+    """Whether staging already holds exactly this production content, live, under this key.
+
+    Read in full, the content itself is compared (a resync repairs drift made by hand);
+    otherwise the fingerprint recorded with the last write stands for it.
+    """
     if meta.pid != pid or meta.key != key or meta.deleted or meta.tombstone:
         return False
-    if meta.owned != frozenset(owned):
+    if get_path(target, rules.soft_delete_field) is not False:
         return False
-    return {k: v for k, v in target.items() if k not in ("_id", SYNC)} == body
+    if target["_id"] in whole:
+        return fingerprint(production_view(target, meta.owned)) == digest
+    return meta.fingerprint == digest
 
 
 def _expectation(meta: SyncMeta) -> int | Unsynced:
@@ -413,7 +459,8 @@ def _expectation(meta: SyncMeta) -> int | Unsynced:
 def _version_only(
     pid: str, target: Mapping[str, Any], meta: SyncMeta, version: int, outcome: Outcome
 ) -> PlannedWrite:
-    return PlannedWrite(pid, target["_id"], _expectation(meta), outcome, version=version)
+    return PlannedWrite(pid, target["_id"], _expectation(meta), outcome,
+                        update={"$set": {VERSION_FIELD: version}})
 
 
 def _release_key(
@@ -421,13 +468,10 @@ def _release_key(
 ) -> PlannedWrite:
     """Drop a document's claim on its business key. For another document's soft-deleted
     holder the version stays; for our own document it records this apply's read."""
-    document = dict(holder)
-    sync = dict(document.get(SYNC) or {})
-    sync.pop(KEY, None)
+    update: dict[str, Any] = {"$unset": {KEY_FIELD: ""}}
     if version is not None:
-        sync[VERSION] = version
-    document[SYNC] = sync
-    return PlannedWrite(pid, holder["_id"], _expectation(meta), "released", document)
+        update["$set"] = {VERSION_FIELD: version}
+    return PlannedWrite(pid, holder["_id"], _expectation(meta), "released", update=update)
 
 
 def _remove_tombstone(pid: str, own: Mapping[str, Any], meta: SyncMeta) -> PlannedWrite:

@@ -24,11 +24,7 @@ def wait_doc(pipeline: Pipeline, production_id: Any, check: Any, what: str) -> d
 
 
 def populated_databases(pipeline: Pipeline) -> set[str]:
-    """Production databases holding collections (other tests share the server).
-
-    nx-27017 quirk: a read of a missing database (the guard's marker lookup) lists it, empty;
-    real MongoDB creates nothing. Only databases holding collections count here.
-    """
+    """Production databases holding collections (other tests share the server)."""
     names = set(pipeline.prod_client.list_database_names()) - {"admin", "local", "config"}
     return {name for name in names if pipeline.prod_client[name].list_collection_names()}
 
@@ -52,10 +48,9 @@ def test_document_lifecycle_keeps_staging_fields_and_never_touches_production(
     assert doc["customer"] == {"name": "Ann", "phone": "555", "address": {"city": "Oslo"}}
     assert doc["deleted"] is False and doc["tags"] == ["a", "b"]
 
-    # QA edits on staging-only fields, top level and nested (no booleans: nx-27017 stores a
-    # boolean given to $set as 1)
+    # QA edits on staging-only fields, top level and nested
     pipeline.staging().update_one({"_id": staging_id}, {"$set": {
-        "qaNotes": "keep me", "qaFlag": "yes", "customer.qaTag": "vip",
+        "qaNotes": "keep me", "qaFlag": True, "customer.qaTag": "vip",
         "customer.address.qaFloor": 3,
     }})
 
@@ -65,7 +60,7 @@ def test_document_lifecycle_keeps_staging_fields_and_never_touches_production(
     doc = wait_doc(pipeline, first, lambda d: d.get("total") == 11, "update synced")
     assert doc["customer"]["address"] == {"city": "Bergen", "qaFloor": 3}
     assert doc["tags"] == ["c"]
-    assert (doc["qaNotes"], doc["qaFlag"], doc["customer"]["qaTag"]) == ("keep me", "yes", "vip")
+    assert (doc["qaNotes"], doc["qaFlag"], doc["customer"]["qaTag"]) == ("keep me", True, "vip")
 
     # $unset of a production field removes it from staging, staging fields stay
     prod.update_one({"_id": first}, {"$unset": {"customer.phone": "", "tags": ""}})
@@ -83,7 +78,7 @@ def test_document_lifecycle_keeps_staging_fields_and_never_touches_production(
     doc = wait_doc(pipeline, first, lambda d: d.get("status") == "new", "replace synced")
     assert "total" not in doc
     assert doc["customer"] == {"name": "Ann B", "qaTag": "vip", "address": {"qaFloor": 3}}
-    assert doc["qaFlag"] == "yes" and doc["_id"] == staging_id
+    assert doc["qaFlag"] is True and doc["_id"] == staging_id
 
     # delete -> soft delete
     prod.delete_one({"_id": first})

@@ -2,10 +2,12 @@
 
 1. `STAGESYNC_TEST_PROD_URI` and `STAGESYNC_TEST_STAGING_URI`: two existing deployments.
 2. `mongod` on PATH: two single-node replica sets started here in temporary directories.
-3. Otherwise the nx-27017 test server (two processes), installed with the project.
+3. Otherwise two SecantusDB servers (`stagesync[test]` installs them), separate processes on
+   free ports, each with its own storage directory so a test can restart one intact.
 
-Every integration test runs unchanged on all three. Workarounds for the test server's quirks
-live here and in the other fixtures, behind `MongoPair.kind`, each naming the quirk.
+Every integration test runs unchanged on all three. The few workarounds for SecantusDB's
+differences from MongoDB (shared/MONGO-TEST-SERVER.md) live in the fixtures, behind
+`MongoPair.kind`, each naming the difference.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from cli.local_servers import LocalServer, free_port, start_mongo_test_server
 
 @dataclass
 class MongoPair:
-    kind: str  # "nx", "mongod" or "external"
+    kind: str  # "secantus", "mongod" or "external"
     prod_uri: str
     staging_uri: str
     servers: list[LocalServer] = field(default_factory=list)
@@ -32,7 +34,7 @@ class MongoPair:
 
     @property
     def is_test_server(self) -> bool:
-        return self.kind == "nx"
+        return self.kind == "secantus"
 
     def stop(self) -> None:
         for server in self.servers:
@@ -52,11 +54,17 @@ def start_pair(workdir: Path) -> MongoPair:
         return MongoPair("external", prod, staging)
     if shutil.which("mongod"):
         return _start_replica_sets(workdir)
-    # nx-27017: two processes, like two deployments; `directConnection=true` in their URIs
-    # because `hello` reports no replica set name (quirk).
-    prod_server = start_mongo_test_server(workdir=workdir / "prod")
-    staging_server = start_mongo_test_server(workdir=workdir / "staging")
-    return MongoPair("nx", prod_server.uri, staging_server.uri, [prod_server, staging_server])
+    # Two processes, like two deployments. `directConnection=true`: every SecantusDB server
+    # reports the same fixed `setName`, so a replica-set URI would not tell them apart.
+    prod_server = start_mongo_test_server(
+        data_dir=workdir / "prod" / "data", workdir=workdir / "prod"
+    )
+    staging_server = start_mongo_test_server(
+        data_dir=workdir / "staging" / "data", workdir=workdir / "staging"
+    )
+    return MongoPair(
+        "secantus", prod_server.uri, staging_server.uri, [prod_server, staging_server]
+    )
 
 
 def _start_replica_sets(workdir: Path) -> MongoPair:

@@ -190,8 +190,7 @@ def wait_for(check: Callable[[], T], timeout: float, what: str,
 
 
 def collection_config(name: str, suffix: str | None = None, **overrides: Any) -> dict[str, Any]:
-    """A collection section with unique namespaces; nx-27017 needs `[A-Za-z_][A-Za-z0-9_]*`
-    collection names (quirk), which real MongoDB accepts too."""
+    """A collection section with namespaces of its own, so tests never share data or queues."""
     tag = suffix or uuid.uuid4().hex[:8]
     config = {
         "name": f"{name}_{tag}",

@@ -9,8 +9,16 @@ from bson import ObjectId
 
 from settings.model import CollectionSettings
 from tasks.rules.identity import encode_id
-from tasks.rules.plan import UNSYNCED, BatchPlan, CollectionRules, StagingView, plan_batch
-from tasks.rules.sync_meta import read_meta
+from tasks.rules.merge import fingerprint, owned_paths, production_content
+from tasks.rules.plan import (
+    UNSYNCED,
+    BatchPlan,
+    CollectionRules,
+    PlannedWrite,
+    StagingView,
+    plan_batch,
+)
+from tasks.rules.sync_meta import encode_owned, read_meta
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 RULES = CollectionRules.from_settings(CollectionSettings(
@@ -32,12 +40,34 @@ def key(email: str, account: int = 1) -> str:
 
 def staged(pid: str, email: str, account: int = 1, version: int = 1, deleted: bool = False,
            **fields: Any) -> dict[str, Any]:
-    sync: dict[str, Any] = {"pid": pid, "key": key(email, account), "v": version, "at": NOW,
-                            "owned": ["account", "email", "v", *fields]}
+    """A staging document as the sync wrote it (with its fingerprint), QA fields included."""
+    body = {"email": email, "account": account, "v": 1, **fields}
+    sync: dict[str, Any] = {
+        "pid": pid, "key": key(email, account), "v": version, "at": NOW,
+        "owned": encode_owned(owned_paths(body, RULES.fields)),
+        "fp": fingerprint(production_content(body, RULES.fields)),
+    }
     if deleted:
         sync["deletedAt"] = NOW
-    return {"_id": ObjectId(), "email": email, "account": account, "v": 1,
-            "deleted": deleted, **fields, "_sync": sync}
+    return {"_id": ObjectId(), **body, "deleted": deleted, "_sync": sync}
+
+
+def sets(write: PlannedWrite) -> dict[str, Any]:
+    """What an update write sets, whatever its form (operators, or a pipeline's literals)."""
+    assert write.update is not None
+    if isinstance(write.update, dict):
+        return dict(write.update.get("$set", {}))
+    values: dict[str, Any] = {}
+    for stage in write.update:
+        for name, value in stage.get("$set", {}).items():
+            if isinstance(value, dict) and "$literal" in value:
+                values[name] = value["$literal"]
+    return values
+
+
+def unsets(write: PlannedWrite) -> set[str]:
+    assert isinstance(write.update, dict)
+    return set(write.update.get("$unset", {}))
 
 
 def plan(production: dict[str, Any], staging: list[dict[str, Any]], version: int = 10,
@@ -64,9 +94,36 @@ def test_an_update_keeps_staging_fields_and_expects_the_version_it_read() -> Non
     result = plan({P1: prod("a@x", total=2, qaNotes="from production")}, [current])
     [write] = result.writes
     assert write.outcome == "updated" and write.expect == 1
-    assert write.document["_id"] == current["_id"]
-    assert write.document["total"] == 2
-    assert write.document["qaNotes"] == "mine" and write.document["qaTag"] == "also mine"
+    assert write.staging_id == current["_id"] and write.document is None
+    # Only production's paths, the soft-delete flag and `_sync` are written: QA fields are
+    # never named, so an edit landing between the read and the write survives.
+    assert sets(write)["total"] == 2 and sets(write)["deleted"] is False
+    assert set(sets(write)) == {"email", "account", "v", "total", "deleted", "_sync"}
+    assert not unsets(write)
+
+
+def test_a_field_production_removed_is_unset() -> None:
+    current = staged(P1, "a@x", total=1, coupon="X")
+    [write] = plan({P1: prod("a@x", total=1)}, [current]).writes
+    assert unsets(write) == {"coupon"}
+
+
+def test_a_type_change_alone_is_a_change() -> None:
+    current = staged(P1, "a@x", total=1)
+    [write] = plan({P1: prod("a@x", total=1.0)}, [current]).writes
+    assert write.outcome == "updated" and type(sets(write)["total"]) is float
+
+
+def test_field_names_update_operators_cannot_reach_need_the_whole_document() -> None:
+    current = staged(P1, "a@x")
+    result = plan({P1: prod("a@x", **{"price.eur": 1})}, [current])
+    assert result.need_content == {current["_id"]} and result.deferred == [P1]
+    whole = StagingView(by_pid={P1: current}, by_key={key("a@x"): current},
+                        whole=frozenset({current["_id"]}))
+    [write] = plan_batch(version=10, now=NOW, pids=[P1], production={
+        P1: prod("a@x", **{"price.eur": 1})}, staging=whole, rules=RULES).writes
+    [stage] = write.update
+    assert stage["$replaceWith"]["$literal"]["price.eur"] == 1
 
 
 def test_an_unchanged_document_only_moves_its_version() -> None:
@@ -74,7 +131,18 @@ def test_an_unchanged_document_only_moves_its_version() -> None:
     result = plan({P1: {k: v for k, v in current.items() if k not in ("deleted", "_sync")}},
                   [current])
     [write] = result.writes
-    assert write.outcome == "unchanged" and write.document is None and write.version == 10
+    assert write.outcome == "unchanged" and write.update == {"$set": {"_sync.v": 10}}
+
+
+def test_read_in_full_the_content_itself_is_compared() -> None:
+    current = staged(P1, "a@x", total=1)
+    production = {k: v for k, v in current.items() if k not in ("deleted", "_sync")}
+    current["total"] = 2  # drift made by hand: the fingerprint does not see it
+    assert plan({P1: production}, [current]).writes[0].outcome == "unchanged"
+    whole = StagingView(by_pid={P1: current}, by_key={}, whole=frozenset({current["_id"]}))
+    [write] = plan_batch(version=10, now=NOW, pids=[P1], production={P1: production},
+                         staging=whole, rules=RULES).writes
+    assert write.outcome == "updated" and sets(write)["total"] == 1
 
 
 def test_a_newer_staging_version_supersedes_this_apply() -> None:
@@ -87,8 +155,8 @@ def test_a_delete_soft_deletes_and_frees_the_key_for_waiters() -> None:
     result = plan({P1: None}, [current])
     [write] = result.writes
     assert write.outcome == "soft_deleted"
-    assert write.document["deleted"] is True and write.document["total"] == 1
-    assert read_meta(write.document).deleted_at == NOW
+    assert sets(write)["deleted"] is True and "total" not in sets(write)
+    assert sets(write)["_sync.deletedAt"] == NOW
     assert result.released_keys == {key("a@x")}
 
 
@@ -102,17 +170,18 @@ def test_a_delete_of_a_document_never_synced_leaves_a_tombstone() -> None:
 def test_a_reinsert_of_a_deleted_key_revives_the_same_staging_document() -> None:
     old = staged(P1, "a@x", deleted=True, qaNotes="kept")
     [write] = plan({P2: prod("a@x", total=9)}, [old]).writes
-    assert write.document["_id"] == old["_id"] and write.expect == 1
-    assert write.document["deleted"] is False and write.document["qaNotes"] == "kept"
-    assert read_meta(write.document).pid == P2 and read_meta(write.document).deleted_at is None
+    assert write.staging_id == old["_id"] and write.expect == 1
+    assert sets(write)["deleted"] is False and "qaNotes" not in sets(write)
+    meta = read_meta(sets(write))
+    assert meta.pid == P2 and meta.deleted_at is None
 
 
 def test_a_key_change_moves_the_document_and_releases_the_old_key() -> None:
     current = staged(P1, "a@x")
     result = plan({P1: prod("b@x")}, [current])
     [write] = result.writes
-    assert write.document["_id"] == current["_id"]
-    assert read_meta(write.document).key == key("b@x")
+    assert write.staging_id == current["_id"]
+    assert read_meta(sets(write)).key == key("b@x")
     assert result.released_keys == {key("a@x")}
 
 
@@ -146,7 +215,8 @@ def test_a_soft_deleted_holder_of_a_target_key_gives_it_up() -> None:
     moving, deleted = staged(P1, "a@x"), staged(P2, "b@x", deleted=True)
     result = plan({P1: prod("b@x")}, [moving, deleted])
     [release] = result.releases
-    assert release.staging_id == deleted["_id"] and "key" not in release.document["_sync"]
+    assert release.staging_id == deleted["_id"]
+    assert release.update == {"$unset": {"_sync.key": ""}}
     assert result.deferred == [P1]
 
 
@@ -157,7 +227,7 @@ def test_a_document_losing_its_key_is_dead_lettered_and_lets_its_key_go() -> Non
     result = plan({P1: document}, [current])
     assert [d.reason for d in result.dead_letters] == ["missing_business_key"]
     [write] = result.writes
-    assert write.outcome == "released" and "key" not in write.document["_sync"]
+    assert write.outcome == "released" and unsets(write) == {"_sync.key"}
 
 
 def test_an_unaccepted_schema_version_is_held() -> None:
@@ -169,8 +239,8 @@ def test_an_unaccepted_schema_version_is_held() -> None:
 def test_a_document_that_predates_the_sync_is_adopted() -> None:
     legacy = {"_id": ObjectId(), "email": "a@x", "account": 1, "qaNotes": "from backup"}
     [write] = plan({P1: prod("a@x")}, [], unsynced={key("a@x"): legacy}).writes
-    assert write.document["_id"] == legacy["_id"] and write.expect is UNSYNCED
-    assert write.document["qaNotes"] == "from backup"
+    assert write.staging_id == legacy["_id"] and write.expect is UNSYNCED
+    assert "qaNotes" not in sets(write) and sets(write)["email"] == "a@x"
 
 
 def test_one_key_claimed_twice_in_a_batch_defers_the_second() -> None:

@@ -9,10 +9,12 @@ listener additionally records every command name sent, which the tests use to pr
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from pymongo import MongoClient, monitoring
 from pymongo.change_stream import CollectionChangeStream
+from pymongo.errors import OperationFailure, PyMongoError
 from pymongo.read_concern import ReadConcern
 from pymongo.read_preferences import ReadPreference
 
@@ -25,6 +27,8 @@ READ_COMMANDS = frozenset({
     "endSessions", "saslStart", "saslContinue", "authenticate", "getnonce",
     "replSetGetStatus", "collStats", "dbStats", "connectionStatus", "getParameter",
 })
+# Unauthorized, AuthenticationFailed: the user lacks the privilege.
+UNAUTHORIZED_CODES = frozenset({13, 18})
 # A server that stops answering must not hang a watcher or worker forever; every read here
 # returns well within this (change streams wait at most their await time per getMore).
 SOCKET_TIMEOUT_MS = 60_000
@@ -68,11 +72,20 @@ class ReadOnlyCollection:
         sort: Sequence[tuple[str, int]] | None = None,
         limit: int = 0,
         batch_size: int = 0,
+        skip: int = 0,
     ) -> Iterator[dict[str, Any]]:
-        cursor = self._collection.find(query, projection, limit=limit, batch_size=batch_size)
+        """A cursor (closable) over the matching documents; `skip` lets a resync find chunk
+        bounds by walking the `_id` index without reading every `_id`."""
+        cursor = self._collection.find(query, projection, limit=limit, batch_size=batch_size,
+                                       skip=skip)
         if sort:
             cursor = cursor.sort(list(sort))
         return iter(cursor)
+
+    def estimated_count(self) -> int:
+        """The collection's size from its metadata (`count` without a filter): sizes resync
+        chunks without a scan."""
+        return int(self._collection.estimated_document_count())
 
     def find_one(self, query: Mapping[str, Any]) -> dict[str, Any] | None:
         return self._collection.find_one(query)  # type: ignore[no-any-return]
@@ -126,22 +139,61 @@ class ProductionReader:
         return dict(self._client.admin.command("hello"))
 
     def server_status(self) -> dict[str, Any]:
+        """Needs `clusterMonitor`; the guard asks it only when `hello` cannot decide."""
         return dict(self._client.admin.command("serverStatus"))
 
-    def oplog_window_seconds(self) -> float | None:
-        """Time between the oldest and newest oplog entries, where the server exposes them."""
-        oplog = self._client["local"]["oplog.rs"]
+    @property
+    def load_balanced(self) -> bool:
+        """Connected through a load balancer (URI or SRV TXT `loadBalanced=true`): each
+        connection may reach a different `mongos`."""
+        return bool(self._client.options.load_balanced)
+
+    def oplog_window(self) -> OplogWindow:
+        """Time between the oldest and newest oplog entries, or why it cannot be known."""
         try:
-            first = oplog.find_one({}, {"ts": 1}, sort=[("$natural", 1)])
-            last = oplog.find_one({}, {"ts": 1}, sort=[("$natural", -1)])
-        except Exception:  # not a replica set, no privilege, or a server without an oplog
-            return None
-        if not first or not last or "ts" not in first or "ts" not in last:
-            return None
-        return float(last["ts"].time - first["ts"].time)
+            if self.load_balanced or self.hello().get("msg") == "isdbgrid":
+                return OplogWindow(None, "production is a sharded cluster: each shard keeps "
+                                         "its own oplog, which mongos does not serve")
+        except PyMongoError as error:
+            return OplogWindow(None, f"production did not answer hello ({_error_name(error)})")
+        return read_oplog_window(self._client["local"]["oplog.rs"])
 
     def close(self) -> None:
         self._client.close()
+
+
+@dataclass(frozen=True)
+class OplogWindow:
+    seconds: float | None
+    unknown_because: str | None = None
+
+
+def read_oplog_window(oplog: Any) -> OplogWindow:
+    """Oldest and newest entries of `local.oplog.rs`. Reading it needs `find` on the `local`
+    database (e.g. `read` on `local`, or `clusterMonitor`), which a user with `read` on the
+    source databases alone, or an Atlas shared tier, does not have."""
+    try:
+        first = oplog.find_one({}, {"ts": 1}, sort=[("$natural", 1)])
+        last = oplog.find_one({}, {"ts": 1}, sort=[("$natural", -1)])
+    except OperationFailure as error:
+        if error.code in UNAUTHORIZED_CODES:
+            return OplogWindow(None, "the production user may not read local.oplog.rs "
+                                     "(grant read on the local database; see README, "
+                                     "Privileges)")
+        return OplogWindow(None, f"local.oplog.rs could not be read ({_error_name(error)})")
+    except PyMongoError as error:
+        return OplogWindow(None, f"local.oplog.rs could not be read ({_error_name(error)})")
+    if not first or not last or "ts" not in first or "ts" not in last:
+        return OplogWindow(None, "production has no oplog (not a replica set member)")
+    return OplogWindow(float(last["ts"].time - first["ts"].time))
+
+
+def _error_name(error: PyMongoError) -> str:
+    """Code and name only: server messages can quote values."""
+    if isinstance(error, OperationFailure):
+        name = (error.details or {}).get("codeName")
+        return f"{error.code} {name}" if name else f"code {error.code}"
+    return type(error).__name__
 
 
 def read_documents(
