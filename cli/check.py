@@ -3,7 +3,9 @@
 Errors (exit 1): a deployment or Redis that does not answer, staging that is production.
 Warnings (exit 0): things that will not stop the sync but will surprise someone, found by
 sampling production documents: the soft-delete field already used by production, business-key
-fields missing, PII rules that match nothing, staging masked under older PII rules.
+fields missing, PII rules that match nothing, staging masked under older PII rules, many-to-one
+PII rules on fields a unique staging index covers. A strict collection with unclassified paths
+is an error (`cli.pii_checks`).
 """
 
 from __future__ import annotations
@@ -14,6 +16,13 @@ import redis
 from pymongo.errors import PyMongoError
 from rich.console import Console
 
+from cli.pii_checks import unclassified_problems, unique_index_warnings
+from deployments.guard import (
+    SameDeploymentError,
+    assert_distinct_deployments,
+    assert_distinct_uris,
+)
+from deployments.production import ProductionReader
 from settings.logs import redact_uri
 from settings.model import CollectionSettings, Settings
 from tasks.pii_state import masking_drift
@@ -21,8 +30,6 @@ from tasks.rules.identity import business_key, key_paths
 from tasks.rules.paths import has_path, split_dotted
 from tasks.rules.pii import paths_matched
 from tasks.staging import connect_staging
-from watcher.guard import SameDeploymentError, assert_distinct_deployments
-from watcher.production import ProductionReader
 
 SAMPLE = 20
 TIMEOUT_MS = 5000
@@ -33,6 +40,14 @@ def run_check(settings: Settings, console: Console) -> int:
     warnings: list[str] = []
     console.print(f"configuration: ok ({len(settings.collections)} collection(s): "
                   f"{', '.join(c.name for c in settings.collections)})")
+    try:
+        assert_distinct_uris(settings)  # refused before asking any server
+    except SameDeploymentError as error:
+        console.print(f"[red]error:[/red] {redact_uri(str(error))}", highlight=False)
+        return 1
+    # Listed only while allowed (otherwise the configuration did not load).
+    warnings.extend(f"allow_unsafe_concerns is set: {concern}"
+                    for concern in settings.unsafe_concerns())
     production = ProductionReader(settings.prod, serverSelectionTimeoutMS=TIMEOUT_MS)
     staging = connect_staging(settings.staging, serverSelectionTimeoutMS=TIMEOUT_MS)
     reached = {"production": _reach(production.ping, "production", problems),
@@ -49,7 +64,7 @@ def run_check(settings: Settings, console: Console) -> int:
             console.print(f"{name}: reachable")
     if all(reached.values()):
         try:
-            assert_distinct_deployments(production, staging, settings.staging.state_db)
+            assert_distinct_deployments(production, staging, settings)
             console.print("deployments: production and staging are distinct")
         except SameDeploymentError as error:
             problems.append(str(error))
@@ -58,6 +73,9 @@ def run_check(settings: Settings, console: Console) -> int:
             drift = masking_drift(staging[settings.staging.state_db], settings, collection)
             if drift:
                 warnings.append(f"{collection.name}: {drift}")
+            problems.extend(unclassified_problems(
+                production, staging[settings.staging.state_db], collection))
+            warnings.extend(unique_index_warnings(staging, collection))
     production.close()
     staging.close()
     for warning in warnings:

@@ -24,6 +24,9 @@ app = typer.Typer(
 )
 dlq_app = typer.Typer(no_args_is_help=True, help="Inspect and replay the dead-letter store.")
 app.add_typer(dlq_app, name="dlq")
+pii_app = typer.Typer(no_args_is_help=True, help="Personal data: find it in production, propose "
+                      "the pii and allow settings.")
+app.add_typer(pii_app, name="pii")
 console = Console()
 errors = Console(stderr=True)
 
@@ -77,13 +80,16 @@ def watch(
         from watcher.dry_run import run_dry
 
         raise typer.Exit(run_dry(settings, names, console))
-    from watcher.guard import SameDeploymentError
+    from deployments.guard import SameDeploymentError
+    from tasks.indexes import IndexConflictError
     from watcher.runner import run_watcher
 
     try:
         raise typer.Exit(run_watcher(settings, names))
     except SameDeploymentError as error:
         raise fail(str(error), 3) from None
+    except IndexConflictError as error:
+        raise fail(str(error), 1) from None
 
 
 @app.command()
@@ -229,6 +235,21 @@ def dlq_purge(
     if not yes and sys.stdin.isatty():
         typer.confirm("Delete these dead-letter entries for good?", abort=True)
     raise typer.Exit(purge_entries(settings, collection, pid, console))
+
+
+@pii_app.command("scan")
+def pii_scan(
+    name: Annotated[str, typer.Argument(help="Collection name from the configuration.")],
+    config: ConfigOption = None,
+    sample: Annotated[int, typer.Option(min=1, help="Read the N newest production documents "
+                                        "(read only).")] = 1000,
+) -> None:
+    """Classify every field of a production sample; print a table and proposed settings."""
+    from cli.pii_scan import run_scan
+
+    settings = settings_from(config)
+    _known(settings, name)
+    raise typer.Exit(run_scan(settings, name, sample, console))
 
 
 @app.command()

@@ -2,8 +2,11 @@
 
 Per collection: lag (age of the oldest change read but not yet applied; 0 when nothing is
 pending, so an idle collection is healthy), last applied change, counters, queue depths,
-the rate limit in force, checkpoint time and age, oplog headroom where the server reports it,
-whether a watcher streams it, the last error. Health (exit code 1 when any is not "ok"):
+the rate limit in force, checkpoint time and age, oplog headroom ("unknown", with the reason,
+where production's oplog cannot be read), whether a watcher streams it, the last error, and
+the paths a strict collection leaves out
+(`unclassified_paths`, shown as a warning; they do not change health).
+Health (exit code 1 when any is not "ok"):
 - down: no watcher has reported for this collection recently;
 - stalled: changes are pending and nothing was applied for `status.stalled_after_seconds`;
 - lagging: lag above `status.lag_threshold_seconds`.
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,15 +26,16 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 
+from deployments.production import OplogWindow, ProductionReader
 from settings.model import CollectionSettings, Settings
 from tasks.constants import RESYNCS, VERIFICATIONS, stats_key, watcher_key
 from tasks.dead_letters import DeadLetterStore
 from tasks.pii_state import masking_drift
+from tasks.pii_unclassified import unclassified_report, unclassified_warning
 from tasks.rate_limit import effective_rate
 from tasks.routing import queue_depth
 from tasks.staging import connect_staging
 from watcher.checkpoint import read_all
-from watcher.production import ProductionReader
 
 HEARTBEAT_FRESH_SECONDS = 10.0
 STREAM_COUNTERS = ("read", "enqueued", "created", "updated", "unchanged", "soft_deleted",
@@ -54,13 +59,13 @@ class StatusReader:
     def collect(self) -> list[dict[str, Any]]:
         now = time.time()
         records = read_all(self.state_db)
-        oplog_window = self.production.oplog_window_seconds()
+        oplog = self.production.oplog_window()
         dead_letters = DeadLetterStore(self.state_db)
-        return [self._one(c, records.get(c.name, {}), dead_letters, oplog_window, now)
+        return [self._one(c, records.get(c.name, {}), dead_letters, oplog, now)
                 for c in self.settings.collections]
 
     def _one(self, collection: CollectionSettings, record: dict[str, Any],
-             dead_letters: DeadLetterStore, oplog_window: float | None, now: float
+             dead_letters: DeadLetterStore, oplog: OplogWindow, now: float
              ) -> dict[str, Any]:
         heartbeat = _decode(self.redis.hgetall(watcher_key(collection.name)))
         stats = _decode(self.redis.hgetall(stats_key(collection.name)))
@@ -85,6 +90,7 @@ class StatusReader:
             health = "lagging"
         resync = record.get("resyncPending")
         verified = self.state_db[VERIFICATIONS].find_one({"_id": collection.name})
+        unclassified = unclassified_report(self.state_db, collection)
         return {
             "collection": collection.name,
             "health": health,
@@ -105,16 +111,20 @@ class StatusReader:
             else None,
             "checkpoint_age_seconds": round(checkpoint_age, 1)
             if checkpoint_age is not None else None,
-            "oplog_window_seconds": oplog_window,
-            "oplog_headroom_seconds": round(oplog_window - checkpoint_age, 1)
-            if oplog_window is not None and checkpoint_age is not None else None,
+            "oplog_window_seconds": oplog.seconds,
+            "oplog_headroom_seconds": round(oplog.seconds - checkpoint_age, 1)
+            if oplog.seconds is not None and checkpoint_age is not None else None,
+            # Why the headroom is unknown (None when the oplog could be read).
+            "oplog_unknown_because": oplog.unknown_because,
             "resync": self._resync(resync) if resync else None,
             "last_verify": {"at": verified["at"].isoformat() if isinstance(
                 verified.get("at"), datetime) else None, "equal": verified.get("equal"),
                 "mismatched": verified.get("mismatched")} if verified else None,
             "last_error": heartbeat.get("last_error") or None,
-            "warnings": [w for w in [masking_drift(self.state_db, self.settings, collection)]
-                         if w],
+            "pii_mode": collection.pii_mode,
+            "unclassified_paths": unclassified["paths"],
+            "warnings": [w for w in [masking_drift(self.state_db, self.settings, collection),
+                                     unclassified_warning(unclassified)] if w],
         }
 
     def _resync(self, resync_id: str) -> dict[str, Any]:
@@ -122,7 +132,7 @@ class StatusReader:
         return {"id": resync_id, "state": record.get("state"), "reason": record.get("reason")}
 
 
-def render(rows: list[dict[str, Any]]) -> Group:
+def render(rows: list[dict[str, Any]], unsafe_concerns: Sequence[str] = ()) -> Group:
     table = Table(title=f"stagesync status  {datetime.now(UTC):%Y-%m-%d %H:%M:%S} UTC")
     for column in ("collection", "health", "watcher", "lag s", "pending", "read", "applied",
                    "dead", "queue", "rate limit", "checkpoint age", "oplog headroom",
@@ -141,7 +151,7 @@ def render(rows: list[dict[str, Any]]) -> Group:
             str(applied), str(row["dead_letters"]),
             _queues(row["queues"]),
             f"{rate['rate'] or 'none'} ({rate['source']})",
-            _seconds(row["checkpoint_age_seconds"]), _seconds(row["oplog_headroom_seconds"]),
+            _seconds(row["checkpoint_age_seconds"]), _headroom(row),
             (row["last_applied_at"] or "-")[11:19],
         )
         if row["resync"]:
@@ -153,28 +163,34 @@ def render(rows: list[dict[str, Any]]) -> Group:
         if row["last_error"]:
             notes.append(f"{row['collection']}: last error: {row['last_error']}")
         notes.extend(f"{row['collection']}: {warning}" for warning in row["warnings"])
+    reasons = dict.fromkeys(r["oplog_unknown_because"] for r in rows if r["oplog_unknown_because"])
+    notes.extend(f"oplog headroom unknown: {reason}" for reason in reasons)
+    notes.extend(f"allow_unsafe_concerns is set: {concern}" for concern in unsafe_concerns)
     return Group(table, *notes)
 
 
 def run_status(settings: Settings, json_output: bool, watch_live: bool, interval: float,
                console: Console) -> int:
     reader = StatusReader(settings)
+    # Only listed while allowed: otherwise the configuration would not have loaded.
+    unsafe = settings.unsafe_concerns()
     try:
         if watch_live:
-            with Live(render(reader.collect()), console=console, refresh_per_second=4) as live:
+            with Live(render(reader.collect(), unsafe), console=console,
+                      refresh_per_second=4) as live:
                 try:
                     while True:
                         time.sleep(interval)
-                        live.update(render(reader.collect()))
+                        live.update(render(reader.collect(), unsafe))
                 except KeyboardInterrupt:
                     pass
         rows = reader.collect()
     finally:
         reader.close()
     if json_output:
-        console.print_json(json.dumps({"collections": rows}))
+        console.print_json(json.dumps({"collections": rows, "unsafe_concerns": unsafe}))
     elif not watch_live:
-        console.print(render(rows))
+        console.print(render(rows, unsafe))
     return 0 if all(row["health"] == "ok" for row in rows) else 1
 
 
@@ -206,3 +222,11 @@ def _iso(epoch: float | None) -> str | None:
 
 def _seconds(value: float | None) -> str:
     return "-" if value is None else f"{value:.0f}s"
+
+
+def _headroom(row: dict[str, Any]) -> str:
+    """Seconds, "unknown" when the oplog cannot be read (the reason goes in a note), or "-"
+    before the first checkpoint."""
+    if row["oplog_headroom_seconds"] is None and row["oplog_unknown_because"]:
+        return "unknown"
+    return _seconds(row["oplog_headroom_seconds"])

@@ -12,7 +12,15 @@ from datetime import timedelta
 from typing import Annotated, Any, Literal
 
 from limits import RateLimitItem, parse
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from settings.durations import parse_duration
@@ -81,6 +89,10 @@ class CollectionSettings(StrictModel):
     accepted_schema_versions: list[int | str] | None = None
     purge_deleted_after: str | None = None
     resync_chunk_size: Annotated[int, Field(ge=10, le=50_000)] = 1000
+    # `strict`: a production path that no `pii` rule, `allow` entry or business key classifies
+    # is left out of staging and reported (README, "Personal data"); `open` copies it as is.
+    pii_mode: Literal["open", "strict"] = "open"
+    allow: list[str] = []  # paths known not to be personal data (whole subtrees)
 
     @field_validator("name")
     @classmethod
@@ -154,6 +166,25 @@ class CollectionSettings(StrictModel):
                 )
             rules[path] = parse_pii_rule(path, rule)
         return rules
+
+    @field_validator("allow")
+    @classmethod
+    def _allow(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        rules: dict[str, PiiRule] = info.data.get("pii") or {}
+        for path in value:
+            _check_field_path(path)
+            if path.split(".")[0] == "_sync":
+                raise ValueError(f"{path!r} is stagesync's own metadata")
+            if path in rules:
+                raise ValueError(f"{path!r} has a pii rule too; a path is either masked or "
+                                 "allowed")
+            masked_by = next((rule for rule in rules if path.startswith(rule + ".")), None)
+            if masked_by is not None:
+                raise ValueError(f"{path!r} lies under pii rule {masked_by!r}, which masks it "
+                                 "as a whole")
+        if len(set(value)) != len(value):
+            raise ValueError("lists a path twice")
+        return value
 
     @field_validator("rate_limit")
     @classmethod
@@ -333,6 +364,9 @@ class Settings(BaseSettings):
     status: StatusSettings = StatusSettings()
     metrics: MetricsSettings = MetricsSettings()
     schedule: list[ScheduleEntry] = []
+    # Accept prod.read_concern local or a staging.write_concern below majority (see
+    # `unsafe_concerns`); `check` and `status` say so while it is set.
+    allow_unsafe_concerns: bool = False
 
     @field_validator("redis_url")
     @classmethod
@@ -347,6 +381,35 @@ class Settings(BaseSettings):
         if not value:
             raise ValueError("must configure at least one collection")
         return value
+
+    @model_validator(mode="after")
+    def _safe_concerns(self) -> Settings:
+        """A rolled-back write produces no change event, so whatever staging took from it
+        stays wrong for good: refuse what allows one unless explicitly accepted."""
+        if not self.allow_unsafe_concerns:
+            problems = self.unsafe_concerns()
+            if problems:
+                raise ValueError(f"{problems[0]}; or set allow_unsafe_concerns: true to accept "
+                                 "that")
+        return self
+
+    def unsafe_concerns(self) -> list[str]:
+        """Each read or write concern in force that lets a rolled-back write reach staging
+        or undo a staging write after the checkpoint moved past it, naming its key."""
+        found = []
+        if self.prod.read_concern != "majority":
+            found.append(
+                f"prod.read_concern: {self.prod.read_concern!r} reads production writes that a "
+                "failover can roll back, and a rollback produces no change event, so staging "
+                "would keep them for good; use 'majority'"
+            )
+        if self.staging.write_concern != "majority":
+            found.append(
+                f"staging.write_concern: {self.staging.write_concern!r} acknowledges writes "
+                "before a majority holds them, so a failover can roll them back after the "
+                "checkpoint moved past their changes; use 'majority'"
+            )
+        return found
 
     @model_validator(mode="after")
     def _across_collections(self) -> Settings:

@@ -23,7 +23,8 @@ DEAD_LETTERS = "dead_letters"
 RESYNCS = "resyncs"  # one document per full resync: chunks, progress, summary
 RUNTIME = "runtime"  # settings changed at run time (per-queue rate limits)
 VERIFICATIONS = "verifications"  # the latest scheduled verification per collection
-GUARD = "guard"  # markers of the same-deployment check
+UNCLASSIFIED = "unclassified_paths"  # paths a strict collection left out (no values), bounded
+# "guard": markers of the same-deployment check (deployments.guard.MARKERS)
 
 PREFIX = "stagesync"
 

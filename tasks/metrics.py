@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 
-from prometheus_client import Counter, Histogram, start_http_server
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 log = logging.getLogger("stagesync.metrics")
 
@@ -36,6 +36,11 @@ RATE_WAIT = Counter(
 FAILURES = Counter(
     "stagesync_apply_failures_total", "Batch applies that failed, by kind (transient, "
     "split, poison, dead_lettered)", ["collection", "kind"],
+)
+UNCLASSIFIED_PATHS = Gauge(
+    "stagesync_pii_unclassified_paths", "Production paths a strict collection leaves out of "
+    "staging because no pii rule, allow entry or business key classifies them (as recorded "
+    "in the state database)", ["collection"],
 )
 
 

@@ -15,6 +15,7 @@ from pymongo.database import Database
 from settings.model import CollectionSettings, Settings
 from tasks.constants import RUNTIME
 from tasks.rules.pii import rules_fingerprint
+from tasks.rules.pii_strict import Classification
 
 
 def _record_id(collection: str) -> str:
@@ -45,7 +46,9 @@ def masking_drift(
     state_db: Database[dict[str, Any]], settings: Settings, collection: CollectionSettings
 ) -> str | None:
     """A sentence for the user when staging holds documents masked under other rules."""
-    current = rules_fingerprint(collection.pii, settings.secret_bytes())
+    classification = Classification.from_settings(collection)
+    current = rules_fingerprint(collection.pii, settings.secret_bytes(),
+                                classification.paths if classification else None)
     record = state_db[RUNTIME].find_one({"_id": _record_id(collection.name)})
     if not record:
         return None

@@ -13,15 +13,16 @@ from collections.abc import Mapping
 
 import redis
 
+from deployments.production import ProductionReader
 from settings import Settings, load_settings
 from tasks.applier import ApplyContext, ApplyResult
 from tasks.constants import deliveries_key, done_key, stats_key
 from tasks.dead_letters import DeadLetterStore
 from tasks.pii_state import record_masking
+from tasks.pii_unclassified import forget_classified
 from tasks.rate_limit import QueueRateLimiter
 from tasks.rules.pii import Masker
 from tasks.staging import connect_staging
-from watcher.production import ProductionReader
 
 # A delivery counter outlives any redelivery cycle of its message, then goes.
 DELIVERY_COUNTER_TTL = 24 * 3600
@@ -44,6 +45,7 @@ class Runtime:
             collection = self.settings.collection(name)
             masker = Masker.from_settings(collection, self.settings.secret_bytes())
             record_masking(self.state_db, name, masker.fingerprint)
+            forget_classified(self.state_db, collection)  # paths allowed since they were seen
             context = ApplyContext.build(
                 collection, masker, self.production.collection(collection), self.staging,
                 self.state_db, self.dead_letters,

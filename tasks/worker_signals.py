@@ -11,14 +11,18 @@ from typing import Any
 
 from celery import signals
 
+from deployments.guard import (
+    SameDeploymentError,
+    assert_distinct_deployments,
+    assert_distinct_uris,
+)
+from deployments.production import ProductionReader
 from settings import load_settings
 from settings.logs import configure_logging
 from tasks import metrics
-from tasks.indexes import ensure_indexes
+from tasks.indexes import IndexConflictError, ensure_indexes
 from tasks.runtime import reset_runtime
 from tasks.staging import connect_staging
-from watcher.guard import SameDeploymentError, assert_distinct_deployments
-from watcher.production import ProductionReader
 
 log = logging.getLogger("stagesync.worker")
 
@@ -31,17 +35,19 @@ def _setup_logging(**_: Any) -> None:
 @signals.worker_init.connect
 def _check_deployments(**_: Any) -> None:
     settings = load_settings()
-    production = ProductionReader(settings.prod)
-    staging = connect_staging(settings.staging)
     try:
-        assert_distinct_deployments(production, staging, settings.staging.state_db)
-        ensure_indexes(staging, settings)
-    except SameDeploymentError as error:
+        assert_distinct_uris(settings)  # before any client exists, let alone asks a server
+        production = ProductionReader(settings.prod)
+        staging = connect_staging(settings.staging)
+        try:
+            assert_distinct_deployments(production, staging, settings)
+            ensure_indexes(staging, settings)
+        finally:
+            production.close()
+            staging.close()
+    except (SameDeploymentError, IndexConflictError) as error:
         # Celery logs and ignores ordinary exceptions from signal handlers; this must stop it.
         raise SystemExit(f"stagesync: {error}") from None
-    finally:
-        production.close()
-        staging.close()
     log.info("worker ready", extra={"collections": [c.name for c in settings.collections]})
 
 

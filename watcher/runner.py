@@ -21,13 +21,13 @@ from prometheus_client import start_http_server
 from pymongo import MongoClient
 from pymongo.errors import PyMongoError
 
+from deployments.guard import assert_distinct_deployments, assert_distinct_uris
+from deployments.production import ProductionReader
 from settings.model import Settings
 from tasks.app import app as celery_app
 from tasks.errors import describe_error
 from tasks.indexes import ensure_indexes
 from tasks.staging import connect_staging
-from watcher.guard import assert_distinct_deployments
-from watcher.production import ProductionReader
 from watcher.stream import CollectionWatcher
 
 log = logging.getLogger("stagesync.watcher")
@@ -43,6 +43,7 @@ def run_watcher(settings: Settings, names: Sequence[str] = ()) -> int:
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
+    assert_distinct_uris(settings)  # before any client exists, let alone asks a server
     production = ProductionReader(settings.prod)
     staging = connect_staging(settings.staging)
     try:
@@ -84,7 +85,7 @@ def _prepare(
     attempt = 0
     while not stop.is_set():
         try:
-            assert_distinct_deployments(production, staging, settings.staging.state_db)
+            assert_distinct_deployments(production, staging, settings)
             ensure_indexes(staging, settings)
             return True
         except PyMongoError as error:

@@ -26,6 +26,7 @@ from celery import Celery
 from pymongo.database import Database
 from pymongo.errors import OperationFailure, PyMongoError
 
+from deployments.production import ProductionReader
 from settings.model import CollectionSettings, Settings
 from tasks.constants import done_key, epoch_key, stats_key, watcher_key
 from tasks.dead_letters import DeadLetterStore
@@ -38,11 +39,16 @@ from watcher.batcher import MicroBatcher
 from watcher.checkpoint import WatcherRecord
 from watcher.events import STREAM_PROJECTION, Change, HistoryEnded, Malformed, classify
 from watcher.inflight import InflightWindow
-from watcher.production import ProductionReader
 
 log = logging.getLogger("stagesync.watcher")
 
-HISTORY_LOST_CODES = frozenset({286, 280})  # ChangeStreamHistoryLost, ChangeStreamFatalError
+# The stream cannot go on from where it was: ChangeStreamHistoryLost, ChangeStreamFatalError,
+# InvalidResumeToken. Restarting from the same token would fail the same way forever.
+HISTORY_LOST_CODES = frozenset({286, 280, 260})
+# Opening from a stored token, also FailedToParse: MongoDB raises 9 for a token it cannot
+# read (not a hex string, no `_data`), which can no more be resumed from than a lost one.
+# Only at that moment: mid-stream the token is the server's own, and a 9 means something else.
+UNUSABLE_TOKEN_CODES = HISTORY_LOST_CODES | {9}
 HOUSEKEEPING_SECONDS = 0.2
 HEARTBEAT_SECONDS = 1.0
 RESYNC_CHECK_SECONDS = 5.0
@@ -146,7 +152,7 @@ class CollectionWatcher:
                 max_await_time_ms=STREAM_AWAIT_MS,
             )
         except OperationFailure as error:
-            if error.code in HISTORY_LOST_CODES:
+            if token is not None and error.code in UNUSABLE_TOKEN_CODES:
                 raise HistoryLost(f"resume token no longer usable (code {error.code})") from None
             raise
         try:

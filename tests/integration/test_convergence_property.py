@@ -29,6 +29,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pymongo import MongoClient
 
+from deployments.production import ProductionReader
 from settings.model import CollectionSettings
 from tasks.applier import ApplyContext, apply_documents
 from tasks.dead_letters import DeadLetterStore
@@ -39,7 +40,6 @@ from tasks.rules.pii import Masker
 from tasks.rules.sync_meta import read_meta
 from tasks.versions import take_version
 from tests.support.backends import MongoPair
-from watcher.production import ProductionReader
 
 PIDS = ["p0", "p1", "p2"]
 KEYS = [("ann@x.test", 1), ("bob@x.test", 1), ("ann@x.test", 2)]

@@ -575,8 +575,8 @@ def test_uri_passwords_never_appear_in_output_or_logs(
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     _password_never_shown(pipeline, path, secret, "production unreachable")
 
-    # The real production server, with credentials it does not expect (nx-27017 implements no
-    # SASL; a real deployment without these users rejects them): whatever fails, no password.
+    # The real production server, with credentials it does not expect (a deployment without
+    # these users rejects them): whatever fails, no password.
     config["prod"] = {"uri": _with_credentials(mongo_pair.prod_uri, password)}
     path = pipeline.workdir / "auth.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))

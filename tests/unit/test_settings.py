@@ -73,6 +73,7 @@ def full() -> Config:
         },
         "redis_url": "redis://127.0.0.1:6379/3",
         "pii_secret": "file-secret",
+        "allow_unsafe_concerns": True,  # read_concern local and write_concern 1 above
         "collections": [
             {
                 "name": "orders",

@@ -1,0 +1,130 @@
+"""Start-up on a staging that already has indexes: reuse, never drop the user's, survive
+several start-ups at once. Real watcher and worker processes, real servers."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pytest
+from pymongo.errors import OperationFailure
+
+from tasks.indexes import IndexConflictError, ensure, ensure_indexes, target_indexes
+from tasks.rules.identity import encode_id
+from tasks.staging import connect_staging
+from tests.support.pipeline import Pipeline, wait_for
+
+SIMPLE = {"locale": "simple"}
+
+
+def index_specs(pipeline: Pipeline) -> dict[str, dict[str, Any]]:
+    return {index["name"]: dict(index) for index in pipeline.staging().list_indexes()}
+
+
+def test_restored_staging_with_the_business_key_index_under_its_usual_name_syncs_at_once(
+    pipeline: Pipeline,
+) -> None:
+    """A staging restored from production has `{userEmail: 1, accountId: 1}` named
+    `userEmail_1_accountId_1`: the watcher and the workers start and sync on the first try."""
+    pipeline.staging().create_index([("userEmail", 1), ("accountId", 1)])
+    watcher = pipeline.start_watcher()
+    worker = pipeline.start_worker(concurrency=1)
+    pipeline.wait_streaming()
+    pid = pipeline.prod().insert_one({"userEmail": "idx@corp.test", "accountId": 3,
+                                      "total": 5}).inserted_id
+    wait_for(lambda: pipeline.staging().find_one({"_sync.pid": encode_id(pid)}), 30,
+             "the insert synced", pipeline)
+    for proc in (watcher, worker):
+        assert proc.alive(), pipeline.logs()
+        assert "not reachable" not in proc.log(400), proc.log(400)
+    wait_for(lambda: " ready." in worker.log(400), 30, "worker ready", pipeline)
+    assert '"level": "ERROR"' not in worker.log(400), worker.log(400)
+    indexes = index_specs(pipeline)
+    assert "userEmail_1_accountId_1" in indexes  # the user's index is kept and used
+    business_key = [n for n, i in indexes.items()
+                    if list(i["key"]) == ["userEmail", "accountId"]]
+    assert business_key == ["userEmail_1_accountId_1"], indexes
+    assert {"stagesync_pid", "stagesync_key", "stagesync_tombstone_ttl"} <= set(indexes)
+
+
+class MongodIndexRules:
+    """The staging collection, answering `createIndexes` as mongod does where SecantusDB is
+    more lenient (difference: SecantusDB accepts a second index that differs from an existing
+    one only in name and `expireAfterSeconds`; mongod 5.0+ compares key, collation, partial
+    filter, unique and sparse, and refuses an equivalent index with 85 IndexOptionsConflict)."""
+
+    def __init__(self, real: Any) -> None:
+        self._real = real
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+    def create_indexes(self, models: list[Any]) -> Any:
+        for model in models:
+            wanted = model.document
+            for index in self._real.list_indexes():
+                if index["name"] != wanted["name"] and _signature(index) == _signature(wanted):
+                    raise OperationFailure(
+                        "An equivalent index already exists with a different name and "
+                        f"options. Requested index: {wanted}, existing index: {index}",
+                        code=85)
+        return self._real.create_indexes(models)
+
+
+def _signature(index: Any) -> tuple[Any, ...]:
+    collation = index.get("collation")
+    simple = collation is None or collation.get("locale") == "simple"
+    return (list(index["key"].items()), simple or dict(collation),
+            index.get("partialFilterExpression"), bool(index.get("unique")),
+            bool(index.get("sparse")))
+
+
+def test_an_index_of_the_user_that_blocks_one_of_ours_is_named_and_never_dropped(
+    pipeline: Pipeline,
+) -> None:
+    # The user's own TTL on stagesync's tombstone field: same signature as
+    # stagesync_tombstone_ttl, another expiry.
+    pipeline.staging().create_index([("_sync.expireAt", 1)], name="my_ttl",
+                                    expireAfterSeconds=3600)
+    target = MongodIndexRules(pipeline.staging())
+    models = target_indexes(pipeline.settings.collections[0])
+    with pytest.raises(IndexConflictError, match=r"my_ttl.*never drops"):
+        ensure(target, models)  # type: ignore[arg-type]
+    indexes = index_specs(pipeline)
+    assert indexes["my_ttl"]["expireAfterSeconds"] == 3600
+    assert "stagesync_tombstone_ttl" not in indexes
+    assert {"stagesync_pid", "stagesync_key"} <= set(indexes)  # the others were made
+
+
+def test_concurrent_start_ups_replace_an_outdated_index_of_ours_and_change_a_ttl(
+    pipeline: Pipeline,
+) -> None:
+    """Four processes' worth of start-ups at the same moment, over our own indexes from an
+    older configuration (another business key, another tombstone expiry)."""
+    target = pipeline.staging()
+    target.create_index([("email", 1)], name="stagesync_business_key", collation=SIMPLE)
+    target.create_index([("_sync.expireAt", 1)], name="stagesync_tombstone_ttl",
+                        expireAfterSeconds=3600, collation=SIMPLE)
+    settings = pipeline.settings
+    barrier = threading.Barrier(4)
+    errors: list[BaseException] = []
+
+    def start_up() -> None:
+        client = connect_staging(settings.staging)
+        try:
+            barrier.wait(10)
+            ensure_indexes(client, settings)
+        except BaseException as error:  # reported below
+            errors.append(error)
+        finally:
+            client.close()
+
+    threads = [threading.Thread(target=start_up) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert errors == []
+    indexes = index_specs(pipeline)
+    assert list(indexes["stagesync_business_key"]["key"]) == ["userEmail", "accountId"]
+    assert indexes["stagesync_tombstone_ttl"]["expireAfterSeconds"] == 0
