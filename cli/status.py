@@ -33,6 +33,7 @@ from tasks.dead_letters import DeadLetterStore
 from tasks.pii_state import masking_drift
 from tasks.pii_unclassified import unclassified_report, unclassified_warning
 from tasks.rate_limit import effective_rate
+from tasks.references import pending_count
 from tasks.routing import queue_depth
 from tasks.staging import connect_staging
 from watcher.checkpoint import read_all
@@ -122,6 +123,9 @@ class StatusReader:
                 "mismatched": verified.get("mismatched")} if verified else None,
             "last_error": heartbeat.get("last_error") or None,
             "pii_mode": collection.pii_mode,
+            # References written with production's value until their copy arrives.
+            "pending_references": pending_count(self.state_db, collection.name)
+            if collection.references else 0,
             "unclassified_paths": unclassified["paths"],
             "warnings": [w for w in [masking_drift(self.state_db, self.settings, collection),
                                      unclassified_warning(unclassified)] if w],
@@ -163,6 +167,9 @@ def render(rows: list[dict[str, Any]], unsafe_concerns: Sequence[str] = ()) -> G
         if row["last_error"]:
             notes.append(f"{row['collection']}: last error: {row['last_error']}")
         notes.extend(f"{row['collection']}: {warning}" for warning in row["warnings"])
+        if row["pending_references"]:
+            notes.append(f"{row['collection']}: {row['pending_references']} reference(s) "
+                         "waiting for their referenced copy")
     reasons = dict.fromkeys(r["oplog_unknown_because"] for r in rows if r["oplog_unknown_because"])
     notes.extend(f"oplog headroom unknown: {reason}" for reason in reasons)
     notes.extend(f"allow_unsafe_concerns is set: {concern}" for concern in unsafe_concerns)

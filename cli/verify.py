@@ -43,6 +43,9 @@ def print_report(report: Report, console: Console) -> None:
          [f"{pid} ({reason})" for pid, reason in report.dead_lettered.items()]),
         ("different fields", [f"{pid}: {', '.join(paths)}"
                               for pid, paths in report.different.items()]),
+        *((f"dangling references at {path} (no staging document of the referenced "
+           "collection, while production's target exists)", pids)
+          for path, pids in sorted(report.dangling.items())),
     ]
     for title, items in sections:
         if items:

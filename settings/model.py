@@ -93,6 +93,12 @@ class CollectionSettings(StrictModel):
     # is left out of staging and reported (README, "Personal data"); `open` copies it as is.
     pii_mode: Literal["open", "strict"] = "open"
     allow: list[str] = []  # paths known not to be personal data (whole subtrees)
+    # `production`: a copy the sync creates takes production's `_id` where staging has it free,
+    # so references between collections hold; `new`: every copy gets a fresh ObjectId.
+    staging_ids: Literal["production", "new"] = "production"
+    # Path -> logical name of another configured collection: the production `_id`s found there
+    # (through arrays; a DBRef's `$id` too) are written as the staging `_id`s of their copies.
+    references: dict[str, str] = {}
 
     @field_validator("name")
     @classmethod
@@ -223,6 +229,21 @@ class CollectionSettings(StrictModel):
                     )
             if path in self.staging_fields:
                 raise ValueError(f"staging_fields: {path!r} is part of the business key")
+        for path in self.references:
+            try:
+                _check_field_path(path)
+            except ValueError as error:
+                raise ValueError(f"references.{path}: {error}") from None
+            for rule_path in self.pii:
+                if _overlapping(path, rule_path):
+                    raise ValueError(
+                        f"references.{path}: pii rule {rule_path!r} would mask the referenced "
+                        "_ids, which then match nothing; a reference holds _ids only"
+                    )
+            for staging_path in self.staging_fields:
+                if _overlapping(path, staging_path):
+                    raise ValueError(f"references.{path}: overlaps staging field "
+                                     f"{staging_path!r}, which production never writes")
         reserved = {self.soft_delete_field, self.schema_version_field}
         for path in self.staging_fields:
             if path in reserved:
@@ -427,6 +448,19 @@ class Settings(BaseSettings):
             if entry.collection not in names:
                 raise ValueError(f"schedule[{index}].collection: no collection named "
                                  f"{entry.collection!r}")
+        for index, collection in enumerate(self.collections):
+            for path, referenced in collection.references.items():
+                if referenced not in names:
+                    raise ValueError(
+                        f"{_key(index, collection, 'references.' + path)}: no collection named "
+                        f"{referenced!r} (known: {', '.join(sorted(names))})"
+                    )
+        cycle = _key_reference_cycle(self.collections)
+        if cycle:
+            raise ValueError(
+                "collections: business keys depend on each other through references ("
+                + " -> ".join(cycle) + "); a key must not need the staging copy it identifies"
+            )
         secret = self.pii_secret.get_secret_value() if self.pii_secret else ""
         for index, collection in enumerate(self.collections):
             if collection.target_db == self.staging.state_db:
@@ -482,6 +516,38 @@ def parse_rate_limit(value: str) -> RateLimitItem:
     if item.amount < 1:
         raise ValueError(f"{value!r} allows nothing")
     return item
+
+
+def _overlapping(a: str, b: str) -> bool:
+    return a == b or a.startswith(b + ".") or b.startswith(a + ".")
+
+
+def _key_reference_cycle(collections: list[CollectionSettings]) -> list[str] | None:
+    """A cycle of collections whose business keys include references to the next one.
+
+    Keys are computed from production's values, so such keys are stable; but a collection
+    whose key leads back to itself through references cannot be created in any order."""
+    edges: dict[str, set[str]] = {}
+    for collection in collections:
+        edges[collection.name] = {
+            referenced for path, referenced in collection.references.items()
+            if any(_overlapping(path, key) for key in collection.business_key)
+        }
+    for start in edges:
+        trail = [start]
+        stack = [(start, iter(sorted(edges[start])))]
+        while stack:
+            _, children = stack[-1]
+            child = next(children, None)
+            if child is None:
+                stack.pop()
+                trail.pop()
+            elif child == start:
+                return [*trail, start]
+            elif child not in trail and child in edges:
+                trail.append(child)
+                stack.append((child, iter(sorted(edges[child]))))
+    return None
 
 
 def _check_field_path(path: str) -> None:

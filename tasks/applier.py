@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -26,6 +26,7 @@ from deployments.production import ReadOnlyCollection, read_documents
 from settings.model import CollectionSettings
 from tasks.dead_letters import DeadLetterEntry, DeadLetterStore
 from tasks.pii_unclassified import record_unclassified
+from tasks.references import ReferenceResolver
 from tasks.rules.identity import decode_id, encode_id
 from tasks.rules.pii import Masker
 from tasks.rules.plan import CollectionRules, DeadLetter, PlannedWrite, StagingView, plan_batch
@@ -65,6 +66,7 @@ class ApplyContext:
     target: TargetCollection
     state_db: Database[Document]
     dead_letters: DeadLetterStore
+    references: ReferenceResolver | None = None
 
     @classmethod
     def build(
@@ -75,10 +77,12 @@ class ApplyContext:
         staging: MongoClient[Document],
         state_db: Database[Document],
         dead_letters: DeadLetterStore,
+        references: ReferenceResolver | None = None,
     ) -> ApplyContext:
         rules = CollectionRules.from_settings(settings)
         return cls(settings, rules, masker, production,
-                   TargetCollection(staging, settings, rules), state_db, dead_letters)
+                   TargetCollection(staging, settings, rules), state_db, dead_letters,
+                   references)
 
     @property
     def name(self) -> str:
@@ -107,6 +111,8 @@ class ApplyResult:
     dead_letters: list[DeadLetter] = field(default_factory=list)
     rounds: int = 0
     staging_writes: int = 0
+    # The staging `_id` of every document this apply wrote or found up to date, by pid.
+    staging_ids: dict[str, Any] = field(default_factory=dict)
 
 
 def apply_changes(context: ApplyContext, ops: Mapping[str, str]) -> ApplyResult:
@@ -156,6 +162,10 @@ def apply_documents(
     woken: set[str] = set()
     lost: set[str] = set()
     whole: set[Any] = set()
+    taken: set[str] = set()
+    # Keys come from production's values; what is written has its references translated.
+    keys = {pid: context.rules.key_of(doc) for pid, doc in production.items() if doc}
+    content = _translated(context, production)
     for round_number in range(MAX_ROUNDS):
         result.rounds += 1
         if staging_known_empty and round_number == 0:
@@ -164,21 +174,22 @@ def apply_documents(
             view = context.target.read_view(
                 sorted(pending), production, True if compare_content else whole
             )
+        view = replace(view, taken_ids=frozenset(taken))
         plan = plan_batch(
-            version=version, now=now, pids=pending, production=production, staging=view,
-            rules=context.rules,
+            version=version, now=now, pids=pending, production=content, staging=view,
+            rules=context.rules, keys=keys,
         )
         whole |= plan.need_content
         if plan.need_production:
             # A live document holds a key we want: decide on its production document's
             # current state, and apply that document's change in the same batch.
-            production.update(context.read_production(plan.need_production))
+            _read_more(context, plan.need_production, production, content, keys)
             pending |= plan.need_production
             continue
         if plan.releases:
             context.target.execute(plan.releases)
             result.staging_writes += len(plan.releases)
-        lost = _execute(context, plan.writes, version, result, refused, done)
+        lost = _execute(context, plan.writes, version, result, refused, done, taken)
         result.outcomes["superseded"] += len(plan.superseded)
         done.update(plan.superseded)
         for letter in plan.dead_letters:
@@ -187,7 +198,7 @@ def apply_documents(
         waiting = _waiting_on(context, plan.released_keys) - woken - pending
         if waiting:
             woken |= waiting
-            production.update(context.read_production(waiting))
+            _read_more(context, waiting, production, content, keys)
             pending |= waiting
         if not pending:
             break
@@ -203,9 +214,32 @@ def apply_documents(
                 pid, "key_conflict", "business key still held by another document", key
             )
     _settle_dead_letters(context, version, ops, dead, done, result)
+    if context.references is not None:
+        context.references.copies_written(result.staging_ids)
     if refused:
         raise WriteErrors(refused)
     return result
+
+
+def _translated(context: ApplyContext, documents: Mapping[str, Document | None]
+                ) -> dict[str, Document | None]:
+    if context.references is None:
+        return dict(documents)
+    return context.references.translate(documents)
+
+
+def _read_more(
+    context: ApplyContext,
+    pids: Iterable[str],
+    production: dict[str, Document | None],
+    content: dict[str, Document | None],
+    keys: dict[str, str | None],
+) -> None:
+    """Read more production documents into this apply (key holders, woken conflicts)."""
+    more = context.read_production(pids)
+    production.update(more)
+    content.update(_translated(context, more))
+    keys.update({pid: context.rules.key_of(doc) for pid, doc in more.items() if doc})
 
 
 def _execute(
@@ -215,6 +249,7 @@ def _execute(
     result: ApplyResult,
     refused: dict[str, str],
     done: set[str],
+    taken: set[str],
 ) -> set[str]:
     """Run one round's writes; return the pids whose write lost a race."""
     if not writes:
@@ -228,6 +263,10 @@ def _execute(
             continue
         if index in report.raced:
             lost.add(write.pid)  # an insert raced another apply for the same pid or key
+            if index in report.id_taken:
+                # Or production's `_id` is held by a staging document of another origin:
+                # the next round gives the copy a new one unless it finds its own copy.
+                taken.add(encode_id(write.staging_id))
         else:
             refused[write.pid] = f"code {code}: {message}"
     failed = {writes[index].pid for index in report.failed}
@@ -248,6 +287,8 @@ def _execute(
                 continue
         result.outcomes[write.outcome] += 1
         done.add(pid)
+        if write.outcome in ("created", "updated", "unchanged"):
+            result.staging_ids[pid] = write.staging_id
     return lost
 
 

@@ -21,6 +21,7 @@ WATCHERS = "watchers"  # one document per collection: lease, checkpoint, watcher
 COUNTERS = "counters"  # version counters, one document per collection
 DEAD_LETTERS = "dead_letters"
 RESYNCS = "resyncs"  # one document per full resync: chunks, progress, summary
+PENDING_REFERENCES = "pending_references"  # references waiting for their referenced copy
 RUNTIME = "runtime"  # settings changed at run time (per-queue rate limits)
 VERIFICATIONS = "verifications"  # the latest scheduled verification per collection
 UNCLASSIFIED = "unclassified_paths"  # paths a strict collection left out (no values), bounded

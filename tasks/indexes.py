@@ -38,7 +38,7 @@ from pymongo.collection import Collection
 from pymongo.errors import OperationFailure
 
 from settings.model import CollectionSettings, Settings
-from tasks.constants import DEAD_LETTERS
+from tasks.constants import DEAD_LETTERS, PENDING_REFERENCES
 from tasks.rules.sync_meta import DELETED_AT_FIELD, EXPIRE_AT_FIELD, KEY_FIELD, PID_FIELD
 
 OWN_PREFIX = "stagesync_"
@@ -77,6 +77,12 @@ def state_indexes() -> dict[str, list[IndexModel]]:
                    collation=SIMPLE_COLLATION),
         IndexModel([("expireAt", ASCENDING)], name="stagesync_resolved_ttl",
                    expireAfterSeconds=0, collation=SIMPLE_COLLATION),
+    ], PENDING_REFERENCES: [
+        # Read by the referenced collection's applies, counted per referencing collection.
+        IndexModel([("target", ASCENDING), ("tpid", ASCENDING)], name="stagesync_pending",
+                   collation=SIMPLE_COLLATION),
+        IndexModel([("coll", ASCENDING)], name="stagesync_pending_by_collection",
+                   collation=SIMPLE_COLLATION),
     ]}
 
 

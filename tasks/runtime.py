@@ -15,13 +15,19 @@ import redis
 
 from deployments.production import ProductionReader
 from settings import Settings, load_settings
+from settings.model import CollectionSettings
+from tasks.app import app
 from tasks.applier import ApplyContext, ApplyResult
 from tasks.constants import deliveries_key, done_key, stats_key
 from tasks.dead_letters import DeadLetterStore
 from tasks.pii_state import record_masking
 from tasks.pii_unclassified import forget_classified
+from tasks.publish import publish_apply
 from tasks.rate_limit import QueueRateLimiter
+from tasks.references import ReferenceResolver
+from tasks.routing import queue_for
 from tasks.rules.pii import Masker
+from tasks.rules.references import references_of
 from tasks.staging import connect_staging
 
 # A delivery counter outlives any redelivery cycle of its message, then goes.
@@ -48,10 +54,33 @@ class Runtime:
             forget_classified(self.state_db, collection)  # paths allowed since they were seen
             context = ApplyContext.build(
                 collection, masker, self.production.collection(collection), self.staging,
-                self.state_db, self.dead_letters,
+                self.state_db, self.dead_letters, self._references(collection),
             )
             self._contexts[name] = context
         return context
+
+    def _references(self, collection: CollectionSettings) -> ReferenceResolver | None:
+        referenced_by = [other.name for other in self.settings.collections
+                         if collection.name in other.references.values()]
+        if not collection.references and not referenced_by:
+            return None
+        targets = {}
+        for name in set(collection.references.values()):
+            target = self.settings.collection(name)
+            targets[name] = self.staging[target.target_db][target.target_collection]
+        return ReferenceResolver(
+            collection.name, references_of(collection.references), targets, self.state_db,
+            referenced_by, self._apply_again,
+        )
+
+    def _apply_again(self, collection: str, pids: list[str]) -> None:
+        """Enqueue applies of documents whose references can now be translated."""
+        settings = self.settings.collection(collection)
+        by_queue: dict[str, list[tuple[str, str]]] = {}
+        for pid in pids:
+            by_queue.setdefault(queue_for(settings, pid), []).append((pid, "reference"))
+        for queue, changes in by_queue.items():
+            publish_apply(app, queue, collection, None, "", changes)
 
     def count_delivery(self, task_id: str, attempt: int) -> int:
         """How many times this message (this retry of this task) has been started."""

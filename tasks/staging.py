@@ -49,6 +49,7 @@ class WriteReport:
     matched_all: bool = True
     failed: dict[int, tuple[int, str]] = field(default_factory=dict)  # index -> (code, message)
     raced: set[int] = field(default_factory=set)  # indexes that lost to another apply
+    id_taken: set[int] = field(default_factory=set)  # inserts whose `_id` another holds
 
 
 class TargetCollection:
@@ -177,6 +178,8 @@ class TargetCollection:
                 report.failed[index] = (code, str(failure.get("errmsg", ""))[:500])
                 if code == DUPLICATE_KEY and _on_sync_index(failure):
                     report.raced.add(index)
+                    if writes[index].is_insert and _on_id_index(failure):
+                        report.id_taken.add(index)
         failed_matches = sum(1 for index in report.failed if not writes[index].is_insert)
         matched = int(details.get("nMatched", 0)) + int(details.get("nRemoved", 0))
         report.matched_all = matched >= expected_matches - failed_matches
@@ -214,6 +217,13 @@ def _on_sync_index(failure: Mapping[str, Any]) -> bool:
     if any(marker in message for marker in SYNC_INDEX_MARKERS):
         return True
     return bool(re.search(r"(index: _id_ |\._id\b)", message))
+
+
+def _on_id_index(failure: Mapping[str, Any]) -> bool:
+    pattern = failure.get("keyPattern")
+    if isinstance(pattern, Mapping) and pattern:
+        return set(pattern) == {"_id"}
+    return bool(re.search(r"(index: _id_ |\._id\b)", str(failure.get("errmsg", ""))))
 
 
 def _operation(write: PlannedWrite) -> WriteOperation:

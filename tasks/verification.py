@@ -23,11 +23,13 @@ from deployments.production import ProductionReader, read_documents
 from settings.model import CollectionSettings, Settings
 from tasks.constants import watcher_key
 from tasks.dead_letters import DeadLetterStore
+from tasks.references import ReferenceResolver
 from tasks.rules.identity import decode_id, encode_id
 from tasks.rules.merge import owned_paths, production_content, production_view
 from tasks.rules.paths import Path, join_dotted, leaf_paths
 from tasks.rules.pii import Masker
 from tasks.rules.plan import CollectionRules
+from tasks.rules.references import reference_values, references_of
 from tasks.rules.sync_meta import PID_FIELD, SYNC, read_meta
 from tasks.staging import SIMPLE, connect_staging
 
@@ -49,15 +51,18 @@ class Report:
     gone_in_production: list[str] = field(default_factory=list)
     dead_lettered: dict[str, str] = field(default_factory=dict)
     different: dict[str, list[str]] = field(default_factory=dict)
+    dangling: dict[str, list[str]] = field(default_factory=dict)  # reference path -> pids
 
     @property
     def equal(self) -> bool:
         return not (self.missing_in_staging or self.deleted_in_staging
-                    or self.gone_in_production or self.dead_lettered or self.different)
+                    or self.gone_in_production or self.dead_lettered or self.different
+                    or self.dangling)
 
     def mismatched(self) -> set[str]:
         return (set(self.missing_in_staging) | set(self.deleted_in_staging)
-                | set(self.gone_in_production) | set(self.different) | set(self.dead_lettered))
+                | set(self.gone_in_production) | set(self.different) | set(self.dead_lettered)
+                | {pid for pids in self.dangling.values() for pid in pids})
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -72,6 +77,7 @@ class Report:
             "live_in_staging_but_gone": self.gone_in_production,
             "dead_lettered": self.dead_lettered,
             "different_fields": self.different,
+            "dangling_references": self.dangling,
         }
 
 
@@ -86,6 +92,17 @@ class Verifier:
         self.staging_client = connect_staging(settings.staging, serverSelectionTimeoutMS=10_000)
         self.target = self.staging_client[collection.target_db][collection.target_collection]
         self.dead_letters = DeadLetterStore(self.staging_client[settings.staging.state_db])
+        self.references = references_of(collection.references)
+        targets = {}
+        self.referenced_sources = {}
+        for name in {reference.collection for reference in self.references}:
+            other = settings.collection(name)
+            targets[name] = self.staging_client[other.target_db][other.target_collection]
+            self.referenced_sources[name] = self.production.collection(other)
+        self.resolver = ReferenceResolver(
+            collection.name, self.references, targets,
+            self.staging_client[settings.staging.state_db],
+        )
 
     def close(self) -> None:
         self.production.close()
@@ -124,15 +141,18 @@ class Verifier:
                 for entry in self.dead_letters.list(self.collection.name)}
         for start in range(0, len(ids), CHUNK):
             chunk = ids[start:start + CHUNK]
-            production = {
+            masked = {
                 encode_id(doc["_id"]): self.masker.mask(doc)
                 for doc in read_documents(self.source, chunk, self.collection.filter)
             }
+            # What the sync writes: references translated to the staging copies' `_id`s.
+            production = self.resolver.translate_known(masked)
             staging = {
                 doc[SYNC]["pid"]: doc
                 for doc in self.target.find({PID_FIELD: {"$in": list(production)}},
                                             collation=SIMPLE)
             }
+            self._dangling(report, masked, staging)
             for pid, document in production.items():
                 report.compared += 1
                 if pid in dead:
@@ -149,6 +169,26 @@ class Verifier:
                 paths = _differences(document, mirror, self.rules)
                 if paths:
                     report.different[pid] = paths
+
+    def _dangling(self, report: Report, production: dict[str, Any],
+                  staging: dict[str, dict[str, Any]]) -> None:
+        """References whose staging value matches no staging document of the referenced
+        collection while production's value matches a production document."""
+        for reference in self.references:
+            staged = {pid: reference_values(doc, reference) for pid, doc in staging.items()}
+            found = _existing(self.resolver.targets[reference.collection],
+                              [v for values in staged.values() for v in values])
+            broken = [pid for pid, values in staged.items()
+                      if any(encode_id(v) not in found for v in values)]
+            if not broken:
+                continue
+            wanted = {pid: reference_values(production[pid], reference)
+                      for pid in broken if production.get(pid)}
+            present = _existing(self.referenced_sources[reference.collection],
+                                [v for values in wanted.values() for v in values])
+            for pid, values in wanted.items():
+                if any(encode_id(v) in present for v in values):
+                    report.dangling.setdefault(reference.dotted, []).append(pid)
 
     def _count_staging(self, report: Report, production_pids: set[str] | None) -> None:
         for doc in self.target.find({}, {SYNC: 1}):
@@ -219,6 +259,15 @@ def _reordered(expected: Mapping[str, Any], actual: Mapping[str, Any], prefix: P
 
 class _Missing:
     pass
+
+
+def _existing(collection: Any, values: list[Any]) -> set[str]:
+    """The encoded values among `values` that are `_id`s of documents in `collection`."""
+    found: set[str] = set()
+    for start in range(0, len(values), CHUNK):
+        query = {"_id": {"$in": values[start:start + CHUNK]}}
+        found |= {encode_id(doc["_id"]) for doc in collection.find(query, {"_id": 1})}
+    return found
 
 
 def verify_collection(settings: Settings, name: str, sample: int, settle: float

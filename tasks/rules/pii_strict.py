@@ -7,6 +7,7 @@ it, staging simply goes without it and the path is reported (`status`, `check`, 
 A leaf path is *classified* when
 - a `pii` rule covers it (the rule's path is the leaf or one of its parents): it is masked;
 - it, or one of its parents, is listed in `allow`;
+- it is a declared reference (it holds `_id`s of another collection), or
 - it is a business-key field (or under one), or the `schema_version_field` (both are read
   from the masked document by the merge rules, which would dead-letter every change without
   them), or it is `_id`.
@@ -57,8 +58,10 @@ Nodes = tuple[_Node, ...]
 
 
 def classified_paths(collection: CollectionSettings) -> list[str]:
-    """The dotted paths a strict collection copies: `_id`, keys, pii rules and `allow`."""
-    paths = ["_id", *collection.business_key, *collection.pii, *collection.allow]
+    """The dotted paths a strict collection copies: `_id`, keys, pii rules, `allow` and
+    references."""
+    paths = ["_id", *collection.business_key, *collection.pii, *collection.allow,
+             *collection.references]
     if collection.schema_version_field:
         paths.append(collection.schema_version_field)
     return list(dict.fromkeys(paths))

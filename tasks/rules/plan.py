@@ -20,7 +20,7 @@ from bson import ObjectId
 
 from settings.model import CollectionSettings
 from tasks.rules.field_update import Update, plan_field_update
-from tasks.rules.identity import business_key, key_digest, key_paths
+from tasks.rules.identity import business_key, decode_id, key_digest, key_paths
 from tasks.rules.merge import (
     FieldRules,
     fingerprint,
@@ -81,6 +81,8 @@ class CollectionRules:
     fields: FieldRules
     schema_version_field: Path | None = None
     accepted_schema_versions: frozenset[Any] | None = None
+    # New copies take production's `_id` where staging has it free (`staging_ids: production`).
+    keep_production_ids: bool = True
 
     @classmethod
     def from_settings(cls, settings: CollectionSettings) -> CollectionRules:
@@ -96,6 +98,7 @@ class CollectionRules:
                 if settings.schema_version_field else None
             ),
             accepted_schema_versions=frozenset(accepted) if accepted is not None else None,
+            keep_production_ids=settings.staging_ids == "production",
         )
 
     @property
@@ -122,6 +125,15 @@ class StagingView:
     # Documents that never went through a sync, matched on the raw business-key fields.
     unsynced_by_key: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     whole: frozenset[Any] = frozenset()
+    # Encoded production `_id`s that a staging document of another origin already holds (an
+    # insert under that `_id` failed): their copies get a new ObjectId.
+    taken_ids: frozenset[str] = frozenset()
+
+    def new_id(self, pid: str, rules: CollectionRules) -> Any:
+        """The `_id` of a new copy: production's where that is free, else a new ObjectId."""
+        if rules.keep_production_ids and pid not in self.taken_ids:
+            return decode_id(pid)
+        return ObjectId()
 
 
 @dataclass(frozen=True)
@@ -182,14 +194,18 @@ def plan_batch(
     production: Mapping[str, Mapping[str, Any] | None],
     staging: StagingView,
     rules: CollectionRules,
+    keys: Mapping[str, str | None] | None = None,
 ) -> BatchPlan:
     """Plan the writes for `pids`; `production[pid]` is the masked document or None (gone).
 
     Every pid must be a key of `production`. Holders of a business key whose production
-    document is also in `production` are judged on that fresh read.
+    document is also in `production` are judged on that fresh read. `keys` are the business
+    keys of the production documents, when they must come from other values than the ones
+    written (references are translated after the keys are taken).
     """
     plan = BatchPlan()
-    keys = {pid: rules.key_of(doc) for pid, doc in production.items() if doc is not None}
+    if keys is None:
+        keys = {pid: rules.key_of(doc) for pid, doc in production.items() if doc is not None}
     state = _Round()
     for pid in sorted(set(pids)):
         own = staging.by_pid.get(pid)
@@ -200,7 +216,7 @@ def plan_batch(
         elif own is not None and own["_id"] in state.targeted:
             plan.deferred.append(pid)
         elif production[pid] is None:
-            _plan_gone(plan, state, pid, own, own_meta, version, now, rules)
+            _plan_gone(plan, state, pid, own, own_meta, version, now, staging, rules)
         else:
             _plan_present(
                 plan, state, pid, production, keys, own, own_meta, staging, version, now, rules
@@ -216,13 +232,14 @@ def _plan_gone(
     own_meta: SyncMeta,
     version: int,
     now: datetime,
+    staging: StagingView,
     rules: CollectionRules,
 ) -> None:
     """Production no longer has the document (deleted, or outside the configured filter)."""
     if own is None:
         # Nothing to mark, but a slower apply that read the document before it went must not
         # create it afterwards: a tombstone holds the pid at this version.
-        tombstone: dict[str, Any] = {"_id": ObjectId()}
+        tombstone: dict[str, Any] = {"_id": staging.new_id(pid, rules)}
         set_path(tombstone, rules.soft_delete_field, True)
         tombstone[SYNC] = {
             PID: pid, VERSION: version, CHANGED_AT: now, DELETED_AT: now, OWNED: encode_owned(()),
@@ -323,7 +340,7 @@ def _plan_present(
     target_meta = read_meta(target)
     content = production_content(document, rules.fields)
     digest = fingerprint(content)
-    staging_id = target["_id"] if target is not None else ObjectId()
+    staging_id = target["_id"] if target is not None else staging.new_id(pid, rules)
     meta = {
         PID: pid, KEY: key, VERSION: version, CHANGED_AT: now,
         OWNED: encode_owned(owned_paths(document, rules.fields)), FINGERPRINT: digest,
