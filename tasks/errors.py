@@ -9,7 +9,7 @@ dead-letter store.
 from __future__ import annotations
 
 import redis
-from pymongo.errors import ConnectionFailure, OperationFailure, PyMongoError
+from pymongo.errors import ConnectionFailure, OperationFailure, PyMongoError, WriteConcernError
 
 from tasks.applier import ContentionError
 from tasks.versions import VersionCounterError
@@ -31,6 +31,10 @@ TRANSIENT_CODES = frozenset({
     50,     # MaxTimeMSExpired
     112,    # WriteConflict
     134,    # ReadConcernMajorityNotAvailableYet
+    # A cursor the server dropped (idle past its timeout, or its plan killed by a collection
+    # change): the read is simply started again from the last checkpoint.
+    43,     # CursorNotFound
+    175,    # QueryPlanKilled
 })
 
 
@@ -38,6 +42,10 @@ def is_transient(error: BaseException) -> bool:
     if isinstance(error, ConnectionFailure | ContentionError | VersionCounterError | TimeoutError):
         return True  # ConnectionFailure covers AutoReconnect, NotPrimaryError, NetworkTimeout
     if isinstance(error, redis.ConnectionError | redis.TimeoutError | redis.BusyLoadingError):
+        return True
+    if isinstance(error, WriteConcernError):
+        # Written on the primary but not acknowledged as asked (wtimeout, a step-down, an
+        # unsatisfiable concern): it may roll back, so the batch is retried, never done.
         return True
     if isinstance(error, OperationFailure):
         if error.code in TRANSIENT_CODES:

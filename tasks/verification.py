@@ -235,9 +235,8 @@ def _differences(document: dict[str, Any], mirror: dict[str, Any], rules: Collec
     flat_actual = dict(leaf_paths(actual))
     paths = {join_dotted(p) for p in flat_expected.keys() | flat_actual.keys()
              if not _same(flat_expected.get(p, _Missing), flat_actual.get(p, _Missing))}
-    if not paths:
-        paths = {f"{join_dotted(p) or '(top level)'} (field order)"
-                 for p in _reordered(expected, actual)}
+    paths |= {f"{join_dotted(p) or '(top level)'} (field order)"
+              for p in _reordered(expected, actual)}
     return sorted(paths)
 
 
@@ -249,7 +248,8 @@ def _same(a: Any, b: Any) -> bool:
 
 def _reordered(expected: Mapping[str, Any], actual: Mapping[str, Any], prefix: Path = ()
                ) -> list[Path]:
-    found = [prefix] if list(expected) != list(actual) else []
+    common = [name for name in expected if name in actual]
+    found = [prefix] if common != [name for name in actual if name in expected] else []
     for name, value in expected.items():
         other = actual.get(name)
         if isinstance(value, Mapping) and isinstance(other, Mapping):

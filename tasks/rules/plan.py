@@ -29,7 +29,7 @@ from tasks.rules.merge import (
     production_content,
     production_view,
 )
-from tasks.rules.paths import Path, get_path, set_path, split_dotted, update_path
+from tasks.rules.paths import Path, get_path, leaf_paths, set_path, split_dotted, update_path
 from tasks.rules.sync_meta import (
     CHANGED_AT,
     CHANGED_AT_FIELD,
@@ -360,7 +360,13 @@ def _plan_present(
         write = _version_only(pid, target, target_meta, version, "unchanged")
     else:
         also = {update_path(rules.soft_delete_field): False, SYNC: meta}
-        field_update = plan_field_update(target_meta.owned, document, rules.fields, also)
+        owned_before = target_meta.owned
+        if staging_id in staging.whole:
+            # Read in full: plan from what staging holds, in its order (drift made by hand
+            # included), not from what the last write recorded.
+            owned_before = tuple(path for path, _ in leaf_paths(
+                production_view(target, target_meta.owned)))
+        field_update = plan_field_update(owned_before, document, rules.fields, also)
         if field_update is not None:
             update: Update = field_update.update
         elif staging_id in staging.whole:
