@@ -76,6 +76,7 @@ def run_check(settings: Settings, console: Console) -> int:
             problems.extend(unclassified_problems(
                 production, staging[settings.staging.state_db], collection))
             warnings.extend(unique_index_warnings(staging, collection))
+            warnings.extend(_follow_index_warnings(production, collection))
     production.close()
     staging.close()
     for warning in warnings:
@@ -86,6 +87,23 @@ def run_check(settings: Settings, console: Console) -> int:
         return 1
     console.print("[green]check passed[/green]")
     return 0
+
+
+def _follow_index_warnings(production: ProductionReader, collection: CollectionSettings
+                           ) -> list[str]:
+    """A parent entering a subset brings its children in by reading production by the
+    followed path: without an index there, every such read scans the collection."""
+    follow = collection.subset.follow if collection.subset else None
+    if follow is None:
+        return []
+    try:
+        keys = production.collection(collection).index_keys()
+    except PyMongoError as error:
+        return [f"{collection.name}: cannot list production indexes ({error})"]
+    if any(key and key[0] == follow for key in keys):
+        return []
+    return [f"{collection.name}: production {collection.source} has no index on {follow!r}; "
+            "subset.follow reads children by it when a parent enters or leaves the subset"]
 
 
 def _reach(ping: Any, name: str, problems: list[str]) -> bool:

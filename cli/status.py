@@ -126,6 +126,14 @@ class StatusReader:
             # References written with production's value until their copy arrives.
             "pending_references": pending_count(self.state_db, collection.name)
             if collection.references else 0,
+            # Sizes from metadata (no scan): with a filter or subset, staging holds a share.
+            "documents": {
+                "production_estimate": self.production.collection(collection).estimated_count(),
+                "staging_estimate": self.staging[collection.target_db][
+                    collection.target_collection].estimated_document_count(),
+            },
+            "subset": collection.subset.model_dump(exclude_none=True)
+            if collection.subset else None,
             "unclassified_paths": unclassified["paths"],
             "warnings": [w for w in [masking_drift(self.state_db, self.settings, collection),
                                      unclassified_warning(unclassified)] if w],
@@ -167,6 +175,11 @@ def render(rows: list[dict[str, Any]], unsafe_concerns: Sequence[str] = ()) -> G
         if row["last_error"]:
             notes.append(f"{row['collection']}: last error: {row['last_error']}")
         notes.extend(f"{row['collection']}: {warning}" for warning in row["warnings"])
+        if row["subset"]:
+            documents = row["documents"]
+            notes.append(f"{row['collection']}: subset {row['subset']}: staging holds about "
+                         f"{documents['staging_estimate']} of about "
+                         f"{documents['production_estimate']} production documents")
         if row["pending_references"]:
             notes.append(f"{row['collection']}: {row['pending_references']} reference(s) "
                          "waiting for their referenced copy")

@@ -38,7 +38,10 @@ def print_report(report: Report, console: Console) -> None:
     sections = [
         ("missing in staging", report.missing_in_staging),
         ("soft-deleted in staging but live in production", report.deleted_in_staging),
-        ("live in staging but gone from production", report.gone_in_production),
+        ("live in staging but gone from production (or outside its filter or subset)",
+         report.gone_in_production),
+        ("live in staging although the document it follows is not (subset closure)",
+         report.orphans),
         ("dead-lettered (stagesync dlq list)",
          [f"{pid} ({reason})" for pid, reason in report.dead_lettered.items()]),
         ("different fields", [f"{pid}: {', '.join(paths)}"

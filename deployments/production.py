@@ -90,6 +90,10 @@ class ReadOnlyCollection:
     def find_one(self, query: Mapping[str, Any]) -> dict[str, Any] | None:
         return self._collection.find_one(query)  # type: ignore[no-any-return]
 
+    def index_keys(self) -> list[list[str]]:
+        """The key fields of each index, in order (`listIndexes`, a read)."""
+        return [list(index["key"]) for index in self._collection.list_indexes()]
+
     def watch(
         self,
         pipeline: Sequence[Mapping[str, Any]] | None = None,

@@ -72,6 +72,21 @@ class StagingSettings(StrictModel):
         return value
 
 
+class SubsetSettings(StrictModel):
+    """Which production documents staging gets: a keyed-hash sample of `percent` of them, or
+    those that reference (at `follow`, a declared reference) a document of the referenced
+    collection's subset."""
+
+    percent: Annotated[float, Field(gt=0, le=100)] | None = None
+    follow: str | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> SubsetSettings:
+        if (self.percent is None) == (self.follow is None):
+            raise ValueError("give exactly one of percent or follow")
+        return self
+
+
 class CollectionSettings(StrictModel):
     """One production collection mirrored into one staging collection."""
 
@@ -99,6 +114,8 @@ class CollectionSettings(StrictModel):
     # Path -> logical name of another configured collection: the production `_id`s found there
     # (through arrays; a DBRef's `$id` too) are written as the staging `_id`s of their copies.
     references: dict[str, str] = {}
+    # Only part of production: see SubsetSettings. Combines with `filter` (in when both say so).
+    subset: SubsetSettings | None = None
 
     @field_validator("name")
     @classmethod
@@ -244,6 +261,11 @@ class CollectionSettings(StrictModel):
                 if _overlapping(path, staging_path):
                     raise ValueError(f"references.{path}: overlaps staging field "
                                      f"{staging_path!r}, which production never writes")
+        follow = self.subset.follow if self.subset else None
+        if follow is not None and follow not in self.references:
+            declared = ", ".join(sorted(self.references)) or "none"
+            raise ValueError(f"subset.follow: {follow!r} is not a declared reference "
+                             f"(references: {declared})")
         reserved = {self.soft_delete_field, self.schema_version_field}
         for path in self.staging_fields:
             if path in reserved:
@@ -455,6 +477,16 @@ class Settings(BaseSettings):
                         f"{_key(index, collection, 'references.' + path)}: no collection named "
                         f"{referenced!r} (known: {', '.join(sorted(names))})"
                     )
+        follows = _follow_cycle(self.collections)
+        if follows:
+            raise ValueError("collections: subsets follow each other in a cycle ("
+                             + " -> ".join(follows) + "); one of them needs percent or none")
+        for index, collection in enumerate(self.collections):
+            if collection.subset and collection.subset.percent is not None and not (
+                    self.pii_secret and self.pii_secret.get_secret_value()):
+                raise ValueError(f"{_key(index, collection, 'subset.percent')}: the sample is "
+                                 "a keyed hash of the _id and needs a non-empty pii_secret "
+                                 "(set STAGESYNC_PII_SECRET)")
         cycle = _key_reference_cycle(self.collections)
         if cycle:
             raise ValueError(
@@ -527,12 +559,24 @@ def _key_reference_cycle(collections: list[CollectionSettings]) -> list[str] | N
 
     Keys are computed from production's values, so such keys are stable; but a collection
     whose key leads back to itself through references cannot be created in any order."""
-    edges: dict[str, set[str]] = {}
-    for collection in collections:
-        edges[collection.name] = {
+    return _cycle({
+        collection.name: {
             referenced for path, referenced in collection.references.items()
             if any(_overlapping(path, key) for key in collection.business_key)
-        }
+        } for collection in collections
+    })
+
+
+def _follow_cycle(collections: list[CollectionSettings]) -> list[str] | None:
+    """Subsets that follow each other around: none of them could ever get a document in."""
+    return _cycle({
+        collection.name: {collection.references[collection.subset.follow]}
+        if collection.subset and collection.subset.follow else set()
+        for collection in collections
+    })
+
+
+def _cycle(edges: dict[str, set[str]]) -> list[str] | None:
     for start in edges:
         trail = [start]
         stack = [(start, iter(sorted(edges[start])))]

@@ -30,6 +30,7 @@ from tasks.references import ReferenceResolver
 from tasks.rules.identity import decode_id, encode_id
 from tasks.rules.pii import Masker
 from tasks.rules.plan import CollectionRules, DeadLetter, PlannedWrite, StagingView, plan_batch
+from tasks.rules.subset import in_sample
 from tasks.staging import TargetCollection
 from tasks.versions import take_version
 
@@ -67,6 +68,7 @@ class ApplyContext:
     state_db: Database[Document]
     dead_letters: DeadLetterStore
     references: ReferenceResolver | None = None
+    secret: bytes = b""  # keys the `subset: {percent}` sample
 
     @classmethod
     def build(
@@ -78,15 +80,22 @@ class ApplyContext:
         state_db: Database[Document],
         dead_letters: DeadLetterStore,
         references: ReferenceResolver | None = None,
+        secret: bytes = b"",
     ) -> ApplyContext:
         rules = CollectionRules.from_settings(settings)
         return cls(settings, rules, masker, production,
                    TargetCollection(staging, settings, rules), state_db, dead_letters,
-                   references)
+                   references, secret)
 
     @property
     def name(self) -> str:
         return self.settings.name
+
+    def sampled(self, pid: str) -> bool:
+        """In the `subset: {percent}` sample (always, without one)."""
+        subset = self.settings.subset
+        return subset is None or subset.percent is None or in_sample(
+            pid, subset.percent, self.secret)
 
     def read_production(self, pids: Iterable[str]) -> dict[str, Document | None]:
         """Current production documents, masked the moment they are read; None when gone."""
@@ -97,6 +106,8 @@ class ApplyContext:
         )
         for document in documents:
             pid = encode_id(document["_id"])
+            if not self.sampled(pid):
+                continue  # outside the sample: for staging, as if production had none
             if pid in found:
                 found[pid] = self.masker.mask(document)
         # Strict PII mode: the paths the masking left out, never their values.
@@ -113,6 +124,9 @@ class ApplyResult:
     staging_writes: int = 0
     # The staging `_id` of every document this apply wrote or found up to date, by pid.
     staging_ids: dict[str, Any] = field(default_factory=dict)
+    # Pids whose copy became live (created, adopted, revived) or stopped being live.
+    entered: set[str] = field(default_factory=set)
+    left: set[str] = field(default_factory=set)
 
 
 def apply_changes(context: ApplyContext, ops: Mapping[str, str]) -> ApplyResult:
@@ -155,6 +169,9 @@ def apply_documents(
     """
     result = ApplyResult(version)
     now = datetime.now(UTC)
+    # Callers that read production themselves (resync chunks) get the sample applied here.
+    production = {pid: doc if doc is not None and context.sampled(pid) else None
+                  for pid, doc in production.items()}
     pending = set(production)
     done: set[str] = set()
     dead: dict[str, DeadLetter] = {}
@@ -215,7 +232,7 @@ def apply_documents(
             )
     _settle_dead_letters(context, version, ops, dead, done, result)
     if context.references is not None:
-        context.references.copies_written(result.staging_ids)
+        context.references.copies_written(result.staging_ids, result.entered | result.left)
     if refused:
         raise WriteErrors(refused)
     return result
@@ -289,6 +306,10 @@ def _execute(
         done.add(pid)
         if write.outcome in ("created", "updated", "unchanged"):
             result.staging_ids[pid] = write.staging_id
+        if write.enters:
+            result.entered.add(pid)
+        elif write.outcome == "soft_deleted":
+            result.left.add(pid)
     return lost
 
 

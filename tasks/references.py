@@ -8,15 +8,25 @@ it reads the pending references. Whatever the interleaving, one of the two sees 
 either the last lookup finds the copy, or the copy's apply finds the pending record and has the
 referencing documents applied again.
 
+Subsets that follow a reference (`subset: {follow: PATH}`) are decided here too, from the same
+lookup: a document is in when a document it references at PATH has a live copy in staging.
+When a copy becomes live or stops being live, the documents that follow it are read from
+production by that path (one query per following collection) and applied again, so they come
+in or go out within seconds. No pending record is needed for that: the copy is written before
+production is asked for its followers, and a follower inserted after that query finds the live
+copy by itself.
+
 Cost per batch: one query per referenced collection (by `_sync.pid`, indexed); a second one
-plus a state write only when some copies are missing; and, in a collection that others
-reference, one state query after its writes.
+plus a state write only when some copies are missing; in a collection that others reference,
+one state query after its writes; and one production query per following collection when
+copies entered or left.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -24,14 +34,33 @@ from pymongo import UpdateOne
 from pymongo.collection import Collection
 from pymongo.database import Database
 
+from deployments.production import ReadOnlyCollection
 from tasks.constants import PENDING_REFERENCES
-from tasks.rules.identity import encode_id
+from tasks.rules.identity import decode_id, encode_id
+from tasks.rules.paths import get_path, split_dotted
 from tasks.rules.references import Reference, referenced_ids, translate
-from tasks.rules.sync_meta import PID_FIELD, SYNC
+from tasks.rules.sync_meta import PID_FIELD, SYNC, read_meta
 from tasks.staging import SIMPLE
 
 Document = dict[str, Any]
 Republish = Callable[[str, list[str]], None]  # (referencing collection, its pids)
+
+
+@dataclass(frozen=True)
+class Target:
+    """A referenced collection's staging copies, and its soft-delete flag (for liveness)."""
+
+    collection: Collection[Document]
+    soft_delete_field: str = "deleted"
+
+
+@dataclass(frozen=True)
+class Follower:
+    """A collection whose subset follows this one through `reference`; read in production."""
+
+    name: str
+    reference: Reference
+    production: ReadOnlyCollection
 
 
 class ReferenceResolver:
@@ -39,17 +68,21 @@ class ReferenceResolver:
         self,
         name: str,
         references: tuple[Reference, ...],
-        targets: Mapping[str, Collection[Document]],
+        targets: Mapping[str, Target],
         state_db: Database[Document],
         referenced_by: Iterable[str] = (),
         republish: Republish | None = None,
+        follow: Reference | None = None,
+        followers: Sequence[Follower] = (),
     ) -> None:
         self.name = name
         self.references = references
-        self.targets = dict(targets)  # referenced collection name -> its staging collection
+        self.targets = dict(targets)  # referenced collection name -> its staging copies
         self.pending = state_db[PENDING_REFERENCES]
         self.referenced_by = frozenset(referenced_by)
         self.republish = republish
+        self.follow = follow
+        self.followers = tuple(followers)
 
     def translate(self, documents: Mapping[str, Document | None]) -> dict[str, Document | None]:
         """The documents with their references translated (production `_id` -> staging)."""
@@ -62,7 +95,7 @@ class ReferenceResolver:
             for reference in self.references:
                 for target in referenced_ids(document, reference):
                     wanted[(reference.collection, target)].add(pid)
-        lookup = self._lookup(wanted)
+        lookup, live = self._lookup(wanted)
         missing = [key for key in wanted if key not in lookup]
         if missing:
             # Record first, then look again: see the module docstring.
@@ -73,15 +106,24 @@ class ReferenceResolver:
                                     "tpid": tpid, "at": now}}, upsert=True)
                 for target, tpid in missing for pid in sorted(wanted[(target, tpid)])
             ], ordered=False)
-            found = self._lookup(missing)
+            found, found_live = self._lookup(missing)
+            live |= found_live
             if found:
                 lookup.update(found)
                 self.pending.delete_many({"_id": {"$in": [
                     _pending_id(self.name, pid, target, tpid)
                     for target, tpid in found for pid in wanted[(target, tpid)]
                 ]}})
-        return {pid: translate(document, self.references, lookup) if document else None
+        return {pid: translate(document, self.references, lookup)
+                if document and self._member(document, live) else None
                 for pid, document in documents.items()}
+
+    def _member(self, document: Document, live: set[tuple[str, str]]) -> bool:
+        """In the subset when following: a referenced document at `follow` has a live copy."""
+        if self.follow is None:
+            return True
+        return any((self.follow.collection, target) in live
+                   for target in referenced_ids(document, self.follow))
 
     def translate_known(self, documents: Mapping[str, Document | None]
                         ) -> dict[str, Document | None]:
@@ -92,13 +134,17 @@ class ReferenceResolver:
             for reference in self.references
             for target in referenced_ids(document, reference)
         }
-        lookup = self._lookup(wanted)
-        return {pid: translate(document, self.references, lookup) if document else None
+        lookup, live = self._lookup(wanted)
+        return {pid: translate(document, self.references, lookup)
+                if document and self._member(document, live) else None
                 for pid, document in documents.items()}
 
-    def copies_written(self, staging_ids: Mapping[str, Any]) -> None:
+    def copies_written(self, staging_ids: Mapping[str, Any], changed: Iterable[str] = ()
+                       ) -> None:
         """After this collection's writes: have the documents that were waiting for these
-        copies applied again, where a copy's staging `_id` is not production's."""
+        copies applied again, where a copy's staging `_id` is not production's; and the
+        followers of copies that became live or stopped being live (`changed`)."""
+        self._followers_again(set(changed))
         if not self.referenced_by or not staging_ids:
             return
         entries = list(self.pending.find({"target": self.name,
@@ -114,18 +160,38 @@ class ReferenceResolver:
                 self.republish(collection, sorted(pids))
         self.pending.delete_many({"_id": {"$in": [entry["_id"] for entry in entries]}})
 
-    def _lookup(self, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], Any]:
+    def _followers_again(self, changed: set[str]) -> None:
+        if not changed or not self.followers or self.republish is None:
+            return
+        ids = [decode_id(pid) for pid in sorted(changed)]
+        for follower in self.followers:
+            path = follower.reference.dotted
+            query = {"$or": [{path: {"$in": ids}}, {f"{path}.$id": {"$in": ids}}]}
+            pids = [encode_id(doc["_id"]) for doc in follower.production.find(query, {"_id": 1})]
+            if pids:
+                self.republish(follower.name, pids)
+
+    def _lookup(self, keys: Iterable[tuple[str, str]]
+                ) -> tuple[dict[tuple[str, str], Any], set[tuple[str, str]]]:
+        """Staging `_id`s of the copies of these referenced documents, and which are live."""
         by_collection: dict[str, list[str]] = defaultdict(list)
         for target, tpid in keys:
             by_collection[target].append(tpid)
         found: dict[tuple[str, str], Any] = {}
+        live: set[tuple[str, str]] = set()
         for target, tpids in by_collection.items():
-            cursor = self.targets[target].find(
-                {PID_FIELD: {"$in": tpids}}, {SYNC: 1}, collation=SIMPLE
+            copies = self.targets[target]
+            flag = split_dotted(copies.soft_delete_field)
+            cursor = copies.collection.find(
+                {PID_FIELD: {"$in": tpids}}, {SYNC: 1, copies.soft_delete_field: 1},
+                collation=SIMPLE,
             )
             for document in cursor:
-                found[(target, document[SYNC]["pid"])] = document["_id"]
-        return found
+                key = (target, document[SYNC]["pid"])
+                found[key] = document["_id"]
+                if not read_meta(document).deleted and get_path(document, flag) is not True:
+                    live.add(key)
+        return found, live
 
 
 def pending_count(state_db: Database[Document], collection: str) -> int:

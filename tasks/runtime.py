@@ -24,10 +24,10 @@ from tasks.pii_state import record_masking
 from tasks.pii_unclassified import forget_classified
 from tasks.publish import publish_apply
 from tasks.rate_limit import QueueRateLimiter
-from tasks.references import ReferenceResolver
+from tasks.references import Follower, ReferenceResolver, Target
 from tasks.routing import queue_for
 from tasks.rules.pii import Masker
-from tasks.rules.references import references_of
+from tasks.rules.references import Reference, references_of
 from tasks.staging import connect_staging
 
 # A delivery counter outlives any redelivery cycle of its message, then goes.
@@ -55,6 +55,7 @@ class Runtime:
             context = ApplyContext.build(
                 collection, masker, self.production.collection(collection), self.staging,
                 self.state_db, self.dead_letters, self._references(collection),
+                self.settings.secret_bytes(),
             )
             self._contexts[name] = context
         return context
@@ -67,10 +68,20 @@ class Runtime:
         targets = {}
         for name in set(collection.references.values()):
             target = self.settings.collection(name)
-            targets[name] = self.staging[target.target_db][target.target_collection]
+            targets[name] = Target(self.staging[target.target_db][target.target_collection],
+                                   target.soft_delete_field)
+        follow = collection.subset.follow if collection.subset else None
+        followers = [
+            Follower(other.name, Reference(other.subset.follow, collection.name),
+                     self.production.collection(other))
+            for other in self.settings.collections
+            if other.subset and other.subset.follow
+            and other.references[other.subset.follow] == collection.name
+        ]
         return ReferenceResolver(
             collection.name, references_of(collection.references), targets, self.state_db,
             referenced_by, self._apply_again,
+            Reference(follow, collection.references[follow]) if follow else None, followers,
         )
 
     def _apply_again(self, collection: str, pids: list[str]) -> None:

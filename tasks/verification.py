@@ -23,13 +23,14 @@ from deployments.production import ProductionReader, read_documents
 from settings.model import CollectionSettings, Settings
 from tasks.constants import watcher_key
 from tasks.dead_letters import DeadLetterStore
-from tasks.references import ReferenceResolver
+from tasks.references import ReferenceResolver, Target
 from tasks.rules.identity import decode_id, encode_id
 from tasks.rules.merge import owned_paths, production_content, production_view
 from tasks.rules.paths import Path, join_dotted, leaf_paths
 from tasks.rules.pii import Masker
 from tasks.rules.plan import CollectionRules
-from tasks.rules.references import reference_values, references_of
+from tasks.rules.references import Reference, reference_values, references_of
+from tasks.rules.subset import in_sample
 from tasks.rules.sync_meta import PID_FIELD, SYNC, read_meta
 from tasks.staging import SIMPLE, connect_staging
 
@@ -52,17 +53,19 @@ class Report:
     dead_lettered: dict[str, str] = field(default_factory=dict)
     different: dict[str, list[str]] = field(default_factory=dict)
     dangling: dict[str, list[str]] = field(default_factory=dict)  # reference path -> pids
+    orphans: list[str] = field(default_factory=list)  # live copies whose followed parent is not
 
     @property
     def equal(self) -> bool:
         return not (self.missing_in_staging or self.deleted_in_staging
                     or self.gone_in_production or self.dead_lettered or self.different
-                    or self.dangling)
+                    or self.dangling or self.orphans)
 
     def mismatched(self) -> set[str]:
         return (set(self.missing_in_staging) | set(self.deleted_in_staging)
                 | set(self.gone_in_production) | set(self.different) | set(self.dead_lettered)
-                | {pid for pids in self.dangling.values() for pid in pids})
+                | {pid for pids in self.dangling.values() for pid in pids}
+                | set(self.orphans))
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -78,6 +81,7 @@ class Report:
             "dead_lettered": self.dead_lettered,
             "different_fields": self.different,
             "dangling_references": self.dangling,
+            "outside_subset_closure": self.orphans,
         }
 
 
@@ -97,12 +101,16 @@ class Verifier:
         self.referenced_sources = {}
         for name in {reference.collection for reference in self.references}:
             other = settings.collection(name)
-            targets[name] = self.staging_client[other.target_db][other.target_collection]
+            targets[name] = Target(self.staging_client[other.target_db][other.target_collection],
+                                   other.soft_delete_field)
             self.referenced_sources[name] = self.production.collection(other)
+        follow = collection.subset.follow if collection.subset else None
+        self.follow = Reference(follow, collection.references[follow]) if follow else None
         self.resolver = ReferenceResolver(
             collection.name, self.references, targets,
-            self.staging_client[settings.staging.state_db],
+            self.staging_client[settings.staging.state_db], follow=self.follow,
         )
+        self.secret = settings.secret_bytes()
 
     def close(self) -> None:
         self.production.close()
@@ -110,12 +118,19 @@ class Verifier:
 
     def full_report(self, sample: int = 0) -> Report:
         report = Report(self.collection.name, sampled=sample > 0)
-        ids = [doc["_id"] for doc in self.source.find(self.collection.filter or {}, {"_id": 1})]
-        report.production_documents = len(ids)
+        ids = [doc["_id"] for doc in self.source.find(self.collection.filter or {}, {"_id": 1})
+               if self._sampled(encode_id(doc["_id"]))]
         chosen = random.sample(ids, sample) if 0 < sample < len(ids) else ids
-        self._compare(report, chosen)
-        self._count_staging(report, None if sample else {encode_id(i) for i in ids})
+        members = self._compare(report, chosen)
+        # Following a reference, membership is known once each document is looked at.
+        report.production_documents = len(ids) if sample else len(members)
+        self._count_staging(report, None if sample else members)
         return report
+
+    def _sampled(self, pid: str) -> bool:
+        subset = self.collection.subset
+        return subset is None or subset.percent is None or in_sample(
+            pid, subset.percent, self.secret)
 
     def recheck(self, previous: Report) -> Report:
         """Compare again only the documents that differed."""
@@ -126,16 +141,20 @@ class Verifier:
                         staging_unsynced=previous.staging_unsynced)
         pids = sorted(previous.mismatched())
         present = {encode_id(d["_id"]): d["_id"] for d in read_documents(
-            self.source, [decode_id(p) for p in pids], self.collection.filter)}
-        self._compare(report, list(present.values()))
-        gone = [p for p in pids if p not in present]
+            self.source, [decode_id(p) for p in pids], self.collection.filter)
+            if self._sampled(encode_id(d["_id"]))}
+        members = self._compare(report, list(present.values()))
+        gone = [p for p in pids if p not in members]
         for pid in gone:
             doc = self.target.find_one({PID_FIELD: {"$eq": pid}}, collation=SIMPLE)
             if doc is not None and not read_meta(doc).deleted:
                 report.gone_in_production.append(pid)
         return report
 
-    def _compare(self, report: Report, ids: list[Any]) -> None:
+    def _compare(self, report: Report, ids: list[Any]) -> set[str]:
+        """Compare these production documents with their copies; returns the pids in the
+        collection's subset (all of them without one)."""
+        members: set[str] = set()
         # Open dead letters, read once for the whole comparison (not once per chunk).
         dead = {entry["pid"]: entry["reason"]
                 for entry in self.dead_letters.list(self.collection.name)}
@@ -154,6 +173,9 @@ class Verifier:
             }
             self._dangling(report, masked, staging)
             for pid, document in production.items():
+                if document is None:
+                    continue  # outside the subset: staging must not hold it live
+                members.add(pid)
                 report.compared += 1
                 if pid in dead:
                     report.dead_lettered[pid] = dead[pid]
@@ -169,6 +191,7 @@ class Verifier:
                 paths = _differences(document, mirror, self.rules)
                 if paths:
                     report.different[pid] = paths
+        return members
 
     def _dangling(self, report: Report, production: dict[str, Any],
                   staging: dict[str, dict[str, Any]]) -> None:
@@ -176,7 +199,7 @@ class Verifier:
         collection while production's value matches a production document."""
         for reference in self.references:
             staged = {pid: reference_values(doc, reference) for pid, doc in staging.items()}
-            found = _existing(self.resolver.targets[reference.collection],
+            found = _existing(self.resolver.targets[reference.collection].collection,
                               [v for values in staged.values() for v in values])
             broken = [pid for pid, values in staged.items()
                       if any(encode_id(v) not in found for v in values)]
@@ -191,7 +214,11 @@ class Verifier:
                     report.dangling.setdefault(reference.dotted, []).append(pid)
 
     def _count_staging(self, report: Report, production_pids: set[str] | None) -> None:
-        for doc in self.target.find({}, {SYNC: 1}):
+        projection: dict[str, Any] = {SYNC: 1}
+        if self.follow is not None:
+            projection[self.follow.dotted] = 1
+        parents: dict[str, list[Any]] = {}
+        for doc in self.target.find({}, projection):
             meta = read_meta(doc)
             if meta.pid is None:
                 report.staging_unsynced += 1
@@ -201,6 +228,23 @@ class Verifier:
                 report.staging_live += 1
                 if production_pids is not None and meta.pid not in production_pids:
                     report.gone_in_production.append(meta.pid)
+                if self.follow is not None:
+                    parents[meta.pid] = reference_values(doc, self.follow)
+        if self.follow is not None:
+            self._closure(report, parents)
+
+    def _closure(self, report: Report, parents: dict[str, list[Any]]) -> None:
+        """A live copy that follows a reference needs a live parent copy in staging."""
+        assert self.follow is not None
+        target = self.resolver.targets[self.follow.collection]
+        values = [value for found in parents.values() for value in found]
+        live: set[str] = set()
+        for start in range(0, len(values), CHUNK):
+            query = {"_id": {"$in": values[start:start + CHUNK]},
+                     target.soft_delete_field: {"$ne": True}}
+            live |= {encode_id(doc["_id"]) for doc in target.collection.find(query, {"_id": 1})}
+        report.orphans = sorted(pid for pid, found in parents.items()
+                                if not any(encode_id(value) in live for value in found))
 
     def wait_caught_up(self, redis_url: str, timeout: float, since: float) -> bool:
         """Until the watcher has found its stream empty with nothing in flight at a moment

@@ -149,6 +149,8 @@ class PlannedWrite:
     document: dict[str, Any] | None = None
     update: Update | None = None
     delete: bool = False
+    # The document becomes a live copy (created, adopted, revived): relevant to subsets.
+    enters: bool = False
 
     @property
     def is_insert(self) -> bool:
@@ -355,7 +357,7 @@ def _plan_present(
         created = {"_id": staging_id, **content}
         set_path(created, rules.soft_delete_field, False)
         created[SYNC] = meta
-        write = PlannedWrite(pid, staging_id, None, "created", created)
+        write = PlannedWrite(pid, staging_id, None, "created", created, enters=True)
     elif _unchanged(target, target_meta, pid, key, digest, staging.whole, rules):
         write = _version_only(pid, target, target_meta, version, "unchanged")
     else:
@@ -378,7 +380,7 @@ def _plan_present(
             plan.deferred.append(pid)
             return
         write = PlannedWrite(pid, staging_id, _expectation(target_meta), "updated",
-                             update=update)
+                             update=update, enters=target_meta.deleted or not target_meta.synced)
 
     state.claimed_keys[key] = pid
     if target is not None:

@@ -28,7 +28,7 @@ from settings.model import CollectionSettings, ProductionSettings, Settings
 from tasks.applier import ApplyContext, apply_changes
 from tasks.dead_letters import DeadLetterStore
 from tasks.indexes import ensure_indexes
-from tasks.references import ReferenceResolver
+from tasks.references import ReferenceResolver, Target
 from tasks.rules.identity import encode_id
 from tasks.rules.pii import Masker
 from tasks.rules.references import references_of
@@ -73,7 +73,7 @@ def new_world(clients: tuple[ProductionReader, Any, Any]) -> World:
     ensure_indexes(staging, config)
     state = staging[f"rst_{tag}"]
     world_again: list[str] = []
-    user_targets = {users.name: staging[users.target_db][users.target_collection]}
+    user_targets = {users.name: Target(staging[users.target_db][users.target_collection])}
     users_context = ApplyContext.build(
         users, Masker({}, b""), reader.collection(users), staging, state, DeadLetterStore(state),
         ReferenceResolver(users.name, (), {}, state, [orders.name],
