@@ -79,6 +79,8 @@ class Demo:
                  "target": "shop_staging.orders", "business_key": ["userEmail", "orderNo"],
                  "staging_fields": ["qaNotes"],
                  "partitions": 2,
+                 # Written as the staging _id of the user's copy: relations hold in staging.
+                 "references": {"customerId": f"demo_users_{tag}"},
                  "pii": {"userEmail": "hash", "customer.name": "fake:name",
                          "customer.phone": "fake:phone", "customer.address": "fake:address"}},
                 {"name": f"demo_users_{tag}", "source": "shop.users",
@@ -146,7 +148,8 @@ class Demo:
     def order(self, i: int, users: list[dict[str, Any]]) -> dict[str, Any]:
         user = self.rng.choice(users)
         return {
-            "userEmail": user["email"], "orderNo": i, "status": self.rng.choice(STATUSES),
+            "userEmail": user["email"], "customerId": user["_id"], "orderNo": i,
+            "status": self.rng.choice(STATUSES),
             "total": round(self.rng.uniform(5, 500), 2),
             "items": [{"sku": f"SKU-{self.rng.randint(1, 999)}", "qty": self.rng.randint(1, 3)}
                       for _ in range(self.rng.randint(1, 4))],

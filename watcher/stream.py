@@ -1,7 +1,14 @@
 """One collection's watcher: lease, change stream, micro-batches, checkpoint.
 
-The loop reads with `try_next()` (never a blocking iterator: it spins on some servers and
-cannot notice a stop request), so between reads it can drain done reports, move and persist
+One stream per collection, not one per database: each collection has its own checkpoint,
+lease, backpressure and history-lost recovery (a resync of that collection only), and the
+collections of one database can be split over several watcher processes. A database stream
+would share one resume token among collections that move at different speeds, so one slow
+queue would hold every other collection's checkpoint back. The price is one cursor per
+collection on production.
+
+The loop reads with `try_next()` (a blocking iterator cannot notice a stop request), so
+between reads it can drain done reports, move and persist
 the checkpoint, renew its lease, notice a wiped Redis, re-publish work that timed out, and
 stop reading when too much is in flight (backpressure: the stream simply waits in the oplog).
 

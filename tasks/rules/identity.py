@@ -1,9 +1,12 @@
 """How a document is recognised across deployments: encoded production `_id`s and business keys.
 
-Production `_id`s travel through Redis and are stored in staging as canonical Extended JSON
-strings. Strings (not the raw values) because some servers cannot match an ObjectId held
-outside `_id`, and canonical Extended JSON because it keeps types apart: `ObjectId("ab…")`,
-`"ab…"`, `1` and `1.0` each get their own spelling.
+Production `_id`s travel through Redis and are stored in staging (`_sync.pid`) as canonical
+Extended JSON strings. One spelling everywhere (messages, dead letters, done reports, the
+pending references, staging) means no decoding on the hot path and one index type. Canonical
+Extended JSON keeps apart what MongoDB's comparisons would merge: `1`, `NumberLong(1)` and
+`1.0` are equal to a query and to a unique index, but each gets its own spelling here, so a
+copy is found by exactly the `_id` it came from. (Strings compare under collations; stagesync
+reads `_sync.pid` with the simple collation, and its index has it.)
 """
 
 from __future__ import annotations

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+import bson
 from bson import ObjectId
 
 from settings.model import CollectionSettings
@@ -246,3 +247,16 @@ def test_a_document_that_predates_the_sync_is_adopted() -> None:
 def test_one_key_claimed_twice_in_a_batch_defers_the_second() -> None:
     result = plan({P1: prod("a@x"), P2: prod("a@x")}, [])
     assert len(result.writes) == 1 and len(result.deferred) == 1
+
+
+def test_a_document_with_many_small_fields_fits_with_its_sync_metadata() -> None:
+    # ~6.8 MB of small fields: listing every owned path as a string (the earlier
+    # `_sync.owned`) took more than that again and pushed the copy over 16 MiB, dead-lettering
+    # a document production holds fine.
+    fields = {f"m{i:06d}": i for i in range(520_000)}
+    document = prod("big@x", **fields)
+    as_strings = len(bson.encode({"owned": sorted(fields)}))
+    assert len(bson.encode(document)) + as_strings > 16 * 1024 * 1024
+    [write] = plan({P1: document}, []).writes
+    assert write.outcome == "created"
+    assert len(bson.encode(write.document)) < 0.6 * (len(bson.encode(document)) + as_strings)
