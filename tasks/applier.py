@@ -35,6 +35,7 @@ from tasks.staging import TargetCollection
 from tasks.versions import take_version
 
 MAX_ROUNDS = 6
+DUPLICATE_KEY = 11000
 # Outcomes after which the document holds this apply's read (or a newer one).
 DONE_OUTCOMES = frozenset({"created", "updated", "unchanged", "soft_deleted", "tombstoned"})
 
@@ -180,6 +181,7 @@ def apply_documents(
     lost: set[str] = set()
     whole: set[Any] = set()
     taken: set[str] = set()
+    retried: set[str] = set()
     # Keys come from production's values; what is written has its references translated.
     keys = {pid: context.rules.key_of(doc) for pid, doc in production.items() if doc}
     content = _translated(context, production)
@@ -206,7 +208,7 @@ def apply_documents(
         if plan.releases:
             context.target.execute(plan.releases)
             result.staging_writes += len(plan.releases)
-        lost = _execute(context, plan.writes, version, result, refused, done, taken)
+        lost = _execute(context, plan.writes, version, result, refused, done, taken, retried)
         result.outcomes["superseded"] += len(plan.superseded)
         done.update(plan.superseded)
         for letter in plan.dead_letters:
@@ -267,6 +269,7 @@ def _execute(
     refused: dict[str, str],
     done: set[str],
     taken: set[str],
+    retried: set[str],
 ) -> set[str]:
     """Run one round's writes; return the pids whose write lost a race."""
     if not writes:
@@ -284,6 +287,12 @@ def _execute(
                 # Or production's `_id` is held by a staging document of another origin:
                 # the next round gives the copy a new one unless it finds its own copy.
                 taken.add(encode_id(write.staging_id))
+        elif code == DUPLICATE_KEY and write.is_insert and write.pid not in retried:
+            # A duplicate on an index of the user's: the server may check it before ours when
+            # another apply inserted this very document first. One more round tells: it finds
+            # its own copy then, or refuses again for good.
+            retried.add(write.pid)
+            lost.add(write.pid)
         else:
             refused[write.pid] = f"code {code}: {message}"
     failed = {writes[index].pid for index in report.failed}

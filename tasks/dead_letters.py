@@ -12,10 +12,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from pymongo import UpdateOne
 from pymongo.database import Database
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import BulkWriteError
 
 from tasks.constants import DEAD_LETTERS
+
+DUPLICATE_KEY = 11000
 
 OPEN = "open"
 RESOLVED = "resolved"
@@ -50,35 +53,43 @@ class DeadLetterStore:
     def record(self, entries: Iterable[DeadLetterEntry]) -> int:
         """Open (or update) entries, unless a newer apply already decided about the document.
 
-        "Now" is set with `$currentDate`, which every server stores as a date.
+        One unordered bulk write. An entry that holds a newer version does not match the
+        filter, and its upsert fails on the `_id` (11000): that verdict is stale, skipped.
         """
-        count = 0
         now = datetime.now(UTC)  # firstSeen, set only when the entry is inserted
-        for entry in entries:
-            # Plain update_one (not a bulk): some servers store datetimes set in a bulk as text.
-            try:
-                self.entries.update_one(
-                    {"$and": [{"_id": entry_id(entry.collection, entry.pid)},
-                              {"version": {"$lt": entry.version}}]},
-                    {
-                        "$set": {
-                            "state": OPEN, "op": entry.op, "reason": entry.reason,
-                            "error": entry.error[:1000], "key": entry.key,
-                            "version": entry.version,
-                        },
-                        "$currentDate": {"lastSeen": True},
-                        "$unset": {"resolvedAt": "", "expireAt": ""},
-                        "$inc": {"attempts": 1},
-                        "$setOnInsert": {
-                            "collection": entry.collection, "pid": entry.pid, "firstSeen": now,
-                        },
+        operations = [
+            UpdateOne(
+                {"_id": entry_id(entry.collection, entry.pid),
+                 "version": {"$lt": entry.version}},
+                {
+                    "$set": {
+                        "state": OPEN, "op": entry.op, "reason": entry.reason,
+                        "error": entry.error[:1000], "key": entry.key,
+                        "version": entry.version,
                     },
-                    upsert=True,
-                )
-            except DuplicateKeyError:
-                continue  # the entry holds a newer version: this verdict is stale
-            count += 1
-        return count
+                    "$currentDate": {"lastSeen": True},
+                    "$unset": {"resolvedAt": "", "expireAt": ""},
+                    "$inc": {"attempts": 1},
+                    "$setOnInsert": {
+                        "collection": entry.collection, "pid": entry.pid, "firstSeen": now,
+                    },
+                },
+                upsert=True,
+            )
+            for entry in entries
+        ]
+        if not operations:
+            return 0
+        try:
+            result = self.entries.bulk_write(operations, ordered=False)
+            return result.matched_count + result.upserted_count
+        except BulkWriteError as error:
+            details = error.details
+            if any(failure.get("code") != DUPLICATE_KEY for failure in details["writeErrors"]):
+                raise
+            if details.get("writeConcernErrors"):
+                raise
+            return int(details.get("nMatched", 0)) + int(details.get("nUpserted", 0))
 
     def clear(self, collection: str, pids: Iterable[str], older_than: int) -> int:
         """Resolve entries that an apply with version `older_than` has made obsolete.
@@ -90,7 +101,7 @@ class DeadLetterStore:
         ids = [entry_id(collection, pid) for pid in pids]
         if not ids:
             return 0
-        query = {"$and": [{"_id": {"$in": ids}}, {"version": {"$lt": older_than}}]}
+        query = {"_id": {"$in": ids}, "version": {"$lt": older_than}}
         update = {"$set": {"state": RESOLVED, "version": older_than,
                            "expireAt": datetime.now(UTC) + RESOLVED_KEPT},
                   "$currentDate": {"resolvedAt": True}}
@@ -117,7 +128,7 @@ class DeadLetterStore:
 
     def get(self, collection: str, pid: str) -> dict[str, Any] | None:
         return self.entries.find_one(
-            {"$and": [{"_id": entry_id(collection, pid)}, {"state": {"$eq": OPEN}}]}
+            {"_id": entry_id(collection, pid), "state": {"$eq": OPEN}}
         )
 
     def count(self, collection: str | None = None) -> int:

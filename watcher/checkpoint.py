@@ -36,11 +36,11 @@ class WatcherRecord:
     def acquire(self) -> bool:
         """Take the lease if it is free, expired or already ours."""
         now = time.time()
-        query = {"$and": [
-            {"_id": self.collection},
-            {"$or": [{"owner": {"$eq": self.owner}}, {"leaseUntil": {"$lt": now}},
-                     {"owner": {"$eq": None}}]},
-        ]}
+        query = {
+            "_id": self.collection,
+            "$or": [{"owner": {"$eq": self.owner}}, {"leaseUntil": {"$lt": now}},
+                    {"owner": {"$eq": None}}],
+        }
         update = {
             "$set": {"owner": self.owner, "leaseUntil": now + self.lease,
                      "host": socket.gethostname(), "pid": os.getpid()},
@@ -54,14 +54,14 @@ class WatcherRecord:
 
     def renew(self) -> bool:
         result = self.documents.update_one(
-            {"$and": [{"_id": self.collection}, {"owner": {"$eq": self.owner}}]},
+            {"_id": self.collection, "owner": {"$eq": self.owner}},
             {"$set": {"leaseUntil": time.time() + self.lease}},
         )
         return result.matched_count == 1
 
     def release(self) -> None:
         self.documents.update_one(
-            {"$and": [{"_id": self.collection}, {"owner": {"$eq": self.owner}}]},
+            {"_id": self.collection, "owner": {"$eq": self.owner}},
             {"$set": {"owner": None, "leaseUntil": time.time()}},
         )
 
@@ -75,7 +75,7 @@ class WatcherRecord:
         if stamp:
             update["$currentDate"] = {stamp: True}
         result = self.documents.update_one(
-            {"$and": [{"_id": self.collection}, {"owner": {"$eq": self.owner}}]}, update
+            {"_id": self.collection, "owner": {"$eq": self.owner}}, update
         )
         return result.matched_count == 1
 

@@ -5,12 +5,14 @@ ChangeStreamFatalError, 260 InvalidResumeToken, step-downs (NotPrimaryError) and
 key lost to a race at one exact moment. A fake stands in for one call (a change stream, one
 bulk write); the rest is real: staging, Redis, a Celery app publishing to Redis, the watcher's
 own loop. Each must lead to the documented behaviour: a stream that cannot go on -> say so,
-full resync, stream again from a fresh token; network trouble -> resume from the checkpoint,
-no resync; a racing duplicate key -> re-plan; a step-down -> a transient error the task retries.
+full resync, stream again from a fresh token; a step-down under the stream -> resume from the
+checkpoint, no resync; a racing duplicate key -> re-plan; a step-down under a bulk write -> a
+transient error the task retries.
 
 Tested for real elsewhere, against the server: 286 ChangeStreamHistoryLost
 (test_stream_history.py), 9 for an unreadable stored token (test_resume_token_errors.py), and
-drop, rename and database drop, each followed by `invalidate` (test_collection_lifecycle.py).
+drop, rename and database drop, each followed by `invalidate` (test_collection_lifecycle.py),
+and a connection lost to a server killed and restarted (test_server_restarts.py).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import pytest
 import redis
 from bson import ObjectId
 from celery import Celery
-from pymongo.errors import AutoReconnect, BulkWriteError, NotPrimaryError, OperationFailure
+from pymongo.errors import BulkWriteError, NotPrimaryError, OperationFailure
 
 from deployments.production import ProductionReader
 from tasks.applier import ApplyContext, apply_changes
@@ -171,14 +173,14 @@ def test_fatal_errors_mid_stream_start_a_resync(
              == {"_data": "after"}, 20, "streaming again from a fresh token")
 
 
-def test_network_errors_resume_from_the_checkpoint_without_a_resync(
+# A connection lost to a server restart is tested for real in test_server_restarts.py.
+def test_a_step_down_mid_stream_resumes_from_the_checkpoint_without_a_resync(
     pipeline: Pipeline, watcher_factory: Any
 ) -> None:
     name = pipeline.collections[0]["name"]
     seed_checkpoint(pipeline.state(), name)
     pid = ObjectId()
     source = FakeSource([
-        fresh(TOKEN, [AutoReconnect("connection reset")]),
         fresh(TOKEN, [NotPrimaryError("not primary")]),
         fresh(TOKEN, [event("insert", documentKey={"_id": pid})]),
     ])
@@ -186,7 +188,7 @@ def test_network_errors_resume_from_the_checkpoint_without_a_resync(
     client = redis.Redis.from_url(pipeline.redis_url)
     wait_for(lambda: client.llen(f"stagesync.{name}") >= 1, 30,
              "the change enqueued after reconnecting")
-    assert source.opened_with[:3] == [TOKEN, TOKEN, TOKEN]  # resumed, not restarted
+    assert source.opened_with[:2] == [TOKEN, TOKEN]  # resumed, not restarted
     assert resync_reasons(state) == []
 
 

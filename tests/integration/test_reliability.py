@@ -53,11 +53,8 @@ def test_poison_change_is_isolated_dead_lettered_and_replayed_after_the_fix(
     still = pipeline.cli("dlq", "replay", "--collection", pipeline.collections[0]["name"])
     assert still.returncode == 1 and "1 still failing" in still.stdout, still.stdout
 
-    # The cause is fixed. (By the name the server reports: nx-27017 ignores index names given
-    # at creation and silently ignores a drop by that name, a quirk.)
-    [index_name] = [name for name, spec in pipeline.staging().index_information().items()
-                    if spec["key"] == [("code", 1)]]
-    pipeline.staging().drop_index(index_name)
+    # The cause is fixed.
+    pipeline.staging().drop_index("qa_unique_code")
     replay = pipeline.cli("dlq", "replay", "--collection", pipeline.collections[0]["name"])
     assert replay.returncode == 0 and "1 resolved" in replay.stdout, replay.stdout + replay.stderr
     assert synced(pipeline, poison) is not None

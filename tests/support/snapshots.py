@@ -9,11 +9,7 @@ from pymongo import MongoClient
 
 
 def production_snapshot(client: MongoClient[Any]) -> dict[str, Any]:
-    """Every collection holding something: its index names and raw documents.
-
-    nx-27017 quirk (MONGO-TEST-SERVER.md): a read of a missing database lists that database,
-    empty, where real MongoDB creates nothing; databases without collections are left out.
-    """
+    """Every collection: its index names and raw documents."""
     snapshot: dict[str, Any] = {}
     for database in sorted(client.list_database_names()):
         if database in ("admin", "local", "config"):

@@ -14,8 +14,10 @@ and the expanded DDL events (`create`, `createIndexes`, `dropIndexes`, `modify`,
 `shardCollection`, `refineCollectionShardKey`, `reshardCollection`) with their
 `operationDescription` and `collectionUUID`.
 
-The test server used elsewhere never produces most of these (see MONGO-TEST-SERVER.md), so this
-module is the evidence that the watcher reads real events correctly.
+The integration tests put the common events (insert, update, replace, delete, drop, rename,
+invalidate) through the watcher against the test server. The shapes only other deployments send
+(sharded `documentKey`s, expanded DDL events, transactions' `lsid`, pre-images) are checked here
+only, from the manual.
 """
 
 from __future__ import annotations
