@@ -4,12 +4,13 @@ Why not poll a full comparison: reading 20k documents costs the test server ~0.8
 which would steal from the system under test on a 2-core machine and blur the end time.
 Instead, every workload write sets `writeSeq` (see `bench.workload`), so each document's final
 state is known in advance. The tracker reads only documents not yet confirmed, oldest final
-write first, in `$in` batches (~40 ms for 500 documents), and never re-reads a confirmed one.
+write first, in `$in` batches of `PROBE_BATCH` documents, and never re-reads a confirmed one.
 The end time is when the last pending document is confirmed; a full `verify_equal` follows,
 untimed, and a run that does not verify does not count.
 
 A staging document is found by a `StagingLocator`: by `_id` for the baselines (their staging
-copy keeps production's `_id`), by business key for a system whose staging `_id`s differ.
+copy keeps production's `_id`); a system whose staging `_id`s differ brings its own
+(`bench.product.BySyncPid`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,17 @@ from typing import Any, Protocol
 from pymongo.collection import Collection
 
 from bench.workload import MARKER, Expected, WriteRecord
+
+# Documents per probe query. Small on purpose: SecantusDB's `$in` costs more per value the
+# longer the list (20k documents, indexed `_id`: 100 values 26 ms, 500 values 450 ms, 2,000
+# values 8.8 s; MongoDB's is linear), and the probes re-read the unconfirmed head every poll,
+# so 500-document probes took most of the staging server's CPU from the system under test.
+PROBE_BATCH = 100
+# While the head stays unconfirmed, the pause between probes grows with the time being measured
+# (this fraction of it, never below the base poll): the figure is overstated by at most ~1 %,
+# and a system far behind is not probed 20-50 times a second, on this 2-core machine each probe
+# being staging-server CPU taken from the system under test.
+RELATIVE_POLL = 0.01
 
 
 class StagingLocator(Protocol):
@@ -45,38 +57,6 @@ class ByProductionId:
         return {d["_id"]: d for d in found if not _soft_deleted(d, self.soft_delete_field)}
 
 
-@dataclass(frozen=True)
-class ByBusinessKey:
-    """Staging `_id`s differ from production's: match on the business key fields.
-
-    Queries `$in` on the first key field (explicit operator, indexed on any sane staging) and
-    filters the rest client-side; `$or` of `$eq` clauses is pathologically slow on the test server.
-    """
-
-    fields: tuple[str, ...]
-    soft_delete_field: str | None = "deleted"
-
-    def fetch(self, coll: Collection[Any], wanted: Sequence[Expected]) -> dict[Any, dict[str, Any]]:
-        by_key = {w.key: w.id for w in wanted}
-        projection = {MARKER: 1, **{f: 1 for f in self.fields}}
-        if self.soft_delete_field:
-            projection[self.soft_delete_field] = 1
-        out: dict[Any, dict[str, Any]] = {}
-        for doc in coll.find({self.fields[0]: {"$in": sorted({w.key[0] for w in wanted})}},
-                             projection):
-            key = tuple(_get(doc, f) for f in self.fields)
-            if key in by_key and not _soft_deleted(doc, self.soft_delete_field):
-                out[by_key[key]] = doc
-        return out
-
-
-def _get(doc: dict[str, Any], path: str) -> Any:
-    value: Any = doc
-    for part in path.split("."):
-        value = value.get(part) if isinstance(value, dict) else None
-    return value
-
-
 def _soft_deleted(doc: dict[str, Any], soft_delete_field: str | None) -> bool:
     return bool(soft_delete_field and doc.get(soft_delete_field))
 
@@ -96,7 +76,7 @@ def wait_until_applied(
     locator: StagingLocator,
     expected: Iterable[Expected],
     timeout: float,
-    batch: int = 500,
+    batch: int = PROBE_BATCH,
     poll: float = 0.05,
 ) -> tuple[float | None, int]:
     """Block until staging shows every expected final state, or `timeout` seconds pass.
@@ -104,14 +84,15 @@ def wait_until_applied(
     Returns (monotonic time the last document was confirmed or None on timeout, still pending).
     """
     pending = sorted(expected, key=lambda e: e.seq)
-    deadline = time.monotonic() + timeout
+    started = time.monotonic()
+    deadline = started + timeout
     while pending and time.monotonic() < deadline:
         head = pending[:batch]
         found = locator.fetch(coll, head)
         left = [e for e in head if not _applied(found.get(e.id), e)]
         pending = left + pending[batch:]
         if left:  # later writes are even less likely done: wait, then retry from the oldest
-            time.sleep(poll)
+            time.sleep(max(poll, RELATIVE_POLL * (time.monotonic() - started)))
     return (time.monotonic() if not pending else None), len(pending)
 
 
@@ -128,7 +109,7 @@ class LagObserver:
     coll: Collection[Any]
     locator: StagingLocator
     poll: float = 0.02
-    batch: int = 300
+    batch: int = PROBE_BATCH
     lags: list[float] = field(default_factory=list)
     _pending: list[tuple[WriteRecord, Expected]] = field(default_factory=list)
     _deleted_at: dict[Any, int] = field(default_factory=dict)
@@ -165,6 +146,7 @@ class LagObserver:
         while not self._stop.is_set():
             with self._lock:
                 head = self._pending[: self.batch]
+            wait = self.poll
             if head:
                 found = self.locator.fetch(self.coll, [e for _, e in head])
                 seen_at = time.monotonic()
@@ -172,7 +154,10 @@ class LagObserver:
                 with self._lock:
                     self.lags.extend(seen_at - r.sent for r, _ in head if id(r) in done)
                     self._pending = [p for p in self._pending if id(p[0]) not in done]
-            self._stop.wait(self.poll)
+                unseen = [r.sent for r, _ in head if id(r) not in done]
+                if unseen:  # relative to the youngest unseen write's age: its lag is >= that
+                    wait = max(wait, RELATIVE_POLL * (seen_at - max(unseen)))
+            self._stop.wait(wait)
 
     def _seen(self, doc: dict[str, Any] | None, wanted: Expected) -> bool:
         if _applied(doc, wanted):

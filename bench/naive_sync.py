@@ -1,10 +1,9 @@
 """Baseline (a): the naive per-event loop of the original design.
 
 Per change event, in order, one at a time: read the production document by `_id`, find the
-staging document by business key (explicit `$eq` filters, served by the original's compound
-index on `(userEmail, accountId)`, so the test server's slow implicit equality does not make the
-baseline look worse than it is), then insert it or `replace_one` it by the staging `_id`. That
-is up to three round trips per event, no batching, no queue: its rate is set by round-trip time.
+staging document by business key (served by the original's compound index on
+`(userEmail, accountId)`), then insert it or `replace_one` it by the staging `_id`. That is up
+to three round trips per event, no batching, no queue: its rate is set by round-trip time.
 
 Deletes: a delete event carries only the production `_id` (no `fullDocument` on real MongoDB
 without pre-images), so the business key cannot be known. The baseline's staging starts as a
@@ -30,7 +29,7 @@ from pymongo.collection import Collection
 
 from bench.procs import baseline_args, collection, stop_event, write_json
 
-IDLE_SLEEP = 0.01  # seconds to wait after an empty `try_next()` (see MONGO-TEST-SERVER.md)
+IDLE_SLEEP = 0.01  # seconds to wait after an empty `try_next()`: an idle loop must not spin
 
 
 def create_key_index(staging: Collection[Any], key_fields: Sequence[str]) -> None:
@@ -52,7 +51,7 @@ def apply_event(
     doc = prod.find_one({"_id": prod_id})
     if doc is None:
         return "vanished"  # deleted since the event; its own delete event follows
-    found = staging.find_one({f: {"$eq": doc.get(f)} for f in key_fields}, {"_id": 1})
+    found = staging.find_one({f: doc.get(f) for f in key_fields}, {"_id": 1})
     if found is None:
         staging.insert_one(doc)
         return "inserted"

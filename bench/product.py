@@ -24,8 +24,7 @@ runner dies) and a timer SIGTERMs them after `ctx.max_seconds`.
 
 Tuning, for trying alternatives without editing code: `BENCH_STAGESYNC_*` variables (see
 `Tuning`; defaults are the settled configuration, 1 worker x -c 2 with the product's batching
-defaults and `max_inflight_batches` = worker processes, resync chunks of 5000, TTL index dropped
-after start), e.g.
+defaults and `max_inflight_batches` = worker processes, resync chunks of 5000), e.g.
     BENCH_STAGESYNC_WORKERS=2 BENCH_STAGESYNC_BATCH=default python -m bench.run ...
 """
 
@@ -45,7 +44,8 @@ from typing import Any
 
 import redis
 import yaml
-from pymongo import MongoClient
+from pymongo import ASCENDING, IndexModel, MongoClient
+from pymongo.collation import Collation
 from pymongo.collection import Collection
 
 from bench.procs import spawn
@@ -61,7 +61,7 @@ from bench.workload import BUSINESS_KEY, MARKER, Expected
 from settings import load_settings
 from tasks.constants import RESYNCS, WATCHERS, watcher_key
 from tasks.rules.identity import encode_id
-from tasks.rules.sync_meta import PID_FIELD, SYNC
+from tasks.rules.sync_meta import KEY_FIELD, PID_FIELD, SYNC
 
 VENV_BIN = Path(sys.executable).parent
 COLLECTION = "orders"
@@ -70,6 +70,7 @@ STATE_DB = "stagesync"
 READY_TIMEOUT = 90.0  # seconds for workers to log "ready" and the watcher to stream
 STOP_TIMEOUT = 30.0  # SIGTERM -> SIGKILL: the watcher drains for up to 5 s, workers finish a task
 ENV_PREFIX = "BENCH_STAGESYNC_"
+SIMPLE_COLLATION = Collation(locale="simple")
 
 
 # -- tuning --------------------------------------------------------------------------------------
@@ -81,14 +82,17 @@ class Tuning:
     concurrency: int = 2
     batch: int | None = None  # watcher.batch_max_size (product default 2000)
     batch_wait_ms: int | None = None  # watcher.batch_max_wait_ms (product default 20)
+    busy_wait_ms: int | None = None  # watcher.busy_batch_wait_ms (product default 250)
     partitions: int | None = None  # collections[].partitions (product default 1)
     resync_chunk: int | None = 5000  # collections[].resync_chunk_size (product default 1000)
     write_concern: str = "majority"
     log_level: str = "INFO"
     pool: str = "prefork"
-    # "drop": remove the product's TTL index on the target after start (test-server quirk: a
-    # TTL index makes every query on that collection scan it; see bench/README.md).
-    ttl_index: str = "drop"
+    # "add": plain twins of the product's partial `_sync` indexes, after start (test-server
+    # difference: SecantusDB never uses a partial index; see `add_index_twins`).
+    index_twins: str = "add"
+    # Resync cases measured: "empty" and/or "again" (an already-synced staging).
+    resync_cases: str = "empty,again"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> Tuning:
@@ -97,13 +101,13 @@ class Tuning:
             raw = env.get(ENV_PREFIX + item.name.upper())
             if raw is None or raw == "":
                 continue
-            if raw.lower() == "default" and item.name in ("batch", "batch_wait_ms", "partitions",
-                                                          "resync_chunk"):
+            if raw.lower() == "default" and item.name in ("batch", "batch_wait_ms", "busy_wait_ms",
+                                                          "partitions", "resync_chunk"):
                 values[item.name] = None  # the product's own default
                 continue
             values[item.name] = int(raw) if item.name in ("workers", "concurrency", "batch",
-                                                          "batch_wait_ms", "partitions",
-                                                          "resync_chunk") else raw
+                                                          "batch_wait_ms", "busy_wait_ms",
+                                                          "partitions", "resync_chunk") else raw
         return cls(**values)
 
     def describe(self) -> str:
@@ -112,10 +116,12 @@ class Tuning:
                  f"batch_max_size {self.batch or 'default (2000)'}",
                  f"max_inflight_batches {self.workers * self.concurrency}",
                  f"batch_max_wait_ms {self.batch_wait_ms or 'default (20)'}",
+                 f"busy_batch_wait_ms {self.busy_wait_ms or 'default (250)'}",
                  f"partitions {self.partitions or 'default (1)'}",
                  f"resync_chunk_size {self.resync_chunk or 'default (1000)'}",
                  f"staging w={self.write_concern}", f"log {self.log_level}",
-                 f"TTL index {'dropped after start' if self.ttl_index == 'drop' else 'kept'}"]
+                 "plain twins of the partial _sync indexes "
+                 + ("added after start" if self.index_twins == "add" else "not added")]
         return ", ".join(parts)
 
     def env_assignments(self) -> str:
@@ -147,9 +153,12 @@ def write_config(
         "staging": {"uri": staging_uri, "write_concern": write_concern, "state_db": STATE_DB},
         "redis_url": redis_url,
         "collections": [collection],
+        # A numeric write concern is a measured trade-off here, not a production setting.
+        "allow_unsafe_concerns": write_concern != "majority",
     }
     # One batch in flight per worker process: more only queue up as small batches.
     watcher = {"batch_max_size": tuning.batch, "batch_max_wait_ms": tuning.batch_wait_ms,
+               "busy_batch_wait_ms": tuning.busy_wait_ms,
                "max_inflight_batches": tuning.workers * tuning.concurrency}
     data["watcher"] = {k: v for k, v in watcher.items() if v is not None}
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -399,8 +408,8 @@ def _start(tuning: Tuning, locator: BySyncPid) -> Callable[[BenchContext], Runni
             procs.wait_workers_ready()
             if ctx.scenario != "resync":
                 wait_streaming(procs, ctx.staging_direct_uri)
-            if tuning.ttl_index == "drop":
-                drop_ttl_index(ctx)  # every product process has run ensure_indexes by now
+            if tuning.index_twins == "add":
+                add_index_twins(ctx)  # every product process has run ensure_indexes by now
             if ctx.scenario != "resync":
                 prime_locator(locator, ctx)
             procs.snapshot_redis()
@@ -412,18 +421,20 @@ def _start(tuning: Tuning, locator: BySyncPid) -> Callable[[BenchContext], Runni
     return start
 
 
-def drop_ttl_index(ctx: BenchContext) -> None:
-    """Test-server workaround, opt-in: on nx-27017 a collection with a TTL index pays a scan
-    on every query (measured: a compound-index `$eq` find goes from ~0.5 ms to ~40 ms at 20k
-    documents), which real MongoDB does not (its TTL monitor runs once a minute)."""
-    from tasks.rules.sync_meta import EXPIRE_AT_FIELD
-
+def add_index_twins(ctx: BenchContext) -> None:
+    """Test-server workaround (SecantusDB 0.7.0b3 differs from MongoDB here): its planner never
+    uses a partial index, so every `_sync.pid` / `_sync.key` query of the apply path (served
+    on MongoDB by the product's unique indexes with `partialFilterExpression: {$exists: true}`,
+    which an equality or `$in` on a non-null value implies) scans the whole collection, once
+    per `$in` value: measured at 20k documents, a 200-pid `$in` takes ~9 s instead of ~50 ms.
+    A plain (non-unique, non-partial) index on the same field with the same simple collation,
+    added beside the product's, is used; uniqueness is still enforced by the product's own."""
     client: MongoClient[Any] = MongoClient(ctx.staging_direct_uri)
     try:
         db, _, name = ctx.target.partition(".")
-        for index in client[db][name].list_indexes():
-            if "expireAfterSeconds" in index and EXPIRE_AT_FIELD in index["key"]:
-                client[db][name].drop_index(index["name"])
+        client[db][name].create_indexes([
+            IndexModel([(field, ASCENDING)], name=f"bench_twin_{field.replace('.', '_')}",
+                       collation=SIMPLE_COLLATION) for field in (PID_FIELD, KEY_FIELD)])
     finally:
         client.close()
 
@@ -565,14 +576,14 @@ def dump_dead_letters(ctx: BenchContext, path: Path) -> dict[str, int]:
 class BySyncPid:
     """Staging documents by the production `_id` they record (`_sync.pid`), probed cheaply.
 
-    Why not query `_sync.pid` with `$in` each time: on the test server a `$in` on any field
-    but `_id` scans the whole collection (~80 ms at 20k documents, whatever the list's size),
-    and the completion and lag probes poll every 20-50 ms: they would take most of the staging
-    server's time from the system under test. Instead `prime()` (called at the end of `start`,
-    untimed) maps every production `_id` to its staging `_id` with one scan, polls use
-    `{"_id": {"$in": ...}}` (indexed), and a document created during the run is found once by
-    its business key with explicit `$eq`s (the product's compound index), checked against its
-    recorded `_sync.pid`, and remembered. A staging document never changes its `_sync.pid`.
+    Why not query `_sync.pid` with `$in` each time: the completion and lag probes poll every
+    20-50 ms, and on SecantusDB that query is served only by the bench's plain twin index (it
+    never uses the product's partial one, see `add_index_twins`), costlier per value than `_id`.
+    Instead `prime()` (called at the end of `start`, untimed) maps every production `_id` to its
+    staging `_id` with one scan, polls use `{"_id": {"$in": ...}}`, and a document created
+    during the run is found once by its business key (the product's compound index), checked
+    against its recorded `_sync.pid`, and remembered. A staging document never changes its
+    `_sync.pid`.
     """
 
     key_fields: tuple[str, ...] = BUSINESS_KEY
@@ -605,8 +616,10 @@ class BySyncPid:
         for pid, want in by_pid.items():
             if pid in self.staging_ids or self._next_lookup.get(pid, 0.0) > now:
                 continue
-            query = {f: {"$eq": v} for f, v in zip(self.key_fields, want.key, strict=True)}
-            for doc in coll.find(query, projection):
+            query = dict(zip(self.key_fields, want.key, strict=True))
+            # The simple collation, spelled out: the same as none on MongoDB, but SecantusDB
+            # uses the product's index (created with it) only for a query that names it.
+            for doc in coll.find(query, projection, collation=SIMPLE_COLLATION):
                 if _recorded_pid(doc) == pid:
                     self.staging_ids[pid] = doc["_id"]
                     found[pid] = doc
@@ -617,11 +630,9 @@ class BySyncPid:
 
 
 def _recorded_pid(doc: Mapping[str, Any]) -> str | None:
-    """`_sync.pid` of a document projected on it: real MongoDB nests a dotted projection, the
-    test server returns it flattened."""
-    value = doc.get(PID_FIELD)
-    if value is None and isinstance(doc.get(SYNC), Mapping):
-        value = doc[SYNC].get("pid")
+    """`_sync.pid` of a document projected on it (a dotted projection comes back nested)."""
+    sync = doc.get(SYNC)
+    value = sync.get("pid") if isinstance(sync, Mapping) else None
     return value if isinstance(value, str) else None
 
 
@@ -641,6 +652,7 @@ def systems(options: RunOptions) -> list[SystemSpec]:
             notes=[f"stagesync: {tuning.describe()}"
                    + (f" [{tuning.env_assignments()}]" if tuning.env_assignments() else "")],
             resync=_resync(tuning),
-            resync_cases=("empty", "again"),
+            resync_cases=tuple(case for case in tuning.resync_cases.split(",")
+                               if case in ("empty", "again")),
         ),
     ]

@@ -71,6 +71,9 @@ class Row:
     counters: dict[str, Any] = field(default_factory=dict)  # what the system's stop() returned
     cpu: dict[str, float] = field(default_factory=dict)  # CPU seconds per role while measured
     resync: ResyncOutcome | None = None
+    # 1-minute load average when the measurement began and ended: the machine is shared, and
+    # other work on its 2 cores shows in every figure.
+    load: tuple[float, float] | None = None
 
     @property
     def label(self) -> str:
@@ -141,6 +144,7 @@ def run_one(scenario: str, network: str, spec: SystemSpec, opts: RunOptions, roo
         stack.callback(system.stop)
         roles = {**system.processes(), **infra}
         cpu_before = cpu_seconds(roles)
+        load_before = os.getloadavg()[0]
         if scenario == "burst":
             _measure_burst(row, spec, opts, prod_coll, staging_coll, budget)
         elif scenario == "steady":
@@ -149,6 +153,7 @@ def run_one(scenario: str, network: str, spec: SystemSpec, opts: RunOptions, roo
             _measure_resync(row, spec, ctx, system)
         row.cpu = {role: spent - cpu_before.get(role, 0.0)
                    for role, spent in cpu_seconds({**system.processes(), **infra}).items()}
+        row.load = (load_before, os.getloadavg()[0])
         _record_rss(row, system.processes())
         if row.resync is not None:
             row.rss.update(row.resync.rss)
@@ -409,6 +414,12 @@ def _notes(rows: Sequence[Row], opts: RunOptions, root: Path) -> list[str]:
                          + ", ".join(f"{role} {spent:.1f}" for role, spent in
                                      sorted(r.cpu.items(), key=lambda item: -item[1])
                                      if spent >= 0.05) for r in cpu_rows))
+    loads = [r for r in rows if r.load]
+    if loads:
+        notes.append("machine load (1-minute load average, 2 cores, everyone's work included) "
+                     "when each measurement began -> ended: " + "; ".join(
+                         f"{r.scenario}/{r.network}/{r.label} {r.load[0]:.1f} -> {r.load[1]:.1f}"
+                         for r in loads if r.load))
     resyncs = [r for r in rows if r.resync is not None]
     if resyncs:
         notes.append(

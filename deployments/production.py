@@ -73,11 +73,12 @@ class ReadOnlyCollection:
         limit: int = 0,
         batch_size: int = 0,
         skip: int = 0,
+        hint: Sequence[tuple[str, int]] | None = None,
     ) -> Iterator[dict[str, Any]]:
-        """A cursor (closable) over the matching documents; `skip` lets a resync find chunk
-        bounds by walking the `_id` index without reading every `_id`."""
+        """A cursor (closable) over the matching documents; `skip` and `hint` let a resync
+        find chunk bounds by walking the `_id` index without reading every `_id`."""
         cursor = self._collection.find(query, projection, limit=limit, batch_size=batch_size,
-                                       skip=skip)
+                                       skip=skip, hint=list(hint) if hint else None)
         if sort:
             cursor = cursor.sort(list(sort))
         return iter(cursor)

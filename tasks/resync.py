@@ -1,292 +1,399 @@
-"""Full resync as Celery tasks: plan chunks, apply them in parallel, then sweep.
+"""Full resync as Celery tasks: copy production by `_id` range, then sweep staging.
 
-- `stagesync.resync` (the coordinator) walks production's `_id`s once, cuts them into chunks
-  of `resync_chunk_size` and enqueues one chunk task each, spread over the collection's queues.
-  A chunk never spans two BSON type brackets, because MongoDB range queries on `_id` only
-  match values of the bound's own type: that is how collections whose `_id`s mix types are
-  covered completely.
-- `stagesync.resync_chunk` takes a version, reads its range (masked at once) and applies it
-  through the same merge path as the stream. A change made during the resync takes a later
-  version when it is applied, so it wins over the resync's copy whatever the order.
-- `stagesync.resync_sweep` runs once every chunk is done: staging documents that came from
-  production but whose production document is gone (or left the configured filter) are
-  soft-deleted, each through a normal apply that re-reads production first, so a document
-  inserted during the resync is never swept. Documents that never came from production are
-  not even looked at.
+A resync runs in two phases, each a series of chunks (`_id` ranges, see
+`tasks.resync_ranges`) spread over every queue of the collection, partitions included:
+- copy (`stagesync.resync_chunk`): each chunk reads its production range once, in `_id` order,
+  and applies it through the same merge path as the stream (`tasks.resync_chunks`);
+- sweep (`stagesync.resync_sweep`): each chunk pages through a range of staging and
+  soft-deletes the documents whose production document is gone, through a normal apply.
 
-Progress lives in staging (`resyncs`, one document per resync and one per finished chunk), so
-`stagesync resync --wait` and `status` can follow it from anywhere and a redelivered chunk is
-counted once.
+Nobody walks the whole collection: chunk bounds are found a chunk ahead of need by a bounded
+walk of the `_id` index (`tasks.resync_walk`), and at most `inflight` chunks of a resync are
+queued or running at once. Each finished chunk plans and publishes the next one (`advance`),
+so the coordinator (`stagesync.resync`) only sets the resync up and starts the first chunks.
+Every task is short: a chunk that reaches its time budget records where it is and continues
+in a new message. Bookkeeping lives in staging (`tasks.resync_progress`): a killed chunk
+resumes at its last checkpoint, and finished chunks are never redone.
+
+A change made during the resync takes a later version when it is applied, so it wins over
+the resync's copy whatever the order.
 """
 
 from __future__ import annotations
 
 import logging
-import uuid
-from collections import Counter
-from collections.abc import Iterator
-from datetime import UTC, datetime
+import math
+import time
+from datetime import timedelta
 from typing import Any
 
-from bson import Decimal128, Int64
 from celery import Celery, Task
+from celery.exceptions import SoftTimeLimitExceeded
 from pymongo.database import Database
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import NetworkTimeout
 
 from tasks.app import app
-from tasks.applier import ApplyResult, WriteErrors, apply_changes, apply_documents
-from tasks.constants import RESYNC, RESYNC_CHUNK, RESYNC_SWEEP, RESYNCS
-from tasks.dead_letters import DeadLetterEntry
+from tasks.constants import RESYNC, RESYNC_CHUNK, RESYNC_SWEEP
 from tasks.errors import describe_error, is_transient
 from tasks.pii_state import reset_after_resync
+from tasks.resync_chunks import SWEEP_PAGE, ChunkRun, Outcome, copy_chunk, sweep_chunk
+from tasks.resync_progress import (
+    PHASES,
+    SUMMARY_OUTCOMES,
+    RecordMissing,
+    add_progress,
+    advance_plan,
+    begin_phase,
+    chunk_id,
+    claim_chunk,
+    ensure_resync_indexes,
+    fail,
+    finish,
+    finish_chunk,
+    held_chunk,
+    in_flight,
+    load,
+    new_resync,
+    next_queued_chunk,
+    phase_plan,
+    progress,
+    record_chunk,
+    resyncs,
+    shrink_batch,
+    stale_chunks,
+    summary,
+)
+from tasks.resync_ranges import type_bracket
+from tasks.resync_walk import IdIndex, ProductionIds, StagingIds, first_id, plan_chunk
 from tasks.rules.identity import decode_id, encode_id
-from tasks.rules.sync_meta import DELETED_AT_FIELD, PID_FIELD, SYNC
+from tasks.rules.sync_meta import SYNC
 from tasks.runtime import Runtime, get_runtime
 from tasks.versions import take_version
 
 log = logging.getLogger("stagesync.resync")
 
-SWEEP_BATCH = 1000
-SUMMARY_OUTCOMES = ("created", "updated", "unchanged", "soft_deleted", "dead_lettered",
-                    "superseded")
-# Planning and sweeping walk whole collections; they may run longer than one apply.
-LONG_TASK_LIMIT = 3600
+__all__ = ["SUMMARY_OUTCOMES", "progress", "resync", "resync_chunk", "resync_sweep",
+           "start_resync"]
+
+CHUNK_TASKS = {"copy": RESYNC_CHUNK, "sweep": RESYNC_SWEEP}
+# Chunks per in-flight slot. The walk cuts chunks of equal size, and every chunk costs one
+# walk step and one range read; large collections get more chunks anyway (below).
+CHUNKS_PER_SLOT = 1
+# A chunk is read with one cursor, in batches of `resync_chunk_size`; past this many batches
+# the collection is cut into more chunks instead.
+MAX_BATCHES_PER_CHUNK = 50
+SWEEP_PAGES_PER_CHUNK = (10, 200)  # bounds of a sweep chunk, in pages of SWEEP_PAGE
+# Planning steps one task may take before leaving the rest to the next finished chunk.
+MAX_PLAN_STEPS = 64
 
 
 def start_resync(
     celery: Celery, state_db: Database[dict[str, Any]], collection: str, queue: str, reason: str
 ) -> str:
     """Record a new resync and enqueue its coordinator; returns the resync id."""
-    resync_id = f"{collection}-{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
-    state_db[RESYNCS].insert_one({
-        "_id": resync_id, "kind": "resync", "collection": collection, "state": "planning",
-        "reason": reason, "startedAt": datetime.now(UTC),
-    })
+    ensure_resync_indexes(state_db)
+    resync_id = new_resync(state_db, collection, reason)
     celery.send_task(RESYNC, args=[collection, resync_id], queue=queue)
     return resync_id
 
 
-def type_bracket(value: Any) -> str:
-    """MongoDB's comparison bracket of a value: range queries never cross brackets."""
-    if isinstance(value, bool):
-        return "bool"
-    if isinstance(value, int | float | Int64 | Decimal128):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    return type(value).__name__
+def chunk_span(estimate: int, inflight: int, batch: int) -> int:
+    """Documents per copy chunk: enough chunks to keep `inflight` workers busy, no chunk
+    longer than MAX_BATCHES_PER_CHUNK batches."""
+    wanted = math.ceil(max(estimate, 1) / (max(inflight, 1) * CHUNKS_PER_SLOT))
+    return max(batch, min(wanted, batch * MAX_BATCHES_PER_CHUNK))
 
 
-def plan_chunks(ids: Iterator[Any], chunk_size: int) -> Iterator[tuple[Any, Any, int]]:
-    """(first, last, count) of consecutive `_id`s, cut by size and by type bracket."""
-    first = last = None
-    count = 0
-    bracket = None
-    for value in ids:
-        value_bracket = type_bracket(value)
-        if count and (count >= chunk_size or value_bracket != bracket):
-            yield first, last, count
-            count = 0
-        if count == 0:
-            first, bracket = value, value_bracket
-        last = value
-        count += 1
-    if count:
-        yield first, last, count
+def sweep_span(estimate: int, inflight: int) -> int:
+    smallest, largest = (SWEEP_PAGE * n for n in SWEEP_PAGES_PER_CHUNK)
+    return max(smallest, min(math.ceil(max(estimate, 1) / max(inflight, 1)), largest))
+
+
+def time_budget(runtime: Runtime) -> float:
+    """Seconds a chunk task works before handing on: well inside the soft time limit."""
+    limit = runtime.settings.worker.task_time_limit_seconds
+    return max(1.0, min(limit * 0.5, (limit - 15) * 0.5))
+
+
+def stale_after(runtime: Runtime) -> timedelta:
+    """A chunk whose holder has not checkpointed for this long may be taken over."""
+    return timedelta(seconds=runtime.settings.worker.visibility_timeout_seconds)
 
 
 @app.task(name=RESYNC, bind=True, acks_late=True, reject_on_worker_lost=True,
-          time_limit=LONG_TASK_LIMIT, soft_time_limit=LONG_TASK_LIMIT - 60)
+          max_retries=None)
 def resync(self: Task, collection: str, resync_id: str | None = None) -> str:
-    """Plan and enqueue the chunks of a full resync (also `celery -A tasks call`-able)."""
+    """Set a resync up and start its first chunks (also `celery -A tasks call`-able).
+
+    Idempotent: run again on a resync in progress, it re-publishes chunks whose messages were
+    lost (no checkpoint for a visibility timeout) and plans what is missing.
+    """
     runtime = get_runtime()
-    settings = runtime.settings.collection(collection)
-    resyncs = runtime.state_db[RESYNCS]
-    if resync_id is None:
-        resync_id = f"{collection}-{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
-        resyncs.insert_one({"_id": resync_id, "kind": "resync", "collection": collection,
-                            "state": "planning", "reason": "celery call",
-                            "startedAt": datetime.now(UTC)})
-    record = resyncs.find_one({"_id": resync_id}) or {}
-    if record.get("state") != "planning":
-        return resync_id  # a redelivered coordinator: the chunks are already out
-    production = runtime.context(collection).production
-    ids = (doc["_id"] for doc in production.find(
-        settings.filter or {}, {"_id": 1}, sort=[("_id", 1)], batch_size=10_000
-    ))
-    chunks = 0
-    total = 0
-    queues = settings.queues
-    for index, (first, last, count) in enumerate(plan_chunks(ids, settings.resync_chunk_size)):
-        app.send_task(
-            RESYNC_CHUNK, args=[collection, resync_id, index, encode_id(first), encode_id(last)],
-            queue=queues[index % len(queues)],
-        )
-        chunks += 1
-        total += count
-    resyncs.update_one({"_id": resync_id}, {
-        "$set": {"state": "applying", "chunks": chunks, "total": total},
-        "$currentDate": {"plannedAt": True},
-    })
-    log.info("resync planned", extra={"collection": collection, "resync": resync_id,
-                                      "chunks": chunks, "documents": total})
-    if _chunks_done(runtime.state_db, resync_id) >= chunks:
-        _start_sweep(runtime, collection, resync_id, queues[0])  # chunks beat the planner
+    state_db = runtime.state_db
+    try:
+        ensure_resync_indexes(state_db)
+        if resync_id is None:
+            resync_id = new_resync(state_db, collection, "celery call")
+        record = load(state_db, resync_id)
+        if record is None:
+            log.warning("resync record missing", extra={"collection": collection,
+                                                        "resync": resync_id})
+            return resync_id
+        if record["state"] == "planning":
+            _set_up(runtime, collection, resync_id)
+        advance(runtime, collection, resync_id, revive=True)
+    except Exception as error:
+        if _retryable(error):
+            raise self.retry(exc=error, countdown=5, max_retries=None) from None
+        fail(state_db, resync_id or "", describe_error(error))
+        log.exception("resync failed", extra={"collection": collection, "resync": resync_id})
+        raise
     return resync_id
 
 
-@app.task(name=RESYNC_CHUNK, bind=True, acks_late=True, reject_on_worker_lost=True)
-def resync_chunk(
-    self: Task, collection: str, resync_id: str, index: int, first: str, last: str
-) -> None:
-    runtime = get_runtime()
+def _set_up(runtime: Runtime, collection: str, resync_id: str) -> None:
+    """Fix what the resync's chunks rely on, then open the copy phase."""
     context = runtime.context(collection)
-    chunk_id = f"{resync_id}:{index}"
-    resyncs = runtime.state_db[RESYNCS]
-    if resyncs.find_one({"_id": chunk_id}, {"_id": 1}):
-        return  # redelivered after it was recorded
-    try:
-        version = take_version(runtime.state_db, collection)
-        query: dict[str, Any] = {"_id": {"$gte": decode_id(first), "$lte": decode_id(last)}}
-        if context.settings.filter:
-            query = {"$and": [query, dict(context.settings.filter)]}
-        production = {
-            encode_id(doc["_id"]): context.masker.mask(doc)
-            for doc in context.production.find(query)
-        }
-        runtime.rate_limiter.acquire(collection, len(production))
-        try:
-            result = apply_documents(context, version, dict(production),
-                                     dict.fromkeys(production, "resync"))
-        except WriteErrors as refused:
-            # A copy has no retry budget of its own: record what staging refused, go on.
-            result = _dead_letter_refused(runtime, collection, refused)
-    except Exception as error:
-        if is_transient(error):
-            raise self.retry(exc=error, countdown=5, max_retries=None) from None
-        log.exception("resync chunk failed", extra={"collection": collection, "chunk": index})
-        raise
-    try:
-        resyncs.insert_one({
-            "_id": chunk_id, "kind": "chunk", "resync": resync_id, "documents": len(production),
-            "counts": {k: result.outcomes.get(k, 0) for k in SUMMARY_OUTCOMES},
-            "at": datetime.now(UTC),
-        })
-    except DuplicateKeyError:
+    settings = context.settings
+    # Every version this resync's applies take is larger: the sweep tells by it which
+    # staging documents no apply has written since the resync began.
+    started_at_version = take_version(runtime.state_db, collection)
+    target = context.target.collection
+    empty = target.find_one({}, {"_id": 1}) is None
+    unsynced = not empty and target.find_one({SYNC: {"$exists": False}}, {"_id": 1}) is not None
+    inflight = max(runtime.settings.watcher.max_inflight_batches, len(settings.queues))
+    production = ProductionIds(context.production)
+    estimate = production.estimated_count()
+    span = chunk_span(estimate, inflight, settings.resync_chunk_size)
+    plan = phase_plan(span, first_id(production), encode_id)
+    begin_phase(runtime.state_db, resync_id, "planning", "copy", plan, {
+        "v0": started_at_version, "emptyStart": empty, "unsyncedStart": unsynced,
+        "inflight": inflight, "batch": settings.resync_chunk_size, "total": estimate,
+    })
+    log.info("resync started", extra={"collection": collection, "resync": resync_id,
+                                      "estimate": estimate, "chunk_docs": span,
+                                      "inflight": inflight, "empty_staging": empty})
+
+
+def advance(runtime: Runtime, collection: str, resync_id: str, revive: bool = False) -> None:
+    """Plan and publish chunks while the phase has room; open the sweep, or finish, once a
+    phase has no chunk left. Safe to run from any number of tasks at once."""
+    state_db = runtime.state_db
+    for _ in range(MAX_PLAN_STEPS):
+        record = load(state_db, resync_id)
+        if record is None or record.get("state") not in ("applying", "sweeping"):
+            return
+        phase = "copy" if record["state"] == "applying" else "sweep"
+        plan = record.get(phase) or {}
+        busy = in_flight(state_db, resync_id, phase)
+        if plan.get("complete"):
+            if busy:
+                break
+            if phase == "copy":
+                _open_sweep(runtime, collection, record)
+            else:
+                _finish(runtime, collection, resync_id)
+                return
+            continue
+        if busy >= int(record.get("inflight") or 1):
+            break
+        _plan_one(runtime, collection, record, phase)
+    if revive:
+        _revive(runtime, collection, resync_id)
+
+
+def _index_of(runtime: Runtime, collection: str, phase: str) -> IdIndex:
+    context = runtime.context(collection)
+    if phase == "copy":
+        return ProductionIds(context.production)
+    return StagingIds(context.target.collection)
+
+
+def _plan_one(runtime: Runtime, collection: str, record: dict[str, Any], phase: str) -> None:
+    """Find the next chunk's bounds, record it, publish it, then count it as planned."""
+    state_db = runtime.state_db
+    plan = record[phase]
+    index = int(plan["planned"])
+    walk = _index_of(runtime, collection, phase)
+    lo = decode_id(plan["next"])
+    chunk_range, following = plan_chunk(walk, lo, int(plan["span"]))
+    chunk = record_chunk(state_db, record["_id"], phase, index, chunk_range)
+    if chunk.get("hi") != chunk_range.hi:
+        # Recorded by a planner that died before counting it: its bounds stand.
+        following = ([decode_id(chunk["hi"])] if chunk.get("hi") is not None
+                     else first_id(walk, type_bracket(lo)))
+    if chunk["state"] != "done":
+        _publish(runtime, collection, record["_id"], phase, index)
+    advance_plan(state_db, record["_id"], phase, index,
+                 encode_id(following[0]) if following else None)
+
+
+def _publish(runtime: Runtime, collection: str, resync_id: str, phase: str, index: int) -> None:
+    queues = runtime.settings.collection(collection).queues
+    app.send_task(CHUNK_TASKS[phase], args=[collection, resync_id, index],
+                  queue=queues[index % len(queues)])
+
+
+def _revive(runtime: Runtime, collection: str, resync_id: str) -> None:
+    record = load(runtime.state_db, resync_id) or {}
+    phase = {"applying": "copy", "sweeping": "sweep"}.get(record.get("state", ""))
+    if phase is None:
         return
-    runtime.report_done(collection, None, "", result, source="resync")
-    record = resyncs.find_one({"_id": resync_id}) or {}
-    chunks = record.get("chunks")
-    if chunks is not None and _chunks_done(runtime.state_db, resync_id) >= chunks:
-        _start_sweep(runtime, collection, resync_id, context.settings.queues[0])
+    for chunk in stale_chunks(runtime.state_db, resync_id, phase, stale_after(runtime)):
+        log.warning("resync chunk re-published", extra={"collection": collection,
+                                                        "resync": resync_id,
+                                                        "chunk": chunk["index"]})
+        _publish(runtime, collection, resync_id, phase, int(chunk["index"]))
+
+
+def _open_sweep(runtime: Runtime, collection: str, record: dict[str, Any]) -> None:
+    """Plan the sweep; none is needed after a copy into an empty staging: every staging
+    document was then written by an apply that began after the resync did, so none can hold
+    a version below the resync's first one (the sweep's criterion)."""
+    target = StagingIds(runtime.context(collection).target.collection)
+    if record.get("emptyStart"):
+        span, first = SWEEP_PAGE, []
+    else:
+        span = sweep_span(target.estimated_count(), int(record.get("inflight") or 1))
+        first = first_id(target)
+    plan = phase_plan(span, first, encode_id)
+    if begin_phase(runtime.state_db, record["_id"], "applying", "sweep", plan):
+        log.info("resync sweeping", extra={"collection": collection, "resync": record["_id"],
+                                           "chunk_docs": span})
+
+
+def _finish(runtime: Runtime, collection: str, resync_id: str) -> None:
+    result, copied = summary(runtime.state_db, resync_id)
+    if finish(runtime.state_db, resync_id, result, copied):
+        context = runtime.context(collection)
+        reset_after_resync(runtime.state_db, collection, context.masker.fingerprint)
+        log.info("resync finished", extra={"collection": collection, "resync": resync_id,
+                                           "documents": copied, "summary": result})
+
+
+def _run_chunk(task: Task, phase: str, collection: str, resync_id: str, index: int) -> None:
+    """Work on chunks of the resync within the time budget, then hand on or stop."""
+    worker = ChunkWorker(get_runtime(), str(task.request.id), phase, collection, resync_id,
+                         index)
+    try:
+        outcome = worker.work()
+    except Exception as error:
+        if _overran(error):
+            smaller = shrink_batch(worker.runtime.state_db, worker.current_key)
+            log.warning("resync batch overran the time limit; the chunk goes on with smaller "
+                        "ones", extra={"collection": collection, "resync": resync_id,
+                                       "chunk": worker.index, "batch": smaller})
+            raise task.retry(args=worker.args, exc=error, countdown=1, max_retries=None
+                             ) from None
+        if _retryable(error):
+            raise task.retry(args=worker.args, exc=error, countdown=5, max_retries=None
+                             ) from None
+        fail(worker.runtime.state_db, resync_id, describe_error(error))
+        log.exception("resync chunk failed", extra={"collection": collection,
+                                                    "resync": resync_id, "phase": phase,
+                                                    "chunk": worker.index})
+        raise
+    if outcome == "more":
+        # Same task id: the new message takes the chunk back from where it stands.
+        raise task.retry(args=worker.args, countdown=0, max_retries=None)
+
+
+class ChunkWorker:
+    """One task's turn: the chunk it holds or was sent, then, while its time budget lasts,
+    further queued chunks of the same phase. A worker that finishes a chunk keeps its place
+    instead of queueing behind the stream's batches; the other chunk's own message, when it
+    comes, finds the chunk taken or done and gives way."""
+
+    def __init__(self, runtime: Runtime, owner: str, phase: str, collection: str,
+                 resync_id: str, index: int) -> None:
+        self.runtime = runtime
+        self.owner = owner
+        self.phase = phase
+        self.collection = collection
+        self.resync_id = resync_id
+        self.index = index
+        self.budget = time_budget(runtime)
+        self.deadline = time.monotonic() + self.budget
+
+    @property
+    def args(self) -> list[Any]:
+        return [self.collection, self.resync_id, self.index, self.phase]
+
+    @property
+    def current_key(self) -> str:
+        return chunk_id(self.resync_id, self.phase, self.index)
+
+    def work(self) -> Outcome:
+        state_db = self.runtime.state_db
+        # A redelivered message first takes back what this task held when its worker died.
+        chunk = held_chunk(state_db, self.resync_id, self.owner) or \
+            resyncs(state_db).find_one({"_id": self.current_key})
+        outcome: Outcome = "lost"
+        while chunk is not None:
+            self.index, self.phase = int(chunk["index"]), str(chunk["phase"])
+            record = load(state_db, self.resync_id)
+            if record is None or record.get("state") in ("done", "failed"):
+                return "lost"  # expired, or a resync that has ended
+            if chunk["state"] == "done":
+                outcome = "exhausted"  # a redelivery after it finished
+            elif not claim_chunk(state_db, chunk, self.owner, stale_after(self.runtime)):
+                outcome = "lost"  # a duplicate message: the chunk's holder is alive
+            else:
+                outcome = self._run(record, chunk)
+                if outcome == "more":
+                    return outcome
+            advance(self.runtime, self.collection, self.resync_id)
+            if time.monotonic() > self.deadline:
+                break
+            # The copy may have ended meanwhile: go on with the sweep, same task.
+            current = (load(state_db, self.resync_id) or {}).get("state")
+            self.phase = "sweep" if current == "sweeping" else self.phase
+            chunk = next_queued_chunk(state_db, self.resync_id, self.phase)
+        return outcome
+
+    def _run(self, record: dict[str, Any], chunk: dict[str, Any]) -> Outcome:
+        chunk["state"], chunk["owner"] = "running", self.owner
+        run = ChunkRun(self.runtime, self.collection, record, chunk, self.owner, self.deadline,
+                       self.budget)
+        outcome = copy_chunk(run) if self.phase == "copy" else sweep_chunk(run)
+        if outcome == "exhausted" and finish_chunk(self.runtime.state_db, chunk, self.owner):
+            add_progress(self.runtime.state_db, self.resync_id, 0, {}, chunks_done=1)
+        return outcome
+
+
+def _retryable(error: BaseException) -> bool:
+    return is_transient(error) or isinstance(error, RecordMissing)
+
+
+def _overran(error: BaseException) -> bool:
+    """A batch took too long: the soft time limit fired (possibly inside a library that
+    re-raised it as its own error: pymongo reports it as InvalidBSON when it lands during
+    decoding), or a server did not answer within the socket timeout. Retrying the same batch
+    would take as long again; a smaller one will not."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, SoftTimeLimitExceeded | NetworkTimeout) or (
+                "SoftTimeLimitExceeded" in str(seen)):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+@app.task(name=RESYNC_CHUNK, bind=True, acks_late=True, reject_on_worker_lost=True,
+          max_retries=None)
+def resync_chunk(self: Task, collection: str, resync_id: str, index: int,
+                 phase: str = "copy") -> None:
+    """Copy one `_id` range of production into staging (or, continued into the sweep, sweep
+    one range of staging)."""
+    _run_chunk(self, phase, collection, resync_id, index)
 
 
 @app.task(name=RESYNC_SWEEP, bind=True, acks_late=True, reject_on_worker_lost=True,
-          time_limit=LONG_TASK_LIMIT, soft_time_limit=LONG_TASK_LIMIT - 60)
-def resync_sweep(self: Task, collection: str, resync_id: str) -> None:
-    runtime = get_runtime()
-    context = runtime.context(collection)
-    outcomes: Counter[str] = Counter()
-    try:
-        for pids in _live_synced_pids(context.target.collection, SWEEP_BATCH):
-            present = {
-                encode_id(doc["_id"])
-                for doc in context.production.find(
-                    _with_filter({"_id": {"$in": [decode_id(p) for p in pids]}},
-                                 context.settings.filter),
-                    {"_id": 1},
-                )
-            }
-            gone = [pid for pid in pids if pid not in present]
-            if gone:
-                runtime.rate_limiter.acquire(collection, len(gone))
-                result = apply_changes(context, dict.fromkeys(gone, "sweep"))
-                outcomes.update(result.outcomes)
-    except Exception as error:
-        if is_transient(error):
-            raise self.retry(exc=error, countdown=5, max_retries=None) from None
-        runtime.state_db[RESYNCS].update_one(
-            {"_id": resync_id}, {"$set": {"state": "failed", "error": describe_error(error)}}
-        )
-        raise
-    summary = _summary(runtime.state_db, resync_id)
-    summary["soft_deleted"] += outcomes.get("soft_deleted", 0)
-    summary["dead_lettered"] += outcomes.get("dead_lettered", 0)
-    runtime.state_db[RESYNCS].update_one({"_id": resync_id}, {
-        "$set": {"state": "done", "summary": summary},
-        "$currentDate": {"finishedAt": True},
-    })
-    reset_after_resync(runtime.state_db, collection, context.masker.fingerprint)
-    log.info("resync finished", extra={"collection": collection, "resync": resync_id,
-                                       "summary": summary})
+          max_retries=None)
+def resync_sweep(self: Task, collection: str, resync_id: str, index: int,
+                 phase: str = "sweep") -> None:
+    """Soft-delete the staging documents of one `_id` range whose production document is gone."""
+    _run_chunk(self, phase, collection, resync_id, index)
 
 
-def _dead_letter_refused(runtime: Runtime, collection: str, refused: WriteErrors
-                         ) -> ApplyResult:
-    version = take_version(runtime.state_db, collection)
-    runtime.dead_letters.record(
-        DeadLetterEntry(collection=collection, pid=pid, op="resync", reason="write_error",
-                        error=message, version=version)
-        for pid, message in refused.errors.items()
-    )
-    result = ApplyResult(version)
-    result.outcomes["dead_lettered"] = len(refused.errors)
-    return result
-
-
-def _start_sweep(runtime: Runtime, collection: str, resync_id: str, queue: str) -> None:
-    """Move to sweeping exactly once, however many chunks finish at the same moment."""
-    moved = runtime.state_db[RESYNCS].update_one(
-        {"$and": [{"_id": resync_id}, {"state": {"$eq": "applying"}}]},
-        {"$set": {"state": "sweeping"}},
-    )
-    if moved.modified_count == 1:
-        app.send_task(RESYNC_SWEEP, args=[collection, resync_id], queue=queue)
-
-
-def _chunks_done(state_db: Database[dict[str, Any]], resync_id: str) -> int:
-    return sum(1 for _ in state_db[RESYNCS].find({"resync": {"$eq": resync_id}}, {"_id": 1}))
-
-
-def _summary(state_db: Database[dict[str, Any]], resync_id: str) -> dict[str, int]:
-    totals: Counter[str] = Counter()
-    for chunk in state_db[RESYNCS].find({"resync": {"$eq": resync_id}}, {"counts": 1}):
-        totals.update(chunk.get("counts") or {})
-    return {k: int(totals.get(k, 0)) for k in SUMMARY_OUTCOMES}
-
-
-def progress(state_db: Database[dict[str, Any]], resync_id: str) -> dict[str, Any]:
-    """Where a resync stands: state, documents done / total, summary so far."""
-    record = state_db[RESYNCS].find_one({"_id": resync_id})
-    if record is None:
-        raise KeyError(f"no resync {resync_id!r}")
-    done = 0
-    chunks_done = 0
-    for chunk in state_db[RESYNCS].find({"resync": {"$eq": resync_id}}, {"documents": 1}):
-        done += int(chunk.get("documents", 0))
-        chunks_done += 1
-    return {
-        "id": resync_id, "collection": record.get("collection"), "state": record.get("state"),
-        "total": record.get("total"), "done": done, "chunks": record.get("chunks"),
-        "chunks_done": chunks_done, "summary": record.get("summary") or _summary(
-            state_db, resync_id),
-        "startedAt": record.get("startedAt"), "finishedAt": record.get("finishedAt"),
-        "error": record.get("error"),
-    }
-
-
-def _live_synced_pids(target: Any, batch: int) -> Iterator[list[str]]:
-    query = {PID_FIELD: {"$exists": True}, DELETED_AT_FIELD: {"$exists": False}}
-    pids: list[str] = []
-    for doc in target.find(query, {SYNC: 1}).sort("_id", 1):
-        pids.append(doc[SYNC]["pid"])
-        if len(pids) >= batch:
-            yield pids
-            pids = []
-    if pids:
-        yield pids
-
-
-def _with_filter(query: dict[str, Any], extra: dict[str, Any] | None) -> dict[str, Any]:
-    return {"$and": [query, dict(extra)]} if extra else query
-
+assert set(PHASES) == set(CHUNK_TASKS)

@@ -24,7 +24,7 @@ from tasks.versions import VersionCounterError
     AutoReconnect("reset"), NetworkTimeout("slow"), NotPrimaryError("stepped down"),
     ServerSelectionTimeoutError("no primary"),
     *(OperationFailure("server said", code=code)
-      for code in (6, 7, 89, 91, 189, 9001, 10107, 11600, 11602, 13435, 13436)),
+      for code in (6, 7, 89, 91, 189, 9001, 10107, 11600, 11602, 13435, 13436, 43, 175)),
     OperationFailure("x", code=1, details={"errorLabels": ["RetryableWriteError"]}),
     redis.ConnectionError("down"), redis.TimeoutError("slow"),
     ContentionError("busy"), VersionCounterError("no value"), TimeoutError("rate limit"),

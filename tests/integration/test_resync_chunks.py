@@ -1,0 +1,213 @@
+"""Full resync by `_id` range chunks, with real workers: every `_id` type copied exactly once,
+a worker killed halfway costs no finished chunk, and a live stream writing into the same
+documents still ends with staging equal to production."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections import Counter
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from bson import Binary, Decimal128, Int64, MaxKey, MinKey, ObjectId, Timestamp
+
+from tasks.resync_ranges import IdRange
+from tasks.rules.identity import encode_id
+from tests.support.pipeline import Pipeline, collection_config, wait_for
+
+TIMEOUT = 120
+
+
+def order(i: int, **extra: Any) -> dict[str, Any]:
+    return {"userEmail": f"user{i}@corp.test", "accountId": i % 5, "total": i,
+            "customer": {"name": f"N{i}", "city": "Oslo"}, **extra}
+
+
+def mixed_ids(for_merges: bool = False) -> list[Any]:
+    """Many brackets, several chunks in the big ones, single-value brackets too.
+
+    `for_merges` leaves out the `_id`s that the merge of an existing copy does not handle yet
+    (reported): Decimal128 and embedded documents are unhashable in the applier's sets of
+    staging `_id`s, and a NaN `_id` is not equal to itself, so its own copy looks like another
+    document holding its business key."""
+    awkward: list[Any] = [] if for_merges else [
+        float("nan"), Decimal128("99.125"), *({"part": i} for i in range(4))]
+    return [
+        MinKey(), None, *range(-20, 40), *(Int64(10**12 + i) for i in range(5)),
+        *(i + 0.5 for i in range(5)), float("inf"), *(f"s{i:03d}" for i in range(45)),
+        *(Binary(bytes([i, i]), 0) for i in range(4)), *(ObjectId() for _ in range(45)),
+        False, True, *(datetime(2000 + i, 1, 1, tzinfo=UTC) for i in range(6)),
+        *(Timestamp(100, i) for i in range(1, 4)), MaxKey(), *awkward,
+    ]
+
+
+def resync_record(pipeline: Pipeline, output: str) -> dict[str, Any]:
+    resync_id = output.split("resync ", 1)[1].split()[0]
+    record = pipeline.state()["resyncs"].find_one({"_id": resync_id})
+    assert record is not None, output
+    return record
+
+
+def copies_by_pid(pipeline: Pipeline) -> Counter[str]:
+    return Counter(doc["_sync"]["pid"] for doc in pipeline.staging().find({}, {"_sync": 1}))
+
+
+def copy_mixed_ids(pipeline: Pipeline, ids: list[Any]) -> None:
+    pipeline.prod().insert_many([order(n, _id=value) for n, value in enumerate(ids)])
+    pipeline.start_worker()
+    first = pipeline.cli("resync", pipeline.collections[0]["name"], "--wait", "--timeout",
+                         str(TIMEOUT))
+    assert first.returncode == 0, first.stdout + first.stderr + pipeline.logs()
+    record = resync_record(pipeline, first.stdout)
+    assert record["summary"]["created"] == len(ids)
+    assert record["copy"]["planned"] > 5  # the brackets are cut into several chunks
+    assert copies_by_pid(pipeline) == Counter(encode_id(value) for value in ids)
+    totals = {encode_id(doc["_id"]): doc["total"] for doc in pipeline.prod().find({})}
+    for document in pipeline.staging().find({}):
+        assert document["total"] == totals[document["_sync"]["pid"]]
+        assert document["deleted"] is False
+
+
+def test_every_id_type_is_copied_exactly_once(pipeline_factory: Any) -> None:
+    pipeline: Pipeline = pipeline_factory([collection_config("orders", resync_chunk_size=10)])
+    copy_mixed_ids(pipeline, mixed_ids())
+
+
+def test_a_second_resync_of_mixed_ids_changes_nothing(pipeline_factory: Any) -> None:
+    pipeline: Pipeline = pipeline_factory([collection_config("orders", resync_chunk_size=10)])
+    ids = mixed_ids(for_merges=True)
+    copy_mixed_ids(pipeline, ids)
+    name = pipeline.collections[0]["name"]
+    # Into an already-synced staging: nothing created, nothing duplicated, nothing swept.
+    again = pipeline.cli("resync", name, "--wait", "--timeout", str(TIMEOUT))
+    assert again.returncode == 0, again.stdout + again.stderr + pipeline.logs()
+    summary = resync_record(pipeline, again.stdout)["summary"]
+    assert summary["created"] == 0 and summary["soft_deleted"] == 0
+    assert summary["unchanged"] == len(ids), str(summary)
+    assert copies_by_pid(pipeline) == Counter(encode_id(value) for value in ids)
+    verify = pipeline.cli("verify", name, "--settle", "0")
+    assert verify.returncode == 0, verify.stdout
+
+
+@pytest.mark.slow  # waits for Redis to hand the killed worker's messages on (visibility timeout)
+def test_a_resync_killed_halfway_finishes_after_a_restart_without_redoing_finished_chunks(
+    pipeline_factory: Any,
+) -> None:
+    # Slowed by the collection's rate limit so that the kill lands halfway.
+    pipeline: Pipeline = pipeline_factory([collection_config(
+        "orders", resync_chunk_size=50, rate_limit="150/s")])
+    prod, staging, state = pipeline.prod(), pipeline.staging(), pipeline.state()
+    prod.insert_many([order(i) for i in range(1600)])
+    worker = pipeline.start_worker()
+    name = pipeline.collections[0]["name"]
+    started = pipeline.cli("resync", name)
+    assert started.returncode == 0, started.stdout + started.stderr
+    resync_id = resync_record(pipeline, started.stdout)["_id"]
+
+    def chunks(wanted: str) -> list[dict[str, Any]]:
+        return list(state["resyncs"].find({"resync": resync_id, "phase": "copy",
+                                           "state": wanted}))
+
+    finished = wait_for(lambda: len(chunks("done")) >= 2 and chunks("done"), TIMEOUT,
+                        "two finished chunks", pipeline)
+    worker.kill()
+    record = state["resyncs"].find_one({"_id": resync_id})
+    assert record["state"] == "applying", "the kill must land before the copy ends"
+    # What the finished chunks wrote, to prove that nothing redoes them.
+    versions = {doc["_sync"]["pid"]: doc["_sync"]["v"] for doc in staging.find({}, {"_sync": 1})}
+    finished_ids = {chunk["_id"]: chunk["finishedAt"] for chunk in finished}
+
+    pipeline.start_worker()
+    done = wait_for(lambda: (r := state["resyncs"].find_one({"_id": resync_id}))
+                    and r["state"] in ("done", "failed") and r, TIMEOUT + 60,
+                    "the resync finished after the restart", pipeline, interval=0.5)
+    assert done["state"] == "done", done.get("error")
+    for chunk_id, finished_at in finished_ids.items():
+        assert state["resyncs"].find_one({"_id": chunk_id})["finishedAt"] == finished_at
+    redone = []
+    for chunk in finished:
+        for document in prod.find(IdRange(chunk["lo"], chunk.get("hi")).query(), {"_id": 1}):
+            pid = encode_id(document["_id"])
+            now = staging.find_one({"_sync.pid": pid}, {"_sync": 1})
+            if now["_sync"]["v"] != versions[pid]:
+                redone.append(pid)
+    assert not redone, f"{len(redone)} documents of finished chunks were written again"
+    assert copies_by_pid(pipeline) == Counter(
+        encode_id(d["_id"]) for d in prod.find({}, {"_id": 1}))
+    verify = pipeline.cli("verify", name, "--settle", "0")
+    assert verify.returncode == 0, verify.stdout
+
+
+def test_a_bootstrap_resync_with_a_live_stream_on_the_same_documents_ends_equal(
+    pipeline_factory: Any,
+) -> None:
+    # The resync is slow here (SecantusDB, 2 cores shared with the stream's applies): the
+    # watcher must not take a pause for a stall and start another one.
+    pipeline: Pipeline = pipeline_factory([collection_config("orders", resync_chunk_size=100)],
+                                          status={"stalled_after_seconds": 120})
+    prod = pipeline.prod()
+    ids = prod.insert_many([order(i) for i in range(1500)]).inserted_ids
+    pipeline.start_worker()
+    pipeline.start_watcher()  # no checkpoint: opens the stream, then resyncs into empty staging
+    name = pipeline.collections[0]["name"]
+    stop = threading.Event()
+    deleted: list[Any] = []
+    inserted: list[Any] = []
+    writes = Counter[str]()
+
+    def writer() -> None:
+        rng = random.Random(7)
+        live = list(ids)
+        while not stop.is_set():
+            roll = rng.random()
+            target = rng.choice(live)
+            if roll < 0.8:
+                prod.update_one({"_id": target}, {"$set": {"total": rng.randint(1, 10**6),
+                                                           "status": rng.choice("abc")}})
+                writes["update"] += 1
+            elif roll < 0.9:
+                prod.delete_one({"_id": target})
+                live.remove(target)
+                deleted.append(target)
+                writes["delete"] += 1
+            else:
+                new = prod.insert_one(order(10_000 + len(inserted))).inserted_id
+                live.append(new)
+                inserted.append(new)
+                writes["insert"] += 1
+            time.sleep(0.02)
+
+    state = pipeline.state()
+    # Writes start once the resync has looked at staging (empty: its copies skip the staging
+    # read and race the stream's inserts) and run until it is done.
+    pending = wait_for(lambda: (r := state["watchers"].find_one({"_id": name}))
+                       and r.get("resyncPending"), TIMEOUT, "the bootstrap resync", pipeline)
+    wait_for(lambda: (state["resyncs"].find_one({"_id": pending}) or {}).get("state")
+             != "planning", TIMEOUT, "the resync set up", pipeline)
+    thread = threading.Thread(target=writer, daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: (state["resyncs"].find_one({"_id": pending}) or {}).get("state")
+                 in ("done", "failed"), TIMEOUT, "the bootstrap resync", pipeline,
+                 interval=0.2)
+        during = sum(writes.values())
+    finally:
+        stop.set()
+        thread.join()
+    resync = state["resyncs"].find_one({"_id": pending})
+    assert resync["state"] == "done" and resync["emptyStart"] is True
+    assert during > 30, writes  # the stream wrote while the resync copied
+    wait_for(lambda: pipeline.cli("verify", name, "--settle", "10").returncode == 0, TIMEOUT,
+             "staging equal to production", pipeline, interval=1.0)
+    staging = pipeline.staging()
+    for production_id in deleted:
+        copy = staging.find_one({"_sync.pid": encode_id(production_id)})
+        assert copy is None or copy["deleted"] is True
+    for production_id in inserted:
+        copy = staging.find_one({"_sync.pid": encode_id(production_id)})
+        assert copy is not None and copy["deleted"] is False
+    live = Counter(doc["_sync"]["pid"] for doc in staging.find({"deleted": False}, {"_sync": 1}))
+    assert max(live.values()) == 1
