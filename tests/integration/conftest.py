@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from pymongo import MongoClient
 
+from deployments.production import ProductionReader
+from settings.model import ProductionSettings
 from tests.support.backends import MongoPair
 from tests.support.own_servers import OwnServers
 
@@ -20,3 +24,16 @@ def own_servers(mongo_pair: MongoPair, redis_url: str, tmp_path: Path) -> Iterat
     servers = OwnServers(mongo_pair, redis_url, tmp_path / "own")
     yield servers
     servers.stop()
+
+
+@pytest.fixture(scope="module")
+def clients(mongo_pair: MongoPair) -> Iterator[tuple[ProductionReader, Any, Any]]:
+    """In-process applies wired like a worker's: a read-only production reader, a staging
+    client, and a production writer for the test's own history."""
+    reader = ProductionReader(ProductionSettings(uri=mongo_pair.prod_uri))
+    staging: MongoClient[Any] = MongoClient(mongo_pair.staging_uri)
+    writer: MongoClient[Any] = MongoClient(mongo_pair.prod_uri)
+    yield reader, staging, writer
+    reader.close()
+    staging.close()
+    writer.close()

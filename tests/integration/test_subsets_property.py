@@ -9,18 +9,15 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import pytest
 from bson import ObjectId
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-from pymongo import MongoClient
 
 from deployments.production import ProductionReader
-from settings.model import CollectionSettings, ProductionSettings, Settings
+from settings.model import CollectionSettings, Settings
 from tasks.applier import ApplyContext, apply_changes
 from tasks.dead_letters import DeadLetterStore
 from tasks.indexes import ensure_indexes
@@ -28,7 +25,6 @@ from tasks.references import Follower, ReferenceResolver, Target
 from tasks.rules.identity import encode_id
 from tasks.rules.pii import Masker
 from tasks.rules.references import Reference, references_of
-from tests.support.backends import MongoPair
 
 CODES = ["A", "B", "C"]
 EXAMPLES = int(os.environ.get("STAGESYNC_PROPERTY_EXAMPLES", "25"))
@@ -44,17 +40,6 @@ class World:
         default_factory=lambda: {"accounts": set(), "orders": set()})
     again: dict[str, set[str]] = field(
         default_factory=lambda: {"accounts": set(), "orders": set()})
-
-
-@pytest.fixture(scope="module")
-def clients(mongo_pair: MongoPair) -> Iterator[tuple[ProductionReader, Any, Any]]:
-    reader = ProductionReader(ProductionSettings(uri=mongo_pair.prod_uri))
-    staging: MongoClient[Any] = MongoClient(mongo_pair.staging_uri)
-    writer: MongoClient[Any] = MongoClient(mongo_pair.prod_uri)
-    yield reader, staging, writer
-    reader.close()
-    staging.close()
-    writer.close()
 
 
 def new_world(clients: tuple[ProductionReader, Any, Any]) -> World:
