@@ -20,7 +20,7 @@ from bson import ObjectId
 
 from settings.model import CollectionSettings
 from tasks.rules.field_update import Update, plan_field_update
-from tasks.rules.identity import business_key, decode_id, key_digest, key_paths
+from tasks.rules.identity import business_key, decode_id, encode_id, key_digest, key_paths
 from tasks.rules.merge import (
     FieldRules,
     fingerprint,
@@ -124,7 +124,7 @@ class StagingView:
     by_key: Mapping[str, Mapping[str, Any]]
     # Documents that never went through a sync, matched on the raw business-key fields.
     unsynced_by_key: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
-    whole: frozenset[Any] = frozenset()
+    whole: frozenset[str] = frozenset()  # encoded staging `_id`s (any BSON type)
     # Encoded production `_id`s that a staging document of another origin already holds (an
     # insert under that `_id` failed): their copies get a new ObjectId.
     taken_ids: frozenset[str] = frozenset()
@@ -179,13 +179,13 @@ class BatchPlan:
     # Business keys this batch stops holding live: dead-lettered conflicts on them can retry.
     released_keys: set[str] = field(default_factory=set)
     # Staging documents (by `_id`) to read in full and re-plan: their merge needs content.
-    need_content: set[Any] = field(default_factory=set)
+    need_content: set[str] = field(default_factory=set)  # encoded staging `_id`s
 
 
 @dataclass
 class _Round:
     claimed_keys: dict[str, str] = field(default_factory=dict)
-    targeted: set[Any] = field(default_factory=set)
+    targeted: set[str] = field(default_factory=set)  # encoded staging `_id`s
 
 
 def plan_batch(
@@ -215,7 +215,7 @@ def plan_batch(
         if own is not None and own_meta.version is not None and own_meta.version > version:
             # (Equal means this apply wrote it in an earlier round, e.g. a key release.)
             plan.superseded.append(pid)
-        elif own is not None and own["_id"] in state.targeted:
+        elif own is not None and encode_id(own["_id"]) in state.targeted:
             plan.deferred.append(pid)
         elif production[pid] is None:
             _plan_gone(plan, state, pid, own, own_meta, version, now, staging, rules)
@@ -249,7 +249,7 @@ def _plan_gone(
         }
         plan.writes.append(PlannedWrite(pid, tombstone["_id"], None, "tombstoned", tombstone))
         return
-    state.targeted.add(own["_id"])
+    state.targeted.add(encode_id(own["_id"]))
     if own_meta.deleted and get_path(own, rules.soft_delete_field) is True:
         # Already marked: only the version moves, so older reads cannot revive it.
         plan.writes.append(_version_only(pid, own, own_meta, version, "unchanged"))
@@ -303,7 +303,7 @@ def _plan_present(
         return
     if holder is not None and (own is None or holder["_id"] != own["_id"]):
         holder_meta = read_meta(holder)
-        if holder["_id"] in state.targeted:
+        if encode_id(holder["_id"]) in state.targeted:
             plan.deferred.append(pid)
             return
         if not holder_meta.deleted:
@@ -321,7 +321,7 @@ def _plan_present(
         if own is not None:
             # A soft-deleted document holds the key this document moves to (or, for a
             # tombstone, the key it revives): free it first, then move in next round.
-            state.targeted.add(holder["_id"] if not own_meta.tombstone else own["_id"])
+            state.targeted.add(encode_id(holder["_id"] if not own_meta.tombstone else own["_id"]))
             plan.releases.append(
                 _remove_tombstone(pid, own, own_meta) if own_meta.tombstone
                 else _release_key(holder, holder_meta)
@@ -331,9 +331,9 @@ def _plan_present(
         target = holder  # a re-insert of the key revives the soft-deleted document
     elif own is None or own_meta.tombstone:
         unsynced = staging.unsynced_by_key.get(key)
-        if unsynced is not None and unsynced["_id"] not in state.targeted:
+        if unsynced is not None and encode_id(unsynced["_id"]) not in state.targeted:
             if own is not None:
-                state.targeted.add(own["_id"])
+                state.targeted.add(encode_id(own["_id"]))
                 plan.releases.append(_remove_tombstone(pid, own, own_meta))
                 plan.deferred.append(pid)
                 return
@@ -363,7 +363,7 @@ def _plan_present(
     else:
         also = {update_path(rules.soft_delete_field): False, SYNC: meta}
         owned_before = target_meta.owned
-        if staging_id in staging.whole:
+        if encode_id(staging_id) in staging.whole:
             # Read in full: plan from what staging holds, in its order (drift made by hand
             # included), not from what the last write recorded.
             owned_before = tuple(path for path, _ in leaf_paths(
@@ -371,12 +371,13 @@ def _plan_present(
         field_update = plan_field_update(owned_before, document, rules.fields, also)
         if field_update is not None:
             update: Update = field_update.update
-        elif staging_id in staging.whole:
+        elif encode_id(staging_id) in staging.whole:
             body, _ = merge_fields(target, document, target_meta.owned, rules.fields)
             set_path(body, rules.soft_delete_field, False)
             update = [{"$replaceWith": {"$literal": {"_id": staging_id, **body, SYNC: meta}}}]
         else:
-            plan.need_content.add(staging_id)  # names `$set` cannot address: merge in memory
+            # Names `$set` cannot address: merge in memory, from the whole document.
+            plan.need_content.add(encode_id(staging_id))
             plan.deferred.append(pid)
             return
         write = PlannedWrite(pid, staging_id, _expectation(target_meta), "updated",
@@ -384,7 +385,7 @@ def _plan_present(
 
     state.claimed_keys[key] = pid
     if target is not None:
-        state.targeted.add(staging_id)
+        state.targeted.add(encode_id(staging_id))
     if own_meta.key is not None and own_meta.key != key and not own_meta.deleted:
         plan.released_keys.add(own_meta.key)
     plan.writes.append(write)
@@ -437,9 +438,9 @@ def _release_stale_claim(
     version: int,
 ) -> None:
     if (own is None or own_meta.key is None or own_meta.key == key or own_meta.deleted
-            or own["_id"] in state.targeted):
+            or encode_id(own["_id"]) in state.targeted):
         return
-    state.targeted.add(own["_id"])
+    state.targeted.add(encode_id(own["_id"]))
     plan.writes.append(_release_key(own, own_meta, pid=pid, version=version))
     plan.released_keys.add(own_meta.key)
 
@@ -460,7 +461,7 @@ def _unchanged(
     pid: str,
     key: str,
     digest: str,
-    whole: frozenset[Any],
+    whole: frozenset[str],
     rules: CollectionRules,
 ) -> bool:
     """Whether staging already holds exactly this production content, live, under this key.
@@ -472,7 +473,7 @@ def _unchanged(
         return False
     if get_path(target, rules.soft_delete_field) is not False:
         return False
-    if target["_id"] in whole:
+    if encode_id(target["_id"]) in whole:
         return fingerprint(production_view(target, meta.owned)) == digest
     return meta.fingerprint == digest
 

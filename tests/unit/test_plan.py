@@ -118,9 +118,9 @@ def test_a_type_change_alone_is_a_change() -> None:
 def test_field_names_update_operators_cannot_reach_need_the_whole_document() -> None:
     current = staged(P1, "a@x")
     result = plan({P1: prod("a@x", **{"price.eur": 1})}, [current])
-    assert result.need_content == {current["_id"]} and result.deferred == [P1]
+    assert result.need_content == {encode_id(current["_id"])} and result.deferred == [P1]
     whole = StagingView(by_pid={P1: current}, by_key={key("a@x"): current},
-                        whole=frozenset({current["_id"]}))
+                        whole=frozenset({encode_id(current["_id"])}))
     [write] = plan_batch(version=10, now=NOW, pids=[P1], production={
         P1: prod("a@x", **{"price.eur": 1})}, staging=whole, rules=RULES).writes
     [stage] = write.update
@@ -140,7 +140,8 @@ def test_read_in_full_the_content_itself_is_compared() -> None:
     production = {k: v for k, v in current.items() if k not in ("deleted", "_sync")}
     current["total"] = 2  # drift made by hand: the fingerprint does not see it
     assert plan({P1: production}, [current]).writes[0].outcome == "unchanged"
-    whole = StagingView(by_pid={P1: current}, by_key={}, whole=frozenset({current["_id"]}))
+    whole = StagingView(by_pid={P1: current}, by_key={},
+                        whole=frozenset({encode_id(current["_id"])}))
     [write] = plan_batch(version=10, now=NOW, pids=[P1], production={P1: production},
                          staging=whole, rules=RULES).writes
     assert write.outcome == "updated" and sets(write)["total"] == 1
