@@ -9,6 +9,11 @@ and staging `_id` == production `_id`. A product that merges, keys and versions 
 not beat it on the same servers (targets are expressed as a fraction of it).
 
 One process, one thread: read what the stream has (up to `MAX_EVENTS`), apply it, repeat.
+"What the stream has" is what the server can return at once: getMores wait at most
+`AWAIT_MS` for new events. With the server's default wait (1 s on MongoDB and SecantusDB) a
+getMore returns as soon as one event arrives, so under a steady trickle the stream never came
+up empty and the loop kept reading until `MAX_EVENTS` (measured at 50 changes/s: p50 lag 34 s,
+everything applied at the end). nx-27017, the earlier test server, never waited, which hid it.
 
     python -m bench.limit_copy --prod URI --staging URI [--ready-file F] [--stats-file F]
 """
@@ -30,8 +35,9 @@ from bench.naive_sync import IDLE_SLEEP
 from bench.procs import baseline_args, collection, stop_event, write_json
 
 MAX_EVENTS = 5000  # events read before applying them
-READ_BATCH = 500  # ids per `$in` read and per bulk write (~40 ms per 500-id read here)
+READ_BATCH = 500  # ids per `$in` read and per bulk write
 STREAM_BATCH = 1000  # change events per getMore
+AWAIT_MS = 5  # how long a getMore may wait for new events (see the module doc)
 
 
 def drain(stream: ChangeStream[Any], limit: int) -> tuple[dict[Any, None], int]:
@@ -73,7 +79,7 @@ def run(
 ) -> Counter[str]:
     """Follow production's change stream until `stop` is set, copying what changed."""
     stats: Counter[str] = Counter()
-    with prod.watch(batch_size=STREAM_BATCH) as stream:
+    with prod.watch(batch_size=STREAM_BATCH, max_await_time_ms=AWAIT_MS) as stream:
         on_ready()
         while not stop.is_set():
             ids, events = drain(stream, MAX_EVENTS)

@@ -38,5 +38,6 @@ def run_resync(settings: Settings, name: str, wait: bool, timeout: float,
                     ("created", "updated", "unchanged", "soft_deleted", "dead_lettered")))
     console.print(table)
     seconds = (final["finishedAt"] - final["startedAt"]).total_seconds()
-    console.print(f"{final['total']} production documents in {seconds:.1f}s")
+    console.print(f"{final['total']} production documents in {seconds:.1f}s "
+                  f"({final['chunks']} chunks)")
     return 0

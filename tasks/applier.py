@@ -179,7 +179,7 @@ def apply_documents(
     refused: dict[str, str] = {}
     woken: set[str] = set()
     lost: set[str] = set()
-    whole: set[Any] = set()
+    whole: set[str] = set()
     taken: set[str] = set()
     retried: set[str] = set()
     # Keys come from production's values; what is written has its references translated.

@@ -79,9 +79,10 @@ CHUNK_TASKS = {"copy": RESYNC_CHUNK, "sweep": RESYNC_SWEEP}
 # Chunks per in-flight slot. The walk cuts chunks of equal size, and every chunk costs one
 # walk step and one range read; large collections get more chunks anyway (below).
 CHUNKS_PER_SLOT = 1
-# A chunk is read with one cursor, in batches of `resync_chunk_size`; past this many batches
-# the collection is cut into more chunks instead.
-MAX_BATCHES_PER_CHUNK = 50
+# A chunk is read with one cursor per task turn, in batches of `resync_chunk_size`; past this
+# many batches the collection is cut into more chunks, so that a large collection has more
+# chunks than workers (a worker done early takes the next one).
+MAX_BATCHES_PER_CHUNK = 200
 SWEEP_PAGES_PER_CHUNK = (10, 200)  # bounds of a sweep chunk, in pages of SWEEP_PAGE
 # Planning steps one task may take before leaving the rest to the next finished chunk.
 MAX_PLAN_STEPS = 64
@@ -279,10 +280,13 @@ def _run_chunk(task: Task, phase: str, collection: str, resync_id: str, index: i
         outcome = worker.work()
     except Exception as error:
         if _overran(error):
-            smaller = shrink_batch(worker.runtime.state_db, worker.current_key)
-            log.warning("resync batch overran the time limit; the chunk goes on with smaller "
-                        "ones", extra={"collection": collection, "resync": resync_id,
-                                       "chunk": worker.index, "batch": smaller})
+            try:
+                smaller = shrink_batch(worker.runtime.state_db, worker.current_key)
+            except Exception:  # the retry below matters more than the shrink
+                smaller = None
+            log.warning("resync batch took too long; the chunk goes on with smaller ones",
+                        extra={"collection": collection, "resync": resync_id,
+                               "chunk": worker.index, "batch": smaller})
             raise task.retry(args=worker.args, exc=error, countdown=1, max_retries=None
                              ) from None
         if _retryable(error):

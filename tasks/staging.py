@@ -21,7 +21,7 @@ from pymongo.errors import BulkWriteError, WriteConcernError
 from pymongo.write_concern import WriteConcern
 
 from settings.model import CollectionSettings, StagingSettings
-from tasks.rules.identity import business_key, key_digest
+from tasks.rules.identity import business_key, decode_id, encode_id, key_digest
 from tasks.rules.plan import UNSYNCED, CollectionRules, PlannedWrite, StagingView
 from tasks.rules.sync_meta import KEY_FIELD, PID_FIELD, SYNC, VERSION_FIELD, read_meta
 
@@ -75,7 +75,7 @@ class TargetCollection:
         self,
         pids: Sequence[str],
         production: Mapping[str, Mapping[str, Any] | None],
-        whole: AbstractCollection[Any] | bool = (),
+        whole: AbstractCollection[str] | bool = (),
     ) -> StagingView:
         """Everything the planner may need, in one to three indexed queries.
 
@@ -83,7 +83,8 @@ class TargetCollection:
         the documents found in 1; 3. documents never synced, by the raw business-key fields,
         only for keys nobody holds yet (first syncs of pre-existing staging data).
         Only `_sync` and the soft-delete flag are read, except for the staging `_id`s in
-        `whole` (or every document when `whole` is True), read in full.
+        `whole` (encoded, as the planner keeps them; or every document when `whole` is True),
+        read in full.
         """
         projection = None if whole is True else self._projection
         by_pid = {
@@ -91,7 +92,7 @@ class TargetCollection:
             for doc in self._find({PID_FIELD: {"$in": list(pids)}}, projection)
         }
         if whole and whole is not True:
-            for doc in self.collection.find({"_id": {"$in": list(whole)}}):
+            for doc in self.collection.find({"_id": {"$in": [decode_id(i) for i in whole]}}):
                 pid = read_meta(doc).pid
                 if pid in by_pid:
                     by_pid[pid] = doc
@@ -120,9 +121,9 @@ class TargetCollection:
         unsynced = self._unsynced_by_key(
             {key: wanted[key] for key in missing if key not in by_key}
         )
-        complete = {doc["_id"] for doc in unsynced.values()}
+        complete = {encode_id(doc["_id"]) for doc in unsynced.values()}
         if whole is True:
-            complete |= {doc["_id"] for doc in (*by_pid.values(), *by_key.values())}
+            complete |= {encode_id(doc["_id"]) for doc in (*by_pid.values(), *by_key.values())}
         elif whole:
             complete |= set(whole)
         return StagingView(by_pid=by_pid, by_key=by_key, unsynced_by_key=unsynced,

@@ -218,3 +218,28 @@ def test_a_bootstrap_resync_with_a_live_stream_on_the_same_documents_ends_equal(
         assert copy is not None and copy["deleted"] is False
     live = Counter(doc["_sync"]["pid"] for doc in staging.find({"deleted": False}, {"_sync": 1}))
     assert max(live.values()) == 1
+
+
+def test_bookkeeping_is_indexed_expires_and_counts_without_scanning(
+    pipeline_factory: Any,
+) -> None:
+    pipeline: Pipeline = pipeline_factory([collection_config("orders", resync_chunk_size=10)])
+    pipeline.prod().insert_many([order(i) for i in range(95)])
+    pipeline.start_worker()
+    done = pipeline.cli("resync", pipeline.collections[0]["name"], "--wait", "--timeout",
+                        str(TIMEOUT))
+    assert done.returncode == 0, done.stdout + done.stderr + pipeline.logs()
+    record = resync_record(pipeline, done.stdout)
+    resyncs = pipeline.state()["resyncs"]
+    indexes = resyncs.index_information()
+    assert indexes["stagesync_resync_chunks"]["key"][0] == ("resync", 1)
+    assert indexes["stagesync_resyncs_ttl"]["expireAfterSeconds"] == 0
+    chunks = list(resyncs.find({"resync": record["_id"]}))
+    assert chunks and all(chunk.get("expireAt") for chunk in chunks)
+    assert record["expireAt"] > record["finishedAt"]
+    # Progress is one document's counters, equal to the exact per-chunk summary.
+    assert record["docs"] == record["total"] == 95
+    assert record["counts"]["created"] == record["summary"]["created"] == 95
+    assert record["chunksDone"] == len(chunks)
+    plan = resyncs.find({"resync": record["_id"], "phase": "copy", "state": "queued"}).explain()
+    assert "stagesync_resync_chunks" in str(plan)
