@@ -132,7 +132,9 @@ def copy_chunk(run: ChunkRun) -> Outcome:
     try:
         batch: dict[str, Document | None] = {}
         last: Any = None
+        read_any = False  # `last` cannot tell: an `_id` can be null
         for document in cursor:
+            read_any = True
             last = document["_id"]
             pid = encode_id(last)
             if context.sampled(pid):  # outside a `subset: {percent}` sample: as if absent
@@ -149,7 +151,7 @@ def copy_chunk(run: ChunkRun) -> Outcome:
                 return "more"
             if run.over_budget():
                 return "more"
-        if last is not None and not _copy_batch(run, version, batch, last, probe):
+        if read_any and not _copy_batch(run, version, batch, last, probe):
             return "lost"
         return "exhausted"
     finally:

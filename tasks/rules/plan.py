@@ -301,7 +301,7 @@ def _plan_present(
     if holder is not None and own is None and read_meta(holder).pid == pid:
         plan.deferred.append(pid)  # our own copy, seen only by key: re-plan with it as own
         return
-    if holder is not None and (own is None or holder["_id"] != own["_id"]):
+    if holder is not None and (own is None or encode_id(holder["_id"]) != encode_id(own["_id"])):
         holder_meta = read_meta(holder)
         if encode_id(holder["_id"]) in state.targeted:
             plan.deferred.append(pid)

@@ -261,3 +261,12 @@ def test_a_document_with_many_small_fields_fits_with_its_sync_metadata() -> None
     [write] = plan({P1: document}, []).writes
     assert write.outcome == "created"
     assert len(bson.encode(write.document)) < 0.6 * (len(bson.encode(document)) + as_strings)
+
+
+def test_a_copy_whose_id_is_nan_is_its_own_key_holder() -> None:
+    # NaN is not equal to itself: compared as values, the copy looked like another document
+    # holding its own business key, and the resync dead-lettered it.
+    nan_pid = encode_id(float("nan"))
+    current = {**staged(nan_pid, "a@x"), "_id": float("nan")}
+    [write] = plan({nan_pid: {**prod("a@x"), "_id": float("nan")}}, [current]).writes
+    assert write.outcome == "unchanged"
