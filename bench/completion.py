@@ -10,15 +10,17 @@ untimed, and a run that does not verify does not count.
 
 A staging document is found by a `StagingLocator`: by `_id` for the baselines (their staging
 copy keeps production's `_id`); a system whose staging `_id`s differ brings its own
-(`bench.product.BySyncPid`).
+(`bench.product.BySyncPid`). A system that copies only part of production (a subset) says
+which documents it copies (`SystemSpec.copies`); `expectations` marks the others as expected
+absent (`Expected.copied` False), decided from the workload alone, never by reading staging.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from pymongo.collection import Collection
@@ -61,9 +63,22 @@ def _soft_deleted(doc: dict[str, Any], soft_delete_field: str | None) -> bool:
     return bool(soft_delete_field and doc.get(soft_delete_field))
 
 
+def expectations(
+    expected: Iterable[Expected], copies: Callable[[Expected], bool] | None = None
+) -> list[Expected]:
+    """What staging must show once everything is applied, for a system that copies only the
+    documents `copies` accepts (None: all of them): any other is expected absent, whatever
+    production did to it (`copied=False`). Why here and not in the system's locator: the
+    completion time must count a document outside the subset as done exactly when staging
+    has no live copy of it, and the harness decides membership from the workload alone."""
+    if copies is None:
+        return list(expected)
+    return [e if copies(e) else replace(e, copied=False) for e in expected]
+
+
 def _applied(doc: dict[str, Any] | None, wanted: Expected) -> bool:
     """Does this staging document (None = absent or soft-deleted) reflect `wanted`?"""
-    if wanted.deleted:
+    if wanted.absent:
         return doc is None
     if doc is None:
         return False

@@ -22,6 +22,12 @@ heartbeat — i.e. its change stream is open. In the resync scenario only worker
 The product cannot watch its parent, so its processes get `PR_SET_PDEATHSIG` (SIGTERM when the
 runner dies) and a timer SIGTERMs them after `ctx.max_seconds`.
 
+Variants (`Variant`, bench/README.md "References and subsets"): `stagesync-refs` also configures
+`users` and translates each order's `customerId` into the staging `_id` of its user's copy;
+`stagesync-subset` copies a 10 % keyed sample of the users and exactly their orders. Both run
+the same burst on orders; the harness decides subset membership with the product's own pure
+`in_sample` and the same secret, never by reading staging.
+
 Tuning, for trying alternatives without editing code: `BENCH_STAGESYNC_*` variables (see
 `Tuning`; defaults are the settled configuration, 1 worker x -c 2 with the product's batching
 defaults and `max_inflight_batches` = worker processes, resync chunks of 5000), e.g.
@@ -40,7 +46,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import redis
 import yaml
@@ -48,7 +54,7 @@ from pymongo import ASCENDING, IndexModel, MongoClient
 from pymongo.collation import Collation
 from pymongo.collection import Collection
 
-from bench.procs import spawn
+from bench.procs import collection, spawn
 from bench.systems import (
     BenchContext,
     ResyncOutcome,
@@ -56,12 +62,13 @@ from bench.systems import (
     RunOptions,
     SystemSpec,
 )
-from bench.verify_equal import VerifyResult, verify_uris
-from bench.workload import BUSINESS_KEY, MARKER, Expected
+from bench.verify_equal import VerifyResult, verify_equal, verify_uris
+from bench.workload import BUSINESS_KEY, CUSTOMER, MARKER, USERS, USERS_KEY, Expected
 from settings import load_settings
 from tasks.constants import RESYNCS, WATCHERS, watcher_key
 from tasks.rules.identity import encode_id
-from tasks.rules.sync_meta import KEY_FIELD, PID_FIELD, SYNC
+from tasks.rules.subset import in_sample
+from tasks.rules.sync_meta import KEY_FIELD, PID_FIELD, SYNC, read_meta
 
 VENV_BIN = Path(sys.executable).parent
 COLLECTION = "orders"
@@ -71,6 +78,15 @@ READY_TIMEOUT = 90.0  # seconds for workers to log "ready" and the watcher to st
 STOP_TIMEOUT = 30.0  # SIGTERM -> SIGKILL: the watcher drains for up to 5 s, workers finish a task
 ENV_PREFIX = "BENCH_STAGESYNC_"
 SIMPLE_COLLATION = Collation(locale="simple")
+
+# What the product is configured to sync: `plain` = orders alone (the `stagesync` row); `refs`
+# = users too, orders.customerId declared a reference to them; `subset` = a `percent` sample
+# of the users and the orders that follow them through that reference.
+Variant = Literal["plain", "refs", "subset"]
+SUBSET_PERCENT = 10.0
+# Fixed, so the harness can tell which documents the product copies (`subset_member`) with
+# the same keyed hash; it keys nothing else here (no PII rules are configured).
+PII_SECRET = "stagesync-bench-subset-sample"
 
 
 # -- tuning --------------------------------------------------------------------------------------
@@ -133,29 +149,65 @@ class Tuning:
 
 
 # -- configuration ---------------------------------------------------------------------------------
+def users_namespaces(ctx: BenchContext) -> tuple[str, str]:
+    """(production, staging) namespaces of the users, beside the orders on each side."""
+    return (f"{ctx.source.partition('.')[0]}.{USERS}", f"{ctx.target.partition('.')[0]}.{USERS}")
+
+
+def collection_names(variant: Variant) -> tuple[str, ...]:
+    """The configured collections, referenced ones first (the order `prepare` bootstraps)."""
+    return (COLLECTION,) if variant == "plain" else (USERS, COLLECTION)
+
+
+def collection_configs(
+    ctx: BenchContext, tuning: Tuning, variant: Variant = "plain",
+    only: Sequence[str] | None = None,
+) -> list[dict[str, Any]]:
+    """The `collections` entries of a variant (those named in `only`, when given)."""
+    users_source, users_target = users_namespaces(ctx)
+    entries: dict[str, dict[str, Any]] = {
+        USERS: {"name": USERS, "source": users_source, "target": users_target,
+                "business_key": list(USERS_KEY), "soft_delete_field": SOFT_DELETE_FIELD},
+        COLLECTION: {"name": COLLECTION, "source": ctx.source, "target": ctx.target,
+                     "business_key": list(ctx.business_key),
+                     "soft_delete_field": SOFT_DELETE_FIELD},
+    }
+    if variant != "plain":
+        entries[COLLECTION]["references"] = {CUSTOMER: USERS}
+    if variant == "subset":
+        entries[USERS]["subset"] = {"percent": SUBSET_PERCENT}
+        entries[COLLECTION]["subset"] = {"follow": CUSTOMER}
+    out = []
+    for name in collection_names(variant):
+        if only is not None and name not in only:
+            continue
+        entry = entries[name]
+        if tuning.partitions:
+            entry["partitions"] = tuning.partitions
+        if tuning.resync_chunk:
+            entry["resync_chunk_size"] = tuning.resync_chunk
+        out.append(entry)
+    return out
+
+
 def write_config(
     path: Path, ctx: BenchContext, prod_uri: str, staging_uri: str, redis_url: str,
-    tuning: Tuning,
+    tuning: Tuning, variant: Variant = "plain", only: Sequence[str] | None = None,
 ) -> Path:
-    """A stagesync YAML configuration (validated by the product's own loader)."""
-    collection: dict[str, Any] = {
-        "name": COLLECTION, "source": ctx.source, "target": ctx.target,
-        "business_key": list(ctx.business_key), "soft_delete_field": SOFT_DELETE_FIELD,
-    }
-    if tuning.partitions:
-        collection["partitions"] = tuning.partitions
-    if tuning.resync_chunk:
-        collection["resync_chunk_size"] = tuning.resync_chunk
+    """A stagesync YAML configuration (validated by the product's own loader); `only` limits
+    it to some of the variant's collections (the two-step bootstrap of `_prepare`)."""
     write_concern: str | int = (int(tuning.write_concern) if tuning.write_concern.isdigit()
                                 else tuning.write_concern)
     data: dict[str, Any] = {
         "prod": {"uri": prod_uri},
         "staging": {"uri": staging_uri, "write_concern": write_concern, "state_db": STATE_DB},
         "redis_url": redis_url,
-        "collections": [collection],
+        "collections": collection_configs(ctx, tuning, variant, only),
         # A numeric write concern is a measured trade-off here, not a production setting.
         "allow_unsafe_concerns": write_concern != "majority",
     }
+    if variant == "subset":
+        data["pii_secret"] = PII_SECRET
     # One batch in flight per worker process: more only queue up as small batches.
     watcher = {"batch_max_size": tuning.batch, "batch_max_wait_ms": tuning.batch_wait_ms,
                "busy_batch_wait_ms": tuning.busy_wait_ms,
@@ -335,25 +387,29 @@ def state_collection(client: MongoClient[Any], name: str) -> Collection[Any]:
     return client[STATE_DB][name]
 
 
-def watcher_doc(client: MongoClient[Any]) -> dict[str, Any]:
-    return state_collection(client, WATCHERS).find_one({"_id": COLLECTION}) or {}
+def watcher_doc(client: MongoClient[Any], name: str = COLLECTION) -> dict[str, Any]:
+    return state_collection(client, WATCHERS).find_one({"_id": name}) or {}
 
 
 def wait_streaming(
-    procs: ProductProcesses, staging_direct_uri: str, timeout: float = READY_TIMEOUT
+    procs: ProductProcesses, staging_direct_uri: str, timeout: float = READY_TIMEOUT,
+    names: Sequence[str] = (COLLECTION,),
 ) -> None:
-    """Until the watcher we started owns the collection, holds a checkpoint and streams."""
+    """Until the watcher we started owns each collection, holds a checkpoint and streams."""
     pid = procs.procs["watcher"].pid
     client: MongoClient[Any] = MongoClient(staging_direct_uri)
     heartbeat = redis.Redis.from_url(procs.redis_url, socket_timeout=10)
     try:
-        def streaming() -> bool:
-            doc = watcher_doc(client)
+        def one_streaming(name: str) -> bool:
+            doc = watcher_doc(client, name)
             if doc.get("pid") != pid or not doc.get("owner") or not doc.get("token"):
                 return False
-            state = heartbeat.hgetall(watcher_key(COLLECTION))
+            state = heartbeat.hgetall(watcher_key(name))
             return (state.get(b"owner") == str(doc["owner"]).encode()
                     and state.get(b"state") in (b"streaming", b"backpressure"))
+
+        def streaming() -> bool:
+            return all(one_streaming(name) for name in names)
 
         wait_until(streaming, timeout, "the watcher streaming", procs.check_alive)
     finally:
@@ -362,7 +418,19 @@ def wait_streaming(
 
 
 # -- the spec's callables --------------------------------------------------------------------------
-def _prepare(tuning: Tuning) -> Callable[[BenchContext, Sequence[dict[str, Any]]], None]:
+def bootstrap_steps(variant: Variant) -> list[tuple[str, ...]]:
+    """The collections configured at each step of `prepare`. Referenced collections come
+    first, alone: an order bootstrapped before its user's copy exists would keep production's
+    `customerId` (pending until the copy arrives) or, following a subset, be left out until the
+    user's entry brings it in, all asynchronously; in two steps the second bootstrap finds
+    every copy it references, and its end is the end of the work."""
+    names = collection_names(variant)
+    return [names[:n] for n in range(1, len(names) + 1)]
+
+
+def _prepare(
+    tuning: Tuning, variant: Variant = "plain"
+) -> Callable[[BenchContext, Sequence[dict[str, Any]]], None]:
     """Bootstrap, untimed, over direct connections and a throw-away Redis (see module doc)."""
 
     def prepare(ctx: BenchContext, docs: Sequence[dict[str, Any]]) -> None:
@@ -371,35 +439,45 @@ def _prepare(tuning: Tuning) -> Callable[[BenchContext, Sequence[dict[str, Any]]
         workdir = ctx.workdir / "prepare"
         scratch = start_redis(workdir=workdir / "redis")
         timeout = 120 + len(docs) / 20
-        config = write_config(workdir / "stagesync.yaml", ctx, ctx.prod_direct_uri,
-                              ctx.staging_direct_uri, scratch.uri, tuning)
-        procs = ProductProcesses(workdir, config, tuning, scratch.uri, timeout + 60,
-                                 tag="prepare-")
         client: MongoClient[Any] = MongoClient(ctx.staging_direct_uri)
         try:
-            procs.start_workers()
-            procs.start_watcher()
+            steps = bootstrap_steps(variant)
+            for step, names in enumerate(steps):
+                # The last step keeps the names the single-collection bootstrap always had.
+                suffix = "" if step == len(steps) - 1 else f"-{'-'.join(names)}"
+                config = write_config(workdir / f"stagesync{suffix}.yaml", ctx,
+                                      ctx.prod_direct_uri, ctx.staging_direct_uri, scratch.uri,
+                                      tuning, variant, only=names)
+                procs = ProductProcesses(workdir, config, tuning, scratch.uri, timeout + 60,
+                                         tag=f"prepare{suffix}-")
+                try:
+                    procs.start_workers()
+                    procs.start_watcher()
 
-            def bootstrapped() -> bool:
-                doc = watcher_doc(client)
-                return bool(doc.get("token") and doc.get("lastResync")
-                            and not doc.get("resyncPending"))
+                    def bootstrapped(names: tuple[str, ...] = names) -> bool:
+                        docs = [watcher_doc(client, name) for name in names]
+                        return all(doc.get("token") and doc.get("lastResync")
+                                   and not doc.get("resyncPending") for doc in docs)
 
-            wait_until(bootstrapped, timeout, "the bootstrap resync", procs.check_alive, 0.5)
+                    wait_until(bootstrapped, timeout, f"the bootstrap resync of {names}",
+                               procs.check_alive, 0.5)
+                finally:
+                    procs.stop()
         finally:
-            procs.stop()
             client.close()
             scratch.stop()
 
     return prepare
 
 
-def _start(tuning: Tuning, locator: BySyncPid) -> Callable[[BenchContext], RunningSystem]:
+def _start(
+    tuning: Tuning, locator: BySyncPid, variant: Variant = "plain"
+) -> Callable[[BenchContext], RunningSystem]:
     def start(ctx: BenchContext) -> RunningSystem:
         if ctx.redis_url is None:
             raise RuntimeError("stagesync needs the runner's private Redis (needs_redis=True)")
         config = write_config(ctx.workdir / "stagesync.yaml", ctx, ctx.prod_uri,
-                              ctx.staging_uri, ctx.redis_url, tuning)
+                              ctx.staging_uri, ctx.redis_url, tuning, variant)
         procs = ProductProcesses(ctx.workdir, config, tuning, ctx.redis_url, ctx.max_seconds)
         try:
             procs.start_workers()
@@ -407,9 +485,12 @@ def _start(tuning: Tuning, locator: BySyncPid) -> Callable[[BenchContext], Runni
                 procs.start_watcher()
             procs.wait_workers_ready()
             if ctx.scenario != "resync":
-                wait_streaming(procs, ctx.staging_direct_uri)
+                wait_streaming(procs, ctx.staging_direct_uri, names=collection_names(variant))
             if tuning.index_twins == "add":
-                add_index_twins(ctx)  # every product process has run ensure_indexes by now
+                # Every product process has run ensure_indexes by now. The users' twins serve
+                # the references' `_sync.pid` lookup, one per apply.
+                add_index_twins(ctx, [ctx.target] if variant == "plain"
+                                else [ctx.target, users_namespaces(ctx)[1]])
             if ctx.scenario != "resync":
                 prime_locator(locator, ctx)
             procs.snapshot_redis()
@@ -421,20 +502,22 @@ def _start(tuning: Tuning, locator: BySyncPid) -> Callable[[BenchContext], Runni
     return start
 
 
-def add_index_twins(ctx: BenchContext) -> None:
+def add_index_twins(ctx: BenchContext, targets: Sequence[str] | None = None) -> None:
     """Test-server workaround (SecantusDB 0.7.0b3 differs from MongoDB here): its planner never
     uses a partial index, so every `_sync.pid` / `_sync.key` query of the apply path (served
     on MongoDB by the product's unique indexes with `partialFilterExpression: {$exists: true}`,
     which an equality or `$in` on a non-null value implies) scans the whole collection, once
     per `$in` value: measured at 20k documents, a 200-pid `$in` takes ~9 s instead of ~50 ms.
     A plain (non-unique, non-partial) index on the same field with the same simple collation,
-    added beside the product's, is used; uniqueness is still enforced by the product's own."""
+    added beside the product's, is used; uniqueness is still enforced by the product's own.
+    `targets`: the staging namespaces to add them to (default: the orders')."""
     client: MongoClient[Any] = MongoClient(ctx.staging_direct_uri)
     try:
-        db, _, name = ctx.target.partition(".")
-        client[db][name].create_indexes([
-            IndexModel([(field, ASCENDING)], name=f"bench_twin_{field.replace('.', '_')}",
-                       collation=SIMPLE_COLLATION) for field in (PID_FIELD, KEY_FIELD)])
+        for target in targets or [ctx.target]:
+            db, _, name = target.partition(".")
+            client[db][name].create_indexes([
+                IndexModel([(field, ASCENDING)], name=f"bench_twin_{field.replace('.', '_')}",
+                           collation=SIMPLE_COLLATION) for field in (PID_FIELD, KEY_FIELD)])
     finally:
         client.close()
 
@@ -503,27 +586,108 @@ class ProductVerifyResult(VerifyResult):
         return self.data_ok and self.tool_exit == 0
 
 
-def _verify(tuning: Tuning) -> Callable[[BenchContext], VerifyResult]:
+def subset_member(production_id: Any) -> bool:
+    """Is this production user in the subset variant's sample? The product's own pure function
+    (`tasks.rules.subset.in_sample`, as `tasks.applier.ApplyContext.sampled` calls it) over the
+    same encoded `_id`, percent and secret as the configuration `write_config` writes."""
+    return in_sample(encode_id(production_id), SUBSET_PERCENT, PII_SECRET.encode())
+
+
+def order_member(customer: Any) -> bool:
+    """Does the subset variant copy an order with this `customerId`? It follows its user: in
+    exactly when the user is (users are never deleted or changed here, so a sampled user
+    always has a live copy); an order with no customer references nothing and is out."""
+    return customer is not None and subset_member(customer)
+
+
+def order_copied(expected: Expected) -> bool:
+    """`SystemSpec.copies` of the subset variant (the burst never changes `customerId`)."""
+    return order_member(expected.customer)
+
+
+def live_copies(coll: Collection[Any]) -> dict[str, Any]:
+    """Encoded production `_id` -> staging `_id` of every live synced document (the product's
+    notion of live, as its reference lookup reads it)."""
+    out: dict[str, Any] = {}
+    for doc in coll.find({}, {SYNC: 1, SOFT_DELETE_FIELD: 1}):
+        meta = read_meta(doc)
+        if isinstance(meta.pid, str) and not meta.deleted and not doc.get(SOFT_DELETE_FIELD):
+            out[meta.pid] = doc["_id"]
+    return out
+
+
+def translated_references(copies: Mapping[str, Any]) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """A production order as staging must hold it: `customerId` = the staging `_id` of its
+    user's live copy. (With `staging_ids: production` that is usually production's own value,
+    so a plain comparison could not tell a translated reference from an untouched one; this
+    one fails when the copy is missing or has another `_id`.)"""
+
+    def expected(doc: dict[str, Any]) -> dict[str, Any]:
+        value = doc.get(CUSTOMER)
+        if value is None:
+            return doc
+        copy = copies.get(encode_id(value))
+        return {**doc, CUSTOMER: copy if copy is not None
+                else f"<no live staging copy of {USERS} {value!r}>"}
+
+    return expected
+
+
+def strict_verify(ctx: BenchContext, variant: Variant) -> VerifyResult:
+    """The harness's document-by-document comparison: orders (and, for the variants, users,
+    counted in the same result), restricted to the subset when there is one."""
+    if variant == "plain":
+        return verify_uris(ctx.prod_direct_uri, ctx.staging_direct_uri, ctx.source, ctx.target,
+                           match_on=tuple(ctx.business_key), ignore_fields=[SYNC],
+                           soft_delete_field=SOFT_DELETE_FIELD)
+    users_source, users_target = users_namespaces(ctx)
+    sampled = variant == "subset"
+    prod: MongoClient[Any] = MongoClient(ctx.prod_direct_uri, serverSelectionTimeoutMS=10000)
+    staging: MongoClient[Any] = MongoClient(ctx.staging_direct_uri,
+                                            serverSelectionTimeoutMS=10000)
+    try:
+        users = verify_equal(
+            collection(prod, users_source), collection(staging, users_target),
+            match_on=USERS_KEY, ignore_fields=[SYNC], soft_delete_field=SOFT_DELETE_FIELD,
+            include=(lambda doc: subset_member(doc["_id"])) if sampled else None)
+        orders = verify_equal(
+            collection(prod, ctx.source), collection(staging, ctx.target),
+            match_on=tuple(ctx.business_key), ignore_fields=[SYNC],
+            soft_delete_field=SOFT_DELETE_FIELD,
+            include=(lambda doc: order_member(doc.get(CUSTOMER))) if sampled else None,
+            expected=translated_references(live_copies(collection(staging, users_target))))
+    finally:
+        prod.close()
+        staging.close()
+    orders.add(users, USERS)
+    return orders
+
+
+def _verify(tuning: Tuning, variant: Variant = "plain") -> Callable[[BenchContext], VerifyResult]:
     def verify(ctx: BenchContext) -> VerifyResult:
-        strict = verify_uris(ctx.prod_direct_uri, ctx.staging_direct_uri, ctx.source, ctx.target,
-                             match_on=tuple(ctx.business_key), ignore_fields=[SYNC],
-                             soft_delete_field=SOFT_DELETE_FIELD)
-        result = ProductVerifyResult(**vars(strict))
-        # The product's own verify, over DIRECT connections (never through the proxies).
+        result = ProductVerifyResult(**vars(strict_verify(ctx, variant)))
+        # The product's own verify, over DIRECT connections (never through the proxies), of
+        # every configured collection (it compares only the subset, and checks references).
         config = write_config(ctx.workdir / "stagesync-verify.yaml", ctx, ctx.prod_direct_uri,
                               ctx.staging_direct_uri, ctx.redis_url or "redis://127.0.0.1:1/0",
-                              tuning)
+                              tuning, variant)
         log = ctx.workdir / "verify-command.log"
-        with open(log, "ab") as out:
-            result.tool_exit = subprocess.run(
-                [str(VENV_BIN / "stagesync"), "verify", COLLECTION, "--settle", "5"],
-                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env=child_env(config, tuning), timeout=900, check=False,
-            ).returncode
+        result.tool_exit = 0
+        for name in collection_names(variant):
+            with open(log, "ab") as out:
+                code = subprocess.run(
+                    [str(VENV_BIN / "stagesync"), "verify", name, "--settle", "5"],
+                    stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                    env=child_env(config, tuning), timeout=900, check=False,
+                ).returncode
+            if code != 0 and result.tool_exit == 0:
+                result.tool_exit = code
+                if variant != "plain":
+                    result.tool_problem = f"{name}: "
         if result.tool_exit != 0:
             dump = ctx.workdir / "dead-letters.json"
             reasons = dump_dead_letters(ctx, dump)
-            result.tool_problem = (f"exit {result.tool_exit}" + (
+            result.tool_problem += (f"exit {result.tool_exit}" + (
                 ", open dead letters: " + ", ".join(f"{n} {r}" for r, n in reasons.items())
                 if reasons else ""))
             result.examples.insert(0, f"stagesync verify exited with {result.tool_exit} "
@@ -604,8 +768,18 @@ class BySyncPid:
 
     def fetch(self, coll: Collection[Any], wanted: Sequence[Expected]) -> dict[Any, dict[str, Any]]:
         projection = {MARKER: 1, self.soft_delete_field: 1, PID_FIELD: 1}
-        by_pid = {encode_id(w.id): w for w in wanted}
         found: dict[str, dict[str, Any]] = {}
+        # Outside a subset (`Expected.copied` False): never written, so no staging `_id` to
+        # remember, and a business-key lookup each would cost ~90 % of the touched documents
+        # one query apiece. One `$in` on `_sync.pid` per probe shows any copy that exists.
+        outside = {encode_id(w.id): w for w in wanted if not w.copied}
+        if outside:
+            for doc in coll.find({PID_FIELD: {"$in": list(outside)}}, projection,
+                                 collation=SIMPLE_COLLATION):
+                pid = _recorded_pid(doc)
+                if pid is not None:
+                    found[pid] = doc
+        by_pid = {encode_id(w.id): w for w in wanted if w.copied}
         known = [self.staging_ids[pid] for pid in by_pid if pid in self.staging_ids]
         if known:
             for doc in coll.find({"_id": {"$in": known}}, projection):
@@ -625,8 +799,9 @@ class BySyncPid:
                     found[pid] = doc
             if pid not in self.staging_ids:
                 self._next_lookup[pid] = now + self.retry_s
+        by_pid.update(outside)
         return {by_pid[pid].id: doc for pid, doc in found.items()
-                if not doc.get(self.soft_delete_field)}
+                if pid in by_pid and not doc.get(self.soft_delete_field)}
 
 
 def _recorded_pid(doc: Mapping[str, Any]) -> str | None:
@@ -639,6 +814,7 @@ def _recorded_pid(doc: Mapping[str, Any]) -> str | None:
 def systems(options: RunOptions) -> list[SystemSpec]:
     tuning = Tuning.from_env()
     locator = BySyncPid()
+    variants = "users (production.users -> staging.users, business key email) configured too"
     return [
         SystemSpec(
             name="stagesync",
@@ -655,4 +831,32 @@ def systems(options: RunOptions) -> list[SystemSpec]:
             resync_cases=tuple(case for case in tuning.resync_cases.split(",")
                                if case in ("empty", "again")),
         ),
+        _variant_spec(tuning, "refs", "stagesync + references: orders.customerId -> users",
+                      f"stagesync-refs: as stagesync, {variants}; orders.references "
+                      f"{{{CUSTOMER}: {USERS}}}: one batched _sync.pid lookup on staging users "
+                      "per apply"),
+        _variant_spec(tuning, "subset",
+                      f"stagesync + subset: {SUBSET_PERCENT:g} % of users and their orders",
+                      f"stagesync-subset: as stagesync-refs, plus users.subset {{percent: "
+                      f"{SUBSET_PERCENT:g}}} and orders.subset {{follow: {CUSTOMER}}} (fixed "
+                      "bench pii_secret); changes = all operations written, including those "
+                      "on orders outside the subset (expected absent, never written)"),
     ]
+
+
+def _variant_spec(tuning: Tuning, variant: Variant, summary: str, note: str) -> SystemSpec:
+    """The product with references (and a subset) configured, on the same burst (opt-in)."""
+    locator = BySyncPid()
+    return SystemSpec(
+        name=f"stagesync-{variant}",
+        summary=summary,
+        prepare=_prepare(tuning, variant),
+        start=_start(tuning, locator, variant),
+        locator=locator,
+        verify=_verify(tuning, variant),
+        scenarios=frozenset({"burst"}),
+        needs_redis=True,
+        notes=[note],
+        copies=order_copied if variant == "subset" else None,
+        opt_in=True,
+    )

@@ -37,12 +37,23 @@ from pymongo.collection import Collection
 from rich.console import Console
 from rich.table import Table
 
-from bench.completion import LagObserver, percentile, wait_until_applied
+from bench.completion import LagObserver, expectations, percentile, wait_until_applied
 from bench.network import NETWORKS, open_network
 from bench.procs import collection, peak_rss_mb, process_tree
 from bench.systems import BenchContext, ResyncOutcome, RunOptions, SystemSpec, load_systems
 from bench.verify_equal import VerifyResult
-from bench.workload import Burst, apply_burst, apply_steady, make_ops, make_orders, seed_production
+from bench.workload import (
+    USERS,
+    Burst,
+    WriteRecord,
+    apply_burst,
+    apply_steady,
+    make_ops,
+    make_orders,
+    make_users,
+    seed_production,
+    users_for,
+)
 from cli.local_servers import LocalServer, start_mongo_test_server, start_redis
 
 SCENARIOS = ("burst", "steady", "resync")
@@ -98,15 +109,22 @@ class Row:
 
 # -- cached workloads (deterministic; generated once per size) --------------------------------
 @cache
+def _users(orders: int, seed: int) -> list[dict[str, Any]]:
+    """The production users the orders reference (orders / 10 of them)."""
+    return make_users(users_for(orders), seed)
+
+
+@cache
 def _docs(count: int, seed: int) -> list[dict[str, Any]]:
-    return make_orders(count, seed)
+    return make_orders(count, seed, customers=[u["_id"] for u in _users(count, seed)])
 
 
 @cache
 def _ops(docs: int, seed: int, count: int, stream: str) -> Burst:
     """Operations on `_docs(docs, seed)`. The op seed does not depend on `count`, so a smaller
     burst is exactly the first `count` operations of the full one."""
-    return make_ops(_docs(docs, seed), count, seed=seed * 1000 + SCENARIOS.index(stream))
+    return make_ops(_docs(docs, seed), count, seed=seed * 1000 + SCENARIOS.index(stream),
+                    customers=[u["_id"] for u in _users(docs, seed)])
 
 
 # -- one measured run -------------------------------------------------------------------------
@@ -122,6 +140,9 @@ def run_one(scenario: str, network: str, spec: SystemSpec, opts: RunOptions, roo
         staging_coll = _collection(stack, staging.uri, "staging.orders")
         docs = _docs(opts.docs, opts.seed)
         seed_production(prod_coll, docs)
+        # Every system gets the users its orders reference; only the product's references and
+        # subset variants read them (the burst never writes them).
+        seed_production(prod_coll.database[USERS], _users(opts.docs, opts.seed))
         budget = _timeout(scenario, spec, opts)
         ctx = BenchContext(scenario, network, prod.uri, staging.uri, prod.uri, staging.uri,
                            workdir, max_seconds=budget + 300)
@@ -174,7 +195,8 @@ def _measure_burst(
     row.changes, row.extrapolated = count, count < opts.changes
     started, written = apply_burst(prod, burst.ops)
     row.writer_rate = count / max(written - started, 1e-9)
-    done, pending = wait_until_applied(staging, spec.locator, burst.expected.values(), budget)
+    expected = expectations(burst.expected.values(), spec.copies)
+    done, pending = wait_until_applied(staging, spec.locator, expected, budget)
     if done is None:
         row.error = f"timeout after {budget:.0f}s: {pending} documents not in their final state"
     else:
@@ -187,10 +209,17 @@ def _measure_steady(
 ) -> None:
     steady = _ops(opts.docs, opts.seed, int(opts.rate * opts.duration), "steady")
     observer = LagObserver(staging, spec.locator)
+    copies = spec.copies
+
+    def observe(record: WriteRecord) -> None:
+        """Lag of the writes the system copies (a write outside its subset has none)."""
+        wanted = steady.expected[record.op.id]
+        if copies is None or copies(wanted):
+            observer.add(record, wanted.key)
+
     observer.start()
     try:
-        records = apply_steady(prod, steady.ops, opts.rate, opts.duration,
-                               on_write=lambda r: observer.add(r, steady.expected[r.op.id].key))
+        records = apply_steady(prod, steady.ops, opts.rate, opts.duration, on_write=observe)
         row.unseen = observer.drain(budget)
     finally:
         observer.drain(0)  # stops its thread if the writer failed
@@ -484,6 +513,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"unknown systems {sorted(unknown)}; known: {[s.name for s in specs]}")
             return 2
         specs = [s for s in specs if s.name in wanted]
+    else:
+        specs = [s for s in specs if not s.opt_in]
     _spec_notes[:] = [note for spec in specs for note in spec.notes]
     scenarios = SCENARIOS if args.scenario == "all" else (args.scenario,)
     networks = NETWORKS if args.network == "both" else (args.network,)

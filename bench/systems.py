@@ -34,7 +34,7 @@ from bench.procs import (
     wait_for_file,
 )
 from bench.verify_equal import VerifyResult, verify_uris
-from bench.workload import BUSINESS_KEY
+from bench.workload import BUSINESS_KEY, Expected
 
 # Modules providing `systems(options) -> list[SystemSpec]`, in table order.
 SYSTEM_MODULES: list[str] = ["bench.systems", "bench.product"]
@@ -116,6 +116,12 @@ class SystemSpec:
     # "empty" (staging empty) and "again" (`prepare` ran first: staging already holds them).
     resync: Callable[[BenchContext, RunningSystem], ResyncOutcome] | None = None
     resync_cases: tuple[str, ...] = ()
+    # A system that copies only part of production: does it copy this document? Those it
+    # does not are expected absent from staging (`bench.completion.expectations`). None: all.
+    copies: Callable[[Expected], bool] | None = None
+    # Measured only when named in `--systems` (variants that would otherwise lengthen every
+    # default run, e.g. the product with references or a subset configured).
+    opt_in: bool = False
 
 
 def load_systems(options: RunOptions, modules: Sequence[str] | None = None) -> list[SystemSpec]:

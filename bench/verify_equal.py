@@ -9,6 +9,11 @@ mismatch), on every field production has, recursively. A staging field productio
 is a mismatch too, unless its dotted path is listed in `ignore_fields` (sync metadata,
 soft-delete markers, staging-owned fields such as `customer.qaTag`). Staging documents marked
 soft-deleted are not compared: they stand for production documents that no longer exist.
+
+For a system that copies only part of production, `include` says which production documents
+it copies (the others must have no live staging document: one counts as extra); `expected`
+turns a production document into what staging must hold, e.g. references translated to the
+staging `_id`s of the referenced copies.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Callable
 from collections.abc import Collection as Fields
 from dataclasses import dataclass, field
 from typing import Any
@@ -48,6 +54,14 @@ class VerifyResult:
         if len(self.examples) < 5:
             self.examples.append(text)
 
+    def add(self, other: VerifyResult, label: str) -> None:
+        """Count `other` (another collection of the same run) in this result; its examples are
+        prefixed with `label` so a row's notes say which collection differs."""
+        for name in ("production", "compared", "missing", "extra", "different"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.seconds += other.seconds
+        self.examples.extend(f"{label}: {example}" for example in other.examples)
+
 
 def same(a: Any, b: Any) -> bool:
     """Equal values of the same BSON types, recursively (key order ignored)."""
@@ -66,9 +80,12 @@ def verify_equal(
     match_on: tuple[str, ...] = ("_id",),
     ignore_fields: Fields[str] = (),
     soft_delete_field: str | None = None,
+    include: Callable[[dict[str, Any]], bool] | None = None,
+    expected: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
 ) -> VerifyResult:
     """Compare every production document with its staging counterpart, matched on `match_on`
-    (`("_id",)`, or business key fields when staging `_id`s differ)."""
+    (`("_id",)`, or business key fields when staging `_id`s differ). Only the production
+    documents `include` accepts are compared (default: all), as `expected` rewrites them."""
     started = time.monotonic()
     result = VerifyResult()
     by_id = match_on == ("_id",)
@@ -83,7 +100,11 @@ def verify_equal(
             result._note(f"duplicate live staging documents for {key}")
         live[key] = doc
     for doc in prod.find({}):
+        if include is not None and not include(doc):
+            continue  # not copied: a live staging document for it stays in `live`, as extra
         result.production += 1
+        if expected is not None:
+            doc = expected(doc)
         key = _key(doc, match_on)
         twin = live.pop(key, None)
         if twin is None:

@@ -11,6 +11,11 @@ Every operation sets `writeSeq` (its global sequence number) on the document it 
   completion and lag measurement (see `bench.completion`).
 Business keys (`userEmail`, `accountId`) never change in these workloads.
 
+Every order names its customer (`customerId`: the `_id` of one of the seeded production `users`,
+a pure function of the order's index), so the product's references and subsets can be measured
+on the same orders as everything else (bench/README.md, "References and subsets"). No operation
+changes `customerId` or writes a user; the systems that do not read `users` just carry the field.
+
 Timestamps use `$currentDate`, arrays are `$set` whole and `_id`s are ObjectIds: ordinary
 operations on MongoDB. (They were first chosen to avoid type errors of nx-27017, the earlier
 test server; SecantusDB has none of them, and the workload stays as it was so that figures
@@ -32,6 +37,10 @@ from pymongo.collection import Collection
 
 BUSINESS_KEY: tuple[str, ...] = ("userEmail", "accountId")
 MARKER = "writeSeq"
+CUSTOMER = "customerId"  # an order's reference to its production user
+USERS = "users"  # the collection of those users, in the orders' database
+USERS_KEY: tuple[str, ...] = ("email",)
+USERS_PER_ORDER = 0.1  # production holds docs / 10 users
 EPOCH = datetime(2024, 1, 1)
 
 FIRST = ["Ada", "Alan", "Grace", "Linus", "Margaret", "Ken", "Barbara", "Dennis", "Frances",
@@ -74,6 +83,16 @@ class Expected:
     key: tuple[Any, ...]
     seq: int  # the last write to the document (its final writeSeq unless deleted)
     deleted: bool = False
+    customer: Any = None  # the order's `customerId` (never changed by a workload)
+    # False: the system under test copies only part of production (a subset) and this
+    # document is outside it, so staging must not hold a live copy (see
+    # `bench.completion.expectations`).
+    copied: bool = True
+
+    @property
+    def absent(self) -> bool:
+        """Staging must hold no live document for it: deleted, or outside the copied part."""
+        return self.deleted or not self.copied
 
 
 @dataclass
@@ -91,8 +110,12 @@ class Burst:
 
 
 # -- documents ----------------------------------------------------------------------------------
-def make_order(index: int, rng: random.Random, seq: int = 0) -> dict[str, Any]:
-    """A realistic order; `index` makes the business key unique."""
+def make_order(
+    index: int, rng: random.Random, seq: int = 0, customers: Sequence[ObjectId] = ()
+) -> dict[str, Any]:
+    """A realistic order; `index` makes the business key unique and, with `customers`, picks
+    its `customerId` (without drawing from `rng`, so every other field stays as it was before
+    orders had customers)."""
     first, last = rng.choice(FIRST), rng.choice(LAST)
     city, zip_prefix = rng.choice(CITIES)
     created = EPOCH + timedelta(seconds=rng.randrange(300 * 86400),
@@ -102,6 +125,7 @@ def make_order(index: int, rng: random.Random, seq: int = 0) -> dict[str, Any]:
         "_id": _object_id(rng, created),
         "userEmail": f"{first}.{last}.{index}@example.com".lower(),
         "accountId": f"ACC-{index:07d}-{rng.randrange(100):02d}",
+        **({CUSTOMER: customers[index % len(customers)]} if customers else {}),
         "customer": {
             "name": f"{first} {last}",
             "phone": f"+33 6 {rng.randrange(10**8):08d}",
@@ -121,10 +145,36 @@ def make_order(index: int, rng: random.Random, seq: int = 0) -> dict[str, Any]:
     return doc
 
 
-def make_orders(count: int, seed: int = 1) -> list[dict[str, Any]]:
-    """The production collection's starting documents (deterministic for a seed)."""
+def make_orders(
+    count: int, seed: int = 1, customers: Sequence[ObjectId] = ()
+) -> list[dict[str, Any]]:
+    """The production collection's starting documents (deterministic for a seed); each names
+    one of `customers` (round robin by index) when given."""
     rng = random.Random(seed)
-    return [make_order(i, rng) for i in range(count)]
+    return [make_order(i, rng, customers=customers) for i in range(count)]
+
+
+def users_for(orders: int) -> int:
+    """How many production users `orders` seeded orders share (at least one)."""
+    return max(1, int(orders * USERS_PER_ORDER))
+
+
+def make_users(count: int, seed: int = 1) -> list[dict[str, Any]]:
+    """The production `users` the orders reference (deterministic for a seed; a generator of
+    their own, so the orders' documents do not depend on how many users there are)."""
+    rng = random.Random(f"users-{seed}")
+    users = []
+    for n in range(count):
+        first, last = rng.choice(FIRST), rng.choice(LAST)
+        created = EPOCH - timedelta(seconds=rng.randrange(700 * 86400))
+        users.append({
+            "_id": _object_id(rng, created),
+            "email": f"{first}.{last}.u{n}@example.com".lower(),
+            "name": f"{first} {last}",
+            "city": rng.choice(CITIES)[0],
+            "createdAt": created,
+        })
+    return users
 
 
 def seed_production(
@@ -177,15 +227,18 @@ def make_ops(
     hot_share: float = 0.05,
     hot_traffic: float = 0.30,
     first_seq: int = 1,
+    customers: Sequence[ObjectId] = (),
 ) -> Burst:
     """`count` operations on `docs`: mostly updates over all documents, `hot_traffic` of them on
     a `hot_share` of documents (never deleted), plus inserts and deletes of live documents.
+    Inserted orders name one of `customers` (as `make_orders` does) when given.
 
     Every operation targets a document that exists at that point (inserts use fresh `_id`s), so
     each produces exactly one change event.
     """
     rng = random.Random(seed)
     keys = {d["_id"]: tuple(d[k] for k in BUSINESS_KEY) for d in docs}
+    owner = {d["_id"]: d.get(CUSTOMER) for d in docs}
     hot = [d["_id"] for d in docs[: max(1, int(len(docs) * hot_share))]]
     hot_set = set(hot)
     live = _LiveSet([d["_id"] for d in docs])
@@ -195,10 +248,11 @@ def make_ops(
     for seq in range(first_seq, first_seq + count):
         roll = rng.random()
         if roll < insert_share:
-            doc = make_order(next_index, rng, seq)
+            doc = make_order(next_index, rng, seq, customers)
             next_index += 1
             op = Op(seq, "insert", doc["_id"], doc)
             keys[doc["_id"]] = tuple(doc[k] for k in BUSINESS_KEY)
+            owner[doc["_id"]] = doc.get(CUSTOMER)
             live.add(doc["_id"])
             cold.add(doc["_id"])
         elif roll < insert_share + delete_share and len(cold.items) > 1:
@@ -210,7 +264,8 @@ def make_ops(
             doc_id = rng.choice(hot) if rng.random() < hot_traffic else live.pick(rng)
             op = Op(seq, "update", doc_id, _update(rng, seq))
         burst.ops.append(op)
-        burst.expected[op.id] = Expected(op.id, keys[op.id], seq, op.kind == "delete")
+        burst.expected[op.id] = Expected(op.id, keys[op.id], seq, op.kind == "delete",
+                                         customer=owner[op.id])
     return burst
 
 

@@ -27,6 +27,11 @@ def celery_options(settings: Settings) -> dict[str, Any]:
         "broker_connection_retry_on_startup": True,
         "broker_transport_options": {
             "visibility_timeout": worker.visibility_timeout_seconds,
+            # Kombu looks for expired unacknowledged messages every interval x throttle seconds
+            # (10 x 10 by default): a SIGKILLed worker's message came back up to 100 s after
+            # its visibility timeout. A tenth of the timeout, one cheap sorted-set scan each.
+            "unacked_restore_interval": max(1, worker.visibility_timeout_seconds // 10),
+            "unacked_restore_throttle": 1,
             "socket_timeout": 30,
             "socket_connect_timeout": 10,
             "retry_on_timeout": True,

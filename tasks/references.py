@@ -96,7 +96,12 @@ class ReferenceResolver:
                 for target in referenced_ids(document, reference):
                     wanted[(reference.collection, target)].add(pid)
         lookup, live = self._lookup(wanted)
-        missing = [key for key in wanted if key not in lookup]
+        # A document outside a followed subset is not written, so nothing of it waits for a
+        # copy: should its parent's copy go live meanwhile, that apply has it applied again
+        # (`_followers_again`). Without this, every non-member left a record forever.
+        members = {pid for pid, document in documents.items()
+                   if document is not None and self._member(document, live)}
+        missing = [key for key, pids in wanted.items() if key not in lookup and pids & members]
         if missing:
             # Record first, then look again: see the module docstring.
             now = datetime.now(UTC)
@@ -104,7 +109,7 @@ class ReferenceResolver:
                 UpdateOne({"_id": _pending_id(self.name, pid, target, tpid)},
                           {"$set": {"coll": self.name, "pid": pid, "target": target,
                                     "tpid": tpid, "at": now}}, upsert=True)
-                for target, tpid in missing for pid in sorted(wanted[(target, tpid)])
+                for target, tpid in missing for pid in sorted(wanted[(target, tpid)] & members)
             ], ordered=False)
             found, found_live = self._lookup(missing)
             live |= found_live
@@ -112,7 +117,7 @@ class ReferenceResolver:
                 lookup.update(found)
                 self.pending.delete_many({"_id": {"$in": [
                     _pending_id(self.name, pid, target, tpid)
-                    for target, tpid in found for pid in wanted[(target, tpid)]
+                    for target, tpid in found for pid in wanted[(target, tpid)] & members
                 ]}})
         return {pid: translate(document, self.references, lookup)
                 if document and self._member(document, live) else None

@@ -23,8 +23,12 @@ def synced(pipeline: Pipeline, production_id: Any) -> dict[str, Any] | None:
 def test_poison_change_is_isolated_dead_lettered_and_replayed_after_the_fix(
     pipeline_factory: Any,
 ) -> None:
+    # A long in-flight timeout: on a loaded machine the watcher could otherwise re-publish the
+    # poison's batch, whose apply after the fix below would resolve the entry before the replay
+    # does (correct, but not what this test is about).
     pipeline: Pipeline = pipeline_factory([collection_config("orders")],
-                                          worker={"max_retries": 2})
+                                          worker={"max_retries": 2},
+                                          watcher={"inflight_timeout_seconds": 600})
     # Staging has a rule of its own that production does not: unique `code`. Two production
     # documents sharing a code make the second write fail every time (a poison change).
     pipeline.staging().create_index("code", unique=True, name="qa_unique_code")

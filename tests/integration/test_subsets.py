@@ -11,6 +11,7 @@ from typing import Any
 
 from bson import ObjectId
 
+from tasks.references import pending_count
 from tasks.rules.identity import encode_id
 from tasks.rules.subset import in_sample
 from tests.support.pipeline import Pipeline, collection_config, wait_for
@@ -72,6 +73,8 @@ def test_a_sample_of_users_and_the_orders_that_follow_them(pipeline_factory: Any
     name = f"orders_{tag}"
     assert pipeline.cli("verify", name).returncode == 0
     assert pipeline.cli("verify", f"users_{tag}").returncode == 0
+    # An order outside the subset waits for no copy: nothing is left pending.
+    assert pending_count(pipeline.state(), name) == 0
 
     # (d) A resync of the subset into an empty staging gives the same state as streaming.
     streamed = (live_pids(pipeline, 0), live_pids(pipeline, 1))
