@@ -37,6 +37,7 @@ from pymongo.collection import Collection
 from rich.console import Console
 from rich.table import Table
 
+from bench import staging_profile
 from bench.completion import LagObserver, expectations, percentile, wait_until_applied
 from bench.network import NETWORKS, open_network
 from bench.procs import collection, peak_rss_mb, process_tree
@@ -85,6 +86,7 @@ class Row:
     # 1-minute load average when the measurement began and ended: the machine is shared, and
     # other work on its 2 cores shows in every figure.
     load: tuple[float, float] | None = None
+    profile: str | None = None  # --profile-staging: where the staging server's time went
 
     @property
     def label(self) -> str:
@@ -164,6 +166,8 @@ def run_one(scenario: str, network: str, spec: SystemSpec, opts: RunOptions, roo
         system = spec.start(ctx)
         stack.callback(system.stop)
         roles = {**system.processes(), **infra}
+        profiled = staging_profile.start(staging_coll.database.client) \
+            if opts.profile_staging else None
         cpu_before = cpu_seconds(roles)
         load_before = os.getloadavg()[0]
         if scenario == "burst":
@@ -175,6 +179,9 @@ def run_one(scenario: str, network: str, spec: SystemSpec, opts: RunOptions, roo
         row.cpu = {role: spent - cpu_before.get(role, 0.0)
                    for role, spent in cpu_seconds({**system.processes(), **infra}).items()}
         row.load = (load_before, os.getloadavg()[0])
+        if profiled is not None:
+            row.profile = staging_profile.report(staging_coll.database.client, profiled,
+                                                 row.seconds or 0.0)
         _record_rss(row, system.processes())
         if row.resync is not None:
             row.rss.update(row.resync.rss)
@@ -464,6 +471,9 @@ def _notes(rows: Sequence[Row], opts: RunOptions, root: Path) -> list[str]:
     for spec_note in _spec_notes:
         notes.append(spec_note)
     for row in rows:
+        if row.profile:
+            notes.append(f"{row.scenario}/{row.network}/{row.label}: {row.profile}")
+    for row in rows:
         if row.verify is not None and row.verify.examples:
             notes.append(f"{row.scenario}/{row.network}/{row.label}: "
                          + "; ".join(row.verify.examples[:3]))
@@ -487,6 +497,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--duration", type=float, help="steady seconds (default 60)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--timeout", type=float, help="per measurement, seconds")
+    parser.add_argument("--profile-staging", action="store_true",
+                        help="profile every staging operation and print where the time went "
+                             "(the profiler slows the server: not for the ratios)")
     return parser.parse_args(argv)
 
 
@@ -494,7 +507,8 @@ def options_from(args: argparse.Namespace) -> RunOptions:
     base = QUICK if args.quick else RunOptions()
     given = {k: getattr(args, k) for k in ("docs", "changes", "naive_changes", "rate",
                                             "duration", "timeout") if getattr(args, k)}
-    return RunOptions(**{**base.__dict__, **given, "seed": args.seed})
+    return RunOptions(**{**base.__dict__, **given, "seed": args.seed,
+                         "profile_staging": args.profile_staging})
 
 
 def _interrupt(_signum: int, _frame: Any) -> NoReturn:

@@ -52,6 +52,7 @@ class RunOptions:
     duration: float = 60.0
     seed: int = 1
     timeout: float | None = None  # per measurement; None = derived from the sizes
+    profile_staging: bool = False  # the staging server's profiler on (bench.staging_profile)
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from pymongo.errors import OperationFailure, PyMongoError
 from pymongo.read_concern import ReadConcern
 from pymongo.read_preferences import ReadPreference
 
+from deployments.in_lists import in_lists
 from settings.model import CollectionSettings, ProductionSettings
 
 # Commands a reader legitimately sends; anything else reaching production is a bug.
@@ -206,7 +207,9 @@ def read_documents(
     ids: Iterable[Any],
     query_filter: Mapping[str, Any] | None = None,
 ) -> Iterator[dict[str, Any]]:
-    """Current production documents for these `_id`s in one query; absent ones are gone."""
-    by_id: dict[str, Any] = {"_id": {"$in": list(ids)}}
-    query = {"$and": [by_id, dict(query_filter)]} if query_filter else by_id
-    return collection.find(query)
+    """Current production documents for these `_id`s (a query per `IN_LIST_MAX` of them);
+    absent ones are gone."""
+    for some in in_lists(ids):
+        by_id: dict[str, Any] = {"_id": {"$in": some}}
+        yield from collection.find({"$and": [by_id, dict(query_filter)]} if query_filter
+                                   else by_id)

@@ -34,6 +34,7 @@ from pymongo import UpdateOne
 from pymongo.collection import Collection
 from pymongo.database import Database
 
+from deployments.in_lists import in_lists
 from deployments.production import ReadOnlyCollection
 from tasks.constants import PENDING_REFERENCES
 from tasks.rules.identity import decode_id, encode_id
@@ -115,10 +116,8 @@ class ReferenceResolver:
             live |= found_live
             if found:
                 lookup.update(found)
-                self.pending.delete_many({"_id": {"$in": [
-                    _pending_id(self.name, pid, target, tpid)
-                    for target, tpid in found for pid in wanted[(target, tpid)] & members
-                ]}})
+                self._forget(_pending_id(self.name, pid, target, tpid)
+                             for target, tpid in found for pid in wanted[(target, tpid)] & members)
         return {pid: translate(document, self.references, lookup)
                 if document and self._member(document, live) else None
                 for pid, document in documents.items()}
@@ -152,8 +151,8 @@ class ReferenceResolver:
         self._followers_again(set(changed))
         if not self.referenced_by or not staging_ids:
             return
-        entries = list(self.pending.find({"target": self.name,
-                                          "tpid": {"$in": list(staging_ids)}}))
+        entries = [entry for some in in_lists(staging_ids)
+                   for entry in self.pending.find({"target": self.name, "tpid": {"$in": some}})]
         if not entries:
             return
         again: dict[str, set[str]] = defaultdict(set)
@@ -163,16 +162,18 @@ class ReferenceResolver:
         if self.republish is not None:
             for collection, pids in again.items():
                 self.republish(collection, sorted(pids))
-        self.pending.delete_many({"_id": {"$in": [entry["_id"] for entry in entries]}})
+        self._forget(entry["_id"] for entry in entries)
 
     def _followers_again(self, changed: set[str]) -> None:
         if not changed or not self.followers or self.republish is None:
             return
-        ids = [decode_id(pid) for pid in sorted(changed)]
         for follower in self.followers:
             path = follower.reference.dotted
-            query = {"$or": [{path: {"$in": ids}}, {f"{path}.$id": {"$in": ids}}]}
-            pids = [encode_id(doc["_id"]) for doc in follower.production.find(query, {"_id": 1})]
+            pids = []
+            for ids in in_lists(decode_id(pid) for pid in sorted(changed)):
+                query = {"$or": [{path: {"$in": ids}}, {f"{path}.$id": {"$in": ids}}]}
+                pids += [encode_id(doc["_id"])
+                         for doc in follower.production.find(query, {"_id": 1})]
             if pids:
                 self.republish(follower.name, pids)
 
@@ -187,16 +188,23 @@ class ReferenceResolver:
         for target, tpids in by_collection.items():
             copies = self.targets[target]
             flag = split_dotted(copies.soft_delete_field)
-            cursor = copies.collection.find(
-                {PID_FIELD: {"$in": tpids}}, {SYNC: 1, copies.soft_delete_field: 1},
-                collation=SIMPLE,
+            documents = (
+                document for some in in_lists(tpids) for document in copies.collection.find(
+                    {PID_FIELD: {"$in": some}}, {SYNC: 1, copies.soft_delete_field: 1},
+                    collation=SIMPLE,
+                )
             )
-            for document in cursor:
+            for document in documents:
                 key = (target, document[SYNC]["pid"])
                 found[key] = document["_id"]
                 if not read_meta(document).deleted and get_path(document, flag) is not True:
                     live.add(key)
         return found, live
+
+
+    def _forget(self, ids: Iterable[str]) -> None:
+        for some in in_lists(ids):
+            self.pending.delete_many({"_id": {"$in": some}})
 
 
 def pending_count(state_db: Database[Document], collection: str) -> int:

@@ -32,6 +32,7 @@ from typing import Any, Literal
 
 from pymongo.collection import Collection
 
+from deployments.in_lists import in_lists
 from tasks.applier import ApplyContext, ApplyResult, WriteErrors, apply_changes, apply_documents
 from tasks.dead_letters import DeadLetterEntry
 from tasks.pii_unclassified import record_unclassified
@@ -210,11 +211,10 @@ def sweep_chunk(run: ChunkRun) -> Outcome:
 def _sweep_page(run: ChunkRun, pids: list[str]) -> Counter[str]:
     context = run.context
     present = {
-        encode_id(doc["_id"]) for doc in context.production.find(
-            with_filter({"_id": {"$in": [decode_id(p) for p in pids]}},
-                        context.settings.filter),
-            {"_id": 1},
-        )
+        encode_id(doc["_id"])
+        for ids in in_lists(decode_id(pid) for pid in pids)
+        for doc in context.production.find(
+            with_filter({"_id": {"$in": ids}}, context.settings.filter), {"_id": 1})
     }
     # Missing, outside the configured filter, or outside the sample: the apply soft-deletes.
     gone = [pid for pid in pids if pid not in present or not context.sampled(pid)]

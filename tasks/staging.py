@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Collection as AbstractCollection
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +20,7 @@ from pymongo.collection import Collection
 from pymongo.errors import BulkWriteError, WriteConcernError
 from pymongo.write_concern import WriteConcern
 
+from deployments.in_lists import in_lists
 from settings.model import CollectionSettings, StagingSettings
 from tasks.rules.identity import business_key, decode_id, encode_id, key_digest
 from tasks.rules.plan import UNSYNCED, CollectionRules, PlannedWrite, StagingView
@@ -87,12 +88,9 @@ class TargetCollection:
         read in full.
         """
         projection = None if whole is True else self._projection
-        by_pid = {
-            doc[SYNC]["pid"]: doc
-            for doc in self._find({PID_FIELD: {"$in": list(pids)}}, projection)
-        }
+        by_pid = {doc[SYNC]["pid"]: doc for doc in self._find_in(PID_FIELD, pids, projection)}
         if whole and whole is not True:
-            for doc in self.collection.find({"_id": {"$in": [decode_id(i) for i in whole]}}):
+            for doc in self._find_in("_id", [decode_id(i) for i in whole], None):
                 pid = read_meta(doc).pid
                 if pid in by_pid:
                     by_pid[pid] = doc
@@ -112,7 +110,7 @@ class TargetCollection:
         missing = [key for key in wanted if key not in by_key]
         if missing:
             batch = set(pids)
-            for doc in self._find({KEY_FIELD: {"$in": missing}}, projection):
+            for doc in self._find_in(KEY_FIELD, missing, projection):
                 by_key[doc[SYNC]["key"]] = doc
                 pid = doc[SYNC].get("pid")
                 if pid in batch and pid not in by_pid:
@@ -129,21 +127,32 @@ class TargetCollection:
         return StagingView(by_pid=by_pid, by_key=by_key, unsynced_by_key=unsynced,
                            whole=frozenset(complete))
 
-    def _find(self, query: Mapping[str, Any], projection: Mapping[str, Any] | None
-              ) -> Iterable[Document]:
-        return self.collection.find(query, projection, collation=SIMPLE)
+    def _find_in(self, field: str, values: Iterable[Any],
+                 projection: Mapping[str, Any] | None, in_id_order: bool = False,
+                 **query: Any) -> Iterator[Document]:
+        """Documents whose `field` is one of `values` (and that match `query`), one query per
+        `IN_LIST_MAX` values (see `deployments.in_lists`)."""
+        # The `_id` index has no collation; stagesync's own indexes have the simple one.
+        collation = None if field == "_id" else SIMPLE
+        sort = [("_id", 1)] if in_id_order else None
+        for some in in_lists(values):
+            yield from self.collection.find({field: {"$in": some}, **query}, projection,
+                                            collation=collation, sort=sort)
 
     def _unsynced_by_key(self, wanted: Mapping[str, Mapping[str, Any]]) -> dict[str, Document]:
         if not wanted:
             return {}
-        firsts = []
+        # Distinct first values: every document of one key then comes from one query, in
+        # `_id` order, so the oldest holder of a key is found first.
+        firsts: dict[str, Any] = {}
         for document in wanted.values():
             values = business_key(document, self.rules.key_paths)
             if values is not None:
-                firsts.append(values[0])
+                firsts[encode_id(values[0])] = values[0]
         found: dict[str, Document] = {}
-        query = {self._first_key_field: {"$in": firsts}, SYNC: {"$exists": False}}
-        for doc in self.collection.find(query, collation=SIMPLE).sort("_id", 1):
+        unsynced = {SYNC: {"$exists": False}}
+        for doc in self._find_in(self._first_key_field, firsts.values(), None,
+                                 in_id_order=True, **unsynced):
             values = business_key(doc, self.rules.key_paths)
             if values is None:
                 continue
@@ -188,9 +197,8 @@ class TargetCollection:
 
     def live_holders(self, keys: Iterable[str]) -> set[str]:
         """The business keys that a live (not soft-deleted) staging document holds now."""
-        query = {KEY_FIELD: {"$in": list(keys)}}
         return {
-            doc[SYNC]["key"] for doc in self.collection.find(query, {SYNC: 1})
+            doc[SYNC]["key"] for doc in self._find_in(KEY_FIELD, keys, {SYNC: 1})
             if not read_meta(doc).deleted
         }
 
@@ -198,7 +206,7 @@ class TargetCollection:
         """The `_sync.v` now stored for each pid, to learn which writes of a round landed."""
         found: dict[str, int | None] = {}
         # Whole `_sync`, not dotted fields: some servers return dotted projections flattened.
-        for doc in self._find({PID_FIELD: {"$in": list(pids)}}, {SYNC: 1}):
+        for doc in self._find_in(PID_FIELD, pids, {SYNC: 1}):
             found[doc[SYNC]["pid"]] = read_meta(doc).version
         return found
 

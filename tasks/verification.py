@@ -19,6 +19,7 @@ from typing import Any
 import bson
 import redis
 
+from deployments.in_lists import in_lists
 from deployments.production import ProductionReader, read_documents
 from settings.model import CollectionSettings, Settings
 from tasks.constants import watcher_key
@@ -168,8 +169,8 @@ class Verifier:
             production = self.resolver.translate_known(masked)
             staging = {
                 doc[SYNC]["pid"]: doc
-                for doc in self.target.find({PID_FIELD: {"$in": list(production)}},
-                                            collation=SIMPLE)
+                for pids in in_lists(production)
+                for doc in self.target.find({PID_FIELD: {"$in": pids}}, collation=SIMPLE)
             }
             self._dangling(report, masked, staging)
             for pid, document in production.items():
