@@ -159,6 +159,7 @@ def apply_documents(
     *,
     compare_content: bool = False,
     staging_known_empty: bool = False,
+    write_unchanged: bool = True,
 ) -> ApplyResult:
     """Write what production holds for these pids; `production` was read after `version`.
 
@@ -167,6 +168,8 @@ def apply_documents(
     skips the first staging read when the caller has proven that no staging document of these
     pids or keys can exist: the inserts are still safe, since the unique indexes on `_sync.pid`
     and `_sync.key` turn a racing write into a lost race that is re-planned after a real read.
+    `write_unchanged=False` leaves copies that already hold production's content untouched
+    (see `plan_batch`).
     """
     result = ApplyResult(version)
     now = datetime.now(UTC)
@@ -196,7 +199,7 @@ def apply_documents(
         view = replace(view, taken_ids=frozenset(taken))
         plan = plan_batch(
             version=version, now=now, pids=pending, production=content, staging=view,
-            rules=context.rules, keys=keys,
+            rules=context.rules, keys=keys, write_unchanged=write_unchanged,
         )
         whole |= plan.need_content
         if plan.need_production:
@@ -211,6 +214,9 @@ def apply_documents(
         lost = _execute(context, plan.writes, version, result, refused, done, taken, retried)
         result.outcomes["superseded"] += len(plan.superseded)
         done.update(plan.superseded)
+        result.outcomes["unchanged"] += len(plan.unchanged)
+        done.update(plan.unchanged)
+        result.staging_ids.update(plan.unchanged)  # for the references waiting on them
         for letter in plan.dead_letters:
             dead[letter.pid] = letter
         pending = set(plan.deferred) | lost

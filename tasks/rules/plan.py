@@ -173,6 +173,9 @@ class BatchPlan:
     releases: list[PlannedWrite] = field(default_factory=list)
     dead_letters: list[DeadLetter] = field(default_factory=list)
     superseded: list[str] = field(default_factory=list)
+    # Already exactly as production has them, and left as they are (`write_unchanged=False`):
+    # pid -> staging `_id`.
+    unchanged: dict[str, Any] = field(default_factory=dict)
     deferred: list[str] = field(default_factory=list)
     # Production documents whose current state decides a key conflict: read them, re-plan.
     need_production: set[str] = field(default_factory=set)
@@ -186,6 +189,7 @@ class BatchPlan:
 class _Round:
     claimed_keys: dict[str, str] = field(default_factory=dict)
     targeted: set[str] = field(default_factory=set)  # encoded staging `_id`s
+    write_unchanged: bool = True
 
 
 def plan_batch(
@@ -197,6 +201,7 @@ def plan_batch(
     staging: StagingView,
     rules: CollectionRules,
     keys: Mapping[str, str | None] | None = None,
+    write_unchanged: bool = True,
 ) -> BatchPlan:
     """Plan the writes for `pids`; `production[pid]` is the masked document or None (gone).
 
@@ -204,11 +209,15 @@ def plan_batch(
     document is also in `production` are judged on that fresh read. `keys` are the business
     keys of the production documents, when they must come from other values than the ones
     written (references are translated after the keys are taken).
+
+    A live copy that already holds production's content gets its version moved to this
+    apply's, unless `write_unchanged` is False (a resync: see `tasks.resync_chunks`); it is
+    then listed in `unchanged` and nothing is written.
     """
     plan = BatchPlan()
     if keys is None:
         keys = {pid: rules.key_of(doc) for pid, doc in production.items() if doc is not None}
-    state = _Round()
+    state = _Round(write_unchanged=write_unchanged)
     for pid in sorted(set(pids)):
         own = staging.by_pid.get(pid)
         own_meta = read_meta(own)
@@ -388,7 +397,10 @@ def _plan_present(
         state.targeted.add(encode_id(staging_id))
     if own_meta.key is not None and own_meta.key != key and not own_meta.deleted:
         plan.released_keys.add(own_meta.key)
-    plan.writes.append(write)
+    if write.outcome == "unchanged" and not state.write_unchanged:
+        plan.unchanged[pid] = write.staging_id
+    else:
+        plan.writes.append(write)
 
 
 def _judge_live_holder(

@@ -270,3 +270,18 @@ def test_a_copy_whose_id_is_nan_is_its_own_key_holder() -> None:
     current = {**staged(nan_pid, "a@x"), "_id": float("nan")}
     [write] = plan({nan_pid: {**prod("a@x"), "_id": float("nan")}}, [current]).writes
     assert write.outcome == "unchanged"
+
+
+def test_a_resync_leaves_an_unchanged_copy_as_it_is() -> None:
+    current = staged(P1, "a@x", total=1)
+    production = {k: v for k, v in current.items() if k not in ("deleted", "_sync")}
+    view = StagingView(by_pid={P1: current}, by_key={key("a@x"): current},
+                       whole=frozenset({encode_id(current["_id"])}))
+    result = plan_batch(version=10, now=NOW, pids=[P1], production={P1: production},
+                        staging=view, rules=RULES, write_unchanged=False)
+    assert not result.writes and result.unchanged == {P1: current["_id"]}
+    # Drift is still repaired.
+    current["total"] = 2
+    [write] = plan_batch(version=10, now=NOW, pids=[P1], production={P1: production},
+                         staging=view, rules=RULES, write_unchanged=False).writes
+    assert write.outcome == "updated"
