@@ -167,10 +167,11 @@ class ReferenceResolver:
     def _followers_again(self, changed: set[str]) -> None:
         if not changed or not self.followers or self.republish is None:
             return
+        parents = [decode_id(pid) for pid in sorted(changed)]
         for follower in self.followers:
             path = follower.reference.dotted
             pids = []
-            for ids in in_lists(decode_id(pid) for pid in sorted(changed)):
+            for ids in in_lists(parents):
                 query = {"$or": [{path: {"$in": ids}}, {f"{path}.$id": {"$in": ids}}]}
                 pids += [encode_id(doc["_id"])
                          for doc in follower.production.find(query, {"_id": 1})]
@@ -200,7 +201,6 @@ class ReferenceResolver:
                 if not read_meta(document).deleted and get_path(document, flag) is not True:
                     live.add(key)
         return found, live
-
 
     def _forget(self, ids: Iterable[str]) -> None:
         for some in in_lists(ids):
