@@ -40,7 +40,13 @@ def test_bootstrap_copies_existing_documents_and_streams_without_gap(pipeline: P
                       and r.get("lastResync") and r, TIMEOUT, "bootstrap resync noted", pipeline)
     assert record["resyncPending"] is None
     resync = pipeline.state()["resyncs"].find_one({"_id": record["lastResync"]})
-    assert resync["state"] == "done" and resync["summary"]["created"] >= 1500
+    assert resync["state"] == "done"
+    # The stream may reach an updated (30) or deleted (1) document before the copy does:
+    # the copy then finds it current or superseded, not absent. Every other one it creates.
+    summary = resync["summary"]
+    assert summary["created"] >= 1500 - 31
+    accounted = sum(summary.get(k, 0) for k in ("created", "updated", "unchanged", "superseded"))
+    assert accounted >= 1499, summary
 
 
 def test_resync_repairs_stale_staging_and_leaves_qa_documents_alone(
