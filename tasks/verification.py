@@ -26,7 +26,13 @@ from tasks.constants import watcher_key
 from tasks.dead_letters import DeadLetterStore
 from tasks.references import ReferenceResolver, Target
 from tasks.rules.identity import decode_id, encode_id
-from tasks.rules.merge import owned_paths, production_content, production_view
+from tasks.rules.merge import (
+    owned_paths,
+    production_content,
+    production_view,
+    shared_last,
+    shared_parents,
+)
 from tasks.rules.paths import Path, join_dotted, leaf_paths
 from tasks.rules.pii import Masker
 from tasks.rules.plan import CollectionRules
@@ -270,10 +276,10 @@ def _differences(document: dict[str, Any], mirror: dict[str, Any], rules: Collec
                  ) -> list[str]:
     """Production-owned paths whose staging value differs, compared as BSON (so `1`, `1.0`
     and `true` differ), plus parents whose fields stand in another order."""
-    expected = production_content(document, rules.fields)
-    actual = production_view(
-        mirror, [*owned_paths(document, rules.fields), *read_meta(mirror).owned]
-    )
+    owned = [*owned_paths(document, rules.fields), *read_meta(mirror).owned]
+    shared = shared_parents(mirror, owned)
+    expected = shared_last(production_content(document, rules.fields), shared)
+    actual = shared_last(production_view(mirror, owned), shared)
     if bson.encode(expected) == bson.encode(actual):
         return []
     flat_expected = dict(leaf_paths(expected))

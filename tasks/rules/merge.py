@@ -87,6 +87,43 @@ def _view(node: Mapping[str, Any], prefix: Path, wanted: set[Path], prefixes: se
     return view
 
 
+def shared_parents(document: Mapping[str, Any], owned: Iterable[Path]) -> set[Path]:
+    """The sub-documents of a staging document that hold production's fields and staging's own.
+
+    Such a sub-document stays where staging put it: update operators leave an existing field
+    in place, and a merge never removes one that still holds staging's content.
+    """
+    wanted = set(owned)
+    prefixes = {path[:i] for path in wanted for i in range(1, len(path))}
+    known = wanted | prefixes
+    shared: set[Path] = set()
+    for parent in known:
+        node = get_path(document, parent)
+        if not isinstance(node, Mapping) or not node:
+            continue
+        if parent in wanted or any((*parent, name) not in known for name in node):
+            shared.add(parent)
+    # A sub-document around a shared one cannot move either.
+    return shared | {path[:i] for path in shared for i in range(1, len(path))}
+
+
+def shared_last(view: Mapping[str, Any], shared: set[Path], prefix: Path = ()) -> dict[str, Any]:
+    """`view` with each shared sub-document moved after its siblings, in name order.
+
+    Production decides the order of its own fields, not where staging's sub-documents stand
+    among them; comparisons of production's part of a staging document (verify, the tests)
+    use this form so that a sub-document QA put fields into never counts as a reorder.
+    """
+    fixed: dict[str, Any] = {}
+    moved: dict[str, Any] = {}
+    for name, value in view.items():
+        path = (*prefix, name)
+        if isinstance(value, Mapping):
+            value = shared_last(value, shared, path)
+        (moved if path in shared else fixed)[name] = value
+    return {**fixed, **dict(sorted(moved.items()))}
+
+
 def merge_fields(
     current: Mapping[str, Any] | None,
     production: Mapping[str, Any],

@@ -28,6 +28,8 @@ from tasks.rules.merge import (
     owned_paths,
     production_content,
     production_view,
+    shared_last,
+    shared_parents,
 )
 from tasks.rules.paths import Path, get_path, leaf_paths, set_path, split_dotted, update_path
 from tasks.rules.sync_meta import (
@@ -367,7 +369,7 @@ def _plan_present(
         set_path(created, rules.soft_delete_field, False)
         created[SYNC] = meta
         write = PlannedWrite(pid, staging_id, None, "created", created, enters=True)
-    elif _unchanged(target, target_meta, pid, key, digest, staging.whole, rules):
+    elif _unchanged(target, target_meta, pid, key, (content, digest), staging.whole, rules):
         write = _version_only(pid, target, target_meta, version, "unchanged")
     else:
         also = {update_path(rules.soft_delete_field): False, SYNC: meta}
@@ -472,7 +474,7 @@ def _unchanged(
     meta: SyncMeta,
     pid: str,
     key: str,
-    digest: str,
+    production: tuple[Mapping[str, Any], str],
     whole: frozenset[str],
     rules: CollectionRules,
 ) -> bool:
@@ -485,8 +487,13 @@ def _unchanged(
         return False
     if get_path(target, rules.soft_delete_field) is not False:
         return False
+    content, digest = production
     if encode_id(target["_id"]) in whole:
-        return fingerprint(production_view(target, meta.owned)) == digest
+        # Where a sub-document holding staging's own fields stands is staging's (see
+        # `shared_last`), so it is compared out of production's order.
+        shared = shared_parents(target, meta.owned)
+        return bson.encode(shared_last(production_view(target, meta.owned), shared)) == \
+            bson.encode(shared_last(content, shared))
     return meta.fingerprint == digest
 
 

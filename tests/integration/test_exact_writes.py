@@ -73,6 +73,17 @@ def test_type_and_order_changes_reach_staging_and_verify_sees_drift(pipeline: Pi
     assert pipeline.cli("resync", name, "--wait", "--timeout", "120").returncode == 0
     assert pipeline.cli("verify", name).returncode == 0
 
+    # Production starts writing into a sub-document QA made, amid its other fields: the
+    # sub-document stays where QA put it (after them), which is no drift.
+    pipeline.staging().update_one({"_id": doc["_id"]}, {"$set": {"zz": {"note": 1}}})
+    prod.replace_one({"_id": first}, {"userEmail": "t@x", "accountId": 1, "zz": {"x": 1},
+                                      "n": 1.0, "flag": 1, "big": Int64(7), "sub": {"b": 2}})
+    doc = wait_for(lambda: (d := staged(pipeline, first)) and "a" not in d["sub"] and d,
+                   TIMEOUT, "the write into QA's sub-document", pipeline)
+    assert doc["zz"] == {"note": 1, "x": 1}
+    result = pipeline.cli("verify", name, "--settle", "0")
+    assert result.returncode == 0, result.stdout
+
 
 def test_field_names_update_operators_cannot_address_are_synced(pipeline: Pipeline) -> None:
     pipeline.start_watcher()

@@ -5,7 +5,8 @@ without staging's content; `merge_fields` computes the merged document in memory
 production documents and random staging-only fields, the server's result of the update must
 be the in-memory merge: the same fields with the same BSON types, production's fields in
 production's order (where staging's own fields stand among them may differ: update operators
-leave a field in place, the in-memory merge moves it to the end).
+leave a field in place, the in-memory merge moves it to the end; so may a sub-document that
+holds fields of both, see `shared_last`).
 """
 
 from __future__ import annotations
@@ -16,13 +17,13 @@ from typing import Any
 
 import bson
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from pymongo import MongoClient
 from pymongo.collection import Collection
 
 from tasks.rules.field_update import plan_field_update
-from tasks.rules.merge import merge_fields, production_view
+from tasks.rules.merge import merge_fields, production_view, shared_last, shared_parents
 from tasks.rules.paths import Path
 from tests.support.backends import MongoPair
 from tests.unit.test_merge import (
@@ -49,6 +50,8 @@ def scratch(mongo_pair: MongoPair) -> Iterator[Collection[dict[str, Any]]]:
 @settings(max_examples=150, deadline=None, database=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(documents, documents, staging_entries, st.booleans())
+# Production starts writing into a sub-document QA created: it stays where QA put it.
+@example({"c": {"a": None}}, {"c": {"a": 0}, "qa": {"a": 0}}, [(("qa",), "qa1", None)], True)
 def test_the_update_writes_exactly_the_in_memory_merge(
     scratch: Collection[dict[str, Any]],
     first: dict[str, Any],
@@ -75,8 +78,10 @@ def test_the_update_writes_exactly_the_in_memory_merge(
     assert stored.pop("_sync") == {"v": 2}
     assert bson.encode(sorted_keys(stored)) == bson.encode(sorted_keys(expected)), (
         field_update.update, stored, expected)
-    assert bson.encode(production_view(stored, owned_now)) == bson.encode(
-        production_view(expected, owned_now))
+    shared = shared_parents(expected, owned_now)
+    assert shared == shared_parents(stored, owned_now)
+    assert bson.encode(shared_last(production_view(stored, owned_now), shared)) == bson.encode(
+        shared_last(production_view(expected, owned_now), shared))
 
 
 def test_names_update_operators_cannot_address_have_no_update_form() -> None:

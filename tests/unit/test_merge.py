@@ -31,6 +31,8 @@ from tasks.rules.merge import (
     owned_paths,
     production_content,
     production_view,
+    shared_last,
+    shared_parents,
 )
 from tasks.rules.paths import (
     Path,
@@ -516,6 +518,23 @@ def test_production_view() -> None:
         "a": {"b": 1},
         "c": [1],
     }
+
+
+def test_shared_parents_hold_fields_of_both() -> None:
+    document = {"a": {"b": 1, "qa": 2}, "c": {"d": 1}, "e": {"x": 1}, "qaNotes": "x",
+                "f": {"g": {"h": 1, "note": 1}}}
+    owned = [("a", "b"), ("c", "d"), ("e",), ("f", "g", "h")]
+    # `e` was an empty sub-document in production, and staging put a field in it since.
+    assert shared_parents(document, owned) == {("a",), ("e",), ("f",), ("f", "g")}
+    assert shared_parents({"c": {"d": 1}}, [("c", "d")]) == set()
+
+
+def test_shared_last_moves_only_shared_sub_documents() -> None:
+    view = {"z": {"b": 1}, "c": 1, "a": {"y": {}, "x": 2}, "d": 3}
+    settled = shared_last(view, {("z",), ("a",), ("a", "y")})
+    assert list(settled) == ["c", "d", "a", "z"]
+    assert list(settled["a"]) == ["x", "y"]
+    assert shared_last(view, set()) == view and list(shared_last(view, set())) == list(view)
 
 
 # --- merge: properties -----------------------------------------------------------------------

@@ -263,6 +263,25 @@ def test_a_document_with_many_small_fields_fits_with_its_sync_metadata() -> None
     assert len(bson.encode(write.document)) < 0.6 * (len(bson.encode(document)) + as_strings)
 
 
+def test_read_in_full_a_sub_document_holding_staging_fields_may_stand_anywhere() -> None:
+    current = staged(P1, "a@x", total=1, sub={"x": 1})
+    production = {k: v for k, v in current.items() if k not in ("deleted", "_sync")}
+    # QA put a field into `sub`, which stands ahead of production's fields in staging.
+    current = {"sub": {"x": 1, "note": "qa"}, **{k: v for k, v in current.items() if k != "sub"}}
+    view = StagingView(by_pid={P1: current}, by_key={key("a@x"): current},
+                       whole=frozenset({encode_id(current["_id"])}))
+    result = plan_batch(version=10, now=NOW, pids=[P1], production={P1: production},
+                        staging=view, rules=RULES, write_unchanged=False)
+    assert not result.writes and result.unchanged == {P1: current["_id"]}
+    # Production's own fields out of production's order are drift.
+    current = {"total": 1, **{k: v for k, v in current.items() if k != "total"}}
+    view = StagingView(by_pid={P1: current}, by_key={key("a@x"): current},
+                       whole=frozenset({encode_id(current["_id"])}))
+    [write] = plan_batch(version=10, now=NOW, pids=[P1], production={P1: production},
+                         staging=view, rules=RULES, write_unchanged=False).writes
+    assert write.outcome == "updated"
+
+
 def test_a_copy_whose_id_is_nan_is_its_own_key_holder() -> None:
     # NaN is not equal to itself: compared as values, the copy looked like another document
     # holding its own business key, and the resync dead-lettered it.
