@@ -547,7 +547,9 @@ def _password_never_shown(pipeline: Pipeline, config_path: Path, secret: str,
     assert expect in output(check), output(check)
     watcher = pipeline.start("watcher", [str(VENV_BIN / "stagesync"), "watch",
                                          "--config", str(config_path)])
-    wait_exit(watcher, 8)
+    # Its first error report carries the driver's message, the likeliest place for a leak.
+    wait_for(lambda: watcher.process.poll() is not None or '"level": "ERROR"' in log_text(watcher),
+             20, "the watcher's first error report", pipeline)
     watcher.kill()
     status = run_cli(pipeline, "status", "--json", env=env)
     texts = [output(check), log_text(watcher), output(status), *redis_dump(pipeline.redis_url)]

@@ -95,9 +95,11 @@ def test_a_second_resync_of_mixed_ids_changes_nothing(pipeline_factory: Any) -> 
 def test_a_resync_killed_halfway_finishes_after_a_restart_without_redoing_finished_chunks(
     pipeline_factory: Any,
 ) -> None:
-    # Slowed by the collection's rate limit so that the kill lands halfway.
-    pipeline: Pipeline = pipeline_factory([collection_config(
-        "orders", resync_chunk_size=50, rate_limit="150/s")])
+    # Slowed by the collection's rate limit so that the kill lands halfway. The shortest
+    # visibility timeout allowed: Redis hands the killed worker's messages on after it.
+    pipeline: Pipeline = pipeline_factory(
+        [collection_config("orders", resync_chunk_size=50, rate_limit="150/s")],
+        worker={"visibility_timeout_seconds": 10, "task_time_limit_seconds": 8})
     prod, staging, state = pipeline.prod(), pipeline.staging(), pipeline.state()
     prod.insert_many([order(i) for i in range(1600)])
     worker = pipeline.start_worker()
