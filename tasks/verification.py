@@ -152,10 +152,17 @@ class Verifier:
             if self._sampled(encode_id(d["_id"]))}
         members = self._compare(report, list(present.values()))
         gone = [p for p in pids if p not in members]
+        parents: dict[str, list[Any]] = {}
         for pid in gone:
             doc = self.target.find_one({PID_FIELD: {"$eq": pid}}, collation=SIMPLE)
             if doc is not None and not read_meta(doc).deleted:
                 report.gone_in_production.append(pid)
+                if self.follow is not None:
+                    parents[pid] = reference_values(doc, self.follow)
+        if parents:
+            # A live copy whose parent copy is not live is outside the subset as staging
+            # stands, and it breaks the closure: say both, as the full report does.
+            self._closure(report, parents)
         return report
 
     def _compare(self, report: Report, ids: list[Any]) -> set[str]:

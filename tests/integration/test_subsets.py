@@ -7,12 +7,13 @@ closure, and follows membership changes within seconds, with no resync.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from bson import ObjectId
 
 from tasks.references import pending_count
-from tasks.rules.identity import encode_id
+from tasks.rules.identity import decode_id, encode_id
 from tasks.rules.subset import in_sample
 from tests.support.pipeline import Pipeline, collection_config, wait_for
 
@@ -75,6 +76,26 @@ def test_a_sample_of_users_and_the_orders_that_follow_them(pipeline_factory: Any
     assert pipeline.cli("verify", f"users_{tag}").returncode == 0
     # An order outside the subset waits for no copy: nothing is left pending.
     assert pending_count(pipeline.state(), name) == 0
+    # `status` gives staging's size (soft-deleted copies included) beside production's.
+    status = pipeline.cli("status", "--json")
+    sizes = {row["collection"]: row["documents"]
+             for row in json.loads(status.stdout)["collections"]}
+    assert sizes[f"users_{tag}"] == {"production_estimate": 60,
+                                     "staging_estimate": pipeline.staging(0).count_documents({})}
+    assert sizes[name]["production_estimate"] == 180
+    assert sizes[name]["staging_estimate"] == pipeline.staging(1).count_documents({})
+    # Children are read by the followed path when a parent enters: `check` asks for an index.
+    missing = "has no index on 'customerId'"
+    assert missing in " ".join(pipeline.cli("check").stdout.split())
+    pipeline.prod(1).create_index("customerId")
+    assert missing not in " ".join(pipeline.cli("check").stdout.split())
+    # A member order whose user's copy is gone from staging breaks the closure: verify says so.
+    member = next(iter(want_orders))
+    user_pid = encode_id(pipeline.prod(1).find_one({"_id": decode_id(member)})["customerId"])
+    pipeline.staging(0).update_one({"_sync.pid": user_pid}, {"$set": {"deleted": True}})
+    broken = pipeline.cli("verify", name, "--settle", "0")
+    assert broken.returncode == 1 and "subset closure" in broken.stdout, broken.stdout
+    pipeline.staging(0).update_one({"_sync.pid": user_pid}, {"$set": {"deleted": False}})
 
     # (d) A resync of the subset into an empty staging gives the same state as streaming.
     streamed = (live_pids(pipeline, 0), live_pids(pipeline, 1))
