@@ -21,7 +21,7 @@ import redis
 from pymongo import UpdateOne
 
 from cli.local_servers import LocalServer, start_redis
-from tasks.constants import APPLY_BATCH, RESYNCS, stats_key, watcher_key
+from tasks.constants import APPLY_BATCH, stats_key, watcher_key
 from tasks.rate_limit import OVERRIDE_CACHE_SECONDS
 from tasks.routing import PRIORITY_SUFFIXES
 from tasks.rules.identity import encode_id
@@ -121,14 +121,6 @@ def queued_changes(rds: redis.Redis, queue: str) -> tuple[int, int]:
     return messages, changes
 
 
-def wait_bootstrapped(pipeline: Pipeline) -> None:
-    """The watcher streams and its bootstrap resync (of an empty collection) is done."""
-    pipeline.wait_streaming()
-    wait_for(lambda: pipeline.state()[RESYNCS].find_one(
-        {"kind": {"$eq": "resync"}, "state": {"$eq": "done"}}), TIMEOUT,
-        "bootstrap resync done", pipeline)
-
-
 def staging_by_pid(pipeline: Pipeline) -> dict[str, dict[str, Any]]:
     return {doc["_sync"]["pid"]: doc for doc in pipeline.staging().find({})}
 
@@ -196,7 +188,7 @@ def test_burst_to_a_few_documents_is_coalesced_and_ends_equal(
     pipeline: Pipeline = pipeline_factory([collection_config("orders")])
     pipeline.start_watcher()
     pipeline.start_worker(concurrency=2)
-    wait_bootstrapped(pipeline)
+    pipeline.wait_bootstrapped()
     prod = pipeline.prod()
     ids = prod.insert_many([{"userEmail": f"hot{i}@corp.test", "accountId": i, "n": 0}
                             for i in range(5)]).inserted_ids
@@ -250,7 +242,7 @@ def test_rate_limit_holds_across_two_workers_and_changes_at_run_time(
     name = name_of(pipeline)
     pipeline.start_watcher()
     workers = [pipeline.start_worker(concurrency=2), pipeline.start_worker(concurrency=2)]
-    wait_bootstrapped(pipeline)
+    pipeline.wait_bootstrapped()
     prod = pipeline.prod()
 
     # Phase 1: 400 new documents at the configured 50/s.
@@ -356,7 +348,7 @@ def paused_pipeline(pipeline_factory: Any, inflight_timeout: float) -> Pipeline:
     )
     pipeline.start_watcher()
     bootstrap_worker = pipeline.start_worker(concurrency=1)
-    wait_bootstrapped(pipeline)
+    pipeline.wait_bootstrapped()
     bootstrap_worker.terminate()
     return pipeline
 

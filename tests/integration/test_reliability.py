@@ -35,7 +35,7 @@ def test_poison_change_is_isolated_dead_lettered_and_replayed_after_the_fix(
     prod = pipeline.prod()
     pipeline.start_worker()
     pipeline.start_watcher()
-    pipeline.wait_streaming()
+    pipeline.wait_bootstrapped()  # else the bootstrap copy may apply the poison (op "resync")
     first = prod.insert_one({"userEmail": "a@corp.test", "accountId": 1, "code": 7}).inserted_id
     wait_for(lambda: synced(pipeline, first), TIMEOUT, "first document", pipeline)
     ids = prod.insert_many([

@@ -23,6 +23,7 @@ from pymongo import MongoClient
 from pymongo.collection import Collection
 
 from settings import Settings, load_settings
+from tasks.constants import RESYNCS
 from tests.support.backends import MongoPair
 
 T = TypeVar("T")
@@ -173,6 +174,14 @@ class Pipeline:
         name = self.collections[index]["name"]
         wait_for(lambda: (self.state()["watchers"].find_one({"_id": name}) or {}).get("token"),
                  timeout, f"watcher streaming {name}", self)
+
+    def wait_bootstrapped(self, timeout: float = 60.0) -> None:
+        """The watcher streams and its bootstrap resync is done: from here on, a change
+        reaches staging through the stream only (a running copy could read it too)."""
+        self.wait_streaming()
+        wait_for(lambda: self.state()[RESYNCS].find_one(
+            {"kind": {"$eq": "resync"}, "state": {"$eq": "done"}}), timeout,
+            "bootstrap resync done", self)
 
 
 def wait_for(check: Callable[[], T], timeout: float, what: str,
