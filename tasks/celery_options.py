@@ -32,6 +32,11 @@ def celery_options(settings: Settings) -> dict[str, Any]:
             # its visibility timeout. A tenth of the timeout, one cheap sorted-set scan each.
             "unacked_restore_interval": max(1, worker.visibility_timeout_seconds // 10),
             "unacked_restore_throttle": 1,
+            # One worker restores at a time, under a Redis lock that expires after 300 s by
+            # default: a worker SIGKILLed while holding it stopped every restore for five
+            # minutes. A restore of a few messages takes milliseconds, and each message's
+            # restore is its own transaction, so a lock that lapses early cannot duplicate one.
+            "unacked_mutex_expire": max(1, worker.visibility_timeout_seconds // 10),
             "socket_timeout": 30,
             "socket_connect_timeout": 10,
             "retry_on_timeout": True,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,7 +17,6 @@ TEST_REDIS_DB = 11
 
 
 def pytest_report_header() -> list[str]:
-    import os
     import shutil
 
     if os.environ.get("STAGESYNC_TEST_PROD_URI"):
@@ -49,8 +49,16 @@ def redis_base(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 @pytest.fixture
 def redis_url(redis_base: str) -> str:
     """A Redis database for the tests. Never flushed: every test uses collection names of its
-    own (so its own queues and keys), and other test sessions may share the database."""
-    return f"{redis_base}/{TEST_REDIS_DB}"
+    own (so its own queues and keys), and other test sessions may share the database.
+
+    Each pytest-xdist process gets a database of its own (11, 12, ...): kombu keeps some keys
+    for all queues of a database (the unacknowledged index and its restore lock), and a test
+    that kills workers must not wait on another process's."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    database = TEST_REDIS_DB + int(worker.removeprefix("gw"))
+    if database > 15:
+        raise pytest.UsageError(f"{worker}: at most 5 test processes (Redis databases 11-15)")
+    return f"{redis_base}/{database}"
 
 
 @pytest.fixture
