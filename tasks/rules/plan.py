@@ -369,7 +369,7 @@ def _plan_present(
         set_path(created, rules.soft_delete_field, False)
         created[SYNC] = meta
         write = PlannedWrite(pid, staging_id, None, "created", created, enters=True)
-    elif _unchanged(target, target_meta, pid, key, (content, digest), staging.whole, rules):
+    elif _unchanged(target, target_meta, pid, key, content, digest, staging.whole, rules):
         write = _version_only(pid, target, target_meta, version, "unchanged")
     else:
         also = {update_path(rules.soft_delete_field): False, SYNC: meta}
@@ -474,7 +474,8 @@ def _unchanged(
     meta: SyncMeta,
     pid: str,
     key: str,
-    production: tuple[Mapping[str, Any], str],
+    content: Mapping[str, Any],
+    digest: str,
     whole: frozenset[str],
     rules: CollectionRules,
 ) -> bool:
@@ -487,7 +488,6 @@ def _unchanged(
         return False
     if get_path(target, rules.soft_delete_field) is not False:
         return False
-    content, digest = production
     if encode_id(target["_id"]) in whole:
         # Where a sub-document holding staging's own fields stands is staging's (see
         # `shared_last`), so it is compared out of production's order.
