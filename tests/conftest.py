@@ -13,7 +13,9 @@ from tests.support.backends import MongoPair, start_pair
 from tests.support.pipeline import Pipeline, collection_config
 
 MACHINE_REDIS = "redis://127.0.0.1:6379"
-TEST_REDIS_DB = 11
+# STAGESYNC_TEST_REDIS_DB moves the first database, so that test runs of several checkouts on
+# one machine never share kombu's per-database keys.
+TEST_REDIS_DB = int(os.environ.get("STAGESYNC_TEST_REDIS_DB", "11"))
 
 
 def pytest_report_header() -> list[str]:
@@ -57,7 +59,7 @@ def redis_url(redis_base: str) -> str:
     worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
     database = TEST_REDIS_DB + int(worker.removeprefix("gw"))
     if database > 15:
-        raise pytest.UsageError(f"{worker}: at most 5 test processes (Redis databases 11-15)")
+        raise pytest.UsageError(f"{worker}: Redis database {database} does not exist (0-15)")
     return f"{redis_base}/{database}"
 
 
