@@ -3,8 +3,16 @@
 On each target collection:
 - `stagesync_pid`: unique `_sync.pid`, the lookup of every apply and the guarantee that one
   production document feeds at most one staging document;
-- `stagesync_key`: unique business-key digest, partial so documents without one (QA fixtures)
+- `stagesync_key`: unique business-key digest, sparse so documents without one (QA fixtures)
   are free: at most one staging document per business key;
+
+Both are sparse rather than partial (`{$exists: true}`): on a single field the two hold exactly
+the same entries and enforce the same uniqueness, but a sparse index is one every query
+planner uses for an equality or `$in` on the field, while a partial one is used only when the
+planner proves the query implies the filter (some MongoDB-compatible servers never do, and
+then every apply's lookup scans the collection). Deployments with the earlier partial
+definitions get the sparse ones at the next start-up: an outdated `stagesync_*` index is
+dropped and rebuilt (below).
 - `stagesync_business_key`: the raw business-key fields, for the first sync of documents that
   predate stagesync;
 - `stagesync_deleted_at`, for purges of old soft-deleted documents;
@@ -57,10 +65,10 @@ class IndexConflictError(RuntimeError):
 def target_indexes(collection: CollectionSettings) -> list[IndexModel]:
     simple = {"collation": SIMPLE_COLLATION}
     return [
-        IndexModel([(PID_FIELD, ASCENDING)], name="stagesync_pid", unique=True,
-                   partialFilterExpression={PID_FIELD: {"$exists": True}}, **simple),
-        IndexModel([(KEY_FIELD, ASCENDING)], name="stagesync_key", unique=True,
-                   partialFilterExpression={KEY_FIELD: {"$exists": True}}, **simple),
+        IndexModel([(PID_FIELD, ASCENDING)], name="stagesync_pid", unique=True, sparse=True,
+                   **simple),
+        IndexModel([(KEY_FIELD, ASCENDING)], name="stagesync_key", unique=True, sparse=True,
+                   **simple),
         IndexModel([(field, ASCENDING) for field in collection.business_key],
                    name="stagesync_business_key", **simple),
         IndexModel([(DELETED_AT_FIELD, ASCENDING)], name="stagesync_deleted_at", sparse=True,

@@ -128,3 +128,34 @@ def test_concurrent_start_ups_replace_an_outdated_index_of_ours_and_change_a_ttl
     indexes = index_specs(pipeline)
     assert list(indexes["stagesync_business_key"]["key"]) == ["userEmail", "accountId"]
     assert indexes["stagesync_tombstone_ttl"]["expireAfterSeconds"] == 0
+
+
+def test_the_earlier_partial_sync_indexes_become_sparse_at_start_up_and_still_hold(
+    pipeline: Pipeline,
+) -> None:
+    """A staging synced by a release with the partial `_sync.pid` / `_sync.key` indexes: one
+    start-up replaces them with the sparse unique ones, the synced copies and a QA fixture
+    without `_sync` stay as they are, and uniqueness holds afterwards."""
+    target = pipeline.staging()
+    for name, field in (("stagesync_pid", "_sync.pid"), ("stagesync_key", "_sync.key")):
+        target.create_index([(field, 1)], name=name, unique=True, collation=SIMPLE,
+                            partialFilterExpression={field: {"$exists": True}})
+    target.insert_many([{"qa": "fixture one"}, {"qa": "fixture two"}])  # no _sync: free
+    pipeline.start_watcher()
+    pipeline.start_worker(concurrency=1)
+    pipeline.wait_streaming()
+    pid = pipeline.prod().insert_one({"userEmail": "sparse@corp.test", "accountId": 4,
+                                      "total": 1}).inserted_id
+    copy = wait_for(lambda: target.find_one({"_sync.pid": encode_id(pid)}), 30,
+                    "the insert synced", pipeline)
+    indexes = index_specs(pipeline)
+    for name in ("stagesync_pid", "stagesync_key"):
+        assert indexes[name].get("sparse") is True and indexes[name].get("unique") is True
+        assert "partialFilterExpression" not in indexes[name], indexes[name]
+    assert target.count_documents({"qa": {"$exists": True}}) == 2
+    with pytest.raises(OperationFailure) as refused:
+        target.insert_one({"_sync": {"pid": copy["_sync"]["pid"]}})
+    assert refused.value.code == 11000
+    with pytest.raises(OperationFailure) as refused_key:
+        target.insert_one({"_sync": {"key": copy["_sync"]["key"]}})
+    assert refused_key.value.code == 11000

@@ -50,20 +50,28 @@ def test_an_index_with_another_collation_does_not_serve() -> None:
 
 
 def test_our_own_index_from_a_case_insensitive_collection_is_rebuilt_simple() -> None:
-    inherited = listed("stagesync_pid", [("_sync.pid", 1)], unique=True,
-                       partialFilterExpression={"_sync.pid": {"$exists": True}},
+    inherited = listed("stagesync_pid", [("_sync.pid", 1)], unique=True, sparse=True,
                        collation={"locale": "en", "strength": 2})
     plan = plan_index(wanted("stagesync_pid"), [inherited])
     assert plan.drop == "stagesync_pid" and plan.create
 
 
-def test_uniqueness_and_partial_filter_matter_for_the_sync_indexes() -> None:
+def test_uniqueness_and_sparseness_matter_for_the_sync_indexes() -> None:
     plain = listed("pid_lookup", [("_sync.pid", 1)])
     unique_everywhere = listed("pid_unique", [("_sync.pid", 1)], unique=True)
     assert plan_index(wanted("stagesync_pid"), [plain, unique_everywhere]).create
-    good = listed("pid_ok", [("_sync.pid", 1)], unique=True,
-                  partialFilterExpression=SON([("_sync.pid", SON([("$exists", True)]))]))
+    good = listed("pid_ok", [("_sync.pid", 1)], unique=True, sparse=True)
     assert plan_index(wanted("stagesync_pid"), [plain, good]).reuse == "pid_ok"
+
+
+def test_the_earlier_partial_definitions_are_rebuilt_sparse() -> None:
+    """Deployments from before the sparse indexes: their partial `stagesync_pid` and
+    `stagesync_key` are ours and outdated, so they are dropped and rebuilt."""
+    for name, field in (("stagesync_pid", "_sync.pid"), ("stagesync_key", "_sync.key")):
+        partial = listed(name, [(field, 1)], unique=True,
+                         partialFilterExpression=SON([(field, SON([("$exists", True)]))]))
+        plan = plan_index(wanted(name), [partial])
+        assert plan.drop == name and plan.create and plan.reuse is None
 
 
 def test_a_changed_ttl_is_changed_in_place() -> None:
