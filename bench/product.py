@@ -64,11 +64,11 @@ from bench.systems import (
 )
 from bench.verify_equal import VerifyResult, verify_equal, verify_uris
 from bench.workload import BUSINESS_KEY, CUSTOMER, MARKER, USERS, USERS_KEY, Expected
+from protocol.names import RESYNCS, WATCHERS, watcher_key
+from rules.identity import encode_id
+from rules.subset import in_sample
+from rules.sync_meta import KEY_FIELD, PID_FIELD, SYNC, read_meta
 from settings import load_settings
-from tasks.constants import RESYNCS, WATCHERS, watcher_key
-from tasks.rules.identity import encode_id
-from tasks.rules.subset import in_sample
-from tasks.rules.sync_meta import KEY_FIELD, PID_FIELD, SYNC, read_meta
 
 VENV_BIN = Path(sys.executable).parent
 COLLECTION = "orders"
@@ -588,7 +588,7 @@ class ProductVerifyResult(VerifyResult):
 
 def subset_member(production_id: Any) -> bool:
     """Is this production user in the subset variant's sample? The product's own pure function
-    (`tasks.rules.subset.in_sample`, as `tasks.applier.ApplyContext.sampled` calls it) over the
+    (`rules.subset.in_sample`, as `tasks.apply.applier.ApplyContext.sampled` calls it) over the
     same encoded `_id`, percent and secret as the configuration `write_config` writes."""
     return in_sample(encode_id(production_id), SUBSET_PERCENT, PII_SECRET.encode())
 
@@ -702,9 +702,9 @@ def dump_dead_letters(ctx: BenchContext, path: Path) -> dict[str, int]:
     hold its pid or its business key, and whether production still has the document."""
     from bson import json_util
 
-    from tasks.constants import DEAD_LETTERS
-    from tasks.rules.identity import decode_id
-    from tasks.rules.sync_meta import KEY_FIELD
+    from protocol.names import DEAD_LETTERS
+    from rules.identity import decode_id
+    from rules.sync_meta import KEY_FIELD
 
     staging: MongoClient[Any] = MongoClient(ctx.staging_direct_uri)
     prod: MongoClient[Any] = MongoClient(ctx.prod_direct_uri)

@@ -23,13 +23,13 @@ from deployments.guard import (
     assert_distinct_uris,
 )
 from deployments.production import ProductionReader
+from deployments.staging import connect_staging
+from rules.identity import business_key, key_paths
+from rules.paths import has_path, split_dotted
+from rules.pii import paths_matched
 from settings.logs import redact_uri
 from settings.model import CollectionSettings, Settings
-from tasks.pii_state import masking_drift
-from tasks.rules.identity import business_key, key_paths
-from tasks.rules.paths import has_path, split_dotted
-from tasks.rules.pii import paths_matched
-from tasks.staging import connect_staging
+from state.pii_state import masking_drift
 
 SAMPLE = 20
 TIMEOUT_MS = 5000

@@ -9,12 +9,13 @@ from rich.console import Console
 from rich.table import Table
 
 from cli.jobs import follow
+from deployments.staging import connect_staging
+from protocol.names import RESYNCS
+from protocol.routing import home_queue
 from settings.model import Settings
-from tasks.app import app as celery_app
-from tasks.constants import RESYNCS
-from tasks.dead_letters import DeadLetterStore, summarize
-from tasks.replay import start_replay
-from tasks.staging import connect_staging
+from state.dead_letters import DeadLetterStore, summarize
+from tasks.celery_app import app as celery_app
+from tasks.enqueue import start_replay
 
 REPLAY_TIMEOUT = 300.0
 
@@ -76,7 +77,7 @@ def replay_entries(settings: Settings, collection: str | None, reason: str | Non
     for name in names:
         if not any(True for _ in store.list(name, reason, limit=1)):
             continue
-        job = start_replay(celery_app, state_db, name, settings.collection(name).queues[0],
+        job = start_replay(celery_app, state_db, name, home_queue(settings.collection(name)),
                            pids or None, reason)
         final = follow(console, lambda job=job: _job(state_db, job), f"replay {name}",
                        REPLAY_TIMEOUT)

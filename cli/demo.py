@@ -33,7 +33,7 @@ from cli.local_servers import LocalServer, redis_answers, start_mongo_test_serve
 from cli.status import StatusReader, render
 from settings import load_settings
 from settings.model import Settings
-from tasks.verification import verify_collection
+from tasks.verification.verifier import verify_collection
 
 LOCAL_REDIS = "redis://127.0.0.1:6379"
 DEMO_REDIS_DB = 15

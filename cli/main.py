@@ -77,11 +77,11 @@ def watch(
     for name in names:
         _known(settings, name)
     if dry_run:
-        from watcher.dry_run import run_dry
+        from cli.dry_run import run_dry
 
         raise typer.Exit(run_dry(settings, names, console))
     from deployments.guard import SameDeploymentError
-    from tasks.indexes import IndexConflictError
+    from deployments.staging_indexes import IndexConflictError
     from watcher.runner import run_watcher
 
     try:
@@ -152,9 +152,9 @@ def rate_limit(
                      ] = False,
 ) -> None:
     """Show or change a collection's rate limit for all its workers, at run time."""
+    from deployments.staging import connect_staging
     from settings.model import parse_rate_limit
-    from tasks.rate_limit import effective_rate, set_rate_override
-    from tasks.staging import connect_staging
+    from tasks.apply.rate_limit import effective_rate, set_rate_override
 
     settings = settings_from(config)
     _known(settings, name)

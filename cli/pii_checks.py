@@ -4,7 +4,7 @@ rules that would make staging's unique indexes collide.
 - A strict collection with production paths that nothing classifies is an error (exit 1):
   those fields are left out of staging until someone gives them a rule or lists them in
   `allow`. The paths come from a sample of production (the newest documents, where new fields
-  appear first) and from what the workers recorded while streaming (`tasks.pii_unclassified`).
+  appear first) and from what the workers recorded while streaming (`state.unclassified_paths`).
 - A rule that maps many values to one (`redact`, `null`, `drop`) on a field that a unique index
   covers in staging makes the second masked document collide with the first: a warning that
   names the index.
@@ -12,23 +12,21 @@ rules that would make staging's unique indexes collide.
 
 from __future__ import annotations
 
-from typing import Any
-
 from pymongo import MongoClient
 from pymongo.database import Database
 from pymongo.errors import PyMongoError
 
 from deployments.production import ProductionReader
+from rules.document import Document
+from rules.paths import overlaps, split_dotted
+from rules.pii_strict import Classification
 from settings.model import CollectionSettings
-from tasks.pii_unclassified import safe_path, unclassified_report
-from tasks.rules.paths import overlaps, split_dotted
-from tasks.rules.pii_strict import Classification
+from state.unclassified_paths import safe_path, unclassified_report
 
 STRICT_SAMPLE = 200
 SHOWN_PATHS = 20
 MANY_TO_ONE = ("redact", "null", "drop")
 
-Document = dict[str, Any]
 
 
 def unclassified_problems(

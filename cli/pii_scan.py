@@ -6,7 +6,7 @@ first; within the configured filter) through the read-only production reader, an
   the shape of one matching value (`aaaa@aaaa.aaa`, never a value) and the proposal;
 - a YAML block with the proposed `pii` rules and `allow` entries, to paste into the
   collection's configuration as it is (it passes the configuration's validation).
-The detection itself is pure (`tasks.rules.pii_scan`, `tasks.rules.pii_detect`).
+The detection itself is pure (`cli.pii_proposal`, `rules.pii_detect`).
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from cli.pii_proposal import PathFinding, ScanResult, kind_label, scan_documents
 from deployments.production import ProductionReader
 from settings.model import Settings
-from tasks.rules.pii_scan import PathFinding, ScanResult, kind_label, scan_documents
 
 TIMEOUT_MS = 10_000
 DECISIONS = {

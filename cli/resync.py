@@ -6,17 +6,19 @@ from rich.console import Console
 from rich.table import Table
 
 from cli.jobs import follow
+from deployments.staging import connect_staging
+from protocol.routing import home_queue
 from settings.model import Settings
-from tasks.app import app as celery_app
-from tasks.resync import progress, start_resync
-from tasks.staging import connect_staging
+from state.resync_progress import progress
+from tasks.celery_app import app as celery_app
+from tasks.enqueue import start_resync
 
 
 def run_resync(settings: Settings, name: str, wait: bool, timeout: float,
                console: Console) -> int:
     staging = connect_staging(settings.staging, serverSelectionTimeoutMS=10_000)
     state_db = staging[settings.staging.state_db]
-    queue = settings.collection(name).queues[0]
+    queue = home_queue(settings.collection(name))
     resync_id = start_resync(celery_app, state_db, name, queue, "requested by stagesync resync")
     console.print(f"resync {resync_id} queued on {queue}")
     if not wait:

@@ -27,15 +27,15 @@ from rich.live import Live
 from rich.table import Table
 
 from deployments.production import OplogWindow, ProductionReader
+from deployments.staging import connect_staging
+from protocol.names import RESYNCS, VERIFICATIONS, stats_key, watcher_key
+from protocol.routing import queue_depth, queues_of
 from settings.model import CollectionSettings, Settings
-from tasks.constants import RESYNCS, VERIFICATIONS, stats_key, watcher_key
-from tasks.dead_letters import DeadLetterStore
-from tasks.pii_state import masking_drift
-from tasks.pii_unclassified import unclassified_report, unclassified_warning
-from tasks.rate_limit import effective_rate
-from tasks.references import pending_count
-from tasks.routing import queue_depth
-from tasks.staging import connect_staging
+from state.dead_letters import DeadLetterStore
+from state.pii_state import masking_drift
+from state.unclassified_paths import unclassified_report, unclassified_warning
+from tasks.apply.rate_limit import effective_rate
+from tasks.apply.references import pending_count
 from watcher.checkpoint import read_all
 
 HEARTBEAT_FRESH_SECONDS = 10.0
@@ -78,7 +78,7 @@ class StatusReader:
         checkpoint_age = (datetime.now(UTC) - _aware(checkpoint_at)).total_seconds() \
             if isinstance(checkpoint_at, datetime) else None
         rate, rate_source = effective_rate(self.settings, self.state_db, collection.name)
-        queues = {q: queue_depth(self.redis, q) for q in collection.queues}
+        queues = {q: queue_depth(self.redis, q) for q in queues_of(collection)}
         pending = int(_float(heartbeat.get("unapplied")))
         health = "ok"
         if not alive:

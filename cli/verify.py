@@ -1,4 +1,4 @@
-"""`stagesync verify NAME`: the verification report (see tasks.verification), readable."""
+"""`stagesync verify NAME`: the verification report (see tasks.verification.verifier), readable."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from rich.console import Console
 from rich.table import Table
 
 from settings.model import Settings
-from tasks.verification import Report, verify_collection
+from tasks.verification.verifier import Report, verify_collection
 
 SHOWN = 20
 

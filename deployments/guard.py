@@ -25,11 +25,12 @@ from pymongo.errors import OperationFailure
 
 from deployments.identity import compare, from_hello, shared_hosts, with_status
 from deployments.production import ProductionReader
+from protocol.names import GUARD_MARKERS
 from settings.model import Settings
 
-# In the staging state database, beside the names in tasks.constants (which import nothing
+# In the staging state database, beside the names in protocol.names (which import nothing
 # from here: this package sits below tasks).
-MARKERS = "guard"
+MARKERS = GUARD_MARKERS
 
 REFUSAL = (
     "refusing to run: the staging URI reaches the production deployment ({how}). Point "

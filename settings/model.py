@@ -275,30 +275,12 @@ class CollectionSettings(StrictModel):
         return self
 
     @property
-    def queues(self) -> list[str]:
-        """Every Celery queue of this collection, partitions included."""
-        if self.partitions == 1:
-            return [f"stagesync.{self.name}"]
-        return [f"stagesync.{self.name}.{n}" for n in range(self.partitions)]
-
-    @property
-    def source_db(self) -> str:
-        return self.source.partition(".")[0]
-
-    @property
-    def source_collection(self) -> str:
-        return self.source.partition(".")[2]
-
-    @property
     def target_db(self) -> str:
         return self.target.partition(".")[0]
 
     @property
     def target_collection(self) -> str:
         return self.target.partition(".")[2]
-
-    def rate_limit_item(self) -> RateLimitItem | None:
-        return parse_rate_limit(self.rate_limit) if self.rate_limit else None
 
     def purge_after(self) -> timedelta | None:
         return parse_duration(self.purge_deleted_after) if self.purge_deleted_after else None

@@ -1,7 +1,7 @@
 """The PII rule vocabulary of the configuration (`pii: {path: rule}`).
 
 Only the vocabulary lives here; the transforms themselves are pure functions in
-`tasks.rules.pii`, applied where production documents are read.
+`rules.pii`, applied where production documents are read.
 """
 
 from __future__ import annotations

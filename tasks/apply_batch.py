@@ -19,15 +19,16 @@ from collections.abc import Sequence
 
 from celery import Task
 
+from deployments.failures import describe_error, is_transient
+from protocol.names import APPLY_BATCH
+from protocol.routing import home_queue
+from state.dead_letters import DeadLetterEntry
+from state.versions import take_version
 from tasks import metrics
-from tasks.app import app
-from tasks.applier import WriteErrors, apply_changes
-from tasks.constants import APPLY_BATCH
-from tasks.dead_letters import DeadLetterEntry
-from tasks.errors import describe_error, is_transient
-from tasks.publish import Change, publish_apply
+from tasks.apply.applier import WriteErrors, apply_changes
+from tasks.celery_app import app
+from tasks.enqueue import QueuedChange, publish_apply
 from tasks.runtime import Runtime, get_runtime
-from tasks.versions import take_version
 
 log = logging.getLogger("stagesync.apply")
 
@@ -38,7 +39,7 @@ def apply_batch(
 ) -> None:
     runtime = get_runtime()
     settings = runtime.settings.worker
-    pairs: list[Change] = [(pid, op) for pid, op in changes]
+    pairs: list[QueuedChange] = [(pid, op) for pid, op in changes]
     started = runtime.count_delivery(self.request.id, self.request.retries)
     if started > settings.max_deliveries:
         log.error(
@@ -97,7 +98,7 @@ def apply_batch(
 
 def _isolate(
     runtime: Runtime, task: Task, collection: str, batch: str | None, part: str,
-    pairs: Sequence[Change], reason: str, error: str,
+    pairs: Sequence[QueuedChange], reason: str, error: str,
 ) -> None:
     """Split a failing batch in two, or dead-letter a lone failing change."""
     queue = _queue(runtime, task, collection)
@@ -119,7 +120,7 @@ def _isolate(
 def _queue(runtime: Runtime, task: Task, collection: str) -> str:
     """The queue this message came from (its partition), where its pieces go back."""
     routing_key = (task.request.delivery_info or {}).get("routing_key")
-    return str(routing_key or runtime.settings.collection(collection).queues[0])
+    return str(routing_key or home_queue(runtime.settings.collection(collection)))
 
 
 def _backoff(attempt: int, cap: float) -> float:

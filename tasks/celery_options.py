@@ -13,10 +13,10 @@ from typing import Any
 from celery.schedules import crontab
 from kombu import Queue
 
+from protocol.names import PURGE_DELETED, RESYNC, VERIFY
+from protocol.routing import all_queues, home_queue
 from settings.durations import parse_duration
 from settings.model import Settings
-from tasks.constants import PURGE_DELETED, RESYNC, VERIFY
-from tasks.routing import all_queues
 
 
 def celery_options(settings: Settings) -> dict[str, Any]:
@@ -89,12 +89,12 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
         jobs[f"{entry.task}-{entry.collection}"] = {
             "task": RESYNC if entry.task == "resync" else VERIFY,
             "schedule": timing, "args": [entry.collection],
-            "options": {"queue": collection.queues[0]},
+            "options": {"queue": home_queue(collection)},
         }
     for collection in settings.collections:
         if collection.purge_deleted_after:
             jobs[f"purge-{collection.name}"] = {
                 "task": PURGE_DELETED, "schedule": PURGE_EVERY_SECONDS,
-                "args": [collection.name], "options": {"queue": collection.queues[0]},
+                "args": [collection.name], "options": {"queue": home_queue(collection)},
             }
     return jobs

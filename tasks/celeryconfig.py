@@ -1,4 +1,4 @@
-"""Read by Celery the first time it needs its configuration (see `tasks.app`)."""
+"""Read by Celery the first time it needs its configuration (see `tasks.celery_app`)."""
 
 from settings import ConfigError, load_settings
 from tasks.celery_options import celery_options

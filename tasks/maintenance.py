@@ -1,6 +1,6 @@
 """Scheduled jobs (Celery beat): verification reports and the erasure of old soft deletes.
 
-- `stagesync.verify` compares a collection (see tasks.verification) and keeps the latest
+- `stagesync.verify` compares a collection (see tasks.verification.verifier) and keeps the latest
   report in the state database, where `status` shows it.
 - `stagesync.purge_deleted` hard-deletes staging documents soft-deleted longer ago than the
   collection's `purge_deleted_after`, for erasure requests. Only documents that came from
@@ -15,11 +15,11 @@ from typing import Any
 
 from celery import Task
 
-from tasks.app import app
-from tasks.constants import PURGE_DELETED, VERIFICATIONS, VERIFY
-from tasks.rules.sync_meta import DELETED_AT_FIELD, PID_FIELD
+from protocol.names import PURGE_DELETED, VERIFICATIONS, VERIFY
+from rules.sync_meta import DELETED_AT_FIELD, PID_FIELD
+from tasks.celery_app import app
 from tasks.runtime import get_runtime
-from tasks.verification import verify_collection
+from tasks.verification.verifier import verify_collection
 
 log = logging.getLogger("stagesync.maintenance")
 

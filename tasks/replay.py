@@ -9,38 +9,21 @@ older state than the stream has written since.
 from __future__ import annotations
 
 import logging
-import uuid
 from collections import Counter
-from datetime import UTC, datetime
-from typing import Any
 
-from celery import Celery, Task
-from pymongo.database import Database
+from celery import Task
 
-from tasks.app import app
-from tasks.applier import WriteErrors, apply_changes
-from tasks.constants import REPLAY_DEAD_LETTERS, RESYNCS
-from tasks.dead_letters import DeadLetterEntry
-from tasks.errors import is_transient
+from deployments.failures import is_transient
+from protocol.names import REPLAY_DEAD_LETTERS, RESYNCS
+from state.dead_letters import DeadLetterEntry
+from state.versions import take_version
+from tasks.apply.applier import WriteErrors, apply_changes
+from tasks.celery_app import app
 from tasks.runtime import get_runtime
-from tasks.versions import take_version
 
 log = logging.getLogger("stagesync.replay")
 
 REPLAY_BATCH = 200
-
-
-def start_replay(
-    celery: Celery, state_db: Database[dict[str, Any]], collection: str, queue: str,
-    pids: list[str] | None = None, reason: str | None = None,
-) -> str:
-    job_id = f"replay-{collection}-{uuid.uuid4().hex[:8]}"
-    state_db[RESYNCS].insert_one({
-        "_id": job_id, "kind": "replay", "collection": collection, "state": "queued",
-        "startedAt": datetime.now(UTC), "reason": reason,
-    })
-    celery.send_task(REPLAY_DEAD_LETTERS, args=[collection, job_id, pids, reason], queue=queue)
-    return job_id
 
 
 @app.task(name=REPLAY_DEAD_LETTERS, bind=True, acks_late=True, reject_on_worker_lost=True)

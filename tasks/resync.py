@@ -1,18 +1,18 @@
 """Full resync as Celery tasks: copy production by `_id` range, then sweep staging.
 
 A resync runs in two phases, each a series of chunks (`_id` ranges, see
-`tasks.resync_ranges`) spread over every queue of the collection, partitions included:
+`rules.id_ranges`) spread over every queue of the collection, partitions included:
 - copy (`stagesync.resync_chunk`): each chunk reads its production range once, in `_id` order,
-  and applies it through the same merge path as the stream (`tasks.resync_chunks`);
+  and applies it through the same merge path as the stream (`tasks.full_resync.chunks`);
 - sweep (`stagesync.resync_sweep`): each chunk pages through a range of staging and
   soft-deletes the documents whose production document is gone, through a normal apply.
 
 Nobody walks the whole collection: chunk bounds are found a chunk ahead of need by a bounded
-walk of the `_id` index (`tasks.resync_walk`), and at most `inflight` chunks of a resync are
+walk of the `_id` index (`tasks.full_resync.walk`), and at most `inflight` chunks of a resync are
 queued or running at once. Each finished chunk plans and publishes the next one (`advance`),
 so the coordinator (`stagesync.resync`) only sets the resync up and starts the first chunks.
 Every task is short: a chunk that reaches its time budget records where it is and continues
-in a new message. Bookkeeping lives in staging (`tasks.resync_progress`): a killed chunk
+in a new message. Bookkeeping lives in staging (`state.resync_progress`): a killed chunk
 resumes at its last checkpoint, and finished chunks are never redone.
 
 A change made during the resync takes a later version when it is applied, so it wins over
@@ -27,19 +27,19 @@ import time
 from datetime import timedelta
 from typing import Any
 
-from celery import Celery, Task
+from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
-from pymongo.database import Database
 from pymongo.errors import NetworkTimeout
 
-from tasks.app import app
-from tasks.constants import RESYNC, RESYNC_CHUNK, RESYNC_SWEEP
-from tasks.errors import describe_error, is_transient
-from tasks.pii_state import reset_after_resync
-from tasks.resync_chunks import SWEEP_PAGE, ChunkRun, Outcome, copy_chunk, sweep_chunk
-from tasks.resync_progress import (
+from deployments.failures import describe_error, is_transient
+from protocol.names import RESYNC, RESYNC_CHUNK, RESYNC_SWEEP
+from protocol.routing import queues_of
+from rules.id_ranges import type_bracket
+from rules.identity import decode_id, encode_id
+from rules.sync_meta import SYNC
+from state.pii_state import reset_after_resync
+from state.resync_progress import (
     PHASES,
-    SUMMARY_OUTCOMES,
     RecordMissing,
     add_progress,
     advance_plan,
@@ -56,24 +56,19 @@ from tasks.resync_progress import (
     new_resync,
     next_queued_chunk,
     phase_plan,
-    progress,
     record_chunk,
     resyncs,
     shrink_batch,
     stale_chunks,
     summary,
 )
-from tasks.resync_ranges import type_bracket
-from tasks.resync_walk import IdIndex, ProductionIds, StagingIds, first_id, plan_chunk
-from tasks.rules.identity import decode_id, encode_id
-from tasks.rules.sync_meta import SYNC
+from state.versions import take_version
+from tasks.celery_app import app
+from tasks.full_resync.chunks import SWEEP_PAGE, ChunkRun, Outcome, copy_chunk, sweep_chunk
+from tasks.full_resync.walk import IdIndex, ProductionIds, StagingIds, first_id, plan_chunk
 from tasks.runtime import Runtime, get_runtime
-from tasks.versions import take_version
 
 log = logging.getLogger("stagesync.resync")
-
-__all__ = ["SUMMARY_OUTCOMES", "progress", "resync", "resync_chunk", "resync_sweep",
-           "start_resync"]
 
 CHUNK_TASKS = {"copy": RESYNC_CHUNK, "sweep": RESYNC_SWEEP}
 # Chunks per in-flight slot. The walk cuts chunks of equal size, and every chunk costs one
@@ -86,16 +81,6 @@ MAX_BATCHES_PER_CHUNK = 200
 SWEEP_PAGES_PER_CHUNK = (10, 200)  # bounds of a sweep chunk, in pages of SWEEP_PAGE
 # Planning steps one task may take before leaving the rest to the next finished chunk.
 MAX_PLAN_STEPS = 64
-
-
-def start_resync(
-    celery: Celery, state_db: Database[dict[str, Any]], collection: str, queue: str, reason: str
-) -> str:
-    """Record a new resync and enqueue its coordinator; returns the resync id."""
-    ensure_resync_indexes(state_db)
-    resync_id = new_resync(state_db, collection, reason)
-    celery.send_task(RESYNC, args=[collection, resync_id], queue=queue)
-    return resync_id
 
 
 def chunk_span(estimate: int, inflight: int, batch: int) -> int:
@@ -162,7 +147,7 @@ def _set_up(runtime: Runtime, collection: str, resync_id: str) -> None:
     target = context.target.collection
     empty = target.find_one({}, {"_id": 1}) is None
     unsynced = not empty and target.find_one({SYNC: {"$exists": False}}, {"_id": 1}) is not None
-    inflight = max(runtime.settings.watcher.max_inflight_batches, len(settings.queues))
+    inflight = max(runtime.settings.watcher.max_inflight_batches, len(queues_of(settings)))
     production = ProductionIds(context.production)
     estimate = production.estimated_count()
     span = chunk_span(estimate, inflight, settings.resync_chunk_size)
@@ -230,7 +215,7 @@ def _plan_one(runtime: Runtime, collection: str, record: dict[str, Any], phase: 
 
 
 def _publish(runtime: Runtime, collection: str, resync_id: str, phase: str, index: int) -> None:
-    queues = runtime.settings.collection(collection).queues
+    queues = queues_of(runtime.settings.collection(collection))
     app.send_task(CHUNK_TASKS[phase], args=[collection, resync_id, index],
                   queue=queues[index % len(queues)])
 

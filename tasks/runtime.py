@@ -14,21 +14,22 @@ from collections.abc import Mapping
 import redis
 
 from deployments.production import ProductionReader
+from deployments.staging import connect_staging
+from protocol.names import deliveries_key, done_key, done_report, stats_key
+from protocol.routing import queue_for
+from rules.pii import Masker
+from rules.references import Reference, references_of
 from settings import Settings, load_settings
 from settings.model import CollectionSettings
-from tasks.app import app
-from tasks.applier import ApplyContext, ApplyResult
-from tasks.constants import deliveries_key, done_key, stats_key
-from tasks.dead_letters import DeadLetterStore
-from tasks.pii_state import record_masking
-from tasks.pii_unclassified import forget_classified
-from tasks.publish import publish_apply
-from tasks.rate_limit import QueueRateLimiter
-from tasks.references import Follower, ReferenceResolver, Target
-from tasks.routing import queue_for
-from tasks.rules.pii import Masker
-from tasks.rules.references import Reference, references_of
-from tasks.staging import connect_staging
+from state.dead_letters import DeadLetterStore
+from state.pii_state import record_masking
+from state.unclassified_paths import forget_classified, held_count
+from tasks.apply.applier import ApplyContext, ApplyResult
+from tasks.apply.rate_limit import QueueRateLimiter
+from tasks.apply.references import Follower, ReferenceResolver, Target
+from tasks.celery_app import app
+from tasks.enqueue import publish_apply
+from tasks.metrics import UNCLASSIFIED_PATHS
 
 # A delivery counter outlives any redelivery cycle of its message, then goes.
 DELIVERY_COUNTER_TTL = 24 * 3600
@@ -52,6 +53,7 @@ class Runtime:
             masker = Masker.from_settings(collection, self.settings.secret_bytes())
             record_masking(self.state_db, name, masker.fingerprint)
             forget_classified(self.state_db, collection)  # paths allowed since they were seen
+            UNCLASSIFIED_PATHS.labels(name).set(held_count(self.state_db, name))
             context = ApplyContext.build(
                 collection, masker, self.production.collection(collection), self.staging,
                 self.state_db, self.dead_letters, self._references(collection),
@@ -116,7 +118,7 @@ class Runtime:
         key = stats_key(collection)
         with self.redis.pipeline(transaction=False) as pipe:
             if batch:
-                pipe.rpush(done_key(collection), f"{batch}|{part}")
+                pipe.rpush(done_key(collection), done_report(batch, part))
             for outcome, count in counts.items():
                 if count:
                     pipe.hincrby(key, prefix + outcome, count)

@@ -17,12 +17,12 @@ from deployments.guard import (
     assert_distinct_uris,
 )
 from deployments.production import ProductionReader
+from deployments.staging import connect_staging
+from deployments.staging_indexes import IndexConflictError, ensure_indexes
 from settings import load_settings
 from settings.logs import configure_logging
 from tasks import metrics
-from tasks.indexes import IndexConflictError, ensure_indexes
 from tasks.runtime import reset_runtime
-from tasks.staging import connect_staging
 
 log = logging.getLogger("stagesync.worker")
 

@@ -21,7 +21,7 @@ from typing import Any
 from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError
 
-from tasks.constants import WATCHERS
+from protocol.names import WATCHERS
 
 
 class WatcherRecord:

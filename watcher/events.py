@@ -17,7 +17,7 @@ from typing import Any
 
 from bson import Timestamp
 
-from tasks.rules.identity import encode_id
+from rules.identity import encode_id
 
 APPLIED_OPERATIONS = frozenset({"insert", "update", "replace", "delete"})
 HISTORY_ENDING_OPERATIONS = frozenset({"drop", "rename", "dropDatabase", "invalidate"})

@@ -21,13 +21,13 @@ from prometheus_client import start_http_server
 from pymongo import MongoClient
 from pymongo.errors import PyMongoError
 
+from deployments.failures import describe_error
 from deployments.guard import assert_distinct_deployments, assert_distinct_uris
 from deployments.production import ProductionReader
+from deployments.staging import connect_staging
+from deployments.staging_indexes import ensure_indexes
 from settings.model import Settings
-from tasks.app import app as celery_app
-from tasks.errors import describe_error
-from tasks.indexes import ensure_indexes
-from tasks.staging import connect_staging
+from tasks.celery_app import app as celery_app
 from watcher.stream import CollectionWatcher
 
 log = logging.getLogger("stagesync.watcher")

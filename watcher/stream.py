@@ -34,13 +34,12 @@ from pymongo.database import Database
 from pymongo.errors import OperationFailure, PyMongoError
 
 from deployments.production import ProductionReader
+from protocol.names import done_key, epoch_key, parse_done_report, stats_key, watcher_key
+from protocol.routing import home_queue, queue_depth, queue_for, queues_of
 from settings.model import CollectionSettings, Settings
-from tasks.constants import done_key, epoch_key, stats_key, watcher_key
-from tasks.dead_letters import DeadLetterStore
-from tasks.publish import publish_apply
-from tasks.replay import start_replay
-from tasks.resync import progress, start_resync
-from tasks.routing import queue_depth, queue_for
+from state.dead_letters import DeadLetterStore
+from state.resync_progress import progress
+from tasks.enqueue import publish_apply, start_replay, start_resync
 from watcher import metrics
 from watcher.batcher import MicroBatcher
 from watcher.checkpoint import WatcherRecord
@@ -262,8 +261,7 @@ class CollectionWatcher:
     def _housekeeping(self, window: InflightWindow, clock: _Clocks, now: float) -> None:
         reports = self.redis.lpop(done_key(self.name), DONE_DRAIN) or []
         for report in reports:
-            batch_id, _, part = report.decode().rpartition("|")
-            window.part_done(batch_id, part)
+            window.part_done(*parse_done_report(report))
         self._note_checkpoint(window.advance())
         self._save_checkpoint()
         if now >= clock.lease:
@@ -281,7 +279,7 @@ class CollectionWatcher:
         # seen holding messages: while workers are behind or away it is only waiting, and a
         # copy would grow the queue past the backpressure bound and be applied twice.
         if window.any_expired(now, timeout, since=self._queues_busy_at):
-            if any(queue_depth(self.redis, queue) for queue in self.collection.queues):
+            if any(queue_depth(self.redis, queue) for queue in queues_of(self.collection)):
                 self._queues_busy_at = now
             else:
                 self._republish(window.expired(now, timeout, since=self._queues_busy_at),
@@ -324,8 +322,7 @@ class CollectionWatcher:
         while not window.empty and time.monotonic() < deadline:
             reports = self.redis.lpop(done_key(self.name), DONE_DRAIN) or []
             for report in reports:
-                batch_id, _, part = report.decode().rpartition("|")
-                window.part_done(batch_id, part)
+                window.part_done(*parse_done_report(report))
             self._note_checkpoint(window.advance())
             if not reports:
                 time.sleep(0.05)
@@ -334,7 +331,7 @@ class CollectionWatcher:
     # -- resyncs ---------------------------------------------------------------------------
     def _begin_resync(self, reason: str) -> None:
         resync_id = start_resync(
-            self.celery, self.state_db, self.name, self.collection.queues[0], reason
+            self.celery, self.state_db, self.name, home_queue(self.collection), reason
         )
         if not self.record.save({"resyncPending": resync_id, "resyncReason": reason}):
             raise LeaseLost()
@@ -371,7 +368,7 @@ class CollectionWatcher:
         store = DeadLetterStore(self.state_db)
         if next(store.list(self.name, "schema_version", limit=1), None) is None:
             return
-        job = start_replay(self.celery, self.state_db, self.name, self.collection.queues[0],
+        job = start_replay(self.celery, self.state_db, self.name, home_queue(self.collection),
                            reason="schema_version")
         log.info("replaying documents held for their schema version",
                  extra={"collection": self.name, "job": job})
@@ -404,7 +401,7 @@ class CollectionWatcher:
         if self._saved_at:
             metrics.CHECKPOINT_AGE.labels(self.name).set(now - self._saved_at)
         metrics.DEAD_LETTERS.labels(self.name).set(self._dead_letters)
-        for queue in self.collection.queues:
+        for queue in queues_of(self.collection):
             metrics.QUEUE_DEPTH.labels(queue).set(queue_depth(self.redis, queue))
 
     def _heartbeat_quietly(self, state: str, owner: bool = True) -> None:

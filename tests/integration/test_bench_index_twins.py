@@ -22,9 +22,9 @@ from pymongo.errors import DuplicateKeyError
 
 from bench.product import add_index_twins
 from bench.systems import BenchContext
+from deployments.staging_indexes import ensure, target_indexes
+from rules.sync_meta import KEY_FIELD, PID_FIELD, SYNC
 from settings.model import CollectionSettings
-from tasks.indexes import ensure, target_indexes
-from tasks.rules.sync_meta import KEY_FIELD, PID_FIELD, SYNC
 from tests.support.backends import MongoPair
 
 SIMPLE = Collation(locale="simple")
@@ -62,7 +62,7 @@ def test_pid_and_key_lookups_of_the_apply_path_use_an_index_once_twins_are_added
 
         add_index_twins(ctx)
 
-        projection = {SYNC: 1, settings.soft_delete_field: 1}  # as `tasks.staging` reads
+        projection = {SYNC: 1, settings.soft_delete_field: 1}  # as `tasks.apply.staging_io` reads
         for field, values in ((PID_FIELD, [f"pid-{i}" for i in range(0, 300, 7)]),
                               (KEY_FIELD, [f"key-{i}" for i in range(0, 300, 11)])):
             query = {field: {"$in": values}}

@@ -21,10 +21,10 @@ import redis
 from pymongo import UpdateOne
 
 from cli.local_servers import LocalServer, start_redis
-from tasks.constants import APPLY_BATCH, stats_key, watcher_key
-from tasks.rate_limit import OVERRIDE_CACHE_SECONDS
-from tasks.routing import PRIORITY_SUFFIXES
-from tasks.rules.identity import encode_id
+from protocol.names import APPLY_BATCH, stats_key, watcher_key
+from protocol.routing import PRIORITY_SUFFIXES, home_queue
+from rules.identity import encode_id
+from tasks.apply.rate_limit import OVERRIDE_CACHE_SECONDS
 from tests.support.pipeline import Pipeline, Proc, collection_config, wait_for
 
 TIMEOUT = 45
@@ -308,7 +308,7 @@ class QueueWatch:
     def __init__(self, rds: redis.Redis, pipeline: Pipeline) -> None:
         self.rds = rds
         self.pipeline = pipeline
-        self.queue = pipeline.settings.collections[0].queues[0]
+        self.queue = home_queue(pipeline.settings.collections[0])
         self.peak_queued = 0
         self.peak_unapplied = 0
         self.samples: list[tuple[int, int, str]] = []

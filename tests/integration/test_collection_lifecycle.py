@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from pymongo.collection import Collection
 
-from tasks.constants import RESYNCS
+from protocol.names import RESYNCS
 from tests.support.pipeline import Pipeline, wait_for
 
 TIMEOUT = 45

@@ -30,15 +30,15 @@ from hypothesis import strategies as st
 from pymongo import MongoClient
 
 from deployments.production import ProductionReader
+from deployments.staging_indexes import ensure_indexes
+from rules.identity import encode_id
+from rules.merge import production_view
+from rules.pii import Masker
+from rules.sync_meta import read_meta
 from settings.model import CollectionSettings
-from tasks.applier import ApplyContext, apply_documents
-from tasks.dead_letters import DeadLetterStore
-from tasks.indexes import ensure_indexes
-from tasks.rules.identity import encode_id
-from tasks.rules.merge import production_view
-from tasks.rules.pii import Masker
-from tasks.rules.sync_meta import read_meta
-from tasks.versions import take_version
+from state.dead_letters import DeadLetterStore
+from state.versions import take_version
+from tasks.apply.applier import ApplyContext, apply_documents
 from tests.support.backends import MongoPair
 
 PIDS = ["p0", "p1", "p2"]

@@ -17,7 +17,7 @@ from pymongo.errors import OperationFailure
 
 from deployments.guard import MARKERS, SameDeploymentError, assert_distinct_deployments
 from deployments.production import ProductionReader
-from tasks.staging import connect_staging
+from deployments.staging import connect_staging
 from tests.support.pipeline import Pipeline, collection_config
 
 Answer = Callable[[], dict[str, Any]]

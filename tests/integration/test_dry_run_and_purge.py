@@ -6,7 +6,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from tasks.rules.identity import encode_id
+from rules.identity import encode_id
 from tests.support.pipeline import VENV_BIN, Pipeline, collection_config, wait_for
 
 

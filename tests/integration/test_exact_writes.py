@@ -22,14 +22,14 @@ import pytest
 from bson import Int64
 from pymongo.errors import BulkWriteError, WriteConcernError
 
+from deployments.failures import is_transient
 from deployments.production import ProductionReader
-from tasks.applier import ApplyContext, apply_changes
-from tasks.dead_letters import DeadLetterStore
-from tasks.errors import is_transient
-from tasks.indexes import ensure_indexes
-from tasks.rules.identity import encode_id
-from tasks.rules.pii import Masker
-from tasks.staging import connect_staging
+from deployments.staging import connect_staging
+from deployments.staging_indexes import ensure_indexes
+from rules.identity import encode_id
+from rules.pii import Masker
+from state.dead_letters import DeadLetterStore
+from tasks.apply.applier import ApplyContext, apply_changes
 from tests.support.pipeline import Pipeline, wait_for
 
 TIMEOUT = 30

@@ -28,16 +28,16 @@ from bson import ObjectId
 from celery import Celery
 from pymongo.errors import BulkWriteError, NotPrimaryError, OperationFailure
 
+from deployments.failures import is_transient
 from deployments.production import ProductionReader
-from tasks.applier import ApplyContext, apply_changes
+from deployments.staging import connect_staging
+from deployments.staging_indexes import ensure_indexes
+from protocol.names import RESYNCS
+from rules.identity import encode_id
+from rules.pii import Masker
+from state.dead_letters import DeadLetterStore
+from tasks.apply.applier import ApplyContext, apply_changes
 from tasks.celery_options import celery_options
-from tasks.constants import RESYNCS
-from tasks.dead_letters import DeadLetterStore
-from tasks.errors import is_transient
-from tasks.indexes import ensure_indexes
-from tasks.rules.identity import encode_id
-from tasks.rules.pii import Masker
-from tasks.staging import connect_staging
 from tests.support.pipeline import Pipeline, wait_for
 from watcher.stream import CollectionWatcher
 

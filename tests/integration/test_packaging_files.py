@@ -21,7 +21,9 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 import yaml
 
+from protocol.routing import queues_of
 from settings import ConfigError, load_settings
+from settings.model import parse_rate_limit
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = REPO / "docker-compose.yml"
@@ -539,14 +541,14 @@ def test_example_config_loads_with_the_secret_from_the_environment(
     assert settings.redis_url == "redis://redis:6379/0"
     assert {c.name for c in settings.collections} == {"orders", "users"}
     for collection in settings.collections:
-        assert collection.source_db == "shop"
+        assert collection.source.startswith("shop.")
         assert collection.staging_fields
-        assert collection.rate_limit_item() is not None
+        assert collection.rate_limit is not None and parse_rate_limit(collection.rate_limit)
         kinds = {rule.kind for rule in collection.pii.values()}
         assert kinds & {"fake", "redact", "drop"}, collection.name
     orders = settings.collection("orders")
     assert orders.partitions == 2
-    assert orders.queues == ["stagesync.orders.0", "stagesync.orders.1"]
+    assert queues_of(orders) == ["stagesync.orders.0", "stagesync.orders.1"]
     users = settings.collection("users")
     assert "email" in users.business_key and users.pii["email"].kind == "hash"
     all_kinds = {rule.kind for c in settings.collections for rule in c.pii.values()}

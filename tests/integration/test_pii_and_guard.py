@@ -30,16 +30,16 @@ from bson.json_util import CANONICAL_JSON_OPTIONS
 from pymongo import MongoClient
 
 from cli.local_servers import free_port
+from rules.identity import encode_id, key_digest
+from rules.pii import Masker
 from settings.pii_rules import parse_pii_rule
-from tasks.rules.identity import encode_id, key_digest
-from tasks.rules.pii import Masker
 from tests.support.pipeline import VENV_BIN, Pipeline, Proc, collection_config, wait_for
 from tests.support.snapshots import production_snapshot
 
 TIMEOUT = 60
 SECRET = b"test-secret"  # what tests/support/pipeline.py configures as pii_secret
 RESERVED_EMAIL = re.compile(r"@(?:[a-z0-9-]+\.)*(?:example\.(?:com|org|net)|[a-z0-9-]+\.test)$")
-# tasks/rules/pii.py: Ofcom's drama range, +44 7700 900000 to +44 7700 900999.
+# rules/pii.py: Ofcom's drama range, +44 7700 900000 to +44 7700 900999.
 RESERVED_PHONE = re.compile(r"^\+44 7700 900\d{3}$")
 PII_RULES = {
     "userEmail": "hash",

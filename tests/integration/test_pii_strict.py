@@ -17,15 +17,15 @@ from bson import ObjectId
 from prometheus_client import REGISTRY
 
 from cli.local_servers import free_port
+from protocol.names import UNCLASSIFIED
+from rules.identity import encode_id
 from settings.model import CollectionSettings
-from tasks.constants import UNCLASSIFIED
-from tasks.pii_unclassified import (
+from state.unclassified_paths import (
     MAX_PATHS_PER_COLLECTION,
     forget_classified,
     record_unclassified,
     unclassified_report,
 )
-from tasks.rules.identity import encode_id
 from tests.integration.test_pii_and_guard import (
     leaks,
     log_text,

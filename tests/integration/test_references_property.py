@@ -21,14 +21,14 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from deployments.production import ProductionReader
+from deployments.staging_indexes import ensure_indexes
+from rules.identity import encode_id
+from rules.pii import Masker
+from rules.references import references_of
 from settings.model import CollectionSettings, Settings
-from tasks.applier import ApplyContext, apply_changes
-from tasks.dead_letters import DeadLetterStore
-from tasks.indexes import ensure_indexes
-from tasks.references import ReferenceResolver, Target
-from tasks.rules.identity import encode_id
-from tasks.rules.pii import Masker
-from tasks.rules.references import references_of
+from state.dead_letters import DeadLetterStore
+from tasks.apply.applier import ApplyContext, apply_changes
+from tasks.apply.references import ReferenceResolver, Target
 
 EMAILS = ["a@x", "b@x", "c@x"]
 EXAMPLES = int(os.environ.get("STAGESYNC_PROPERTY_EXAMPLES", "25"))

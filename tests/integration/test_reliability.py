@@ -6,7 +6,7 @@ import json
 import time
 from typing import Any
 
-from tasks.rules.identity import encode_id
+from rules.identity import encode_id
 from tests.support.pipeline import Pipeline, collection_config, wait_for
 
 TIMEOUT = 60

@@ -13,9 +13,9 @@ from bson import Binary, Decimal128, Int64, MaxKey, MinKey, ObjectId, Timestamp
 from pymongo import MongoClient
 from pymongo.collection import Collection
 
-from tasks.resync_ranges import IdRange
-from tasks.resync_walk import StagingIds, first_id, plan_chunk
-from tasks.rules.identity import encode_id
+from rules.id_ranges import IdRange
+from rules.identity import encode_id
+from tasks.full_resync.walk import StagingIds, first_id, plan_chunk
 from tests.support.backends import MongoPair
 
 IDS: list[Any] = [

@@ -23,7 +23,7 @@ from pymongo import MongoClient, WriteConcern
 from pymongo.errors import PyMongoError
 
 from cli.local_servers import restart
-from tasks.constants import RESYNCS
+from protocol.names import RESYNCS
 from tests.support.own_servers import OwnServers
 from tests.support.pipeline import Pipeline, collection_config, wait_for
 

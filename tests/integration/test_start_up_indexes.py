@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 from pymongo.errors import OperationFailure
 
-from tasks.indexes import IndexConflictError, ensure, ensure_indexes, target_indexes
-from tasks.rules.identity import encode_id
-from tasks.staging import connect_staging
+from deployments.staging import connect_staging
+from deployments.staging_indexes import IndexConflictError, ensure, ensure_indexes, target_indexes
+from rules.identity import encode_id
 from tests.support.pipeline import Pipeline, wait_for
 
 SIMPLE = {"locale": "simple"}

@@ -12,9 +12,9 @@ from typing import Any
 
 from bson import ObjectId
 
-from tasks.references import pending_count
-from tasks.rules.identity import decode_id, encode_id
-from tasks.rules.subset import in_sample
+from rules.identity import decode_id, encode_id
+from rules.subset import in_sample
+from tasks.apply.references import pending_count
 from tests.support.pipeline import Pipeline, collection_config, wait_for
 
 TIMEOUT = 90

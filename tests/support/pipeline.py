@@ -22,8 +22,8 @@ import yaml
 from pymongo import MongoClient
 from pymongo.collection import Collection
 
+from protocol.names import RESYNCS
 from settings import Settings, load_settings
-from tasks.constants import RESYNCS
 from tests.support.backends import MongoPair
 
 T = TypeVar("T")

@@ -27,10 +27,10 @@ from bench.product import (
 from bench.systems import BenchContext
 from bench.verify_equal import verify_equal
 from bench.workload import CUSTOMER, MARKER, USERS, Expected, make_orders, make_users
+from rules.identity import encode_id
+from rules.subset import in_sample
+from rules.sync_meta import PID_FIELD, SYNC
 from settings import load_settings
-from tasks.rules.identity import encode_id
-from tasks.rules.subset import in_sample
-from tasks.rules.sync_meta import PID_FIELD, SYNC
 
 
 class Found:
@@ -63,7 +63,7 @@ def test_the_harness_samples_the_users_the_written_configuration_samples(
     assert settings.secret_bytes() == PII_SECRET.encode()
 
     ids = [u["_id"] for u in make_users(2_000, seed=1)]
-    # What the product's applier decides (tasks.applier.ApplyContext.sampled).
+    # What the product's applier decides (tasks.apply.applier.ApplyContext.sampled).
     product = [in_sample(encode_id(i), users.subset.percent, settings.secret_bytes())
                for i in ids]
     assert [subset_member(i) for i in ids] == product

@@ -32,7 +32,7 @@ from typing import Any
 import pytest
 from bson import Binary, Int64, ObjectId, Timestamp
 
-from tasks.rules.identity import decode_id, encode_id
+from rules.identity import decode_id, encode_id
 from watcher.events import (
     APPLIED_OPERATIONS,
     HISTORY_ENDING_OPERATIONS,

@@ -13,11 +13,11 @@ from pymongo.errors import (
     ServerSelectionTimeoutError,
 )
 
-from tasks.applier import ContentionError, WriteErrors
+from deployments.failures import is_transient
+from state.versions import VersionCounterError
+from tasks.apply.applier import ContentionError, WriteErrors
+from tasks.apply.staging_io import _on_sync_index
 from tasks.apply_batch import _backoff
-from tasks.errors import is_transient
-from tasks.staging import _on_sync_index
-from tasks.versions import VersionCounterError
 
 
 @pytest.mark.parametrize("error", [

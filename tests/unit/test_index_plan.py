@@ -1,6 +1,6 @@
-"""Start-up index decisions (tasks.indexes.plan_index): reuse, change a TTL, replace only our
-own outdated indexes, never touch the user's. The indexes are shaped as listIndexes returns
-them on MongoDB (the simple collation omitted)."""
+"""Start-up index decisions (`deployments.staging_indexes.plan_index`): reuse, change a TTL,
+replace only our own outdated indexes, never touch the user's. The indexes are shaped as
+listIndexes returns them on MongoDB (the simple collation omitted)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from typing import Any
 
 from bson import SON
 
+from deployments.staging_indexes import IndexPlan, blocker, plan_index, serves, target_indexes
 from settings.model import CollectionSettings
-from tasks.indexes import IndexPlan, blocker, plan_index, serves, target_indexes
 
 ORDERS = CollectionSettings(name="orders", source="p.orders", target="s.orders",
                             business_key=["userEmail", "accountId"])

@@ -1,4 +1,4 @@
-"""Merge rules (`tasks.rules.paths`, `tasks.rules.identity`, `tasks.rules.merge`): invariant 3.
+"""Merge rules (`rules.paths`, `rules.identity`, `rules.merge`): invariant 3.
 
 Production owns exactly the leaf paths it sent last; everything else in a staging document
 survives a merge. Pure functions, no I/O.
@@ -18,14 +18,14 @@ from bson import Binary, Int64, ObjectId
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tasks.rules.identity import (
+from rules.identity import (
     business_key,
     decode_id,
     encode_id,
     key_digest,
     key_paths,
 )
-from tasks.rules.merge import (
+from rules.merge import (
     FieldRules,
     merge_fields,
     owned_paths,
@@ -34,7 +34,7 @@ from tasks.rules.merge import (
     shared_last,
     shared_parents,
 )
-from tasks.rules.paths import (
+from rules.paths import (
     Path,
     get_path,
     has_path,

@@ -1,4 +1,4 @@
-"""PII masking (`tasks.rules.pii`): invariant 6, no raw PII beyond production's readers."""
+"""PII masking (`rules.pii`): invariant 6, no raw PII beyond production's readers."""
 
 from __future__ import annotations
 
@@ -21,9 +21,7 @@ from bson.json_util import CANONICAL_JSON_OPTIONS
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from settings.model import CollectionSettings
-from settings.pii_rules import PiiRule, parse_pii_rule
-from tasks.rules.pii import (
+from rules.pii import (
     FAKE_EMAIL_DOMAINS,
     REDACTED,
     Masker,
@@ -32,6 +30,8 @@ from tasks.rules.pii import (
     pseudonym,
     rules_fingerprint,
 )
+from settings.model import CollectionSettings
+from settings.pii_rules import PiiRule, parse_pii_rule
 
 SECRET = b"unit-test-secret"
 OTHER_SECRET = b"another-secret"
@@ -319,7 +319,7 @@ import json, sys
 from bson import json_util
 from bson.json_util import CANONICAL_JSON_OPTIONS
 from settings.pii_rules import parse_pii_rule
-from tasks.rules.pii import Masker
+from rules.pii import Masker
 rules, document, secret = json.loads(sys.argv[1]), json_util.loads(sys.argv[2]), sys.argv[3]
 masker = Masker({p: parse_pii_rule(p, r) for p, r in rules.items()}, secret.encode())
 print(json_util.dumps(masker.mask(document), json_options=CANONICAL_JSON_OPTIONS))

@@ -1,4 +1,4 @@
-"""The personal-data detectors of `stagesync pii scan` (`tasks.rules.pii_detect`): each kind,
+"""The personal-data detectors of `stagesync pii scan` (`rules.pii_detect`): each kind,
 its near misses, and properties of the checksums and shapes."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from faker import Faker
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tasks.rules.pii_detect import (
+from rules.pii_detect import (
     IBAN_LENGTHS,
     find_in_text,
     iban_valid,

@@ -1,4 +1,4 @@
-"""`stagesync pii scan` without I/O (`tasks.rules.pii_scan`): on generated production data it
+"""`stagesync pii scan` without I/O (`cli.pii_proposal`): on generated production data it
 proposes a rule for every personal field and `allow` for every harmless one, and its YAML,
 pasted into a configuration, is valid and leaves nothing unclassified."""
 
@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 import yaml
 
+from cli.pii_proposal import scan_documents
+from rules.pii import Masker
 from settings import load_settings
 from settings.model import CollectionSettings
-from tasks.rules.pii import Masker
-from tasks.rules.pii_scan import scan_documents
 from tests.support.pii_data import HARMLESS, PERSONAL, generated_orders
 
 

@@ -9,10 +9,10 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from rules.pii import MAX_PENDING_PATHS, REDACTED, Masker, pseudonym, rules_fingerprint
+from rules.pii_strict import Classification, classified_paths
 from settings.model import CollectionSettings
 from settings.pii_rules import parse_pii_rule
-from tasks.rules.pii import MAX_PENDING_PATHS, REDACTED, Masker, pseudonym, rules_fingerprint
-from tasks.rules.pii_strict import Classification, classified_paths
 
 SECRET = b"unit-secret"
 

@@ -8,10 +8,9 @@ from typing import Any
 import bson
 from bson import ObjectId
 
-from settings.model import CollectionSettings
-from tasks.rules.identity import encode_id
-from tasks.rules.merge import fingerprint, owned_paths, production_content
-from tasks.rules.plan import (
+from rules.identity import encode_id
+from rules.merge import fingerprint, owned_paths, production_content
+from rules.plan import (
     UNSYNCED,
     BatchPlan,
     CollectionRules,
@@ -19,7 +18,8 @@ from tasks.rules.plan import (
     StagingView,
     plan_batch,
 )
-from tasks.rules.sync_meta import encode_owned, read_meta
+from rules.sync_meta import encode_owned, read_meta
+from settings.model import CollectionSettings
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 RULES = CollectionRules.from_settings(CollectionSettings(

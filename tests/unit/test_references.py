@@ -11,9 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
+from rules.identity import encode_id
+from rules.references import Reference, referenced_ids, translate
 from settings.model import Settings
-from tasks.rules.identity import encode_id
-from tasks.rules.references import Reference, referenced_ids, translate
 
 U1, U2, S1 = ObjectId(), ObjectId(), ObjectId()
 

@@ -14,15 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pymongo.errors import NetworkTimeout
 
-from tasks.resync import (
-    CHUNKS_PER_SLOT,
-    MAX_BATCHES_PER_CHUNK,
-    _overran,
-    chunk_span,
-    sweep_span,
-)
-from tasks.resync_chunks import EmptinessProbe
-from tasks.resync_ranges import (
+from rules.id_ranges import (
     BRACKETS,
     IdRange,
     UnsupportedIdType,
@@ -31,7 +23,15 @@ from tasks.resync_ranges import (
     type_bracket,
     whole_bracket,
 )
-from tasks.rules.identity import encode_id
+from rules.identity import encode_id
+from tasks.full_resync.chunks import EmptinessProbe
+from tasks.resync import (
+    CHUNKS_PER_SLOT,
+    MAX_BATCHES_PER_CHUNK,
+    _overran,
+    chunk_span,
+    sweep_span,
+)
 
 # One value per bracket, in BSON comparison order.
 BY_BRACKET: list[tuple[str, Any]] = [

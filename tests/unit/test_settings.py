@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
+from protocol.routing import queues_of
 from settings import (
     CONFIG_ENV,
     CollectionSettings,
@@ -171,7 +172,7 @@ def test_full_configuration_loads_every_contract_key(tmp_path: Path) -> None:
 
     orders = loaded.collection("orders")
     assert orders.name == "orders"
-    assert (orders.source_db, orders.source_collection) == ("production", "orders")
+    assert orders.source == "production.orders"
     assert (orders.target_db, orders.target_collection) == ("staging", "orders")
     assert orders.business_key == ["userEmail", "accountId"]
     assert orders.soft_delete_field == "deleted"
@@ -185,11 +186,10 @@ def test_full_configuration_loads_every_contract_key(tmp_path: Path) -> None:
         "billing.address": PiiRule("fake", "address"),
     }
     assert orders.rate_limit == "2000/s"
-    item = orders.rate_limit_item()
-    assert item is not None
+    item = parse_rate_limit(orders.rate_limit)
     assert (item.amount, item.get_expiry()) == (2000, 1)
     assert orders.partitions == 4
-    assert orders.queues == [f"stagesync.orders.{n}" for n in range(4)]
+    assert queues_of(orders) == [f"stagesync.orders.{n}" for n in range(4)]
     assert orders.filter == {"tenant": {"$in": ["a", "b"]}}
     assert orders.schema_version_field == "schemaVersion"
     assert orders.accepted_schema_versions == [2, 3, "3b"]
@@ -201,9 +201,9 @@ def test_full_configuration_loads_every_contract_key(tmp_path: Path) -> None:
     assert users.soft_delete_field == "deleted"
     assert users.staging_fields == []
     assert users.pii == {}
-    assert users.rate_limit is None and users.rate_limit_item() is None
+    assert users.rate_limit is None
     assert users.purge_after() is None
-    assert users.queues == ["stagesync.users"]
+    assert queues_of(users) == ["stagesync.users"]
 
     assert loaded.watcher.batch_max_size == 200
     assert loaded.watcher.batch_max_wait_ms == 50
@@ -242,7 +242,7 @@ collections:
     path.write_text(text, encoding="utf-8")
     loaded = load_settings(path)
     orders = loaded.collections[0]
-    assert orders.queues == ["stagesync.orders"]
+    assert queues_of(orders) == ["stagesync.orders"]
     assert orders.pii["userEmail"].kind == "hash"
     assert orders.staging_fields == ["qaNotes"]
 
@@ -298,21 +298,21 @@ def make_collection(**overrides: Any) -> CollectionSettings:
 
 
 def test_queue_names_without_partitions() -> None:
-    assert make_collection().queues == ["stagesync.orders"]
-    assert make_collection(partitions=1).queues == ["stagesync.orders"]
+    assert queues_of(make_collection()) == ["stagesync.orders"]
+    assert queues_of(make_collection(partitions=1)) == ["stagesync.orders"]
 
 
 @pytest.mark.parametrize("partitions", [2, 3, 16, 64])
 def test_queue_names_with_partitions(partitions: int) -> None:
-    queues = make_collection(name="order_items-v2", partitions=partitions).queues
+    queues = queues_of(make_collection(name="order_items-v2", partitions=partitions))
     assert queues == [f"stagesync.order_items-v2.{n}" for n in range(partitions)]
     assert len(set(queues)) == partitions
 
 
 def test_queue_names_of_different_collections_never_collide() -> None:
     """`stagesync.<name>.<n>` stays unambiguous because names carry no dot."""
-    a = make_collection(name="orders", partitions=2).queues
-    b = make_collection(name="orders_0", partitions=2).queues
+    a = queues_of(make_collection(name="orders", partitions=2))
+    b = queues_of(make_collection(name="orders_0", partitions=2))
     assert not set(a) & set(b)
 
 
@@ -350,7 +350,7 @@ def test_env_collections_as_json_replace_the_files_list(
     monkeypatch.setenv("STAGESYNC_COLLECTIONS", json.dumps(replacement))
     loaded = load(tmp_path, full())
     assert [c.name for c in loaded.collections] == ["invoices"]
-    assert loaded.collections[0].queues == ["stagesync.invoices.0", "stagesync.invoices.1"]
+    assert queues_of(loaded.collections[0]) == ["stagesync.invoices.0", "stagesync.invoices.1"]
 
 
 def test_env_pii_secret_supplies_the_secret(
@@ -437,7 +437,7 @@ def test_environment_alone_without_any_file(
     )
     loaded = load_settings()
     assert loaded.prod.uri == "mongodb://p:27017/"
-    assert loaded.collections[0].queues == ["stagesync.orders"]
+    assert queues_of(loaded.collections[0]) == ["stagesync.orders"]
 
 
 # --- errors name the key ---------------------------------------------------------------------
@@ -716,7 +716,7 @@ def test_pii_rule_on_a_parent_of_a_business_key_field_is_rejected(tmp_path: Path
 def test_valid_collection_names(tmp_path: Path, name: str) -> None:
     data = minimal()
     collection(data)["name"] = name
-    assert load(tmp_path, data).collections[0].queues == [f"stagesync.{name}"]
+    assert queues_of(load(tmp_path, data).collections[0]) == [f"stagesync.{name}"]
 
 
 def test_name_longer_than_63_characters_is_rejected(tmp_path: Path) -> None:

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 from bson import ObjectId
 
-from tasks.rules.identity import encode_id
+from rules.identity import encode_id
 from watcher.batcher import MicroBatcher
 from watcher.events import Change, classify
 

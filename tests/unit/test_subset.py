@@ -9,9 +9,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
+from rules.identity import encode_id
+from rules.subset import in_sample
 from settings.model import Settings
-from tasks.rules.identity import encode_id
-from tasks.rules.subset import in_sample
 
 
 def test_the_sample_takes_about_its_share_deterministically() -> None:

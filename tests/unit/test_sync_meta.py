@@ -6,7 +6,7 @@ import bson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tasks.rules.sync_meta import decode_owned, encode_owned, read_meta
+from rules.sync_meta import decode_owned, encode_owned, read_meta
 
 names = st.text(alphabet=st.sampled_from(["a", "b", ".", "\\", "$", " ", "é", "\n"]),
                 min_size=0, max_size=5)

@@ -12,7 +12,7 @@ from bson import Int64, ObjectId, Timestamp
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tasks.rules.identity import decode_id, encode_id
+from rules.identity import decode_id, encode_id
 from watcher.batcher import MicroBatcher
 from watcher.events import Change, HistoryEnded, Malformed, classify, event_time
 from watcher.inflight import InflightWindow

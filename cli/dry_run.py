@@ -1,0 +1,161 @@
+"""`stagesync watch --dry-run`: stream, plan the merges, print them, write nothing.
+
+For onboarding a collection safely: the same change stream, masking and merge planning as a
+real sync, but no checkpoint, no lease, no queue, no version taken, no staging write. Each
+planned write is printed with the field paths it would set, change or remove (never values).
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from types import FrameType
+from typing import Any
+
+import bson
+from rich.console import Console
+
+from deployments.production import ProductionReader
+from deployments.staging import connect_staging
+from protocol.names import COUNTERS
+from rules.merge import merge_fields
+from rules.paths import join_dotted, leaf_paths, set_path
+from rules.pii import Masker
+from rules.plan import PlannedWrite, StagingView, plan_batch
+from rules.sync_meta import SYNC, read_meta
+from settings.model import CollectionSettings, Settings
+from state.dead_letters import DeadLetterStore
+from tasks.apply.applier import ApplyContext
+from watcher.events import STREAM_PROJECTION, Change, classify
+
+BATCH = 200
+VERBS = {"created": "create", "updated": "update", "soft_deleted": "soft-delete",
+         "tombstoned": "record a tombstone", "released": "release the business key of"}
+IDLE_SECONDS = 0.05
+
+
+def run_dry(settings: Settings, names: Sequence[str], console: Console) -> int:
+    collections = [settings.collection(n) for n in names] if names else settings.collections
+    production = ProductionReader(settings.prod)
+    staging = connect_staging(settings.staging)
+    state_db = staging[settings.staging.state_db]
+    stop = threading.Event()
+
+    def request_stop(_signum: int, _frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    contexts = {
+        c.name: ApplyContext.build(
+            c, Masker.from_settings(c, settings.secret_bytes()), production.collection(c),
+            staging, state_db, DeadLetterStore(state_db),
+        )
+        for c in collections
+    }
+    streams = {c.name: production.collection(c).watch(STREAM_PROJECTION) for c in collections}
+    console.print(f"dry run: watching {', '.join(streams)}; nothing will be written "
+                  "(Ctrl-C to stop)")
+    try:
+        while not stop.is_set():
+            busy = False
+            for collection in collections:
+                changes = _drain(streams[collection.name])
+                if changes:
+                    busy = True
+                    _show(console, contexts[collection.name], collection, changes, state_db)
+            if not busy:
+                stop.wait(IDLE_SECONDS)
+    finally:
+        for stream in streams.values():
+            stream.close()
+        production.close()
+        staging.close()
+    return 0
+
+
+def _drain(stream: Any) -> dict[str, str]:
+    changes: dict[str, str] = {}
+    while len(changes) < BATCH:
+        event = stream.try_next()
+        if event is None:
+            break
+        action = classify(event)
+        if isinstance(action, Change):
+            changes[action.pid] = action.op
+    return changes
+
+
+def _show(console: Console, context: ApplyContext, collection: CollectionSettings,
+          changes: dict[str, str], state_db: Any) -> None:
+    counter = state_db[COUNTERS].find_one({"_id": f"version:{collection.name}"}) or {}
+    version = int(counter.get("value", 0)) + 1  # what the next apply would take; not taken
+    production = context.read_production(changes)
+    view = context.target.read_view(sorted(production), production, whole=True)
+    plan = plan_batch(version=version, now=datetime.now(UTC), pids=production,
+                      production=production, staging=view, rules=context.rules)
+    stamp = time.strftime("%H:%M:%S")
+    for write in plan.releases + plan.writes:
+        current = view.by_pid.get(write.pid or "") if write.pid else None
+        if current is None or current["_id"] != write.staging_id:
+            current = _by_id(view, write.staging_id)
+        incoming = production.get(write.pid or "")
+        console.print(
+            f"{stamp} {collection.name} would {_describe(write, current, incoming, context)}",
+            highlight=False,
+        )
+    for letter in plan.dead_letters:
+        console.print(f"{stamp} {collection.name} would dead-letter {letter.pid}: "
+                      f"{letter.reason} ({letter.detail})", highlight=False)
+    for pid in plan.superseded:
+        console.print(f"{stamp} {collection.name} would skip {pid}: staging holds a newer read",
+                      highlight=False)
+    for pid in sorted(set(plan.deferred) | plan.need_production):
+        console.print(f"{stamp} {collection.name} would re-plan {pid} (business key in use)",
+                      highlight=False)
+
+
+def _by_id(view: StagingView, staging_id: Any) -> dict[str, Any] | None:
+    for document in (*view.by_pid.values(), *view.by_key.values(),
+                     *view.unsynced_by_key.values()):
+        if document["_id"] == staging_id:
+            return dict(document)
+    return None
+
+
+def _describe(write: PlannedWrite, current: dict[str, Any] | None,
+              incoming: dict[str, Any] | None, context: ApplyContext) -> str:
+    """What the write would change, field by field, from the merge it writes."""
+    target = f"staging _id={write.staging_id}"
+    if write.delete:
+        return f"remove tombstone {target} (pid {write.pid})"
+    if write.outcome in ("unchanged", "released"):
+        return f"{VERBS.get(write.outcome, write.outcome)} {target} (pid {write.pid})"
+    if write.document is not None:
+        after = _body(write.document)
+    elif incoming is not None and write.outcome != "soft_deleted":
+        after, _ = merge_fields(current, incoming, read_meta(current).owned,
+                                context.rules.fields)
+    else:
+        after = dict(_body(current))
+        set_path(after, context.rules.soft_delete_field, True)
+    before = {p: v for p, v in leaf_paths(_body(current))}
+    flat_after = {p: v for p, v in leaf_paths(after)}
+    added = sorted(join_dotted(p) for p in flat_after.keys() - before.keys())
+    removed = sorted(join_dotted(p) for p in before.keys() - flat_after.keys())
+    changed = sorted(join_dotted(p) for p in flat_after.keys() & before.keys()
+                     if bson.encode({"v": flat_after[p]}) != bson.encode({"v": before[p]}))
+    parts = [f"+{', +'.join(added)}" if added else "", f"~{', ~'.join(changed)}" if changed
+             else "", f"-{', -'.join(removed)}" if removed else ""]
+    fields = " ".join(part for part in parts if part) or "no field changes"
+    return f"{VERBS.get(write.outcome, write.outcome)} {target} (pid {write.pid}): {fields}"
+
+
+def _body(document: dict[str, Any] | None) -> dict[str, Any]:
+    if not document:
+        return {}
+    return {k: v for k, v in document.items() if k not in ("_id", SYNC)}
+

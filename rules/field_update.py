@@ -1,0 +1,161 @@
+"""How a merge is written: `$set`/`$unset` of production's paths, never a whole document.
+
+A sync must not touch staging's own fields, even ones a QA engineer edits between the apply's
+read and its write; so the write names only the paths production owns (plus the soft-delete
+flag and `_sync`), under the version compare-and-swap of its filter, and computes nothing
+from staging's content (which the apply does not even read).
+
+Two forms, both from the same inputs (paths production owned before, the masked production
+document):
+- update operators, when they give the exact result: no parent of a path turns into a leaf
+  or back, no parent is left empty, no empty sub-document to keep staging content in, and
+  field order comes out as production's. MongoDB 5.0+ applies `$set` to new fields in
+  lexicographic order (numeric names in numeric order), so new fields must already be in
+  that order and follow the fields production sent before;
+- otherwise an update pipeline: `$unset` production's old and new paths, remove the
+  sub-documents this left empty, then `$set` the new paths in production's order (values as
+  `$literal`), keeping a sub-document that production sends empty when staging put fields
+  of its own in it. `rules.merge.merge_fields` is the same merge, in memory.
+
+None means no update form can address the paths (a field name with a dot or a leading `$`):
+the caller writes the merged document whole (`$replaceWith` of a `$literal`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from rules.merge import FieldRules
+from rules.paths import Path, addressable, leaf_paths, update_path
+
+Update = dict[str, Any] | list[dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class FieldUpdate:
+    """An update document (`$set`/`$unset`) or pipeline, ready for `UpdateOne`."""
+
+    update: Update
+
+
+def plan_field_update(
+    owned_before: Sequence[Path],
+    production: Mapping[str, Any],
+    rules: FieldRules,
+    also_set: Mapping[str, Any],
+) -> FieldUpdate | None:
+    """The write that turns production's part of a staging document into `production`'s.
+
+    `also_set` (the soft-delete flag, `_sync`) is written with it, by top-level-safe paths.
+    """
+    leaves = [(path, value) for path, value in leaf_paths(production) if rules.syncable(path)]
+    owned_now = [path for path, _ in leaves]
+    before = [path for path in owned_before if rules.syncable(path)]
+    if not all(addressable(path) for path in [*owned_now, *before]):
+        return None
+    if _operators_exact(before, leaves):
+        removed = set(before) - set(owned_now)
+        update: dict[str, Any] = {
+            "$set": {**{update_path(p): v for p, v in leaves}, **also_set}
+        }
+        if removed:
+            update["$unset"] = {update_path(p): "" for p in sorted(removed)}
+        return FieldUpdate(update)
+    return FieldUpdate(_pipeline(before, leaves, also_set))
+
+
+def _operators_exact(before: Sequence[Path], leaves: Sequence[tuple[Path, Any]]) -> bool:
+    now = [path for path, _ in leaves]
+    if any(isinstance(value, Mapping) for _, value in leaves):
+        return False  # an empty sub-document: keep staging's content in it (pipeline `$cond`)
+    now_set, before_set = set(now), set(before)
+    now_parents = _parents(now)
+    for path in before_set ^ now_set:
+        # A leaf that becomes a parent or the reverse: `$set` of `a.b` fails on a scalar `a`.
+        if path in now_parents or path in _parents(before):
+            return False
+    for path in before_set - now_set:
+        # Removing the last path under a parent would leave it behind as `{}`.
+        if any(path[:i] not in now_parents for i in range(1, len(path))):
+            return False
+    return _order_kept(before, now)
+
+
+def _parents(paths: Sequence[Path]) -> set[Path]:
+    return {path[:i] for path in paths for i in range(1, len(path))}
+
+
+def _children(paths: Sequence[Path]) -> dict[Path, list[str]]:
+    """For each parent (the root is `()`), its child names in first-seen order."""
+    children: dict[Path, list[str]] = {}
+    for path in paths:
+        for i in range(len(path)):
+            names = children.setdefault(path[:i], [])
+            if path[i] not in names:
+                names.append(path[i])
+    return children
+
+
+def _order_kept(before: Sequence[Path], now: Sequence[Path]) -> bool:
+    """Whether `$set` leaves production's fields in production's order under every parent."""
+    old = _children(before)
+    for parent, names in _children(now).items():
+        previous = old.get(parent, [])
+        kept = [name for name in names if name in previous]
+        if kept != [name for name in previous if name in names]:
+            return False  # production reordered fields that staging already holds
+        added = names[len(kept):]
+        if names[: len(kept)] != kept:
+            return False  # a new field in the middle: `$set` would append it at the end
+        if any(name.isdigit() for name in added) or added != sorted(added):
+            return False  # MongoDB would append new fields in another order than production's
+    return True
+
+
+def _pipeline(
+    before: Sequence[Path], leaves: Sequence[tuple[Path, Any]], also_set: Mapping[str, Any]
+) -> list[dict[str, Any]]:
+    now = [path for path, _ in leaves]
+    keep_empty = {path for path, value in leaves if isinstance(value, Mapping)}
+    unset = [path for path in dict.fromkeys([*before, *now]) if path not in keep_empty]
+    unset = [path for path in unset if not any(path[:i] in unset for i in range(1, len(path)))]
+    assign: dict[str, Any] = {}
+    for path, value in leaves:
+        name = update_path(path)
+        if path in keep_empty:
+            field = f"${name}"
+            assign[name] = {"$cond": [{"$eq": [{"$type": field}, "object"]}, field,
+                                      {"$literal": {}}]}
+        else:
+            assign[name] = {"$literal": value}
+    assign.update({name: {"$literal": value} for name, value in also_set.items()})
+    stages: list[dict[str, Any]] = []
+    if unset:
+        stages.append({"$unset": [update_path(path) for path in unset]})
+    # Sub-documents left empty go, deepest first, so `$set` puts them back in production's
+    # order; those that hold staging's own fields stay where they are.
+    emptied = _parents([*before, *now]) | keep_empty
+    for depth in sorted({len(path) for path in emptied}, reverse=True):
+        level = sorted(path for path in emptied if len(path) == depth)
+        stages.append({"$set": {
+            update_path(path): _kept_if_filled(path) if path in keep_empty
+            else _removed_if_empty(path)
+            for path in level
+        }})
+    stages.append({"$set": assign})
+    return stages
+
+
+def _removed_if_empty(path: Path) -> dict[str, Any]:
+    field = f"${update_path(path)}"
+    return {"$cond": [{"$eq": [field, {}]}, "$$REMOVE", field]}
+
+
+def _kept_if_filled(path: Path) -> dict[str, Any]:
+    """A sub-document with staging's own fields in it stays; anything else goes (and is set
+    again, in order)."""
+    field = f"${update_path(path)}"
+    filled = {"$and": [{"$eq": [{"$type": field}, "object"]}, {"$ne": [field, {}]}]}
+    return {"$cond": [filled, field, "$$REMOVE"]}

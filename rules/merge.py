@@ -1,0 +1,158 @@
+"""Field ownership: how a production document is merged into the staging document it feeds.
+
+Production owns exactly the leaf paths it sent last time (recorded in `_sync.owned`).
+A merge sets every leaf production sends now and removes the leaves it sent before but not
+any more; everything else in the staging document (QA notes, flags, fixtures, `staging_fields`
+from the configuration) is left exactly as it is. Pure functions, no I/O.
+
+`merge_fields` is the in-memory model of a merge. The apply path writes the same result as
+`$set`/`$unset` of production's paths (`rules.field_update`), so a QA edit landing
+between its read and its write survives; `merge_fields` itself only writes whole documents
+whose field names update operators cannot address.
+
+Exactness: values are compared as BSON bytes (`fingerprint`), never as decoded Python values,
+where `1 == 1.0 == True` and dicts ignore field order. A sub-document's field order is part of
+its value in MongoDB, so production's fields keep production's relative order in staging.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import bson
+
+from rules.paths import Path, get_path, leaf_paths, overlaps, set_path, unset_path
+
+RESERVED_ROOTS = ("_id", "_sync")
+
+
+@dataclass(frozen=True)
+class FieldRules:
+    """What a merge may never write: staging-owned paths and the soft-delete flag."""
+
+    staging_fields: tuple[Path, ...]
+    soft_delete_field: Path
+
+    def syncable(self, path: Path) -> bool:
+        if path[0] in RESERVED_ROOTS or overlaps(path, self.soft_delete_field):
+            return False
+        return not any(overlaps(path, protected) for protected in self.staging_fields)
+
+
+def owned_paths(production: Mapping[str, Any], rules: FieldRules) -> list[Path]:
+    """The leaf paths production owns in this document, in its document order."""
+    return [path for path, _ in leaf_paths(production) if rules.syncable(path)]
+
+
+def production_content(production: Mapping[str, Any], rules: FieldRules) -> dict[str, Any]:
+    """The part of a (masked) production document that the sync writes, in its own order."""
+    content: dict[str, Any] = {}
+    for path, value in leaf_paths(production):
+        if rules.syncable(path):
+            set_path(content, path, value)
+    return content
+
+
+def fingerprint(content: Mapping[str, Any]) -> str:
+    """An exact digest of content: its BSON bytes, so types and field order count."""
+    return hashlib.blake2b(bson.encode(content), digest_size=16).hexdigest()
+
+
+def production_view(document: Mapping[str, Any], owned: Iterable[Path]) -> dict[str, Any]:
+    """The part of a staging document that production owns, in the staging document's order.
+
+    An owned leaf that holds a sub-document in staging was an empty sub-document in production
+    with staging's own fields put inside since: production's part of it is `{}`.
+    """
+    wanted = set(owned)
+    prefixes = {path[:i] for path in wanted for i in range(1, len(path))}
+    return _view(document, (), wanted, prefixes)
+
+
+def _view(node: Mapping[str, Any], prefix: Path, wanted: set[Path], prefixes: set[Path]
+          ) -> dict[str, Any]:
+    view: dict[str, Any] = {}
+    for name, value in node.items():
+        path = (*prefix, name)
+        if path in wanted:
+            view[name] = {} if isinstance(value, Mapping) else value
+        elif path in prefixes and isinstance(value, Mapping):
+            inner = _view(value, path, wanted, prefixes)
+            if inner:
+                view[name] = inner
+    return view
+
+
+def shared_parents(document: Mapping[str, Any], owned: Iterable[Path]) -> set[Path]:
+    """The sub-documents of a staging document that hold production's fields and staging's own.
+
+    Such a sub-document stays where staging put it: update operators leave an existing field
+    in place, and a merge never removes one that still holds staging's content.
+    """
+    wanted = set(owned)
+    prefixes = {path[:i] for path in wanted for i in range(1, len(path))}
+    known = wanted | prefixes
+    shared: set[Path] = set()
+    for parent in known:
+        node = get_path(document, parent)
+        if not isinstance(node, Mapping) or not node:
+            continue
+        if parent in wanted or any((*parent, name) not in known for name in node):
+            shared.add(parent)
+    # A sub-document around a shared one cannot move either.
+    return shared | {path[:i] for path in shared for i in range(1, len(path))}
+
+
+def shared_last(view: Mapping[str, Any], shared: set[Path], prefix: Path = ()) -> dict[str, Any]:
+    """`view` with each shared sub-document moved after its siblings, in name order.
+
+    Production decides the order of its own fields, not where staging's sub-documents stand
+    among them; comparisons of production's part of a staging document (verify, the tests)
+    use this form so that a sub-document QA put fields into never counts as a reorder.
+    """
+    fixed: dict[str, Any] = {}
+    moved: dict[str, Any] = {}
+    for name, value in view.items():
+        path = (*prefix, name)
+        if isinstance(value, Mapping):
+            value = shared_last(value, shared, path)
+        (moved if path in shared else fixed)[name] = value
+    return {**fixed, **dict(sorted(moved.items()))}
+
+
+def merge_fields(
+    current: Mapping[str, Any] | None,
+    production: Mapping[str, Any],
+    owned_before: Iterable[Path],
+    rules: FieldRules,
+) -> tuple[dict[str, Any], list[Path]]:
+    """Return the merged body (without `_id` and `_sync`) and the paths production now owns.
+
+    Staging's own fields keep their places; production's fields follow them in production's
+    order, which is where `$unset` followed by `$set` puts them too. (A sub-document that
+    also holds staging's own fields keeps its place among its siblings.)
+    """
+    body = {k: copy.deepcopy(v) for k, v in (current or {}).items() if k not in RESERVED_ROOTS}
+    owned_now = owned_paths(production, rules)
+    values = dict(leaf_paths(production))
+    # Take production's paths out (with parents this leaves empty), then put them back in
+    # production's order.
+    for path in dict.fromkeys([*owned_before, *owned_now]):
+        if not rules.syncable(path):
+            continue  # the configuration now protects it: staging owns it from here on
+        existing = get_path(body, path)
+        if (isinstance(existing, Mapping) and existing
+                and isinstance(values.get(path, {}), Mapping)):
+            # Production owns an empty sub-document here (or did): what is inside is staging's.
+            continue
+        unset_path(body, path)
+    for path in owned_now:
+        value = values[path]
+        if isinstance(value, Mapping) and isinstance(get_path(body, path), Mapping):
+            continue
+        set_path(body, path, copy.deepcopy(value))
+    return body, owned_now

@@ -1,0 +1,103 @@
+"""The `_sync` sub-document every synced staging document carries (documented in the README).
+
+    _sync.pid        production `_id`, canonical Extended JSON (indexed, unique)
+    _sync.key        business-key digest (unique among documents that hold one)
+    _sync.v          version of the apply that last wrote it (see DESIGN: versions order reads)
+    _sync.at         when its content last changed
+    _sync.owned      leaf paths production owns, in production's order, compressed (below)
+    _sync.fp         fingerprint of production's masked content as last written (exact BSON)
+    _sync.deletedAt  when production deleted it (soft delete); absent while live
+    _sync.tombstone  true on a marker for a production document deleted before it was synced
+    _sync.expireAt   when such a marker may go (TTL index)
+
+`owned` is stored compactly: the escaped dotted paths, each behind a NUL (a byte no field name
+can hold), zlib-compressed into one binary value. Listing every leaf path as its own string
+made documents with many small fields up to twice their production size, so some were
+refused by staging although production held them fine. Documents written before this format
+hold a list of strings, which is still read.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from bson import Binary
+
+from rules.paths import Path, join_dotted, split_dotted
+
+SYNC = "_sync"
+PID = "pid"
+KEY = "key"
+VERSION = "v"
+CHANGED_AT = "at"
+OWNED = "owned"
+FINGERPRINT = "fp"
+DELETED_AT = "deletedAt"
+TOMBSTONE = "tombstone"
+EXPIRE_AT = "expireAt"
+
+# Dotted names for queries, updates and indexes.
+PID_FIELD = f"{SYNC}.{PID}"
+KEY_FIELD = f"{SYNC}.{KEY}"
+VERSION_FIELD = f"{SYNC}.{VERSION}"
+CHANGED_AT_FIELD = f"{SYNC}.{CHANGED_AT}"
+DELETED_AT_FIELD = f"{SYNC}.{DELETED_AT}"
+EXPIRE_AT_FIELD = f"{SYNC}.{EXPIRE_AT}"
+
+_SEPARATOR = "\x00"
+
+
+@dataclass(frozen=True)
+class SyncMeta:
+    pid: str | None
+    key: str | None
+    version: int | None
+    owned: tuple[Path, ...]  # in production's document order
+    deleted_at: datetime | None
+    tombstone: bool
+    fingerprint: str | None = None
+
+    @property
+    def synced(self) -> bool:
+        return self.version is not None
+
+    @property
+    def deleted(self) -> bool:
+        return self.deleted_at is not None
+
+
+def encode_owned(paths: Iterable[Path]) -> Binary:
+    # Each path behind its separator, so that a path with one empty field name differs from
+    # no path at all.
+    joined = "".join(_SEPARATOR + join_dotted(path) for path in paths)
+    return Binary(zlib.compress(joined.encode(), 6))
+
+
+def decode_owned(raw: Any) -> tuple[Path, ...]:
+    if isinstance(raw, bytes):  # Binary subtype 0 decodes as bytes
+        text = zlib.decompress(raw).decode()
+        return tuple(split_dotted(p) for p in text.split(_SEPARATOR)[1:])
+    if isinstance(raw, list):  # the earlier format: one string per path
+        return tuple(split_dotted(p) for p in raw if isinstance(p, str))
+    return ()
+
+
+def read_meta(document: Mapping[str, Any] | None) -> SyncMeta:
+    raw = document.get(SYNC) if document else None
+    if not isinstance(raw, Mapping):
+        return SyncMeta(None, None, None, (), None, False)
+    version = raw.get(VERSION)
+    fingerprint = raw.get(FINGERPRINT)
+    return SyncMeta(
+        pid=raw.get(PID),
+        key=raw.get(KEY),
+        version=int(version) if isinstance(version, int) else None,
+        owned=decode_owned(raw.get(OWNED)),
+        deleted_at=raw.get(DELETED_AT),
+        tombstone=bool(raw.get(TOMBSTONE)),
+        fingerprint=fingerprint if isinstance(fingerprint, str) else None,
+    )

@@ -1,0 +1,301 @@
+"""A resync's bookkeeping in the `resyncs` collection: one record per resync, one per chunk.
+
+Why it stays cheap whatever the collection size or the number of past resyncs:
+- every query names a record by `_id`, or a resync's chunks by the indexed
+  `(resync, phase, state)` (`stagesync_resync_chunks`), and the only counts ask for the chunks
+  still in flight, of which there are at most a handful;
+- progress is a set of counters on the resync record (`$inc` per applied batch), so reading
+  it costs one document;
+- finished resyncs and their chunk records expire (`expireAt`, TTL index `stagesync_resyncs_ttl`).
+
+Which numbers are exact: a chunk record counts what its own batches did, under a
+compare-and-swap on its checkpoint, so the summary written when a resync ends (summed over its
+chunk records) is exact. The live counters on the resync record are added after each batch
+and can miss one batch when a worker dies between the two writes.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import Counter
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from pymongo import ASCENDING, IndexModel, ReturnDocument
+from pymongo.collection import Collection
+from pymongo.database import Database
+from pymongo.errors import DuplicateKeyError
+
+from protocol.names import RESYNC_CHUNKS_INDEX, RESYNCS, RESYNCS_TTL_INDEX
+from rules.document import Document
+from rules.id_ranges import IdRange
+
+SUMMARY_OUTCOMES = ("created", "updated", "unchanged", "soft_deleted", "dead_lettered",
+                    "superseded")
+PHASES = ("copy", "sweep")
+PHASE_STATE = {"copy": "applying", "sweep": "sweeping"}
+IN_FLIGHT = ("queued", "running")
+# A finished resync stays readable (`stagesync resync --wait`, `status`) this long.
+RECORD_TTL = timedelta(days=30)
+# A chunk record outlives any realistic resync; refreshed at every checkpoint.
+CHUNK_TTL = timedelta(days=14)
+MIN_BATCH = 10  # the smallest `resync_chunk_size` accepted
+
+
+
+class RecordMissing(RuntimeError):
+    """A bookkeeping write did not take; the task retries (see deployments.failures)."""
+
+
+def resyncs(state_db: Database[Document]) -> Collection[Document]:
+    return state_db[RESYNCS]
+
+
+def ensure_resync_indexes(state_db: Database[Document]) -> None:
+    """Idempotent; both names are stagesync's own (nobody else creates them)."""
+    resyncs(state_db).create_indexes([
+        IndexModel([("resync", ASCENDING), ("phase", ASCENDING), ("state", ASCENDING)],
+                   name=RESYNC_CHUNKS_INDEX),
+        IndexModel([("expireAt", ASCENDING)], name=RESYNCS_TTL_INDEX,
+                   expireAfterSeconds=0),
+    ])
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_resync(state_db: Database[Document], collection: str, reason: str) -> str:
+    resync_id = f"{collection}-{now():%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
+    resyncs(state_db).insert_one({
+        "_id": resync_id, "kind": "resync", "collection": collection, "state": "planning",
+        "reason": reason, "startedAt": now(), "docs": 0, "chunksDone": 0,
+        "counts": dict.fromkeys(SUMMARY_OUTCOMES, 0),
+    })
+    return resync_id
+
+
+def load(state_db: Database[Document], resync_id: str) -> Document | None:
+    return resyncs(state_db).find_one({"_id": resync_id})
+
+
+def phase_plan(span: int, first: list[Any], encode: Any) -> Document:
+    """Where a phase's planning starts: its chunk size and the first chunk's lower bound."""
+    return {"span": span, "planned": 0, "next": encode(first[0]) if first else None,
+            "complete": not first}
+
+
+def begin_phase(
+    state_db: Database[Document], resync_id: str, from_state: str, phase: str,
+    plan: Document, extra: Mapping[str, Any] | None = None,
+) -> bool:
+    """Move the resync into a phase, exactly once however many tasks try."""
+    moved = resyncs(state_db).update_one(
+        {"_id": resync_id, "state": from_state},
+        {"$set": {"state": PHASE_STATE[phase], phase: plan, **(extra or {})},
+         "$currentDate": {f"{phase}StartedAt": True}},
+    )
+    return moved.modified_count == 1
+
+
+def chunk_id(resync_id: str, phase: str, index: int) -> str:
+    return f"{resync_id}:{phase}:{index}"
+
+
+def record_chunk(
+    state_db: Database[Document], resync_id: str, phase: str, index: int, chunk: IdRange,
+) -> Document:
+    """The chunk's record, created queued; an existing one (a planner that died after
+    recording it) keeps its bounds, which the caller must then use."""
+    key = chunk_id(resync_id, phase, index)
+    try:
+        document = resyncs(state_db).find_one_and_update(
+            {"_id": key},
+            {"$setOnInsert": {"kind": "chunk", "resync": resync_id, "phase": phase,
+                              "index": index, "lo": chunk.lo, "hi": chunk.hi,
+                              "state": "queued", "beatAt": now(), "docs": 0,
+                              "expireAt": now() + CHUNK_TTL}},
+            upsert=True, return_document=ReturnDocument.AFTER,
+        )
+    except DuplicateKeyError:  # two planners upserted at once: the other one's stands
+        document = None
+    if document is None:
+        document = resyncs(state_db).find_one({"_id": key})
+    if document is None:
+        raise RecordMissing(f"chunk record {key} neither created nor found")
+    return document
+
+
+def advance_plan(
+    state_db: Database[Document], resync_id: str, phase: str, index: int, next_lo: str | None,
+) -> bool:
+    """Count chunk `index` as planned; False when another planner got there first."""
+    moved = resyncs(state_db).update_one(
+        {"_id": resync_id, f"{phase}.planned": index},
+        {"$set": {f"{phase}.planned": index + 1, f"{phase}.next": next_lo,
+                  f"{phase}.complete": next_lo is None}},
+    )
+    return moved.modified_count == 1
+
+
+def in_flight(state_db: Database[Document], resync_id: str, phase: str) -> int:
+    """Chunks of the phase queued or running: at most the in-flight bound, so this stays
+    a short index range whatever the collection's size."""
+    return resyncs(state_db).count_documents(
+        {"resync": resync_id, "phase": phase, "state": {"$in": list(IN_FLIGHT)}}
+    )
+
+
+def stale_chunks(
+    state_db: Database[Document], resync_id: str, phase: str, older_than: timedelta,
+) -> list[Document]:
+    """In-flight chunks nobody has reported on lately (their message lost with a Redis)."""
+    limit = now() - older_than
+    return [chunk for chunk in resyncs(state_db).find(
+        {"resync": resync_id, "phase": phase, "state": {"$in": list(IN_FLIGHT)}},
+        {"index": 1, "beatAt": 1},
+    ) if chunk.get("beatAt") is None or _aware(chunk["beatAt"]) < limit]
+
+
+def held_chunk(state_db: Database[Document], resync_id: str, owner: str) -> Document | None:
+    """The chunk this task was working on (when its message comes back after a kill)."""
+    for phase in PHASES:
+        held = resyncs(state_db).find_one(
+            {"resync": resync_id, "phase": phase, "state": "running", "owner": owner})
+        if held is not None:
+            return held
+    return None
+
+
+def next_queued_chunk(state_db: Database[Document], resync_id: str, phase: str
+                      ) -> Document | None:
+    """The oldest chunk of the phase that nobody has started."""
+    return resyncs(state_db).find_one(
+        {"resync": resync_id, "phase": phase, "state": "queued"}, sort=[("index", 1)])
+
+
+def claim_chunk(
+    state_db: Database[Document], chunk: Document, owner: str, stale_after: timedelta,
+) -> bool:
+    """Take the chunk for this task: a redelivery of the same task (same id) takes it back;
+    a duplicate message gives way unless the holder has gone quiet for `stale_after`."""
+    holder = chunk.get("owner")
+    beat = chunk.get("beatAt")
+    quiet = beat is None or _aware(beat) < now() - stale_after
+    if holder not in (None, owner) and not quiet:
+        return False
+    taken = resyncs(state_db).update_one(
+        {"_id": chunk["_id"], "state": chunk["state"], "owner": holder},
+        {"$set": {"state": "running", "owner": owner, "beatAt": now()}},
+    )
+    return taken.modified_count == 1
+
+
+def checkpoint(
+    state_db: Database[Document], chunk: Document, owner: str, resume: str | None,
+    docs: int, counts: Mapping[str, int],
+) -> bool:
+    """Record a batch as done (where to resume, what it did); False when this task no
+    longer holds the chunk or the batch was already recorded."""
+    incs: dict[str, int] = {"docs": docs}
+    incs.update({f"counts.{k}": int(v) for k, v in counts.items() if v})
+    moved = resyncs(state_db).update_one(
+        {"_id": chunk["_id"], "owner": owner, "resume": chunk.get("resume")},
+        {"$set": {"resume": resume, "beatAt": now(), "expireAt": now() + CHUNK_TTL},
+         "$inc": incs},
+    )
+    if moved.modified_count == 1:
+        chunk["resume"] = resume
+        return True
+    return False
+
+
+def add_progress(
+    state_db: Database[Document], resync_id: str, docs: int, counts: Mapping[str, int],
+    chunks_done: int = 0,
+) -> None:
+    """The live counters `progress` shows (one `$inc` on the resync record)."""
+    incs: dict[str, int] = {f"counts.{k}": int(v) for k, v in counts.items()
+                            if v and k in SUMMARY_OUTCOMES}
+    if docs:
+        incs["docs"] = docs
+    if chunks_done:
+        incs["chunksDone"] = chunks_done
+    if incs:
+        resyncs(state_db).update_one({"_id": resync_id}, {"$inc": incs})
+
+
+def shrink_batch(state_db: Database[Document], chunk_key: str) -> int:
+    """Halve a chunk's batch after one took too long for the task's time limit, so that a
+    chunk always makes progress, however slow its applies are."""
+    chunk = resyncs(state_db).find_one({"_id": chunk_key}, {"batch": 1, "resync": 1}) or {}
+    batch = chunk.get("batch")
+    if batch is None:
+        batch = (load(state_db, str(chunk.get("resync"))) or {}).get("batch") or MIN_BATCH * 2
+    smaller = max(MIN_BATCH, int(batch) // 2)
+    resyncs(state_db).update_one({"_id": chunk_key}, {"$set": {"batch": smaller}})
+    return smaller
+
+
+def finish_chunk(state_db: Database[Document], chunk: Document, owner: str) -> bool:
+    finished = resyncs(state_db).update_one(
+        {"_id": chunk["_id"], "owner": owner, "state": "running"},
+        {"$set": {"state": "done", "finishedAt": now(), "expireAt": now() + CHUNK_TTL},
+         "$unset": {"owner": ""}},
+    )
+    return finished.modified_count == 1
+
+
+def summary(state_db: Database[Document], resync_id: str) -> tuple[dict[str, int], int]:
+    """Exact outcome counts over every chunk of the resync, and production documents read."""
+    totals: Counter[str] = Counter()
+    copied = 0
+    for chunk in resyncs(state_db).find({"resync": resync_id}, {"counts": 1, "docs": 1,
+                                                                 "phase": 1}):
+        totals.update(chunk.get("counts") or {})
+        if chunk.get("phase") == "copy":
+            copied += int(chunk.get("docs") or 0)
+    return {k: int(totals.get(k, 0)) for k in SUMMARY_OUTCOMES}, copied
+
+
+def finish(state_db: Database[Document], resync_id: str, result: Mapping[str, int],
+           total: int) -> bool:
+    done = resyncs(state_db).update_one(
+        {"_id": resync_id, "state": "sweeping"},
+        {"$set": {"state": "done", "summary": dict(result), "total": total,
+                  "expireAt": now() + RECORD_TTL},
+         "$currentDate": {"finishedAt": True}},
+    )
+    return done.modified_count == 1
+
+
+def fail(state_db: Database[Document], resync_id: str, error: str) -> None:
+    resyncs(state_db).update_one(
+        {"_id": resync_id, "state": {"$in": ["planning", "applying", "sweeping"]}},
+        {"$set": {"state": "failed", "error": error, "expireAt": now() + RECORD_TTL},
+         "$currentDate": {"finishedAt": True}},
+    )
+
+
+def progress(state_db: Database[Document], resync_id: str) -> dict[str, Any]:
+    """Where a resync stands, from its one record: state, documents done / total, summary."""
+    record = load(state_db, resync_id)
+    if record is None:
+        raise KeyError(f"no resync {resync_id!r}")
+    planned = sum(int((record.get(phase) or {}).get("planned") or 0) for phase in PHASES)
+    counts = record.get("counts") or {}
+    return {
+        "id": resync_id, "collection": record.get("collection"), "state": record.get("state"),
+        "total": record.get("total"), "done": int(record.get("docs") or 0),
+        "chunks": planned, "chunks_done": int(record.get("chunksDone") or 0),
+        "summary": record.get("summary") or {k: int(counts.get(k, 0))
+                                             for k in SUMMARY_OUTCOMES},
+        "startedAt": record.get("startedAt"), "finishedAt": record.get("finishedAt"),
+        "error": record.get("error"),
+    }
+
+
+def _aware(moment: datetime) -> datetime:
+    """Dates come back naive (UTC) unless the client asked for aware ones."""
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)

@@ -1,0 +1,98 @@
+"""Per-queue rate limits that hold across every worker, in documents per unit of time.
+
+Celery's own `rate_limit` (and Flower's control of it) counts per worker process, so a queue
+consumed by N workers would run N times faster than configured. The limit here is one shared
+moving window in Redis, kept by the `limits` library. The effective rate is the runtime
+override stored in staging (`stagesync ratelimit NAME RATE`, read by every worker within a few
+seconds) or else the configured `rate_limit`.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import redis
+from limits import RateLimitItem
+from limits.storage import RedisStorage
+from limits.strategies import MovingWindowRateLimiter
+from pymongo.database import Database
+
+from protocol.names import RATE_LIMIT_KEY_PREFIX, RUNTIME, rate_limit_prefix
+from settings.model import Settings, parse_rate_limit
+
+OVERRIDE_CACHE_SECONDS = 2.0
+
+
+def override_id(collection: str) -> str:
+    return f"rate_limit:{collection}"
+
+
+def set_rate_override(state_db: Database[dict[str, Any]], collection: str, rate: str | None
+                      ) -> None:
+    """Store (or with None, remove) the run-time rate of a collection's queues."""
+    if rate is None:
+        state_db[RUNTIME].delete_one({"_id": override_id(collection)})
+        return
+    parse_rate_limit(rate)
+    state_db[RUNTIME].update_one(
+        {"_id": override_id(collection)}, {"$set": {"rate": rate}}, upsert=True
+    )
+
+
+def effective_rate(
+    settings: Settings, state_db: Database[dict[str, Any]], collection: str
+) -> tuple[str | None, str]:
+    """(rate, source) where source is 'runtime', 'config' or 'none'."""
+    override = state_db[RUNTIME].find_one({"_id": override_id(collection)})
+    if override and override.get("rate"):
+        return str(override["rate"]), "runtime"
+    configured = settings.collection(collection).rate_limit
+    return (configured, "config") if configured else (None, "none")
+
+
+class QueueRateLimiter:
+    def __init__(
+        self, settings: Settings, client: redis.Redis, state_db: Database[dict[str, Any]]
+    ) -> None:
+        self.settings = settings
+        self.state_db = state_db
+        pool = client.connection_pool
+        self.limiter = MovingWindowRateLimiter(
+            RedisStorage(settings.redis_url, connection_pool=pool, key_prefix=RATE_LIMIT_KEY_PREFIX)
+        )
+        self._cache: dict[str, tuple[float, RateLimitItem | None]] = {}
+
+    def current_item(self, collection: str) -> RateLimitItem | None:
+        cached = self._cache.get(collection)
+        if cached and cached[0] > time.monotonic():
+            return cached[1]
+        rate, _ = effective_rate(self.settings, self.state_db, collection)
+        item = parse_rate_limit(rate) if rate else None
+        self._cache[collection] = (time.monotonic() + OVERRIDE_CACHE_SECONDS, item)
+        return item
+
+    def acquire(self, collection: str, documents: int, max_wait: float = 120.0) -> float:
+        """Block until `documents` tokens are granted; return the seconds spent waiting.
+
+        A request is split into pieces no larger than one window's amount, since a larger one
+        could never be granted.
+        """
+        waited = 0.0
+        remaining = documents
+        deadline = time.monotonic() + max_wait
+        while remaining > 0:
+            item = self.current_item(collection)
+            if item is None:
+                return waited
+            piece = min(remaining, item.amount)
+            if self.limiter.hit(item, rate_limit_prefix(collection), cost=piece):
+                remaining -= piece
+                continue
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"rate limit of {collection} did not grant tokens in time")
+            reset_at, _ = self.limiter.get_window_stats(item, rate_limit_prefix(collection))
+            pause = min(max(reset_at - time.time(), 0.01), 1.0)
+            time.sleep(pause)
+            waited += pause
+        return waited

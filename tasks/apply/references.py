@@ -1,0 +1,215 @@
+"""References at apply time: look up the staging copies of referenced documents, and remember
+the references whose copy is not there yet, so they are rewritten when it arrives.
+
+The race between an apply that writes a reference and the apply that creates the referenced
+copy is closed by ordering, with no lock: the referencing side records its pending references
+*before* it looks the copies up a last time, and the referenced side writes its copies *before*
+it reads the pending references. Whatever the interleaving, one of the two sees the other:
+either the last lookup finds the copy, or the copy's apply finds the pending record and has the
+referencing documents applied again.
+
+Subsets that follow a reference (`subset: {follow: PATH}`) are decided here too, from the same
+lookup: a document is in when a document it references at PATH has a live copy in staging.
+When a copy becomes live or stops being live, the documents that follow it are read from
+production by that path (one query per following collection) and applied again, so they come
+in or go out within seconds. No pending record is needed for that: the copy is written before
+production is asked for its followers, and a follower inserted after that query finds the live
+copy by itself.
+
+Cost per batch: one query per referenced collection (by `_sync.pid`, indexed); a second one
+plus a state write only when some copies are missing; in a collection that others reference,
+one state query after its writes; and one production query per following collection when
+copies entered or left.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from pymongo import UpdateOne
+from pymongo.collection import Collection
+from pymongo.database import Database
+
+from deployments.in_lists import in_lists
+from deployments.production import ReadOnlyCollection
+from protocol.names import PENDING_REFERENCES
+from rules.document import Document
+from rules.identity import decode_id, encode_id
+from rules.paths import get_path, split_dotted
+from rules.references import Reference, referenced_ids, translate
+from rules.sync_meta import PID_FIELD, SYNC, read_meta
+from tasks.apply.staging_io import SIMPLE
+
+Republish = Callable[[str, list[str]], None]  # (referencing collection, its pids)
+
+
+@dataclass(frozen=True)
+class Target:
+    """A referenced collection's staging copies, and its soft-delete flag (for liveness)."""
+
+    collection: Collection[Document]
+    soft_delete_field: str = "deleted"
+
+
+@dataclass(frozen=True)
+class Follower:
+    """A collection whose subset follows this one through `reference`; read in production."""
+
+    name: str
+    reference: Reference
+    production: ReadOnlyCollection
+
+
+class ReferenceResolver:
+    def __init__(
+        self,
+        name: str,
+        references: tuple[Reference, ...],
+        targets: Mapping[str, Target],
+        state_db: Database[Document],
+        referenced_by: Iterable[str] = (),
+        republish: Republish | None = None,
+        follow: Reference | None = None,
+        followers: Sequence[Follower] = (),
+    ) -> None:
+        self.name = name
+        self.references = references
+        self.targets = dict(targets)  # referenced collection name -> its staging copies
+        self.pending = state_db[PENDING_REFERENCES]
+        self.referenced_by = frozenset(referenced_by)
+        self.republish = republish
+        self.follow = follow
+        self.followers = tuple(followers)
+
+    def translate(self, documents: Mapping[str, Document | None]) -> dict[str, Document | None]:
+        """The documents with their references translated (production `_id` -> staging)."""
+        if not self.references:
+            return dict(documents)
+        wanted: dict[tuple[str, str], set[str]] = defaultdict(set)
+        for pid, document in documents.items():
+            if document is None:
+                continue
+            for reference in self.references:
+                for target in referenced_ids(document, reference):
+                    wanted[(reference.collection, target)].add(pid)
+        lookup, live = self._lookup(wanted)
+        # A document outside a followed subset is not written, so nothing of it waits for a
+        # copy: should its parent's copy go live meanwhile, that apply has it applied again
+        # (`_followers_again`). Without this, every non-member left a record forever.
+        members = {pid for pid, document in documents.items()
+                   if document is not None and self._member(document, live)}
+        missing = [key for key, pids in wanted.items() if key not in lookup and pids & members]
+        if missing:
+            # Record first, then look again: see the module docstring.
+            now = datetime.now(UTC)
+            self.pending.bulk_write([
+                UpdateOne({"_id": _pending_id(self.name, pid, target, tpid)},
+                          {"$set": {"coll": self.name, "pid": pid, "target": target,
+                                    "tpid": tpid, "at": now}}, upsert=True)
+                for target, tpid in missing for pid in sorted(wanted[(target, tpid)] & members)
+            ], ordered=False)
+            found, found_live = self._lookup(missing)
+            live |= found_live
+            if found:
+                lookup.update(found)
+                self._forget(_pending_id(self.name, pid, target, tpid)
+                             for target, tpid in found for pid in wanted[(target, tpid)] & members)
+        return {pid: translate(document, self.references, lookup)
+                if document and self._member(document, live) else None
+                for pid, document in documents.items()}
+
+    def _member(self, document: Document, live: set[tuple[str, str]]) -> bool:
+        """In the subset when following: a referenced document at `follow` has a live copy."""
+        if self.follow is None:
+            return True
+        return any((self.follow.collection, target) in live
+                   for target in referenced_ids(document, self.follow))
+
+    def translate_known(self, documents: Mapping[str, Document | None]
+                        ) -> dict[str, Document | None]:
+        """`translate` that only reads (for `verify`): nothing is recorded as pending."""
+        wanted = {
+            (reference.collection, target)
+            for document in documents.values() if document is not None
+            for reference in self.references
+            for target in referenced_ids(document, reference)
+        }
+        lookup, live = self._lookup(wanted)
+        return {pid: translate(document, self.references, lookup)
+                if document and self._member(document, live) else None
+                for pid, document in documents.items()}
+
+    def copies_written(self, staging_ids: Mapping[str, Any], changed: Iterable[str] = ()
+                       ) -> None:
+        """After this collection's writes: have the documents that were waiting for these
+        copies applied again, where a copy's staging `_id` is not production's; and the
+        followers of copies that became live or stopped being live (`changed`)."""
+        self._followers_again(set(changed))
+        if not self.referenced_by or not staging_ids:
+            return
+        entries = [entry for some in in_lists(staging_ids)
+                   for entry in self.pending.find({"target": self.name, "tpid": {"$in": some}})]
+        if not entries:
+            return
+        again: dict[str, set[str]] = defaultdict(set)
+        for entry in entries:
+            if encode_id(staging_ids[entry["tpid"]]) != entry["tpid"]:
+                again[entry["coll"]].add(entry["pid"])
+        if self.republish is not None:
+            for collection, pids in again.items():
+                self.republish(collection, sorted(pids))
+        self._forget(entry["_id"] for entry in entries)
+
+    def _followers_again(self, changed: set[str]) -> None:
+        if not changed or not self.followers or self.republish is None:
+            return
+        parents = [decode_id(pid) for pid in sorted(changed)]
+        for follower in self.followers:
+            path = follower.reference.dotted
+            pids = []
+            for ids in in_lists(parents):
+                query = {"$or": [{path: {"$in": ids}}, {f"{path}.$id": {"$in": ids}}]}
+                pids += [encode_id(doc["_id"])
+                         for doc in follower.production.find(query, {"_id": 1})]
+            if pids:
+                self.republish(follower.name, pids)
+
+    def _lookup(self, keys: Iterable[tuple[str, str]]
+                ) -> tuple[dict[tuple[str, str], Any], set[tuple[str, str]]]:
+        """Staging `_id`s of the copies of these referenced documents, and which are live."""
+        by_collection: dict[str, list[str]] = defaultdict(list)
+        for target, tpid in keys:
+            by_collection[target].append(tpid)
+        found: dict[tuple[str, str], Any] = {}
+        live: set[tuple[str, str]] = set()
+        for target, tpids in by_collection.items():
+            copies = self.targets[target]
+            flag = split_dotted(copies.soft_delete_field)
+            documents = (
+                document for some in in_lists(tpids) for document in copies.collection.find(
+                    {PID_FIELD: {"$in": some}}, {SYNC: 1, copies.soft_delete_field: 1},
+                    collation=SIMPLE,
+                )
+            )
+            for document in documents:
+                key = (target, document[SYNC]["pid"])
+                found[key] = document["_id"]
+                if not read_meta(document).deleted and get_path(document, flag) is not True:
+                    live.add(key)
+        return found, live
+
+    def _forget(self, ids: Iterable[str]) -> None:
+        for some in in_lists(ids):
+            self.pending.delete_many({"_id": {"$in": some}})
+
+
+def pending_count(state_db: Database[Document], collection: str) -> int:
+    return state_db[PENDING_REFERENCES].count_documents({"coll": collection})
+
+
+def _pending_id(collection: str, pid: str, target: str, tpid: str) -> str:
+    return "|".join((collection, target, tpid, pid))

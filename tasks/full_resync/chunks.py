@@ -1,0 +1,264 @@
+"""The work of one resync chunk: copy an `_id` range of production, or sweep one of staging.
+
+Both walk their range in `_id` order and record a checkpoint (the last `_id` done) after every
+batch, so a chunk killed halfway, or stopped at its time budget, resumes where it was.
+
+Copy: one version is taken immediately before the range is read, then the range is read with
+one cursor, in batches of `resync_chunk_size`, each masked and applied through the usual merge
+path with that version. Every batch was read after its version was taken (later batches even
+later), which is all "Versions order reads" needs (DESIGN): a production write after the read
+produces a change whose apply takes a larger version and reads again.
+
+Into a staging that was empty when the resync began, or where a probe finds no copy of a
+batch's production `_id`s, the batch skips the staging read (`staging_known_empty`): a copy
+that another apply creates meanwhile makes our insert fail on the unique `_sync.pid` index, and
+the applier re-plans it against a fresh read, so the versions still decide.
+
+A copy that already holds production's content is left as it is (`write_unchanged=False`):
+moving its version would cost a staging write (an oplog entry, replicated) per document, and
+into an already-synced staging that was nearly all of a resync's time (20k documents at 2 ms
+on SecantusDB: 62 of 74 s of the staging server's profiled time).
+
+Sweep: reads the chunk's staging range in `_id` order with one cursor per task turn (so never
+for longer than the turn's time budget), a page at a time, picks the synced, live documents
+that no apply has written since the resync began (`_sync.v` below the resync's starting
+version: the copies that were unchanged, and those whose production document is gone), asks
+production which of those `_id`s it still has (one indexed `_id` read per 200), and applies
+the missing ones as deletes through the normal apply, which reads production again first.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pymongo.collection import Collection
+
+from deployments.in_lists import in_lists
+from rules.document import Document
+from rules.id_ranges import IdRange, with_filter
+from rules.identity import decode_id, encode_id
+from rules.sync_meta import DELETED_AT_FIELD, PID_FIELD, SYNC, VERSION_FIELD
+from state.dead_letters import DeadLetterEntry
+from state.resync_progress import add_progress, checkpoint, shrink_batch
+from state.versions import take_version
+from tasks.apply.applier import (
+    ApplyContext,
+    ApplyResult,
+    WriteErrors,
+    apply_changes,
+    apply_documents,
+)
+from tasks.apply.staging_io import SIMPLE
+from tasks.runtime import Runtime
+
+BY_ID = [("_id", 1)]
+SWEEP_PAGE = 1000
+
+Outcome = Literal["exhausted", "more", "lost"]  # range done | budget spent | chunk taken over
+
+
+@dataclass
+class ChunkRun:
+    """One task's turn at a chunk it has claimed."""
+
+    runtime: Runtime
+    collection: str
+    record: Document  # the resync's record
+    chunk: Document  # the chunk's record (its `resume` follows the checkpoints)
+    owner: str  # the Celery task id holding the chunk
+    deadline: float  # time.monotonic() past which the task hands the rest on
+    budget: float  # seconds one task works on the chunk
+
+    @property
+    def range(self) -> IdRange:
+        return IdRange(self.chunk["lo"], self.chunk.get("hi"))
+
+    @property
+    def context(self) -> ApplyContext:
+        return self.runtime.context(self.collection)
+
+    def over_budget(self) -> bool:
+        return time.monotonic() > self.deadline
+
+    def record_batch(self, last_id: Any, docs: int, counts: Mapping[str, int],
+                     copied: int = 0) -> bool:
+        state_db = self.runtime.state_db
+        if not checkpoint(state_db, self.chunk, self.owner, encode_id(last_id), docs, counts):
+            return False
+        add_progress(state_db, self.record["_id"], copied, counts)
+        return True
+
+
+class EmptinessProbe:
+    """Whether a batch can skip the staging read (see module doc).
+
+    `all`: staging held no document at all when the resync began. `probe`: it held no
+    document without `_sync` (none to adopt by business key), so a batch whose production
+    `_id`s have no synced copy skips the read; one range query on the `_sync.pid` index tells.
+    The probing stops, for this chunk, at the first batch that has copies. `never`: staging
+    holds documents that a sync may adopt by their business key; always read.
+    """
+
+    def __init__(self, mode: str, target: Collection[Document]) -> None:
+        self.mode = mode
+        self.target = target
+        self.probing = mode == "probe"
+
+    @classmethod
+    def for_resync(cls, record: Mapping[str, Any], target: Collection[Document]
+                   ) -> EmptinessProbe:
+        if record.get("emptyStart"):
+            return cls("all", target)
+        return cls("never" if record.get("unsyncedStart", True) else "probe", target)
+
+    def known_empty(self, pids: list[str]) -> bool:
+        if self.mode == "all":
+            return True
+        if not self.probing or not pids:
+            return False
+        # Encoded pids are strings: every pid of the batch lies in [min, max] as a string,
+        # so finding nothing there proves that none has a copy (a hit may be a neighbour's).
+        # Simple collation: byte order (which is Python's str order), and stagesync's index.
+        found = self.target.find_one(
+            {PID_FIELD: {"$gte": min(pids), "$lte": max(pids)}}, {"_id": 1}, collation=SIMPLE
+        )
+        if found is not None:
+            self.probing = False
+            return False
+        return True
+
+
+def copy_chunk(run: ChunkRun) -> Outcome:
+    context = run.context
+    batch_size = int(run.chunk.get("batch") or run.record.get("batch")
+                     or context.settings.resync_chunk_size)
+    probe = EmptinessProbe.for_resync(run.record, context.target.collection)
+    version = take_version(run.runtime.state_db, run.collection)
+    query = with_filter(run.range.query(after=run.chunk.get("resume")), context.settings.filter)
+    cursor = context.production.find(query, sort=BY_ID, batch_size=batch_size, hint=BY_ID)
+    try:
+        batch: dict[str, Document | None] = {}
+        last: Any = None
+        read_any = False  # `last` cannot tell: an `_id` can be null
+        for document in cursor:
+            read_any = True
+            last = document["_id"]
+            pid = encode_id(last)
+            if context.sampled(pid):  # outside a `subset: {percent}` sample: as if absent
+                batch[pid] = context.masker.mask(document)
+            if len(batch) < batch_size:
+                continue
+            started = time.monotonic()
+            if not _copy_batch(run, version, batch, last, probe):
+                return "lost"
+            batch = {}
+            if time.monotonic() - started > run.budget / 2:
+                # Applies this slow would run into the time limit: smaller batches from here.
+                shrink_batch(run.runtime.state_db, run.chunk["_id"])
+                return "more"
+            if run.over_budget():
+                return "more"
+        if read_any and not _copy_batch(run, version, batch, last, probe):
+            return "lost"
+        return "exhausted"
+    finally:
+        close = getattr(cursor, "close", None)
+        if close is not None:
+            close()
+
+
+def _copy_batch(run: ChunkRun, version: int, batch: dict[str, Document | None], last: Any,
+                probe: EmptinessProbe) -> bool:
+    context = run.context
+    context.record_unclassified()
+    if not batch:  # nothing of this stretch is in the sample: only move the checkpoint on
+        return run.record_batch(last, 0, {})
+    run.runtime.rate_limiter.acquire(run.collection, len(batch))
+    known_empty = probe.known_empty(list(batch))
+    ops = dict.fromkeys(batch, "resync")
+    try:
+        # compare_content: staging is read in full and compared, so a resync repairs drift
+        # made by hand in staging.
+        result = apply_documents(context, version, dict(batch), ops, compare_content=True,
+                                 staging_known_empty=known_empty, write_unchanged=False)
+    except WriteErrors as refused:
+        # A copy has no retry budget of its own: record what staging refused, go on.
+        result = dead_letter_refused(run.runtime, run.collection, refused, "resync")
+    if not run.record_batch(last, len(batch), result.outcomes, copied=len(batch)):
+        return False
+    run.runtime.report_done(run.collection, None, "", result, source="resync")
+    return True
+
+
+def sweep_chunk(run: ChunkRun) -> Outcome:
+    context = run.context
+    target = context.target.collection
+    query = {
+        **run.range.query(after=run.chunk.get("resume")),
+        PID_FIELD: {"$exists": True},
+        DELETED_AT_FIELD: {"$exists": False},
+        VERSION_FIELD: {"$lt": int(run.record["v0"])},
+    }
+    # One query per turn rather than one per page: a query costs a setup of its own, and on
+    # SecantusDB an `_id` range query costs time in proportion to the whole collection (6 s
+    # at 200k documents, however few it returns), which made a page-per-query sweep quadratic.
+    cursor = target.find(query, {SYNC: 1}, sort=BY_ID, batch_size=SWEEP_PAGE, hint=BY_ID)
+    try:
+        page: list[Document] = []
+        for document in cursor:
+            page.append(document)
+            if len(page) < SWEEP_PAGE:
+                continue
+            if not _sweep_and_record(run, page):
+                return "lost"
+            page = []
+            if run.over_budget():
+                return "more"
+        if page and not _sweep_and_record(run, page):
+            return "lost"
+        return "exhausted"
+    finally:
+        cursor.close()
+
+
+def _sweep_and_record(run: ChunkRun, page: list[Document]) -> bool:
+    outcomes = _sweep_page(run, [doc[SYNC]["pid"] for doc in page])
+    return run.record_batch(page[-1]["_id"], len(page), outcomes)
+
+
+def _sweep_page(run: ChunkRun, pids: list[str]) -> Counter[str]:
+    context = run.context
+    present = {
+        encode_id(doc["_id"])
+        for ids in in_lists(decode_id(pid) for pid in pids)
+        for doc in context.production.find(
+            with_filter({"_id": {"$in": ids}}, context.settings.filter), {"_id": 1})
+    }
+    # Missing, outside the configured filter, or outside the sample: the apply soft-deletes.
+    gone = [pid for pid in pids if pid not in present or not context.sampled(pid)]
+    if not gone:
+        return Counter()
+    run.runtime.rate_limiter.acquire(run.collection, len(gone))
+    try:
+        result = apply_changes(context, dict.fromkeys(gone, "sweep"))
+    except WriteErrors as refused:
+        result = dead_letter_refused(run.runtime, run.collection, refused, "sweep")
+    run.runtime.report_done(run.collection, None, "", result, source="resync")
+    return result.outcomes
+
+
+def dead_letter_refused(runtime: Runtime, collection: str, refused: WriteErrors, op: str
+                        ) -> ApplyResult:
+    version = take_version(runtime.state_db, collection)
+    runtime.dead_letters.record(
+        DeadLetterEntry(collection=collection, pid=pid, op=op, reason="write_error",
+                        error=message, version=version)
+        for pid, message in refused.errors.items()
+    )
+    result = ApplyResult(version)
+    result.outcomes["dead_lettered"] = len(refused.errors)
+    return result

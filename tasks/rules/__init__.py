@@ -1,1 +1,0 @@
-"""Merge rules: pure functions with no I/O (fields, keys, plans, PII)."""

@@ -1,0 +1,1 @@
+"""Verification: production against staging, on production's fields (`stagesync verify`)."""
