@@ -1,7 +1,9 @@
 """`stagesync watch --dry-run`: stream, plan the merges, print them, write nothing.
 
-For onboarding a collection safely: the same change stream, masking and merge planning as a
-real sync, but no checkpoint, no lease, no queue, no version taken, no staging write. Each
+For onboarding a collection safely: the same change stream, and the real apply path
+(`tasks.apply.applier.apply_changes`) in its plan-only mode, so the same masking, reference
+translation, planning rounds and key hand-overs as a real sync; but no checkpoint, no lease,
+no queue, no version taken, no staging write, nothing recorded in the state database. Each
 planned write is printed with the field paths it would set, change or remove (never values).
 """
 
@@ -11,7 +13,6 @@ import signal
 import threading
 import time
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from types import FrameType
 from typing import Any
 
@@ -20,15 +21,16 @@ from rich.console import Console
 
 from deployments.production import ProductionReader
 from deployments.staging import connect_staging
-from protocol.names import COUNTERS
+from rules.document import Document
+from rules.identity import encode_id
 from rules.merge import merge_fields
 from rules.paths import join_dotted, leaf_paths, set_path
 from rules.pii import Masker
-from rules.plan import PlannedWrite, StagingView, plan_batch
+from rules.plan_types import PlannedWrite
 from rules.sync_meta import SYNC, read_meta
 from settings.model import CollectionSettings, Settings
-from state.dead_letters import DeadLetterStore
-from tasks.apply.applier import ApplyContext
+from tasks.apply.applier import apply_changes
+from tasks.apply.context import ApplyContext, PlanOnly
 from watcher.events import STREAM_PROJECTION, Change, classify
 
 BATCH = 200
@@ -52,7 +54,7 @@ def run_dry(settings: Settings, names: Sequence[str], console: Console) -> int:
     contexts = {
         c.name: ApplyContext.build(
             c, Masker.from_settings(c, settings.secret_bytes()), production.collection(c),
-            staging, state_db, DeadLetterStore(state_db),
+            staging, state_db,
         )
         for c in collections
     }
@@ -66,7 +68,7 @@ def run_dry(settings: Settings, names: Sequence[str], console: Console) -> int:
                 changes = _drain(streams[collection.name])
                 if changes:
                     busy = True
-                    _show(console, contexts[collection.name], collection, changes, state_db)
+                    _show(console, contexts[collection.name], collection, changes)
             if not busy:
                 stop.wait(IDLE_SECONDS)
     finally:
@@ -90,44 +92,28 @@ def _drain(stream: Any) -> dict[str, str]:
 
 
 def _show(console: Console, context: ApplyContext, collection: CollectionSettings,
-          changes: dict[str, str], state_db: Any) -> None:
-    counter = state_db[COUNTERS].find_one({"_id": f"version:{collection.name}"}) or {}
-    version = int(counter.get("value", 0)) + 1  # what the next apply would take; not taken
-    production = context.read_production(changes)
-    view = context.target.read_view(sorted(production), production, whole=True)
-    plan = plan_batch(version=version, now=datetime.now(UTC), pids=production,
-                      production=production, staging=view, rules=context.rules)
+          changes: dict[str, str]) -> None:
+    plan = PlanOnly()
+    result = apply_changes(context, changes, plan_only=plan)
+    before = context.target.documents(write.staging_id for write in plan.writes)
     stamp = time.strftime("%H:%M:%S")
-    for write in plan.releases + plan.writes:
-        current = view.by_pid.get(write.pid or "") if write.pid else None
-        if current is None or current["_id"] != write.staging_id:
-            current = _by_id(view, write.staging_id)
-        incoming = production.get(write.pid or "")
-        console.print(
-            f"{stamp} {collection.name} would {_describe(write, current, incoming, context)}",
-            highlight=False,
-        )
+
+    def say(text: str) -> None:
+        console.print(f"{stamp} {collection.name} would {text}", highlight=False)
+
+    for write in plan.writes:
+        current = before.get(encode_id(write.staging_id))
+        say(_describe(write, current, plan.content.get(write.pid or ""), context))
     for letter in plan.dead_letters:
-        console.print(f"{stamp} {collection.name} would dead-letter {letter.pid}: "
-                      f"{letter.reason} ({letter.detail})", highlight=False)
-    for pid in plan.superseded:
-        console.print(f"{stamp} {collection.name} would skip {pid}: staging holds a newer read",
-                      highlight=False)
-    for pid in sorted(set(plan.deferred) | plan.need_production):
-        console.print(f"{stamp} {collection.name} would re-plan {pid} (business key in use)",
-                      highlight=False)
+        say(f"dead-letter {letter.pid}: {letter.reason} ({letter.detail})")
+    if result.outcomes["superseded"]:
+        say(f"skip {result.outcomes['superseded']} change(s): staging holds a newer read")
+    for pid in sorted(plan.replanned):
+        say(f"re-plan {pid} after these writes (business key handed over)")
 
 
-def _by_id(view: StagingView, staging_id: Any) -> dict[str, Any] | None:
-    for document in (*view.by_pid.values(), *view.by_key.values(),
-                     *view.unsynced_by_key.values()):
-        if document["_id"] == staging_id:
-            return dict(document)
-    return None
-
-
-def _describe(write: PlannedWrite, current: dict[str, Any] | None,
-              incoming: dict[str, Any] | None, context: ApplyContext) -> str:
+def _describe(write: PlannedWrite, current: Document | None,
+              incoming: Document | None, context: ApplyContext) -> str:
     """What the write would change, field by field, from the merge it writes."""
     target = f"staging _id={write.staging_id}"
     if write.delete:
@@ -154,8 +140,7 @@ def _describe(write: PlannedWrite, current: dict[str, Any] | None,
     return f"{VERBS.get(write.outcome, write.outcome)} {target} (pid {write.pid}): {fields}"
 
 
-def _body(document: dict[str, Any] | None) -> dict[str, Any]:
+def _body(document: Document | None) -> Document:
     if not document:
         return {}
     return {k: v for k, v in document.items() if k not in ("_id", SYNC)}
-

@@ -239,70 +239,111 @@ def _by_name(path: str, tally: _Tally) -> Kind | None:
     return kind
 
 
+@dataclass
+class _Proposal:
+    """What the configuration already says, and what the scan proposes so far."""
+
+    configured: dict[Path, str]
+    keys: list[Path]
+    kept_as_is: list[Path]
+    allowed: list[Path]
+    proposed: dict[Path, str] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, collection: CollectionSettings) -> _Proposal:
+        return cls(
+            configured={split_dotted(path): str(rule) for path, rule in collection.pii.items()},
+            keys=[split_dotted(path) for path in collection.business_key],
+            kept_as_is=[split_dotted(collection.schema_version_field)]
+            if collection.schema_version_field else [],
+            allowed=[split_dotted(path) for path in collection.allow],
+        )
+
+
 def _propose(collection: CollectionSettings, sampled: int,
              findings: list[PathFinding]) -> ScanResult:
-    configured = {split_dotted(path): str(rule) for path, rule in collection.pii.items()}
-    keys = [split_dotted(path) for path in collection.business_key]
-    kept_as_is = [split_dotted(collection.schema_version_field)] \
-        if collection.schema_version_field else []
-    allowed = [split_dotted(path) for path in collection.allow]
-    warnings: list[str] = []
-    proposed: dict[Path, str] = {}
+    proposal = _Proposal.of(collection)
     for finding in findings:
-        path = split_dotted(finding.path)
-        rule_path = _covering(path, configured)
-        personal = finding.kind is not None
-        if path == ("*",):
-            finding.decision = "unsupported"
-            finding.note = "field names at the top level are personal data"
-            warnings.append("top-level field names look like personal data (emails, phones): "
-                            "no rule masks a field name, and strict mode leaves them out; "
-                            "keep personal data out of field names")
-        elif path[0] == "_id":
-            finding.decision = "id"
-            if personal:
-                finding.note = "_id is copied as is and cannot be masked"
-                warnings.append(f"_id looks like {_label(finding)}: it is copied as is and "
-                                "cannot be masked; keep personal data out of _id")
-        elif rule_path is not None:
-            finding.decision, finding.rule = "configured", configured[rule_path]
-            finding.note = f"pii rule on {join_dotted(rule_path)}"
-        elif any(is_prefix(key, path) for key in keys):
-            if personal:
-                finding.decision, finding.rule = "rule", "hash"
-                finding.note = "business key: hash keeps it matchable"
-                proposed[path] = "hash"
-            else:
-                finding.decision = "key"
-        elif any(is_prefix(kept, path) for kept in kept_as_is):
-            finding.decision, finding.note = "key", "schema_version_field"
-        elif personal:
-            finding.decision = "rule"
-            finding.rule = RULES[finding.kind]  # type: ignore[index]
-            proposed[path] = finding.rule
-            if any(is_prefix(entry, path) for entry in allowed):
-                finding.note = "listed in allow, but looks personal"
+        _decide(finding, proposal)
+    rules = _rules(proposal, findings)
+    allow, review = _allow_list(proposal, findings, rules)
+    return ScanResult(
+        collection=collection.name, source=collection.source, sampled=sampled,
+        findings=findings, pii={join_dotted(p): r for p, r in sorted(rules.items())},
+        allow=sorted(allow), review=review, warnings=proposal.warnings,
+    )
+
+
+def _decide(finding: PathFinding, proposal: _Proposal) -> None:
+    """One path's first decision: unsupported, id, configured, key, rule or allow."""
+    path = split_dotted(finding.path)
+    rule_path = _covering(path, proposal.configured)
+    personal = finding.kind is not None
+    if path == ("*",):
+        finding.decision = "unsupported"
+        finding.note = "field names at the top level are personal data"
+        proposal.warnings.append(
+            "top-level field names look like personal data (emails, phones): no rule masks a "
+            "field name, and strict mode leaves them out; keep personal data out of field names")
+    elif path[0] == "_id":
+        finding.decision = "id"
+        if personal:
+            finding.note = "_id is copied as is and cannot be masked"
+            proposal.warnings.append(f"_id looks like {_label(finding)}: it is copied as is and "
+                                     "cannot be masked; keep personal data out of _id")
+    elif rule_path is not None:
+        finding.decision, finding.rule = "configured", proposal.configured[rule_path]
+        finding.note = f"pii rule on {join_dotted(rule_path)}"
+    elif any(is_prefix(key, path) for key in proposal.keys):
+        if personal:
+            finding.decision, finding.rule = "rule", "hash"
+            finding.note = "business key: hash keeps it matchable"
+            proposal.proposed[path] = "hash"
         else:
-            finding.decision = "allow"
-            if not finding.values:
-                finding.note = "no values in the sample"
+            finding.decision = "key"
+    elif any(is_prefix(kept, path) for kept in proposal.kept_as_is):
+        finding.decision, finding.note = "key", "schema_version_field"
+    elif personal:
+        finding.decision = "rule"
+        finding.rule = RULES[finding.kind]  # type: ignore[index]
+        proposal.proposed[path] = finding.rule
+        if any(is_prefix(entry, path) for entry in proposal.allowed):
+            finding.note = "listed in allow, but looks personal"
+    else:
+        finding.decision = "allow"
+        if not finding.values:
+            finding.note = "no values in the sample"
+
+
+def _rules(proposal: _Proposal, findings: list[PathFinding]) -> dict[Path, str]:
+    """The configured rules plus the proposed ones that a business key does not block."""
+    proposed = dict(proposal.proposed)
     for path in list(proposed):
-        blocked = next((key for key in keys if is_prefix(path, key) and key != path), None)
+        blocked = next((key for key in proposal.keys if is_prefix(path, key) and key != path),
+                       None)
         if blocked is not None:
             del proposed[path]
-            warnings.append(f"{join_dotted(path)}: holds business-key field "
-                            f"{join_dotted(blocked)}; give each field under it a rule instead")
-    rules = {**configured, **proposed}
+            proposal.warnings.append(
+                f"{join_dotted(path)}: holds business-key field {join_dotted(blocked)}; "
+                "give each field under it a rule instead")
+    rules = {**proposal.configured, **proposed}
     # A rule under another rule's path adds nothing: the parent masks it whole.
     rules = {path: rule for path, rule in rules.items()
-             if path in configured or not any(is_prefix(other, path) and other != path
-                                              for other in rules)}
+             if path in proposal.configured or not any(is_prefix(other, path) and other != path
+                                                       for other in rules)}
     for finding in findings:
         if finding.decision == "rule" and split_dotted(finding.path) not in rules:
             finding.decision, finding.rule = "configured", None
             finding.note = "masked by the rule on a parent path"
+    return rules
+
+
+def _allow_list(proposal: _Proposal, findings: list[PathFinding], rules: dict[Path, str]
+                ) -> tuple[list[str], set[str]]:
+    """The `allow` entries to propose, and the ones to review (no values sampled)."""
     personal_paths = [split_dotted(f.path) for f in findings if f.decision == "rule"]
-    kept_allow = [entry for entry in allowed
+    kept_allow = [entry for entry in proposal.allowed
                   if not any(is_prefix(entry, path) for path in personal_paths)
                   and not any(is_prefix(rule, entry) for rule in rules)]
     allow: list[str] = [join_dotted(entry) for entry in kept_allow]
@@ -321,11 +362,7 @@ def _propose(collection: CollectionSettings, sampled: int,
         allow.append(finding.path)
         if not finding.values:
             review.add(finding.path)
-    return ScanResult(
-        collection=collection.name, source=collection.source, sampled=sampled,
-        findings=findings, pii={join_dotted(p): r for p, r in sorted(rules.items())},
-        allow=sorted(allow), review=review, warnings=warnings,
-    )
+    return allow, review
 
 
 def _covering(path: Path, candidates: Mapping[Path, Any]) -> Path | None:

@@ -55,222 +55,44 @@ the value's type only.
 from __future__ import annotations
 
 import functools
-import hashlib
-import hmac
-import json
-import re
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, Any, overload
-
-from bson import json_util
-from bson.json_util import CANONICAL_JSON_OPTIONS
+from typing import TYPE_CHECKING, Any
 
 from rules.paths import Path, split_dotted
+from rules.pii_digests import PiiError, fake_digest, pseudonym, rules_fingerprint
+from rules.pii_fakes import (
+    address_field_of,
+    fake_address,
+    fake_address_field,
+    fake_email,
+    fake_name,
+    fake_phone,
+)
 from rules.pii_strict import Classification
 from settings.pii_rules import FakeKind, PiiRule
 
 if TYPE_CHECKING:
-    from faker import Faker
-
     from settings.model import CollectionSettings
 
 __all__ = [
-    "FAKE_EMAIL_DOMAINS",
-    "FAKE_PHONE_PREFIX",
-    "MASK_VERSION",
     "REDACTED",
     "Masker",
     "PiiError",
     "paths_matched",
-    "pseudonym",
-    "rules_fingerprint",
 ]
 
 REDACTED = "REDACTED"
-# Bump when the output of any transform changes for the same value and secret, so that
-# `rules_fingerprint` tells staging documents masked the old way from the new.
-MASK_VERSION = 1
-HASH_PREFIX = "h:"
-# RFC 2606 reserved domains: mail to them can never reach anybody.
-FAKE_EMAIL_DOMAINS: tuple[str, ...] = ("example.com", "example.org", "example.net")
-# Ofcom's drama range: +44 7700 900000 to +44 7700 900999 are never allocated to subscribers.
-FAKE_PHONE_PREFIX = "+44 7700 900"
-FAKER_LOCALE = "en_US"
 
-# Separates the fake seeds from the pseudonyms: a fake email's hex tag then cannot be matched
-# against a `hash` pseudonym of the same value elsewhere in staging.
-_FAKE_DOMAIN = b"stagesync.pii.fake\x00"
-_FINGERPRINT_DOMAIN = b"stagesync.pii.rules\x00"
 # A strict masker counts the unclassified paths it left out until `take_unclassified` collects
 # them; beyond this many distinct paths, new ones are still left out but no longer counted.
 MAX_PENDING_PATHS = 1000
-_NOT_LETTERS = re.compile(r"[^a-z]+")
-_KEY_NOISE = re.compile(r"[\s_\-]+")
-
-
-class PiiError(ValueError):
-    """A value could not be masked. The message names a rule path and a type, never a value."""
 
 
 # --------------------------------------------------------------------------------------------
 # Keyed digests
 # --------------------------------------------------------------------------------------------
-
-
-def _canonical(value: Any) -> bytes:
-    """The type-preserving encoding every digest is taken of (`1`, `1.0`, `"1"` all differ).
-
-    The same spelling as `rules.identity`, so key digests and pseudonyms agree on what
-    "the same value" means.
-    """
-    try:
-        return json_util.dumps(value, json_options=CANONICAL_JSON_OPTIONS).encode()
-    except (TypeError, ValueError, OverflowError):
-        # The original message may quote the value; keep only its type.
-        raise PiiError(f"a value of type {type(value).__name__} cannot be encoded") from None
-
-
-@overload
-def pseudonym(value: None, secret: bytes) -> None: ...
-@overload
-def pseudonym(value: Any, secret: bytes) -> str: ...
-def pseudonym(value: Any, secret: bytes) -> str | None:
-    """The `hash` rule's output for one value: ``"h:" + hex HMAC-SHA256(secret, canonical)``.
-
-    Deterministic across collections, processes and Python's hash randomization, so a hashed
-    business key still matches its other occurrences. None stays None: a null is not personal
-    data and must keep meaning "missing". Arrays and sub-documents are hashed as one value here;
-    the rule itself maps arrays element by element (see `Masker`).
-    """
-    if value is None:
-        return None
-    return HASH_PREFIX + hmac.new(secret, _canonical(value), hashlib.sha256).hexdigest()
-
-
-def _fake_digest(value: Any, secret: bytes) -> bytes:
-    return hmac.new(secret, _FAKE_DOMAIN + _canonical(value), hashlib.sha256).digest()
-
-
-# --------------------------------------------------------------------------------------------
-# Fakes
-# --------------------------------------------------------------------------------------------
-
-_faker: Faker | None = None
-_faker_lock = threading.Lock()
-
-
-def _get_faker() -> Faker:
-    """One Faker for the process, created on first use (creating one is slow).
-
-    `use_weighting=False` draws names uniformly instead of by frequency: still real names, but
-    ~15x faster per value (the weighted draw re-sums thousands of weights on every call).
-    """
-    global _faker
-    if _faker is None:
-        with _faker_lock:
-            if _faker is None:
-                from faker import Faker
-
-                _faker = Faker(FAKER_LOCALE, use_weighting=False)
-    return _faker
-
-
-def _faker_version() -> str:
-    import faker
-
-    return str(faker.VERSION)
-
-
-def _seed(digest: bytes) -> int:
-    """The Faker seed of a value: from its keyed digest, never from Python's `hash()`."""
-    return int.from_bytes(digest[:8], "big")
-
-
-def _letters(text: str) -> str:
-    return _NOT_LETTERS.sub("", text.lower()) or "user"
-
-
-def _fake_name_parts(digest: bytes) -> tuple[str, str]:
-    faker = _get_faker()
-    with _faker_lock:  # seed and draw as one step: the Faker is shared between threads
-        faker.seed_instance(_seed(digest))
-        return faker.first_name(), faker.last_name()
-
-
-def _fake_email(digest: bytes) -> str:
-    first, last = _fake_name_parts(digest)
-    domain = FAKE_EMAIL_DOMAINS[digest[8] % len(FAKE_EMAIL_DOMAINS)]
-    # A few digest characters keep two people with the same fake name apart.
-    return f"{_letters(first)}.{_letters(last)}.{digest[9:12].hex()}@{domain}"
-
-
-def _fake_name(digest: bytes) -> str:
-    first, last = _fake_name_parts(digest)
-    return f"{first} {last}"
-
-
-def _fake_phone(digest: bytes) -> str:
-    return f"{FAKE_PHONE_PREFIX}{int.from_bytes(digest[8:10], 'big') % 1000:03d}"
-
-
-def _fake_address(digest: bytes) -> str:
-    faker = _get_faker()
-    with _faker_lock:
-        faker.seed_instance(_seed(digest))
-        street = faker.street_address()
-        city = faker.city()
-        state = faker.state_abbr(include_territories=False)
-        zipcode = faker.zipcode()
-    return f"{street}, {city}, {state} {zipcode}"
-
-
-# Fields of an address sub-document, by normalised key (lower case, no `_`, `-` or spaces).
-_ADDRESS_FIELDS: dict[str, str] = {
-    **dict.fromkeys(
-        (
-            "street",
-            "street1",
-            "streetaddress",
-            "address",
-            "address1",
-            "addressline1",
-            "line1",
-            "line",
-        ),
-        "street",
-    ),
-    **dict.fromkeys(("street2", "address2", "addressline2", "line2"), "secondary"),
-    **dict.fromkeys(("city", "town", "locality"), "city"),
-    **dict.fromkeys(("state", "region", "province", "county"), "state"),
-    **dict.fromkeys(("zip", "zipcode", "postcode", "postalcode"), "zip"),
-    "country": "country",
-    "countrycode": "country_code",
-}
-
-
-def _fake_address_field(field: str, value: Any, digest: bytes) -> Any:
-    faker = _get_faker()
-    with _faker_lock:
-        faker.seed_instance(_seed(digest))
-        if field == "street":
-            return faker.street_address()
-        if field == "secondary":
-            return faker.secondary_address()
-        if field == "city":
-            return faker.city()
-        if field == "state":
-            short = isinstance(value, str) and len(value) <= 3
-            return faker.state_abbr(include_territories=False) if short else faker.state()
-        if field == "zip":
-            zipcode = faker.zipcode()
-            # Keep a numeric zip numeric, so staging's queries and indexes keep their types.
-            numeric = isinstance(value, int) and not isinstance(value, bool)
-            return int(zipcode) if numeric else zipcode
-        if field == "country":
-            return faker.country()
-        return faker.country_code()
 
 
 def _map_values(value: Any, scalar: Callable[[Any], Any]) -> Any:
@@ -300,14 +122,14 @@ class _Transforms:
         generate = _FAKE_SCALARS[kind]
 
         def fake(value: Any) -> Any:
-            return _map_values(value, lambda scalar: generate(_fake_digest(scalar, self._secret)))
+            return _map_values(value, lambda scalar: generate(fake_digest(scalar, self._secret)))
 
         return fake
 
     def _fake_address_value(self, value: Any) -> Any:
         if isinstance(value, Mapping):
             return self._fake_address_document(value)
-        return _fake_address(_fake_digest(value, self._secret))
+        return fake_address(fake_digest(value, self._secret))
 
     def _fake_address_document(self, document: Mapping[str, Any]) -> dict[str, Any]:
         """Same keys, each faked as what its name says; unknown keys hashed.
@@ -317,7 +139,7 @@ class _Transforms:
         """
         faked: dict[str, Any] = {}
         for key, value in document.items():
-            field = _ADDRESS_FIELDS.get(_KEY_NOISE.sub("", str(key).lower()))
+            field = address_field_of(str(key))
             part = functools.partial(self._fake_address_part, field)
             faked[key] = _map_values(value, part)
         return faked
@@ -327,13 +149,13 @@ class _Transforms:
             return self._fake_address_document(value)
         if field is None:
             return self._pseudonym(value)
-        return _fake_address_field(field, value, _fake_digest(value, self._secret))
+        return fake_address_field(field, value, fake_digest(value, self._secret))
 
 
 _FAKE_SCALARS: dict[str, Callable[[bytes], str]] = {
-    "email": _fake_email,
-    "name": _fake_name,
-    "phone": _fake_phone,
+    "email": fake_email,
+    "name": fake_name,
+    "phone": fake_phone,
 }
 
 
@@ -604,37 +426,6 @@ class Masker:
         rules = ", ".join(f"{path}: {rule}" for path, rule in sorted(self._rules.items()))
         mode = ", strict" if self._classification is not None else ""
         return f"Masker({{{rules}}}{mode})"
-
-
-def rules_fingerprint(
-    rules: Mapping[str, PiiRule], secret: bytes, strict: Iterable[str] | None = None
-) -> str:
-    """A short, stable hex digest of how documents are masked: the rules and the secret.
-
-    Stored next to masked data, it tells when staging documents were masked under other rules
-    or another secret (their pseudonyms would no longer match new ones). It does not depend on
-    the order the rules were written in. When some rule is keyed (hash, fake), it is an HMAC
-    keyed by the secret, so it reveals nothing about the secret; when none is, the secret does
-    not change any output and is left out. It also covers `MASK_VERSION` and, when a fake rule
-    exists, the Faker version, whose data sets decide the fake values. In strict mode
-    (`strict`: the classified paths) it covers those paths too, so that allowing a path, or
-    turning strict mode on, asks for the resync that copies or removes what changed; in open
-    mode it is what it was before strict mode existed.
-    """
-    description: dict[str, Any] = {
-        "version": MASK_VERSION,
-        "rules": sorted([path, str(rule)] for path, rule in rules.items()),
-    }
-    if strict is not None:
-        description["strict"] = sorted(set(strict))
-    if any(rule.kind == "fake" for rule in rules.values()):
-        description["faker"] = [_faker_version(), FAKER_LOCALE]
-    payload = json.dumps(description, sort_keys=True, separators=(",", ":")).encode()
-    if any(rule.keyed for rule in rules.values()):
-        digest = hmac.new(secret, _FINGERPRINT_DOMAIN + payload, hashlib.sha256).hexdigest()
-    else:
-        digest = hashlib.sha256(_FINGERPRINT_DOMAIN + payload).hexdigest()
-    return digest[:16]
 
 
 def paths_matched(document: Mapping[str, Any], rules: Iterable[str]) -> set[str]:

@@ -13,7 +13,7 @@ from typing import Any
 from pymongo.database import Database
 
 from protocol.names import RUNTIME
-from rules.pii import rules_fingerprint
+from rules.pii_digests import rules_fingerprint
 from rules.pii_strict import Classification
 from settings.model import CollectionSettings, Settings
 

@@ -30,3 +30,9 @@ def take_version(state_db: Database[dict[str, Any]], collection: str) -> int:
     if not document or not isinstance(document.get("value"), int):
         raise VersionCounterError(f"version counter for {collection!r} returned nothing")
     return int(document["value"])
+
+
+def peek_version(state_db: Database[dict[str, Any]], collection: str) -> int:
+    """The version the next apply would take, without taking it (plan-only applies)."""
+    document = state_db[COUNTERS].find_one({"_id": version_counter_id(collection)}) or {}
+    return int(document.get("value", 0)) + 1

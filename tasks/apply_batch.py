@@ -16,6 +16,7 @@ import logging
 import random
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from celery import Task
 
@@ -25,7 +26,8 @@ from protocol.routing import home_queue
 from state.dead_letters import DeadLetterEntry
 from state.versions import take_version
 from tasks import metrics
-from tasks.apply.applier import WriteErrors, apply_changes
+from tasks.apply.applier import apply_changes
+from tasks.apply.context import WriteErrors
 from tasks.celery_app import app
 from tasks.enqueue import QueuedChange, publish_apply
 from tasks.runtime import Runtime, get_runtime
@@ -46,7 +48,7 @@ def apply_batch(
             "message keeps failing its worker",
             extra={"collection": collection, "changes": len(pairs), "deliveries": started},
         )
-        _isolate(runtime, self, collection, batch, part, pairs, "poison",
+        _isolate(runtime, self, _Part(collection, batch, part, pairs), "poison",
                  f"worker lost {started - 1} times while applying")
         return
     ops = dict(pairs)
@@ -80,7 +82,8 @@ def apply_batch(
                     extra={"collection": collection, "changes": len(pairs),
                            "error": describe_error(error)})
         reason = "write_error" if isinstance(error, WriteErrors) else "apply_error"
-        _isolate(runtime, self, collection, batch, part, pairs, reason, describe_error(error))
+        _isolate(runtime, self, _Part(collection, batch, part, pairs), reason,
+                 describe_error(error))
         return
     runtime.report_done(collection, batch, part, result)
     metrics.observe_apply(collection, len(ops), time.monotonic() - began, waited,
@@ -96,11 +99,20 @@ def apply_batch(
     )
 
 
-def _isolate(
-    runtime: Runtime, task: Task, collection: str, batch: str | None, part: str,
-    pairs: Sequence[QueuedChange], reason: str, error: str,
-) -> None:
+@dataclass(frozen=True)
+class _Part:
+    """The part of a watcher batch that one message carries."""
+
+    collection: str
+    batch: str | None
+    part: str
+    pairs: Sequence[QueuedChange]
+
+
+def _isolate(runtime: Runtime, task: Task, message: _Part, reason: str, error: str) -> None:
     """Split a failing batch in two, or dead-letter a lone failing change."""
+    collection, batch, part, pairs = message.collection, message.batch, message.part, \
+        message.pairs
     queue = _queue(runtime, task, collection)
     metrics.FAILURES.labels(collection, reason).inc()
     if len(pairs) > 1:

@@ -17,7 +17,8 @@ from deployments.failures import is_transient
 from protocol.names import REPLAY_DEAD_LETTERS, RESYNCS
 from state.dead_letters import DeadLetterEntry
 from state.versions import take_version
-from tasks.apply.applier import WriteErrors, apply_changes
+from tasks.apply.applier import apply_changes
+from tasks.apply.context import WriteErrors
 from tasks.celery_app import app
 from tasks.runtime import get_runtime
 

@@ -24,9 +24,9 @@ from settings.model import CollectionSettings
 from state.dead_letters import DeadLetterStore
 from state.pii_state import record_masking
 from state.unclassified_paths import forget_classified, held_count
-from tasks.apply.applier import ApplyContext, ApplyResult
+from tasks.apply.context import ApplyContext, ApplyResult
 from tasks.apply.rate_limit import QueueRateLimiter
-from tasks.apply.references import Follower, ReferenceResolver, Target
+from tasks.apply.references import Follower, ReferenceResolver, SubsetLinks, Target
 from tasks.celery_app import app
 from tasks.enqueue import publish_apply
 from tasks.metrics import UNCLASSIFIED_PATHS
@@ -83,7 +83,8 @@ class Runtime:
         return ReferenceResolver(
             collection.name, references_of(collection.references), targets, self.state_db,
             referenced_by, self._apply_again,
-            Reference(follow, collection.references[follow]) if follow else None, followers,
+            SubsetLinks(Reference(follow, collection.references[follow]) if follow else None,
+                        followers),
         )
 
     def _apply_again(self, collection: str, pids: list[str]) -> None:

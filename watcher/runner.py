@@ -28,7 +28,7 @@ from deployments.staging import connect_staging
 from deployments.staging_indexes import ensure_indexes
 from settings.model import Settings
 from tasks.celery_app import app as celery_app
-from watcher.stream import CollectionWatcher
+from watcher.stream import CollectionWatcher, WatcherLinks
 
 log = logging.getLogger("stagesync.watcher")
 
@@ -53,12 +53,12 @@ def run_watcher(settings: Settings, names: Sequence[str] = ()) -> int:
         if settings.metrics.watcher_port:
             start_http_server(settings.metrics.watcher_port, addr="0.0.0.0")
         run_id = uuid.uuid4().hex[:12]
+        links = WatcherLinks(staging[settings.staging.state_db], redis_client, celery_app,
+                             run_id, stop)
         threads = []
         for collection in collections:
-            watcher = CollectionWatcher(
-                settings, collection, production, staging[settings.staging.state_db],
-                redis_client, celery_app, run_id, stop,
-            )
+            watcher = CollectionWatcher(settings, collection, production.collection(collection),
+                                        links)
             thread = threading.Thread(target=watcher.run, name=f"watch-{collection.name}",
                                       daemon=True)
             thread.start()

@@ -25,6 +25,7 @@ import random
 import threading
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -33,7 +34,7 @@ from celery import Celery
 from pymongo.database import Database
 from pymongo.errors import OperationFailure, PyMongoError
 
-from deployments.production import ProductionReader
+from deployments.production import ReadOnlyCollection
 from protocol.names import done_key, epoch_key, parse_done_report, stats_key, watcher_key
 from protocol.routing import home_queue, queue_depth, queue_for, queues_of
 from settings.model import CollectionSettings, Settings
@@ -74,28 +75,38 @@ class LeaseLost(Exception):
     """Another watcher owns this collection now."""
 
 
+@dataclass(frozen=True)
+class WatcherLinks:
+    """What every collection's watcher of one process shares: the state database, Redis, the
+    publishing Celery app, the run id that holds the leases, and the stop request."""
+
+    state_db: Database[dict[str, Any]]
+    redis: redis.Redis
+    celery: Celery
+    run_id: str
+    stop: threading.Event
+
+
 class CollectionWatcher:
     def __init__(
         self,
         settings: Settings,
         collection: CollectionSettings,
-        production: ProductionReader,
-        state_db: Database[dict[str, Any]],
-        redis_client: redis.Redis,
-        celery: Celery,
-        run_id: str,
-        stop: threading.Event,
+        source: ReadOnlyCollection,
+        links: WatcherLinks,
     ) -> None:
+        """`source` is the collection's read-only production handle (its change stream)."""
         self.settings = settings
         self.collection = collection
         self.name = collection.name
-        self.source = production.collection(collection)
-        self.state_db = state_db
-        self.redis = redis_client
-        self.celery = celery
-        self.run_id = run_id
-        self.stop = stop
-        self.record = WatcherRecord(state_db, self.name, run_id, settings.watcher.lease_seconds)
+        self.source = source
+        self.state_db = links.state_db
+        self.redis = links.redis
+        self.celery = links.celery
+        self.run_id = links.run_id
+        self.stop = links.stop
+        self.record = WatcherRecord(self.state_db, self.name, self.run_id,
+                                    settings.watcher.lease_seconds)
         self.last_error: str | None = None
         self.state = "starting"
         self._fresh_start: str | None = None  # why the next stream must start from now

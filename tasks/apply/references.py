@@ -36,13 +36,13 @@ from pymongo.database import Database
 
 from deployments.in_lists import in_lists
 from deployments.production import ReadOnlyCollection
+from deployments.staging import SIMPLE
 from protocol.names import PENDING_REFERENCES
 from rules.document import Document
 from rules.identity import decode_id, encode_id
 from rules.paths import get_path, split_dotted
 from rules.references import Reference, referenced_ids, translate
 from rules.sync_meta import PID_FIELD, SYNC, read_meta
-from tasks.apply.staging_io import SIMPLE
 
 Republish = Callable[[str, list[str]], None]  # (referencing collection, its pids)
 
@@ -64,6 +64,15 @@ class Follower:
     production: ReadOnlyCollection
 
 
+@dataclass(frozen=True)
+class SubsetLinks:
+    """How subsets follow references: this collection's own `subset.follow` reference, and
+    the collections whose subsets follow this one."""
+
+    follow: Reference | None = None
+    followers: Sequence[Follower] = ()
+
+
 class ReferenceResolver:
     def __init__(
         self,
@@ -73,8 +82,7 @@ class ReferenceResolver:
         state_db: Database[Document],
         referenced_by: Iterable[str] = (),
         republish: Republish | None = None,
-        follow: Reference | None = None,
-        followers: Sequence[Follower] = (),
+        subset: SubsetLinks = SubsetLinks(),
     ) -> None:
         self.name = name
         self.references = references
@@ -82,8 +90,8 @@ class ReferenceResolver:
         self.pending = state_db[PENDING_REFERENCES]
         self.referenced_by = frozenset(referenced_by)
         self.republish = republish
-        self.follow = follow
-        self.followers = tuple(followers)
+        self.follow = subset.follow
+        self.followers = tuple(subset.followers)
 
     def translate(self, documents: Mapping[str, Document | None]) -> dict[str, Document | None]:
         """The documents with their references translated (production `_id` -> staging)."""

@@ -24,7 +24,7 @@ from deployments.staging import SIMPLE
 from protocol.names import DUPLICATE_KEY, KEY_INDEX, PID_INDEX
 from rules.document import Document
 from rules.identity import business_key, decode_id, encode_id, key_digest
-from rules.plan import UNSYNCED, CollectionRules, PlannedWrite, StagingView
+from rules.plan_types import UNSYNCED, CollectionRules, PlannedWrite, StagingView
 from rules.sync_meta import KEY_FIELD, PID_FIELD, SYNC, VERSION_FIELD, read_meta
 from settings.model import CollectionSettings
 
@@ -186,6 +186,10 @@ class TargetCollection:
         matched = int(details.get("nMatched", 0)) + int(details.get("nRemoved", 0))
         report.matched_all = matched >= expected_matches - failed_matches
         return report
+
+    def documents(self, staging_ids: Iterable[Any]) -> dict[str, Document]:
+        """Staging documents in full by `_id`, keyed by encoded `_id` (the dry run's before)."""
+        return {encode_id(doc["_id"]): doc for doc in self._find_in("_id", staging_ids, None)}
 
     def live_holders(self, keys: Iterable[str]) -> set[str]:
         """The business keys that a live (not soft-deleted) staging document holds now."""

@@ -38,6 +38,7 @@ from typing import Any, Literal
 from pymongo.collection import Collection
 
 from deployments.in_lists import in_lists
+from deployments.staging import SIMPLE
 from rules.document import Document
 from rules.id_ranges import IdRange, with_filter
 from rules.identity import decode_id, encode_id
@@ -45,14 +46,8 @@ from rules.sync_meta import DELETED_AT_FIELD, PID_FIELD, SYNC, VERSION_FIELD
 from state.dead_letters import DeadLetterEntry
 from state.resync_progress import add_progress, checkpoint, shrink_batch
 from state.versions import take_version
-from tasks.apply.applier import (
-    ApplyContext,
-    ApplyResult,
-    WriteErrors,
-    apply_changes,
-    apply_documents,
-)
-from tasks.apply.staging_io import SIMPLE
+from tasks.apply.applier import ApplyOptions, apply_changes, apply_documents
+from tasks.apply.context import ApplyContext, ApplyResult, WriteErrors
 from tasks.runtime import Runtime
 
 BY_ID = [("_id", 1)]
@@ -183,8 +178,8 @@ def _copy_batch(run: ChunkRun, version: int, batch: dict[str, Document | None], 
     try:
         # compare_content: staging is read in full and compared, so a resync repairs drift
         # made by hand in staging.
-        result = apply_documents(context, version, dict(batch), ops, compare_content=True,
-                                 staging_known_empty=known_empty, write_unchanged=False)
+        result = apply_documents(context, version, dict(batch), ops, ApplyOptions(
+            compare_content=True, staging_known_empty=known_empty, write_unchanged=False))
     except WriteErrors as refused:
         # A copy has no retry budget of its own: record what staging refused, go on.
         result = dead_letter_refused(run.runtime, run.collection, refused, "resync")

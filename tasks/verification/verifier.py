@@ -33,7 +33,7 @@ from rules.merge import (
 )
 from rules.paths import Path, join_dotted, leaf_paths
 from rules.pii import Masker
-from rules.plan import CollectionRules
+from rules.plan_types import CollectionRules
 from rules.references import Reference, reference_values, references_of
 from rules.subset import in_sample
 from rules.sync_meta import PID_FIELD, SYNC, read_meta

@@ -36,9 +36,9 @@ from rules.merge import production_view
 from rules.pii import Masker
 from rules.sync_meta import read_meta
 from settings.model import CollectionSettings
-from state.dead_letters import DeadLetterStore
 from state.versions import take_version
-from tasks.apply.applier import ApplyContext, apply_documents
+from tasks.apply.applier import apply_documents
+from tasks.apply.context import ApplyContext
 from tests.support.backends import MongoPair
 
 PIDS = ["p0", "p1", "p2"]
@@ -96,7 +96,6 @@ def new_world(clients: Any) -> World:
     state = staging[f"pst_{tag}"]
     context = ApplyContext.build(
         collection, Masker({}, b""), reader.collection(collection), staging, state,
-        DeadLetterStore(state),
     )
     return World(context, prod_writer[f"pp_{tag}"]["orders"], staging[f"ps_{tag}"]["orders"],
                  state)

@@ -28,8 +28,8 @@ from deployments.staging import connect_staging
 from deployments.staging_indexes import ensure_indexes
 from rules.identity import encode_id
 from rules.pii import Masker
-from state.dead_letters import DeadLetterStore
-from tasks.apply.applier import ApplyContext, apply_changes
+from tasks.apply.applier import apply_changes
+from tasks.apply.context import ApplyContext
 from tests.support.pipeline import Pipeline, wait_for
 
 TIMEOUT = 30
@@ -116,7 +116,7 @@ def context_for(pipeline: Pipeline) -> tuple[ApplyContext, Any, Any]:
     ensure_indexes(staging, settings)
     state = staging[settings.staging.state_db]
     context = ApplyContext.build(collection, Masker({}, b""), production.collection(collection),
-                                 staging, state, DeadLetterStore(state))
+                                 staging, state,)
     return context, production, staging
 
 

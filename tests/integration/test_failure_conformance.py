@@ -35,11 +35,11 @@ from deployments.staging_indexes import ensure_indexes
 from protocol.names import RESYNCS
 from rules.identity import encode_id
 from rules.pii import Masker
-from state.dead_letters import DeadLetterStore
-from tasks.apply.applier import ApplyContext, apply_changes
+from tasks.apply.applier import apply_changes
+from tasks.apply.context import ApplyContext
 from tasks.celery_options import celery_options
 from tests.support.pipeline import Pipeline, wait_for
-from watcher.stream import CollectionWatcher
+from watcher.stream import CollectionWatcher, WatcherLinks
 
 TOKEN = {"_data": "826B0000000000000002"}
 
@@ -104,7 +104,6 @@ def watcher_factory(
     # A Celery app of its own: the package's app reads its configuration once per process.
     celery_app = Celery("conformance")
     celery_app.conf.update(celery_options(settings))
-    production = ProductionReader(settings.prod)
     staging = connect_staging(settings.staging)
     ensure_indexes(staging, settings)
     client = redis.Redis.from_url(settings.redis_url)
@@ -112,10 +111,10 @@ def watcher_factory(
     threads: list[threading.Thread] = []
 
     def make(source: FakeSource) -> tuple[CollectionWatcher, Any]:
-        watcher = CollectionWatcher(settings, settings.collections[0], production,
-                                    staging[settings.staging.state_db], client, celery_app,
-                                    "conformance", stop)
-        watcher.source = source  # type: ignore[assignment]
+        links = WatcherLinks(staging[settings.staging.state_db], client, celery_app,
+                             "conformance", stop)
+        watcher = CollectionWatcher(settings, settings.collections[0],
+                                    source, links)  # type: ignore[arg-type]
         thread = threading.Thread(target=watcher.run, daemon=True)
         thread.start()
         threads.append(thread)
@@ -125,7 +124,6 @@ def watcher_factory(
     stop.set()
     for thread in threads:
         thread.join(20)
-    production.close()
     staging.close()
     client.close()
 
@@ -168,7 +166,9 @@ def test_fatal_errors_mid_stream_start_a_resync(
     seed_checkpoint(pipeline.state(), name)
     source = FakeSource([fresh(TOKEN, [ending]), fresh({"_data": "after"})])
     _, state = watcher_factory(source)
-    wait_for(lambda: resync_reasons(state), 20, "resync started")
+    reasons = wait_for(lambda: resync_reasons(state), 20, "resync started")
+    assert len(reasons) == 1, reasons
+    assert f"code {ending.code}" in reasons[0] and "history lost" in reasons[0], reasons
     wait_for(lambda: (state["watchers"].find_one({"_id": name}) or {}).get("token")
              == {"_data": "after"}, 20, "streaming again from a fresh token")
 
@@ -202,7 +202,7 @@ def test_a_duplicate_key_race_is_replanned_and_a_step_down_is_transient(
     ensure_indexes(staging, settings)
     state = staging[settings.staging.state_db]
     context = ApplyContext.build(collection, Masker({}, b""), production.collection(collection),
-                                 staging, state, DeadLetterStore(state))
+                                 staging, state,)
     pid = pipeline.prod().insert_one({"userEmail": "r@corp.test", "accountId": 1}).inserted_id
     real = context.target.collection
     calls: list[int] = []

@@ -26,8 +26,8 @@ from rules.identity import encode_id
 from rules.pii import Masker
 from rules.references import references_of
 from settings.model import CollectionSettings, Settings
-from state.dead_letters import DeadLetterStore
-from tasks.apply.applier import ApplyContext, apply_changes
+from tasks.apply.applier import apply_changes
+from tasks.apply.context import ApplyContext
 from tasks.apply.references import ReferenceResolver, Target
 
 EMAILS = ["a@x", "b@x", "c@x"]
@@ -60,13 +60,12 @@ def new_world(clients: tuple[ProductionReader, Any, Any]) -> World:
     world_again: list[str] = []
     user_targets = {users.name: Target(staging[users.target_db][users.target_collection])}
     users_context = ApplyContext.build(
-        users, Masker({}, b""), reader.collection(users), staging, state, DeadLetterStore(state),
+        users, Masker({}, b""), reader.collection(users), staging, state,
         ReferenceResolver(users.name, (), {}, state, [orders.name],
                           lambda _collection, pids: world_again.extend(pids)),
     )
     orders_context = ApplyContext.build(
         orders, Masker({}, b""), reader.collection(orders), staging, state,
-        DeadLetterStore(state),
         ReferenceResolver(orders.name, references_of(orders.references), user_targets, state),
     )
     world = World(users_context, orders_context, writer[f"rp_{tag}"], staging[f"rs_{tag}"])

@@ -22,9 +22,9 @@ from rules.identity import encode_id
 from rules.pii import Masker
 from rules.references import Reference, references_of
 from settings.model import CollectionSettings, Settings
-from state.dead_letters import DeadLetterStore
-from tasks.apply.applier import ApplyContext, apply_changes
-from tasks.apply.references import Follower, ReferenceResolver, Target
+from tasks.apply.applier import apply_changes
+from tasks.apply.context import ApplyContext
+from tasks.apply.references import Follower, ReferenceResolver, SubsetLinks, Target
 
 CODES = ["A", "B", "C"]
 EXAMPLES = int(os.environ.get("STAGESYNC_PROPERTY_EXAMPLES", "25"))
@@ -65,16 +65,15 @@ def new_world(clients: tuple[ProductionReader, Any, Any]) -> World:
     follow = Reference("accountId", accounts.name)
     accounts_context = ApplyContext.build(
         accounts, Masker({}, b""), reader.collection(accounts), staging, state,
-        DeadLetterStore(state),
         ReferenceResolver(accounts.name, (), {}, state, [orders.name], republish,
-                          followers=[Follower(orders.name, follow, reader.collection(orders))]),
+                          subset=SubsetLinks(followers=[
+                              Follower(orders.name, follow, reader.collection(orders))])),
     )
     orders_context = ApplyContext.build(
         orders, Masker({}, b""), reader.collection(orders), staging, state,
-        DeadLetterStore(state),
         ReferenceResolver(orders.name, references_of(orders.references),
                           {accounts.name: Target(staging[f"ss_{tag}"]["accounts"])}, state,
-                          follow=follow),
+                          subset=SubsetLinks(follow=follow)),
     )
     world = World(accounts_context, orders_context, writer[f"sp_{tag}"], staging[f"ss_{tag}"])
     world.again = again

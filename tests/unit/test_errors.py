@@ -15,7 +15,7 @@ from pymongo.errors import (
 
 from deployments.failures import is_transient
 from state.versions import VersionCounterError
-from tasks.apply.applier import ContentionError, WriteErrors
+from tasks.apply.context import ContentionError, WriteErrors
 from tasks.apply.staging_io import _on_sync_index
 from tasks.apply_batch import _backoff
 

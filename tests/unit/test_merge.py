@@ -7,6 +7,8 @@ survives a merge. Pure functions, no I/O.
 from __future__ import annotations
 
 import copy
+import hashlib
+import re
 import uuid
 from collections.abc import Mapping
 from datetime import datetime
@@ -14,7 +16,8 @@ from typing import Any
 
 import bson
 import pytest
-from bson import Binary, Int64, ObjectId
+from bson import Binary, Int64, ObjectId, json_util
+from bson.json_util import CANONICAL_JSON_OPTIONS
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -323,9 +326,14 @@ def test_business_key_falsy_values_are_still_keys(falsy: Any) -> None:
 
 
 def test_key_digest_is_stable_and_short() -> None:
+    """The SHA-256 of the canonical Extended JSON of the key's values, as 64 hex digits: the
+    same in every process (no Python `hash`), and distinct for distinct keys."""
     digest = key_digest(["a@example.com", 42])
     assert digest == key_digest(["a@example.com", 42])
-    assert len(digest) == 64 and int(digest, 16) >= 0
+    assert re.fullmatch(r"[0-9a-f]{64}", digest)
+    canonical = json_util.dumps(["a@example.com", 42], json_options=CANONICAL_JSON_OPTIONS)
+    assert digest == hashlib.sha256(canonical.encode()).hexdigest()
+    assert digest != key_digest(["a@example.com", 43])
 
 
 @pytest.mark.parametrize(

@@ -22,14 +22,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from rules.pii import (
-    FAKE_EMAIL_DOMAINS,
     REDACTED,
     Masker,
     PiiError,
     paths_matched,
-    pseudonym,
-    rules_fingerprint,
 )
+from rules.pii_digests import pseudonym, rules_fingerprint
+from rules.pii_fakes import FAKE_EMAIL_DOMAINS
 from settings.model import CollectionSettings
 from settings.pii_rules import PiiRule, parse_pii_rule
 

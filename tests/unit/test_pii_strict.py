@@ -9,7 +9,8 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rules.pii import MAX_PENDING_PATHS, REDACTED, Masker, pseudonym, rules_fingerprint
+from rules.pii import MAX_PENDING_PATHS, REDACTED, Masker
+from rules.pii_digests import pseudonym, rules_fingerprint
 from rules.pii_strict import Classification, classified_paths
 from settings.model import CollectionSettings
 from settings.pii_rules import parse_pii_rule

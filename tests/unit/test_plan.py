@@ -10,14 +10,8 @@ from bson import ObjectId
 
 from rules.identity import encode_id
 from rules.merge import fingerprint, owned_paths, production_content
-from rules.plan import (
-    UNSYNCED,
-    BatchPlan,
-    CollectionRules,
-    PlannedWrite,
-    StagingView,
-    plan_batch,
-)
+from rules.plan import plan_batch
+from rules.plan_types import UNSYNCED, BatchPlan, CollectionRules, PlannedWrite, StagingView
 from rules.sync_meta import encode_owned, read_meta
 from settings.model import CollectionSettings
 

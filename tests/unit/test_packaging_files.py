@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+import esprima
 import pytest
 import yaml
 
@@ -224,12 +225,15 @@ def test_mongo_services_are_self_initiating_single_node_replica_sets(
     assert any(str(volume).endswith(":/data/db") for volume in volumes), "data must persist"
 
 
-def test_mongo_healthcheck_script_is_valid_javascript_shape(services: dict[str, Any]) -> None:
-    """Braces and parentheses balance: a typo here would keep the service unhealthy forever."""
+def test_mongo_healthcheck_script_is_valid_javascript(services: dict[str, Any]) -> None:
+    """The script parses as JavaScript: a typo here would keep the service unhealthy forever.
+    The parser is strict enough to refuse the script with one brace missing."""
     for name in REPLICA_SETS:
         script = services[name]["healthcheck"]["test"][-1]
-        for opening, closing in ("{}", "()", "[]"):
-            assert script.count(opening) == script.count(closing), (name, opening)
+        tree = esprima.parseScript(script)
+        assert tree.body, name
+        with pytest.raises(esprima.Error):
+            esprima.parseScript(script.replace("}", "", 1))
 
 
 def test_redis_persists_and_is_health_checked(compose: dict[str, Any],

@@ -1,0 +1,147 @@
+"""What one collection's applies need (built once per worker process) and what an apply
+returns; the errors an apply raises; and the plan-only sink of `stagesync watch --dry-run`."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from pymongo import MongoClient
+from pymongo.database import Database
+
+from deployments.failures import TransientError
+from deployments.production import ReadOnlyCollection, read_documents
+from rules.document import Document
+from rules.identity import decode_id, encode_id
+from rules.pii import Masker
+from rules.plan_types import CollectionRules, DeadLetter, PlannedWrite
+from rules.subset import in_sample
+from settings.model import CollectionSettings
+from state.dead_letters import DeadLetterStore
+from state.unclassified_paths import held_count, record_unclassified
+from tasks.apply.references import ReferenceResolver
+from tasks.apply.staging_io import TargetCollection, WriteReport
+from tasks.metrics import UNCLASSIFIED_PATHS
+
+
+class ContentionError(TransientError):
+    """Writes kept losing races for several rounds; retry the task with a new version."""
+
+
+class WriteErrors(RuntimeError):
+    """Staging refused some writes for good reasons of its own (a user's unique index, a
+    validator, a size limit). Raised after the rest of the batch is done, so the task can
+    retry and isolate the failing changes before they are dead-lettered."""
+
+    def __init__(self, errors: Mapping[str, str]) -> None:
+        super().__init__(f"{len(errors)} write(s) refused by staging: "
+                         + "; ".join(sorted(set(errors.values()))[:3]))
+        self.errors = dict(errors)
+
+
+@dataclass
+class PlanOnly:
+    """Where a plan-only apply puts what it would write, instead of writing it.
+
+    The dry run goes through the real apply path (same reads, reference translation, rounds
+    and key hand-overs), so it prints the writes an apply would make; every write is taken as
+    landed, since nothing races a plan that writes nothing. Where a real apply would re-read
+    staging after its first writes (a key handed over within the batch), the plan stops and
+    names those changes in `replanned`.
+    """
+
+    writes: list[PlannedWrite] = field(default_factory=list)
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+    # Changes the apply would plan again after its writes (a business key handed over).
+    replanned: set[str] = field(default_factory=set)
+    # What the writes were planned from: masked, references translated, by pid.
+    content: dict[str, Document | None] = field(default_factory=dict)
+
+    def execute(self, writes: Sequence[PlannedWrite]) -> WriteReport:
+        self.writes.extend(writes)
+        return WriteReport()
+
+
+@dataclass
+class ApplyContext:
+    """Everything one collection's applies need, built once per worker process."""
+
+    settings: CollectionSettings
+    rules: CollectionRules
+    masker: Masker
+    production: ReadOnlyCollection
+    target: TargetCollection
+    state_db: Database[Document]
+    dead_letters: DeadLetterStore
+    references: ReferenceResolver | None = None
+    secret: bytes = b""  # keys the `subset: {percent}` sample
+
+    @classmethod
+    def build(
+        cls,
+        settings: CollectionSettings,
+        masker: Masker,
+        production: ReadOnlyCollection,
+        staging: MongoClient[Document],
+        state_db: Database[Document],
+        references: ReferenceResolver | None = None,
+        secret: bytes = b"",
+    ) -> ApplyContext:
+        rules = CollectionRules.from_settings(settings)
+        return cls(settings, rules, masker, production,
+                   TargetCollection(staging, settings, rules), state_db,
+                   DeadLetterStore(state_db), references, secret)
+
+    @property
+    def name(self) -> str:
+        return self.settings.name
+
+    def sampled(self, pid: str) -> bool:
+        """In the `subset: {percent}` sample (always, without one)."""
+        subset = self.settings.subset
+        return subset is None or subset.percent is None or in_sample(
+            pid, subset.percent, self.secret)
+
+    def read_production(self, pids: Iterable[str], record: bool = True
+                        ) -> dict[str, Document | None]:
+        """Current production documents, masked the moment they are read; None when gone.
+        `record=False` (a plan-only apply) leaves the strict mode's record alone."""
+        wanted = list(dict.fromkeys(pids))
+        found: dict[str, Document | None] = dict.fromkeys(wanted)
+        documents = read_documents(
+            self.production, [decode_id(pid) for pid in wanted], self.settings.filter
+        )
+        for document in documents:
+            pid = encode_id(document["_id"])
+            if not self.sampled(pid):
+                continue  # outside the sample: for staging, as if production had none
+            if pid in found:
+                found[pid] = self.masker.mask(document)
+        if record:
+            self.record_unclassified()
+        else:
+            self.masker.take_unclassified()
+        return found
+
+    def record_unclassified(self) -> None:
+        """Strict PII mode: record the paths the masking left out, never their values."""
+        paths = self.masker.take_unclassified()
+        if paths:
+            record_unclassified(self.state_db, self.name, paths)
+            UNCLASSIFIED_PATHS.labels(self.name).set(held_count(self.state_db, self.name))
+
+
+@dataclass
+class ApplyResult:
+    version: int
+    outcomes: Counter[str] = field(default_factory=Counter)
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+    rounds: int = 0
+    staging_writes: int = 0
+    # The staging `_id` of every document this apply wrote or found up to date, by pid.
+    staging_ids: dict[str, Any] = field(default_factory=dict)
+    # Pids whose copy became live (created, adopted, revived) or stopped being live.
+    entered: set[str] = field(default_factory=set)
+    left: set[str] = field(default_factory=set)

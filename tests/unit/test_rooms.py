@@ -1,0 +1,103 @@
+"""The rooms keep their promises: the watcher loads no task, `tasks` imports nothing until its
+app is asked for, the pure rules import nothing but `settings`, and imports point one way."""
+
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+PRODUCT = ("settings", "protocol", "rules", "deployments", "state", "watcher", "tasks", "cli")
+# Which rooms each room may import (DESIGN: cli above watcher and tasks, both above the shared
+# rooms, all above settings).
+ALLOWED = {
+    "settings": {"settings"},
+    "protocol": {"protocol", "settings"},
+    "rules": {"rules", "settings"},
+    "deployments": {"deployments", "protocol", "rules", "settings"},
+    "state": {"state", "deployments", "protocol", "rules", "settings"},
+    "watcher": {"watcher", "tasks", "state", "deployments", "protocol", "rules", "settings"},
+    "tasks": {"tasks", "state", "deployments", "protocol", "rules", "settings"},
+    "cli": set(PRODUCT),
+}
+
+
+def _modules(room: str) -> list[tuple[str, ast.Module]]:
+    found = []
+    for path in sorted((REPO / room).rglob("*.py")):
+        name = ".".join(path.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__")
+        found.append((name, ast.parse(path.read_text(), str(path))))
+    return found
+
+
+def _imported(tree: ast.Module) -> set[str]:
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+    return names
+
+
+def task_modules() -> set[str]:
+    """Every product module that defines a Celery task (`@app.task(...)`)."""
+    defining = set()
+    for room in PRODUCT:
+        for name, tree in _modules(room):
+            for node in ast.walk(tree):
+                if isinstance(node, ast.FunctionDef) and any(
+                    isinstance(d, ast.Call) and isinstance(d.func, ast.Attribute)
+                    and d.func.attr == "task" for d in node.decorator_list
+                ):
+                    defining.add(name)
+    return defining
+
+
+def _loaded_after(statement: str) -> list[str]:
+    code = f"import json, sys\n{statement}\nprint(json.dumps(sorted(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                         text=True, check=True, timeout=120)
+    return list(json.loads(out.stdout))
+
+
+def test_the_task_modules_are_found() -> None:
+    assert {"tasks.apply_batch", "tasks.resync", "tasks.replay", "tasks.maintenance"} <= \
+        task_modules()
+
+
+def test_the_watcher_loads_no_module_that_defines_a_task() -> None:
+    loaded = set(_loaded_after("import watcher.stream, watcher.runner"))
+    assert "watcher.stream" in loaded
+    assert not loaded & task_modules(), sorted(loaded & task_modules())
+
+
+def test_importing_tasks_imports_nothing_until_the_app_is_asked_for() -> None:
+    loaded = _loaded_after("import tasks")
+    assert [m for m in loaded if m.startswith("tasks.") or m == "celery"] == []
+    found = _loaded_after(
+        "from celery.app.utils import find_app\n"
+        "app = find_app('tasks')\n"
+        "assert type(app).__name__ == 'Celery' and app.main == 'stagesync', app")
+    assert "tasks.celery_app" in found
+
+
+@pytest.mark.parametrize("room", PRODUCT)
+def test_imports_point_one_way(room: str) -> None:
+    wrong = {}
+    for name, tree in _modules(room):
+        rooms = {imported.split(".")[0] for imported in _imported(tree)} & set(PRODUCT)
+        if rooms - ALLOWED[room]:
+            wrong[name] = sorted(rooms - ALLOWED[room])
+    assert wrong == {}
+
+
+def test_the_watcher_imports_from_tasks_only_the_enqueue_module_and_the_app() -> None:
+    used = {imported for _, tree in _modules("watcher") for imported in _imported(tree)
+            if imported.split(".")[0] == "tasks"}
+    assert used <= {"tasks.enqueue", "tasks.celery_app"}, used
