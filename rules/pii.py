@@ -231,30 +231,18 @@ class _Rule:
         if isinstance(node, Mapping):
             if name not in node:
                 return node
-            child = node[name]
             if last and self.drop:
                 changed = owned.dict(node)
                 del changed[name]
                 return changed
-            replacement = self.transform(child) if last else self.apply(child, index + 1, owned)
-            if replacement is child:
-                return node
-            changed = owned.dict(node)
-            changed[name] = replacement
-            return changed
+            return self._replace(node, name, index, owned)
         if isinstance(node, list):
             position = self.positions[index]
             if position is not None:
                 if position >= len(node):
                     return node
-                child = node[position]
                 # On an array element, drop sets None: the other positions must not shift.
-                replacement = self.transform(child) if last else self.apply(child, index + 1, owned)
-                if replacement is child:
-                    return node
-                changed_list = owned.list(node)
-                changed_list[position] = replacement
-                return changed_list
+                return self._replace(node, position, index, owned)
             result = node
             for position, element in enumerate(node):
                 if isinstance(element, Mapping | list):
@@ -265,6 +253,19 @@ class _Rule:
                         result[position] = replacement
             return result
         return node
+
+
+    def _replace(self, node: Any, at: str | int, index: int, owned: _Owned) -> Any:
+        """`node` with its child `at` masked (the last step) or walked into; the same object
+        when nothing changed, else a copy of our own."""
+        child = node[at]
+        last = index == len(self.path) - 1
+        replacement = self.transform(child) if last else self.apply(child, index + 1, owned)
+        if replacement is child:
+            return node
+        changed = owned.dict(node) if isinstance(at, str) else owned.list(node)
+        changed[at] = replacement
+        return changed
 
 
 def _to_none(value: Any) -> None:

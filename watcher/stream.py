@@ -431,9 +431,11 @@ class CollectionWatcher:
             self.record.release()
 
 
+@dataclass
 class _Clocks:
-    def __init__(self) -> None:
-        self.housekeeping = 0.0
-        self.lease = 0.0
-        self.heartbeat = 0.0
-        self.resync = 0.0
+    """When each periodic duty of the loop is next due (monotonic seconds)."""
+
+    housekeeping: float = 0.0
+    lease: float = 0.0
+    heartbeat: float = 0.0
+    resync: float = 0.0
