@@ -1,0 +1,52 @@
+"""`encode_id` / `decode_id` spell the common `_id` types directly: the spelling must stay
+exactly `json_util`'s canonical Extended JSON, and must read back to the same type and value,
+since staging's `_sync.pid` index and every message already hold `json_util`'s spelling."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from bson import Binary, Decimal128, Int64, ObjectId, json_util
+from bson.json_util import CANONICAL_JSON_OPTIONS
+from hypothesis import given
+from hypothesis import strategies as st
+
+from rules.identity import decode_id, encode_id
+
+IDS = st.one_of(
+    st.builds(ObjectId, st.binary(min_size=12, max_size=12)),
+    st.text(),
+    st.integers(min_value=-(2**63), max_value=2**63 - 1),
+    st.integers(min_value=-(2**63), max_value=2**63 - 1).map(Int64),
+    st.floats(allow_nan=False),
+    st.booleans(),
+    st.none(),
+    st.uuids().map(lambda u: Binary.from_uuid(u)),
+    st.decimals(allow_nan=False, allow_infinity=False, places=3).map(Decimal128),
+    st.dictionaries(st.sampled_from(["a", "b"]), st.integers(0, 5), max_size=2),
+)
+
+
+def reference(value: Any) -> str:
+    return json_util.dumps(value, json_options=CANONICAL_JSON_OPTIONS)
+
+
+@given(IDS)
+def test_the_spelling_is_json_utils_and_reads_back_exactly(value: Any) -> None:
+    encoded = encode_id(value)
+    assert encoded == reference(value)
+    decoded = decode_id(encoded)
+    expected = json_util.loads(encoded, json_options=CANONICAL_JSON_OPTIONS)
+    assert type(decoded) is type(expected)
+    assert reference(decoded) == encoded
+
+
+def test_a_uuid_is_spelt_as_its_binary() -> None:
+    value = uuid.uuid4()
+    assert encode_id(value) == reference(Binary.from_uuid(value))
+
+
+def test_an_int_beyond_int64_is_left_to_json_util() -> None:
+    big = 2**63
+    assert encode_id(big) == reference(big)
