@@ -56,8 +56,7 @@ class Runtime:
             UNCLASSIFIED_PATHS.labels(name).set(held_count(self.state_db, name))
             context = ApplyContext.build(
                 collection, masker, self.production.collection(collection), self.staging,
-                self.state_db, self.dead_letters, self._references(collection),
-                self.settings.secret_bytes(),
+                self.state_db, self._references(collection), self.settings.secret_bytes(),
             )
             self._contexts[name] = context
         return context
