@@ -263,7 +263,7 @@ class _Rule:
         replacement = self.transform(child) if last else self.apply(child, index + 1, owned)
         if replacement is child:
             return node
-        changed = owned.dict(node) if isinstance(at, str) else owned.list(node)
+        changed: Any = owned.dict(node) if isinstance(at, str) else owned.list(node)
         changed[at] = replacement
         return changed
 

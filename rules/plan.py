@@ -271,14 +271,14 @@ def _plan_write(state: PlanningRound, change: _Change, document: Mapping[str, An
         created = {"_id": staging_id, **content}
         set_path(created, rules.soft_delete_field, False)
         created[SYNC] = meta
-        write: PlannedWrite | None = PlannedWrite(pid, staging_id, None, "created", created,
-                                                  enters=True)
+        write = PlannedWrite(pid, staging_id, None, "created", created, enters=True)
     elif _unchanged(state, change, target, content, digest):
         write = version_only(pid, target, target_meta, state.version, "unchanged")
     else:
-        write = _update(state, change, document, target, meta)
-        if write is None:
+        update = _update(state, change, document, target, meta)
+        if update is None:
             return
+        write = update
     _claim(state, change, write, target)
 
 

@@ -39,7 +39,7 @@ from rules.subset import in_sample
 from rules.sync_meta import PID_FIELD, SYNC, read_meta
 from settings.model import CollectionSettings, Settings
 from state.dead_letters import DeadLetterStore
-from tasks.apply.references import ReferenceResolver, Target
+from tasks.apply.references import ReferenceResolver, SubsetLinks, Target
 
 CHUNK = 1000
 RECHECKS = 3
@@ -115,7 +115,7 @@ class Verifier:
         self.follow = Reference(follow, collection.references[follow]) if follow else None
         self.resolver = ReferenceResolver(
             collection.name, self.references, targets,
-            self.staging_client[settings.staging.state_db], follow=self.follow,
+            self.staging_client[settings.staging.state_db], subset=SubsetLinks(self.follow),
         )
         self.secret = settings.secret_bytes()
 
