@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import random
+import re
 import threading
 import time
 from collections.abc import Mapping
@@ -35,7 +36,7 @@ from pymongo.errors import OperationFailure, PyMongoError
 
 from deployments.production import ProductionReader
 from settings.model import CollectionSettings, Settings
-from tasks.constants import done_key, epoch_key, stats_key, watcher_key
+from tasks.constants import RESYNCS, done_key, epoch_key, stats_key, watcher_key
 from tasks.dead_letters import DeadLetterStore
 from tasks.publish import publish_apply
 from tasks.replay import start_replay
@@ -62,6 +63,8 @@ RESYNC_CHECK_SECONDS = 5.0
 DONE_DRAIN = 1000
 SHUTDOWN_GRACE_SECONDS = 5.0
 DEAD_LETTER_COUNT_SECONDS = 10.0
+# How often the oplog window is read for the headroom gauge (two small reads of production).
+OPLOG_CHECK_SECONDS = 30.0
 # How long one getMore may wait for new changes on servers that honour it: bounds the latency
 # of a change that arrives while a partial batch is buffered.
 STREAM_AWAIT_MS = 100
@@ -90,6 +93,7 @@ class CollectionWatcher:
         self.settings = settings
         self.collection = collection
         self.name = collection.name
+        self.production = production
         self.source = production.collection(collection)
         self.state_db = state_db
         self.redis = redis_client
@@ -110,6 +114,10 @@ class CollectionWatcher:
         self._queues_busy_at = 0.0
         self._dead_letters = 0
         self._dead_letters_at = 0.0
+        self._oplog_seconds: float | None = None
+        self._oplog_at = 0.0
+        # At 0 from the start, so that the first loss is an increase an alert can see.
+        metrics.HISTORY_LOST.labels(self.name)
 
     # -- outer loop: lease, restarts ------------------------------------------------------
     def run(self) -> None:
@@ -119,6 +127,7 @@ class CollectionWatcher:
                 if not self.record.acquire():
                     self._standby()
                     continue
+                metrics.ACTIVE.labels(self.name).set(1)
                 log.info("streaming", extra={"collection": self.name, "owner": self.run_id})
                 self._stream()
                 failures = 0
@@ -131,6 +140,7 @@ class CollectionWatcher:
                     extra={"collection": self.name, "reason": str(lost)},
                 )
                 self.last_error = f"history lost: {lost}"
+                metrics.HISTORY_LOST.labels(self.name).inc()
                 self._fresh_start = f"history lost: {lost}"
                 failures = 0
             except Exception as error:
@@ -142,10 +152,12 @@ class CollectionWatcher:
                                  "retry_in": round(pause, 2)})
                 self._heartbeat_quietly(state="restarting")
                 self.stop.wait(pause)
+        metrics.ACTIVE.labels(self.name).set(0)
         self._release_quietly()
 
     def _standby(self) -> None:
         self.state = "standby"
+        metrics.ACTIVE.labels(self.name).set(0)
         self._heartbeat_quietly(state="standby", owner=False)
         self.stop.wait(max(0.5, self.settings.watcher.lease_seconds / 5))
 
@@ -289,6 +301,7 @@ class CollectionWatcher:
         if now >= clock.resync:
             clock.resync = now + RESYNC_CHECK_SECONDS
             self._watch_pending_resync()
+            self._resync_metrics()
 
     def _republish(self, batches: list[Any], why: str) -> None:
         if not batches:
@@ -365,6 +378,28 @@ class CollectionWatcher:
             self._resync_marker = None
             self._begin_resync(f"resync {pending} made no progress (tasks lost?)")
 
+    def _resync_metrics(self) -> None:
+        """Running resyncs and the newest one's progress, from the resync records alone: the
+        `_id`s start with the collection's name, so the `_id` index bounds the scan (chunk
+        records share the prefix but fail the anchored pattern on the index key)."""
+        pattern = f"^{re.escape(self.name)}-[0-9]{{8}}T[0-9]{{6}}-[0-9a-f]{{6}}$"
+        records = list(self.state_db[RESYNCS].find(
+            {"_id": {"$regex": pattern}, "kind": "resync", "collection": self.name},
+            {"state": 1, "startedAt": 1, "docs": 1, "total": 1}))
+        now = datetime.now(UTC)
+
+        def started(record: Mapping[str, Any]) -> datetime:
+            moment = record.get("startedAt") or now
+            return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+        running = [r for r in records if r.get("state") not in ("done", "failed")]
+        metrics.RESYNCS_RUNNING.labels(self.name).set(len(running))
+        metrics.RESYNC_RUNNING_SECONDS.labels(self.name).set(
+            max(((now - started(r)).total_seconds() for r in running), default=0.0))
+        newest = max(records, key=started, default={})
+        metrics.RESYNC_DONE.labels(self.name).set(int(newest.get("docs") or 0))
+        metrics.RESYNC_EXPECTED.labels(self.name).set(int(newest.get("total") or 0))
+
     def _replay_held_schema_versions(self) -> None:
         """Documents held for their schema version get another chance whenever a watcher
         starts streaming (typically after a configuration change accepted new versions)."""
@@ -404,6 +439,12 @@ class CollectionWatcher:
         if self._saved_at:
             metrics.CHECKPOINT_AGE.labels(self.name).set(now - self._saved_at)
         metrics.DEAD_LETTERS.labels(self.name).set(self._dead_letters)
+        if now >= self._oplog_at:
+            self._oplog_at = now + OPLOG_CHECK_SECONDS
+            self._oplog_seconds = self.production.oplog_window().seconds
+        if self._oplog_seconds is not None and self._saved_at:
+            metrics.OPLOG_HEADROOM.labels(self.name).set(
+                self._oplog_seconds - (now - self._saved_at))
         for queue in self.collection.queues:
             metrics.QUEUE_DEPTH.labels(queue).set(queue_depth(self.redis, queue))
 
