@@ -87,12 +87,22 @@ LAST_APPLIED = Gauge(
 )
 
 
+# Every kind `tasks.apply_batch` counts: their series exist (at 0) from a collection's first
+# apply on, so dashboards show a flat line rather than nothing, and an alert's `increase()`
+# sees the first failure.
+FAILURE_KINDS = ("transient", "split", "poison", "write_error", "apply_error")
+_seen_collections: set[str] = set()
+
+
 def observe_apply(collection: str, changes: int, seconds: float, waited: float,
                   outcomes: Mapping[str, int], source: str = "stream") -> None:
+    if collection not in _seen_collections:
+        _seen_collections.add(collection)
+        for kind in FAILURE_KINDS:
+            FAILURES.labels(collection, kind)
     BATCH_SIZE.labels(collection).observe(changes)
     APPLY_SECONDS.labels(collection).observe(seconds)
-    if waited:
-        RATE_WAIT.labels(collection).inc(waited)
+    RATE_WAIT.labels(collection).inc(waited)
     for outcome, count in outcomes.items():
         if count:
             APPLIED.labels(collection, outcome, source).inc(count)
@@ -106,6 +116,13 @@ def worker_directory(base: str, node: str) -> Path:
     return root / (re.sub(r"[^A-Za-z0-9_.@-]", "_", node) or "worker")
 
 
+def empty_directory(directory: Path) -> None:
+    """Create the worker's metrics directory, or empty it of an earlier run's files."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for stale in directory.glob("*.db"):
+        stale.unlink()
+
+
 def enable_multiprocess(directory: Path) -> None:
     """Make every value created from now on, in this process and in the children it forks,
     live in `directory`, emptied first.
@@ -115,9 +132,7 @@ def enable_multiprocess(directory: Path) -> None:
     PROMETHEUS_MULTIPROC_DIR alone would be too late: prometheus_client reads it when it is
     first imported, which `celery -A tasks` does while loading the app. And it must not be
     set for every process importing `tasks`: Flower does too, and serves its own registry.)"""
-    directory.mkdir(parents=True, exist_ok=True)
-    for stale in directory.glob("*.db"):
-        stale.unlink()
+    empty_directory(directory)
     os.environ[MULTIPROC_ENV] = str(directory)
     values.ValueClass = values.MultiProcessValue()
 

@@ -116,8 +116,9 @@ class CollectionWatcher:
         self._dead_letters_at = 0.0
         self._oplog_seconds: float | None = None
         self._oplog_at = 0.0
-        # At 0 from the start, so that the first loss is an increase an alert can see.
+        # At 0 from the start, so that the first one is an increase an alert can see.
         metrics.HISTORY_LOST.labels(self.name)
+        metrics.REPUBLISHED.labels(self.name)
 
     # -- outer loop: lease, restarts ------------------------------------------------------
     def run(self) -> None:
