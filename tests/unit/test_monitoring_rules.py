@@ -136,3 +136,26 @@ def test_the_dashboard_has_its_variables_and_every_panel_queries_prometheus() ->
 def test_the_dashboard_has_the_panels_operators_ask_for(panel: str) -> None:
     titles = {p["title"] for p in json.loads(DASHBOARD.read_text())["panels"]}
     assert panel in titles
+
+
+def test_compose_runs_prometheus_grafana_and_alertmanager_in_a_profile() -> None:
+    services = yaml.safe_load((REPO / "docker-compose.yml").read_text())["services"]
+    prometheus, grafana = services["prometheus"], services["grafana"]
+    assert "profiles" not in prometheus and "profiles" not in grafana
+    assert services["alertmanager"]["profiles"] == ["alerting"]
+    for service in (prometheus, grafana, services["alertmanager"]):
+        for volume in service["volumes"]:
+            source = volume.split(":")[0]
+            if source.startswith("./"):
+                assert (REPO / source).exists(), volume
+    assert "--config.file=/etc/prometheus/prometheus.yml" in prometheus["command"]
+    assert "./monitoring/prometheus:/etc/prometheus:ro" in prometheus["volumes"]
+    config = yaml.safe_load(CONFIGS[0].read_text())
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    assert set(jobs) == {"stagesync-watcher", "stagesync-worker", "flower"}
+    # One target per worker replica, found by DNS, on the port the worker service is given.
+    worker_port = services["worker"]["environment"]["STAGESYNC_METRICS__WORKER_PORT_BASE"]
+    assert jobs["stagesync-worker"]["dns_sd_configs"][0]["port"] == int(worker_port)
+    assert config["rule_files"] == [RULES.name]
+    # The job the worker-target alert names is the one scraped.
+    assert 'up{job="stagesync-worker"}' in RULES.read_text()
