@@ -385,7 +385,7 @@ class MetricsSettings(StrictModel):
     watcher_port: Annotated[int, Field(ge=0, le=65535)] = 0
     worker_port_base: Annotated[int, Field(ge=0, le=65535)] = 0
     # Where workers keep their multiprocess metric files, one sub-directory per Celery node
-    # name, emptied at start ("": $TMPDIR/stagesync-metrics).
+    # name, emptied at start ("": $TMPDIR/stagesync-metrics-UID).
     worker_dir: str = ""
 
 

@@ -7,10 +7,10 @@ every process of the worker writes its values into memory-mapped files in one di
 the worker's own, and the worker's main process serves them all, summed, on one port (the
 first free one from `metrics.worker_port_base`; README, "Monitoring"). 0 disables it.
 
-- The directory (`metrics.worker_dir`, default `$TMPDIR/stagesync-metrics`, then the Celery
-  node name) is emptied when the worker starts: files of an earlier run of the same node would
-  otherwise be counted again on top of the new ones (Prometheus sees the restart as a counter
-  reset, as it would for any process).
+- The directory (`metrics.worker_dir`, default `$TMPDIR/stagesync-metrics-UID`, then the
+  Celery node name) is emptied when the worker starts: files of an earlier run of the same
+  node would otherwise be counted again on top of the new ones (Prometheus sees the restart
+  as a counter reset, as it would for any process).
 - A child's counter and histogram files stay when it exits, killed or not: its counts are
   neither lost nor counted twice (a replacement child writes files of its own pid).
 - Gauges say per metric how the children's values combine (`multiprocess_mode`). Files of
@@ -112,7 +112,8 @@ def observe_apply(collection: str, changes: int, seconds: float, waited: float,
 # -- multiprocess mode ------------------------------------------------------------------------
 def worker_directory(base: str, node: str) -> Path:
     """The metrics directory of one worker (Celery node name) on this host."""
-    root = Path(base) if base else Path(tempfile.gettempdir()) / DEFAULT_DIR_NAME
+    # The default is the user's own: another local user cannot have created it first.
+    root = Path(base) if base else Path(tempfile.gettempdir()) / f"{DEFAULT_DIR_NAME}-{os.getuid()}"
     return root / (re.sub(r"[^A-Za-z0-9_.@-]", "_", node) or "worker")
 
 

@@ -80,11 +80,19 @@ class Live:
         return sorted(child.pid for child in psutil.Process(self.worker.process.pid).children())
 
 
-def start_worker(pipeline: Pipeline, concurrency: int) -> Proc:
-    worker = pipeline.start_worker(concurrency=concurrency)
+def wait_pool(pipeline: Pipeline, worker: Proc, concurrency: int) -> Proc:
     wait_for(lambda: len(psutil.Process(worker.process.pid).children()) == concurrency,
              TIMEOUT, f"{concurrency} pool children", pipeline)
     return worker
+
+
+def stop_all(pipeline: Pipeline, prometheus: PrometheusServer) -> None:
+    """Everything asked to stop at once, then waited for (one by one costs seconds each)."""
+    for proc in pipeline.procs:
+        if proc.alive():
+            os.killpg(proc.process.pid, signal.SIGTERM)
+    prometheus.stop()
+    pipeline.stop()  # waits for each, SIGKILLs a straggler, closes the clients
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +113,7 @@ def live(mongo_pair: MongoPair, redis_base: str,
                                      "worker_dir": str(metrics_dir)}})
     prometheus = PrometheusServer(free_port(), workdir / "prometheus")
     try:
-        worker = start_worker(pipeline, 2)
+        worker = pipeline.start_worker(concurrency=2)
         pipeline.start("flower", [str(VENV_BIN / "celery"), "-A", "tasks", "flower",
                                   f"--port={flower_port}", "--address=127.0.0.1"])
         pipeline.start_watcher()
@@ -117,6 +125,7 @@ def live(mongo_pair: MongoPair, redis_base: str,
             {"job_name": "flower",
              "static_configs": [{"targets": [f"127.0.0.1:{flower_port}"]}]},
         ])
+        wait_pool(pipeline, worker, 2)
         pipeline.wait_bootstrapped()
         # Flower turns the workers' task events on once it runs (Celery's `enable_events`):
         # before that, no task reaches Flower's figures.
@@ -125,8 +134,7 @@ def live(mongo_pair: MongoPair, redis_base: str,
         yield Live(pipeline, prometheus, worker, worker_port, metrics_dir,
                    pipeline.collections[0]["name"])
     finally:
-        prometheus.stop()
-        pipeline.stop()
+        stop_all(pipeline, prometheus)
 
 
 def _all_targets_up(live: Live) -> list[dict[str, Any]] | None:
@@ -201,7 +209,7 @@ def test_a_killed_pool_child_counts_neither_lost_nor_twice(live: Live) -> None:
 def test_changing_concurrency_needs_no_scrape_change(live: Live) -> None:
     targets_before = [t["scrapeUrl"] for t in live.prometheus.targets()]
     live.worker.terminate()
-    live.worker = start_worker(live.pipeline, 3)
+    live.worker = wait_pool(live.pipeline, live.pipeline.start_worker(concurrency=3), 3)
     live.baseline = live.inserted
     live.insert()
     # The new worker (another node, a fresh directory) on the same port: the same target,

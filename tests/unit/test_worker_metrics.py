@@ -18,7 +18,8 @@ def test_each_worker_node_has_a_directory_of_its_own(tmp_path: Path) -> None:
     assert one != two and one.parent == two.parent == tmp_path
     # A node name is not a path: nothing climbs out of the base directory.
     assert metrics.worker_directory(str(tmp_path), "../../etc/x").parent == tmp_path
-    assert metrics.worker_directory("", "w@h").parent.name == metrics.DEFAULT_DIR_NAME
+    assert metrics.worker_directory("", "w@h").parent.name == \
+        f"{metrics.DEFAULT_DIR_NAME}-{os.getuid()}"
 
 
 def test_start_empties_the_directory_of_an_earlier_run(tmp_path: Path) -> None:
