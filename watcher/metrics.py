@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from prometheus_client import Counter, Gauge
 
 READ = Counter("stagesync_changes_read_total", "Change events read from production",
@@ -45,3 +47,17 @@ RESYNC_EXPECTED = Gauge("stagesync_resync_documents_expected",
                         "Documents the newest resync of the collection expects (production's "
                         "estimated count when it began, the exact count once done)",
                         ["collection"])
+
+# What only the active watcher of a collection keeps up to date.
+_ACTIVE_ONLY = (LAG, UNAPPLIED, CHECKPOINT_AGE, DEAD_LETTERS, OPLOG_HEADROOM, RESYNCS_RUNNING,
+                RESYNC_RUNNING_SECONDS, RESYNC_DONE, RESYNC_EXPECTED)
+
+
+def forget_active(collection: str, queues: Iterable[str]) -> None:
+    """A watcher standing by drops the figures it kept while active: frozen at their last
+    value they would pass for the active watcher's (a stale lag, a stale headroom) in every
+    aggregation over watchers. Counters stay."""
+    for gauge in _ACTIVE_ONLY:
+        gauge.remove(collection)
+    for queue in queues:
+        QUEUE_DEPTH.remove(queue)

@@ -159,6 +159,7 @@ class CollectionWatcher:
     def _standby(self) -> None:
         self.state = "standby"
         metrics.ACTIVE.labels(self.name).set(0)
+        metrics.forget_active(self.name, self.collection.queues)
         self._heartbeat_quietly(state="standby", owner=False)
         self.stop.wait(max(0.5, self.settings.watcher.lease_seconds / 5))
 

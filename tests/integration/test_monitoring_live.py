@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +46,7 @@ class Live:
     worker_port: int
     metrics_dir: Path
     name: str
+    standby_port: int
     inserted: int = 0  # documents inserted since the bootstrap (each created exactly once)
     baseline: int = 0  # of those, inserted before the current worker started
     evaluated: list[tuple[str, str, int]] = field(default_factory=list)
@@ -127,12 +129,18 @@ def live(mongo_pair: MongoPair, redis_base: str,
         ])
         wait_pool(pipeline, worker, 2)
         pipeline.wait_bootstrapped()
+        # A second watcher of the collection, which can only stand by (it starts while the
+        # Flower wait below goes on).
+        standby_port = free_port()
+        pipeline.start("watcher", ["/usr/bin/env",
+                                   f"STAGESYNC_METRICS__WATCHER_PORT={standby_port}",
+                                   str(VENV_BIN / "stagesync"), "watch"])
         # Flower turns the workers' task events on once it runs (Celery's `enable_events`):
         # before that, no task reaches Flower's figures.
         wait_for(lambda: "Events of group {task} enabled" in worker.log(400), TIMEOUT,
                  "Flower enabling task events", pipeline)
         yield Live(pipeline, prometheus, worker, worker_port, metrics_dir,
-                   pipeline.collections[0]["name"])
+                   pipeline.collections[0]["name"], standby_port)
     finally:
         stop_all(pipeline, prometheus)
 
@@ -218,3 +226,26 @@ def test_changing_concurrency_needs_no_scrape_change(live: Live) -> None:
     assert [t["scrapeUrl"] for t in live.prometheus.targets()] == targets_before
     wait_for(lambda: _all_targets_up(live), TIMEOUT, "every target up again", live.pipeline)
     assert len(live.pool()) == 3
+
+
+def test_a_standby_watcher_says_so_and_reports_no_figures_of_its_own(live: Live) -> None:
+    """The role gauge of a second watcher of the collection is 0, and it serves none of the
+    active watcher's per-collection figures (which every aggregation would mix in)."""
+    def scraped() -> str | None:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{live.standby_port}/metrics",
+                                        timeout=5) as response:
+                text = response.read().decode()
+        except OSError:
+            return None
+        return text if f'stagesync_watcher_active{{collection="{live.name}"}}' in text \
+            else None
+
+    text = wait_for(scraped, TIMEOUT, "the standby watcher's metrics", live.pipeline)
+    assert f'stagesync_watcher_active{{collection="{live.name}"}} 0.0' in text
+    for figure in ("stagesync_lag_seconds", "stagesync_oplog_headroom_seconds",
+                   "stagesync_unapplied_changes"):
+        assert f'{figure}{{collection="{live.name}"}}' not in text, figure
+    # The active one still is (Prometheus scrapes only the first watcher).
+    active = live.prometheus.query(f'sum(stagesync_watcher_active{{collection="{live.name}"}})')
+    assert float(active[0]["value"][1]) == 1

@@ -34,8 +34,8 @@ def binary(name: str) -> str:
     if path:
         return path
     reason = (f"{name} is not installed: scripts/test installs Debian's prometheus package "
-              f"when it is missing (apt-get, as root); install it with `apt-get install "
-              f"prometheus` to run the monitoring tests")
+              f"when it is missing (apt-get, as root or through passwordless sudo); install "
+              f"it with `apt-get install prometheus` to run the monitoring tests")
     if os.environ.get("CI", "").lower() in ("true", "1"):
         pytest.fail(f"CI: {reason}", pytrace=False)
     pytest.skip(reason)
