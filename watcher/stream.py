@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import random
-import re
 import threading
 import time
 from collections.abc import Mapping
@@ -41,6 +40,7 @@ from tasks.dead_letters import DeadLetterStore
 from tasks.publish import publish_apply
 from tasks.replay import start_replay
 from tasks.resync import progress, start_resync
+from tasks.resync_progress import resync_ids_of
 from tasks.routing import queue_depth, queue_for
 from watcher import metrics
 from watcher.batcher import MicroBatcher
@@ -384,9 +384,9 @@ class CollectionWatcher:
         """Running resyncs and the newest one's progress, from the resync records alone: the
         `_id`s start with the collection's name, so the `_id` index bounds the scan (chunk
         records share the prefix but fail the anchored pattern on the index key)."""
-        pattern = f"^{re.escape(self.name)}-[0-9]{{8}}T[0-9]{{6}}-[0-9a-f]{{6}}$"
         records = list(self.state_db[RESYNCS].find(
-            {"_id": {"$regex": pattern}, "kind": "resync", "collection": self.name},
+            {"_id": {"$regex": resync_ids_of(self.name)}, "kind": "resync",
+             "collection": self.name},
             {"state": 1, "startedAt": 1, "docs": 1, "total": 1}))
         now = datetime.now(UTC)
 

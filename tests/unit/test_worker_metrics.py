@@ -55,3 +55,31 @@ def test_exited_childrens_live_gauges_go_and_their_counters_stay(tmp_path: Path)
 def test_the_gauges_say_how_children_combine() -> None:
     assert metrics.LAST_APPLIED._multiprocess_mode == "max"
     assert metrics.UNCLASSIFIED_PATHS._multiprocess_mode == "mostrecent"
+
+
+class _Recorder:
+    """Stands for the state database: keeps what `new_resync` inserts."""
+
+    def __init__(self) -> None:
+        self.inserted: list[dict[str, object]] = []
+
+    def __getitem__(self, _name: str) -> _Recorder:
+        return self
+
+    def insert_one(self, document: dict[str, object]) -> None:
+        self.inserted.append(document)
+
+
+def test_the_watchers_resync_query_matches_resync_records_and_nothing_else() -> None:
+    """The resync gauges read the records by a pattern of their `_id`s: it must follow the
+    `_id`s new_resync makes, and leave out chunk records and other collections."""
+    import re
+
+    from tasks.resync_progress import chunk_id, new_resync, resync_ids_of
+
+    state = _Recorder()
+    resync_id = new_resync(state, "orders_1", "bootstrap")  # type: ignore[arg-type]
+    pattern = re.compile(resync_ids_of("orders_1"))
+    assert pattern.match(resync_id) and state.inserted[0]["_id"] == resync_id
+    assert not pattern.match(chunk_id(resync_id, "copy", 0))
+    assert not re.match(resync_ids_of("orders"), resync_id)
