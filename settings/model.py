@@ -362,10 +362,13 @@ class StatusSettings(StrictModel):
 
 
 class MetricsSettings(StrictModel):
-    # Watcher port; each worker child process serves on the first free port from
-    # worker_port_base (see README, "Metrics"). 0 disables either.
+    # Watcher port; each `celery worker` serves all its pool processes on the first free port
+    # from worker_port_base (see README, "Monitoring"). 0 disables either.
     watcher_port: Annotated[int, Field(ge=0, le=65535)] = 0
     worker_port_base: Annotated[int, Field(ge=0, le=65535)] = 0
+    # Where workers keep their multiprocess metric files, one sub-directory per Celery node
+    # name, emptied at start ("": $TMPDIR/stagesync-metrics-UID).
+    worker_dir: str = ""
 
 
 class Settings(BaseSettings):

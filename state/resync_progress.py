@@ -16,6 +16,7 @@ and can miss one batch when a worker dies between the two writes.
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections import Counter
 from collections.abc import Mapping
@@ -74,6 +75,13 @@ def new_resync(state_db: Database[Document], collection: str, reason: str) -> st
         "counts": dict.fromkeys(SUMMARY_OUTCOMES, 0),
     })
     return resync_id
+
+
+def resync_ids_of(collection: str) -> str:
+    """A regular expression matching exactly the `_id`s `new_resync` gives the collection's
+    resync records (not their chunk records), anchored, so that a query by it walks only the
+    collection's part of the `_id` index."""
+    return f"^{re.escape(collection)}-[0-9]{{8}}T[0-9]{{6}}-[0-9a-f]{{6}}$"
 
 
 def load(state_db: Database[Document], resync_id: str) -> Document | None:

@@ -7,6 +7,7 @@ production as its staging refuses to start, like the watcher.
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 from celery import signals
@@ -51,7 +52,25 @@ def _check_deployments(**_: Any) -> None:
     log.info("worker ready", extra={"collections": [c.name for c in settings.collections]})
 
 
+@signals.worker_init.connect
+def _serve_metrics(sender: Any = None, **_: Any) -> None:
+    """One metrics endpoint for the whole worker, served by its main process: multiprocess
+    mode is switched on here, before the pool forks (see tasks.metrics)."""
+    config = load_settings().metrics
+    if config.worker_port_base <= 0:
+        return
+    node = str(getattr(sender, "hostname", "") or f"pid{os.getpid()}")
+    directory = metrics.worker_directory(config.worker_dir, node)
+    metrics.enable_multiprocess(directory)
+    metrics.serve_worker(config.worker_port_base, directory)
+
+
 @signals.worker_process_init.connect
 def _fresh_clients(**_: Any) -> None:
     reset_runtime()
-    metrics.serve(load_settings().metrics.worker_port_base, 0)
+    metrics.close_inherited_server()
+
+
+@signals.worker_process_shutdown.connect
+def _child_exits(**_: Any) -> None:
+    metrics.mark_this_process_dead()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from prometheus_client import Counter, Gauge
 
 READ = Counter("stagesync_changes_read_total", "Change events read from production",
@@ -22,3 +24,40 @@ STREAMING = Gauge("stagesync_watcher_streaming",
                   ["collection"])
 REPUBLISHED = Counter("stagesync_batches_republished_total",
                       "Batches enqueued again after a timeout or a Redis wipe", ["collection"])
+ACTIVE = Gauge("stagesync_watcher_active",
+               "The watcher's role: 1 while this process holds the collection's lease "
+               "(active), 0 while it stands by", ["collection"])
+HISTORY_LOST = Counter("stagesync_history_lost_total",
+                       "Times the stream could not go on from the checkpoint (history lost, "
+                       "an unusable resume token, a drop or rename) and a full resync started",
+                       ["collection"])
+OPLOG_HEADROOM = Gauge("stagesync_oplog_headroom_seconds",
+                       "Production's oplog window minus the checkpoint's age: how long the "
+                       "watcher may stay away before the checkpoint falls off the oplog "
+                       "(absent while the oplog cannot be read)", ["collection"])
+RESYNCS_RUNNING = Gauge("stagesync_resyncs_running", "Full resyncs of the collection not yet "
+                        "done or failed", ["collection"])
+RESYNC_RUNNING_SECONDS = Gauge("stagesync_resync_running_seconds",
+                               "Age of the oldest running resync (0 when none runs)",
+                               ["collection"])
+RESYNC_DONE = Gauge("stagesync_resync_documents_done",
+                    "Documents the newest resync of the collection has copied so far",
+                    ["collection"])
+RESYNC_EXPECTED = Gauge("stagesync_resync_documents_expected",
+                        "Documents the newest resync of the collection expects (production's "
+                        "estimated count when it began, the exact count once done)",
+                        ["collection"])
+
+# What only the active watcher of a collection keeps up to date.
+_ACTIVE_ONLY = (LAG, UNAPPLIED, CHECKPOINT_AGE, DEAD_LETTERS, OPLOG_HEADROOM, RESYNCS_RUNNING,
+                RESYNC_RUNNING_SECONDS, RESYNC_DONE, RESYNC_EXPECTED)
+
+
+def forget_active(collection: str, queues: Iterable[str]) -> None:
+    """A watcher standing by drops the figures it kept while active: frozen at their last
+    value they would pass for the active watcher's (a stale lag, a stale headroom) in every
+    aggregation over watchers. Counters stay."""
+    for gauge in _ACTIVE_ONLY:
+        gauge.remove(collection)
+    for queue in queues:
+        QUEUE_DEPTH.remove(queue)

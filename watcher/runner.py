@@ -53,8 +53,8 @@ def run_watcher(settings: Settings, names: Sequence[str] = ()) -> int:
         if settings.metrics.watcher_port:
             start_http_server(settings.metrics.watcher_port, addr="0.0.0.0")
         run_id = uuid.uuid4().hex[:12]
-        links = WatcherLinks(staging[settings.staging.state_db], redis_client, celery_app,
-                             run_id, stop)
+        links = WatcherLinks(production, staging[settings.staging.state_db], redis_client,
+                             celery_app, run_id, stop)
         threads = []
         for collection in collections:
             watcher = CollectionWatcher(settings, collection, production.collection(collection),

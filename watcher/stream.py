@@ -34,12 +34,19 @@ from celery import Celery
 from pymongo.database import Database
 from pymongo.errors import OperationFailure, PyMongoError
 
-from deployments.production import ReadOnlyCollection
-from protocol.names import done_key, epoch_key, parse_done_report, stats_key, watcher_key
+from deployments.production import ProductionReader, ReadOnlyCollection
+from protocol.names import (
+    RESYNCS,
+    done_key,
+    epoch_key,
+    parse_done_report,
+    stats_key,
+    watcher_key,
+)
 from protocol.routing import home_queue, queue_depth, queue_for, queues_of
 from settings.model import CollectionSettings, Settings
 from state.dead_letters import DeadLetterStore
-from state.resync_progress import progress
+from state.resync_progress import progress, resync_ids_of
 from tasks.enqueue import publish_apply, start_replay, start_resync
 from watcher import metrics
 from watcher.batcher import MicroBatcher
@@ -62,6 +69,8 @@ RESYNC_CHECK_SECONDS = 5.0
 DONE_DRAIN = 1000
 SHUTDOWN_GRACE_SECONDS = 5.0
 DEAD_LETTER_COUNT_SECONDS = 10.0
+# How often the oplog window is read for the headroom gauge (two small reads of production).
+OPLOG_CHECK_SECONDS = 30.0
 # How long one getMore may wait for new changes on servers that honour it: bounds the latency
 # of a change that arrives while a partial batch is buffered.
 STREAM_AWAIT_MS = 100
@@ -77,9 +86,11 @@ class LeaseLost(Exception):
 
 @dataclass(frozen=True)
 class WatcherLinks:
-    """What every collection's watcher of one process shares: the state database, Redis, the
-    publishing Celery app, the run id that holds the leases, and the stop request."""
+    """What every collection's watcher of one process shares: the production reader (for the
+    oplog window), the state database, Redis, the publishing Celery app, the run id that holds
+    the leases, and the stop request."""
 
+    production: ProductionReader
     state_db: Database[dict[str, Any]]
     redis: redis.Redis
     celery: Celery
@@ -99,6 +110,7 @@ class CollectionWatcher:
         self.settings = settings
         self.collection = collection
         self.name = collection.name
+        self.production = links.production
         self.source = source
         self.state_db = links.state_db
         self.redis = links.redis
@@ -120,6 +132,11 @@ class CollectionWatcher:
         self._queues_busy_at = 0.0
         self._dead_letters = 0
         self._dead_letters_at = 0.0
+        self._oplog_seconds: float | None = None
+        self._oplog_at = 0.0
+        # At 0 from the start, so that the first one is an increase an alert can see.
+        metrics.HISTORY_LOST.labels(self.name)
+        metrics.REPUBLISHED.labels(self.name)
 
     # -- outer loop: lease, restarts ------------------------------------------------------
     def run(self) -> None:
@@ -129,6 +146,7 @@ class CollectionWatcher:
                 if not self.record.acquire():
                     self._standby()
                     continue
+                metrics.ACTIVE.labels(self.name).set(1)
                 log.info("streaming", extra={"collection": self.name, "owner": self.run_id})
                 self._stream()
                 failures = 0
@@ -141,6 +159,7 @@ class CollectionWatcher:
                     extra={"collection": self.name, "reason": str(lost)},
                 )
                 self.last_error = f"history lost: {lost}"
+                metrics.HISTORY_LOST.labels(self.name).inc()
                 self._fresh_start = f"history lost: {lost}"
                 failures = 0
             except Exception as error:
@@ -152,10 +171,13 @@ class CollectionWatcher:
                                  "retry_in": round(pause, 2)})
                 self._heartbeat_quietly(state="restarting")
                 self.stop.wait(pause)
+        metrics.ACTIVE.labels(self.name).set(0)
         self._release_quietly()
 
     def _standby(self) -> None:
         self.state = "standby"
+        metrics.ACTIVE.labels(self.name).set(0)
+        metrics.forget_active(self.name, queues_of(self.collection))
         self._heartbeat_quietly(state="standby", owner=False)
         self.stop.wait(max(0.5, self.settings.watcher.lease_seconds / 5))
 
@@ -298,6 +320,7 @@ class CollectionWatcher:
         if now >= clock.resync:
             clock.resync = now + RESYNC_CHECK_SECONDS
             self._watch_pending_resync()
+            self._resync_metrics()
 
     def _republish(self, batches: list[Any], why: str) -> None:
         if not batches:
@@ -373,6 +396,28 @@ class CollectionWatcher:
             self._resync_marker = None
             self._begin_resync(f"resync {pending} made no progress (tasks lost?)")
 
+    def _resync_metrics(self) -> None:
+        """Running resyncs and the newest one's progress, from the resync records alone: the
+        `_id`s start with the collection's name, so the `_id` index bounds the scan (chunk
+        records share the prefix but fail the anchored pattern on the index key)."""
+        records = list(self.state_db[RESYNCS].find(
+            {"_id": {"$regex": resync_ids_of(self.name)}, "kind": "resync",
+             "collection": self.name},
+            {"state": 1, "startedAt": 1, "docs": 1, "total": 1}))
+        now = datetime.now(UTC)
+
+        def started(record: Mapping[str, Any]) -> datetime:
+            moment = record.get("startedAt") or now
+            return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+        running = [r for r in records if r.get("state") not in ("done", "failed")]
+        metrics.RESYNCS_RUNNING.labels(self.name).set(len(running))
+        metrics.RESYNC_RUNNING_SECONDS.labels(self.name).set(
+            max(((now - started(r)).total_seconds() for r in running), default=0.0))
+        newest = max(records, key=started, default={})
+        metrics.RESYNC_DONE.labels(self.name).set(int(newest.get("docs") or 0))
+        metrics.RESYNC_EXPECTED.labels(self.name).set(int(newest.get("total") or 0))
+
     def _replay_held_schema_versions(self) -> None:
         """Documents held for their schema version get another chance whenever a watcher
         starts streaming (typically after a configuration change accepted new versions)."""
@@ -412,6 +457,12 @@ class CollectionWatcher:
         if self._saved_at:
             metrics.CHECKPOINT_AGE.labels(self.name).set(now - self._saved_at)
         metrics.DEAD_LETTERS.labels(self.name).set(self._dead_letters)
+        if now >= self._oplog_at:
+            self._oplog_at = now + OPLOG_CHECK_SECONDS
+            self._oplog_seconds = self.production.oplog_window().seconds
+        if self._oplog_seconds is not None and self._saved_at:
+            metrics.OPLOG_HEADROOM.labels(self.name).set(
+                self._oplog_seconds - (now - self._saved_at))
         for queue in queues_of(self.collection):
             metrics.QUEUE_DEPTH.labels(queue).set(queue_depth(self.redis, queue))
 

@@ -104,6 +104,7 @@ def watcher_factory(
     # A Celery app of its own: the package's app reads its configuration once per process.
     celery_app = Celery("conformance")
     celery_app.conf.update(celery_options(settings))
+    production = ProductionReader(settings.prod)
     staging = connect_staging(settings.staging)
     ensure_indexes(staging, settings)
     client = redis.Redis.from_url(settings.redis_url)
@@ -111,8 +112,8 @@ def watcher_factory(
     threads: list[threading.Thread] = []
 
     def make(source: FakeSource) -> tuple[CollectionWatcher, Any]:
-        links = WatcherLinks(staging[settings.staging.state_db], client, celery_app,
-                             "conformance", stop)
+        links = WatcherLinks(production, staging[settings.staging.state_db], client,
+                             celery_app, "conformance", stop)
         watcher = CollectionWatcher(settings, settings.collections[0],
                                     source, links)  # type: ignore[arg-type]
         thread = threading.Thread(target=watcher.run, daemon=True)
@@ -124,6 +125,7 @@ def watcher_factory(
     stop.set()
     for thread in threads:
         thread.join(20)
+    production.close()
     staging.close()
     client.close()
 

@@ -38,7 +38,8 @@ DATA_SERVICES = ("prod-mongo", "staging-mongo", "redis")
 STAGESYNC_SERVICES = ("watcher", "worker", "flower", "beat")
 REPLICA_SETS = {"prod-mongo": "rs-prod", "staging-mongo": "rs-staging"}
 # Values for the variables docker-compose.yml requires (`${VAR:?message}`).
-REQUIRED_ENV = {"STAGESYNC_PII_SECRET": "dummy-pii-secret", "FLOWER_BASIC_AUTH": "admin:dummy"}
+REQUIRED_ENV = {"STAGESYNC_PII_SECRET": "dummy-pii-secret", "FLOWER_BASIC_AUTH": "admin:dummy",
+                "GRAFANA_ADMIN_PASSWORD": "dummy"}
 # honcho's own pattern for a Procfile line (honcho/environ.py).
 PROCFILE_LINE = re.compile(r"^([A-Za-z0-9_]+):\s*(.+)$")
 COMMAND_TIMEOUT = 120
