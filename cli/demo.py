@@ -566,7 +566,17 @@ def stop_demo(console: Console) -> int:
     return 0
 
 
+SERVERS = ("mongodb", "redis")
+
+
 def stop_processes(processes: list[tuple[str, int]], grace: float = 15.0) -> None:
+    """The watcher and the worker first, while the servers still answer them (a watcher
+    whose staging is gone waits for it before it gives up its lease), then the servers."""
+    _stop_wave([p for p in processes if p[0] not in SERVERS], grace)
+    _stop_wave([p for p in processes if p[0] in SERVERS], grace)
+
+
+def _stop_wave(processes: list[tuple[str, int]], grace: float) -> None:
     """SIGTERM each recorded process and its group (each was started in a session of its own,
     so the group is its children: Celery's pool, nothing else), then SIGKILL what is left."""
     targets: list[psutil.Process] = []
@@ -574,17 +584,38 @@ def stop_processes(processes: list[tuple[str, int]], grace: float = 15.0) -> Non
         with suppress(psutil.Error):
             process = psutil.Process(pid)
             targets += [process, *process.children(recursive=True)]
+    # The group only: a signal straight to a pool child would make Celery's main process
+    # replace it and wait on it, not stop.
     for _, pid in processes:
         with suppress(ProcessLookupError, PermissionError):
             os.killpg(pid, signal.SIGTERM)
-    for target in targets:
-        with suppress(psutil.Error):
-            target.terminate()
-    _, alive = psutil.wait_procs(targets, timeout=grace)
+    alive = _wait_gone(targets, grace)
     for target in alive:
         with suppress(psutil.Error):
             target.kill()
-    psutil.wait_procs(alive, timeout=5)
+    _wait_gone(alive, 5)
+
+
+def _wait_gone(targets: list[psutil.Process], timeout: float) -> list[psutil.Process]:
+    """The targets still running after up to `timeout` seconds. A zombie counts as gone: a
+    kept demo's processes outlived their parent, and what adopts them may never reap them."""
+    deadline = time.monotonic() + timeout
+    alive = targets
+    while True:
+        for target in alive:
+            with suppress(psutil.Error, ChildProcessError):
+                target.wait(0)  # reaps our own children (a plain demo's)
+        alive = [t for t in alive if _running(t)]
+        if not alive or time.monotonic() >= deadline:
+            return alive
+        time.sleep(0.1)
+
+
+def _running(target: psutil.Process) -> bool:
+    try:
+        return target.is_running() and target.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
 
 
 def _started(pid: int) -> float | None:

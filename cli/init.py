@@ -27,7 +27,7 @@ from settings.logs import redact_uri
 from settings.model import CollectionSettings, ProductionSettings
 from tasks.rules.pii_scan import scan_documents
 
-TIMEOUT_MS = 5000
+TIMEOUT_MS = 3000  # production unreachable: say so soon, write the example
 PLACEHOLDER_PROD = "mongodb://prod-host:27017/?replicaSet=rs0"
 PLACEHOLDER_STAGING = "mongodb://staging-host:27017/"
 
