@@ -126,7 +126,7 @@ def starter_yaml(prod_uri: str, staging_uri: str, redis_url: str, secret: str,
             "collections:",
             "  - name: orders                  # names the queues: stagesync.orders",
             '    source: "shop.orders"          # database.collection in production',
-            '    target: "shop.orders"          # database.collection in staging',
+            '    target: "shop_staging.orders"  # database.collection in staging (never equal)',
             '    business_key: ["orderNo"]      # fields that identify a document in both',
             "    # pii: {email: hash, name: \"fake:name\"}   # see `stagesync pii scan orders`",
         ]
