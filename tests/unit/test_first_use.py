@@ -4,6 +4,8 @@ fields of `status` that cannot be known said so, and `init`'s proposal rules (pu
 from __future__ import annotations
 
 import re
+import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +15,7 @@ import yaml
 from rich.console import Console
 from typer.testing import CliRunner
 
+import cli.demo as demo_module
 from cli.main import app
 from cli.status import render
 from deployments.production import oplog_fill
@@ -88,6 +91,31 @@ def test_a_file_named_by_the_variable_says_so(tmp_path: Path,
 ])
 def test_oplog_fill(stats: dict[str, Any] | None, expected: str | None) -> None:
     assert oplog_fill(stats) == expected
+
+
+class _Poller:
+    """Stands for the status poller: the rows it last read, stale since a while."""
+
+    def snapshot(self) -> tuple[list[dict[str, Any]], str | None]:
+        return [_row(queue_depth=3)], "read 8s ago"
+
+
+def test_plain_demo_prints_progress_while_its_main_thread_is_busy(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without a terminal, a progress line comes from a thread of its own every
+    PROGRESS_SECONDS (at most 5), whatever the main thread is blocked on."""
+    assert demo_module.PROGRESS_SECONDS <= 5
+    monkeypatch.setattr(demo_module, "PROGRESS_SECONDS", 0.2)
+    console = Console(width=200, record=True, force_terminal=False)
+    demo = demo_module.Demo(console, False, 10, 0, 1.0, 1.0)
+    try:
+        with demo_module._live(demo, _Poller()):  # type: ignore[arg-type]
+            time.sleep(1.1)  # a slow write or read, say
+    finally:
+        shutil.rmtree(demo.workdir, ignore_errors=True)
+    lines = [line for line in console.export_text().splitlines() if "orders: ok" in line]
+    assert len(lines) >= 3, lines
+    assert "(status read 8s ago)" in lines[0]
 
 
 def _row(**overrides: Any) -> dict[str, Any]:
