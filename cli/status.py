@@ -2,8 +2,10 @@
 
 Per collection: lag (age of the oldest change read but not yet applied; 0 when nothing is
 pending, so an idle collection is healthy), last applied change, counters, queue depths,
-the rate limit in force, checkpoint time and age, oplog headroom ("unknown", with the reason,
-where production's oplog cannot be read), whether a watcher streams it, the last error, and
+the rate limit in force ("unlimited" when none), checkpoint time and age, oplog headroom (a
+countdown only once the oplog drops entries: "unbounded" for an uncapped oplog, "not full"
+while a capped one has dropped nothing; "unknown", with the reason, where production's oplog
+cannot be read), whether a watcher streams it, the last error, and
 the paths a strict collection leaves out
 (`unclassified_paths`, shown as a warning; they do not change health).
 Health (exit code 1 when any is not "ok"):
