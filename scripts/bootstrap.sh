@@ -24,7 +24,7 @@ WANT="$(sha256sum "$ROOT/pyproject.toml" | cut -d' ' -f1)"
 if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ]; then
     # pip's own output (warnings included) goes to a log: shown only when the install fails.
     LOG="$VENV/install.log"
-    echo "installing stagesync and its dependencies into .venv (a minute or two; log: $LOG) ..." >&2
+    echo "installing stagesync and its dependencies into .venv (a few minutes; log: $LOG) ..." >&2
     if ! { "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip &&
         "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e "$ROOT[test]"; } \
         >"$LOG" 2>&1; then
