@@ -14,17 +14,21 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
+from cli.help_format import Typer
 from settings import CONFIG_ENV, ConfigError, Settings, load_settings
 from settings.logs import configure_logging, redact_uri
 
-app = typer.Typer(
+app = Typer(
     add_completion=False, no_args_is_help=True,
     help="Keep a staging MongoDB in sync with production through change streams.",
+    epilog="New here? `stagesync demo` shows the whole product on this machine in about a "
+    "minute; `stagesync init` writes a starter configuration.",
 )
-dlq_app = typer.Typer(no_args_is_help=True, help="Inspect and replay the dead-letter store.")
+dlq_app = Typer(no_args_is_help=True, help="Inspect and replay the dead-letter store.")
 app.add_typer(dlq_app, name="dlq")
-pii_app = typer.Typer(no_args_is_help=True, help="Personal data: find it in production, propose "
+pii_app = Typer(no_args_is_help=True, help="Personal data: find it in production, propose "
                       "the pii and allow settings.")
 app.add_typer(pii_app, name="pii")
 console = Console()
@@ -44,7 +48,8 @@ def settings_from(config: Path | None) -> Settings:
     try:
         return load_settings(config)
     except ConfigError as error:
-        errors.print(f"[red]stagesync:[/red] {error}", highlight=False)
+        errors.print(f"[red]stagesync:[/red] {escape(str(error))}", highlight=False,
+                     soft_wrap=True)
         raise typer.Exit(2) from None
 
 
@@ -53,7 +58,34 @@ def fail(message: str, code: int = 1) -> typer.Exit:
     return typer.Exit(code)
 
 
-@app.command()
+@app.command(epilog="Examples: stagesync init --prod-uri mongodb://prod:27017/?replicaSet=rs0 "
+             "--staging-uri mongodb://staging:27017/  |  stagesync init --output my.yaml")
+def init(
+    prod_uri: Annotated[str | None, typer.Option(
+        help="Production, sampled read-only to propose collections, business keys and PII "
+        "rules (default: write an example to edit).", show_default=False)] = None,
+    staging_uri: Annotated[str | None, typer.Option(
+        help="Staging (default: a placeholder to edit).", show_default=False)] = None,
+    redis_url: Annotated[str, typer.Option(help="The Celery broker.")
+                         ] = "redis://127.0.0.1:6379/0",
+    output: Annotated[Path | None, typer.Option(
+        "--output", "-o", help=f"File to write; never overwritten (default: ${CONFIG_ENV} or "
+        "./stagesync.yaml).", show_default=False)] = None,
+    sample: Annotated[int, typer.Option(min=1, help="Newest documents read per collection "
+                                        "for the proposal.")] = 200,
+    database: Annotated[list[str] | None, typer.Option(
+        "--database", help="Only this production database (repeatable; default: all but "
+        "admin, config and local).", show_default=False)] = None,
+) -> None:
+    """Write a commented starter configuration, proposed from production when reachable."""
+    from cli.init import run_init
+    from settings import config_path
+
+    raise typer.Exit(run_init(console, output or config_path(), prod_uri, staging_uri,
+                              redis_url, sample, database or []))
+
+
+@app.command(epilog="Example: stagesync check --config stagesync.yaml")
 def check(config: ConfigOption = None) -> None:
     """Validate the configuration and reach production, staging and Redis."""
     from cli.check import run_check
@@ -62,11 +94,13 @@ def check(config: ConfigOption = None) -> None:
     raise typer.Exit(run_check(settings, console))
 
 
-@app.command()
+@app.command(epilog="Examples: stagesync watch  |  stagesync watch --collection orders "
+              "--collection users  |  stagesync watch --dry-run")
 def watch(
     config: ConfigOption = None,
     collection: Annotated[list[str] | None, typer.Option(
-        "--collection", help="Watch only this collection (repeatable).")] = None,
+        "--collection", help="Watch only this collection (repeatable; default: every configured "
+        "collection).", show_default=False)] = None,
     dry_run: Annotated[bool, typer.Option(
         "--dry-run", help="Compute the merges and print them instead of writing.")] = False,
 ) -> None:
@@ -92,13 +126,15 @@ def watch(
         raise fail(str(error), 1) from None
 
 
-@app.command()
+@app.command(epilog="Example: stagesync resync orders --wait --timeout 600")
 def resync(
     name: Annotated[str, typer.Argument(help="Collection name from the configuration.")],
     config: ConfigOption = None,
-    wait: Annotated[bool, typer.Option("--wait", help="Show progress until it ends.")] = False,
-    timeout: Annotated[float, typer.Option(help="With --wait: give up after this many "
-                                           "seconds.")] = 0.0,
+    wait: Annotated[bool, typer.Option("--wait", help="Show progress until it ends (default: "
+                                       "start it and return).")] = False,
+    timeout: Annotated[float, typer.Option(help="With --wait: stop waiting after this many "
+                                           "seconds; the resync goes on. 0: wait until it "
+                                           "ends.")] = 0.0,
 ) -> None:
     """Run a full resync of one collection as Celery tasks."""
     from cli.resync import run_resync
@@ -108,16 +144,18 @@ def resync(
     raise typer.Exit(run_resync(settings, name, wait, timeout, console))
 
 
-@app.command()
+@app.command(epilog="Examples: stagesync verify orders  |  stagesync verify orders --sample 500 "
+              "--json")
 def verify(
     name: Annotated[str, typer.Argument(help="Collection name from the configuration.")],
     config: ConfigOption = None,
     sample: Annotated[int, typer.Option(help="Compare only N random production documents "
-                                        "(0: all).")] = 0,
+                                        "(0: every document).")] = 0,
     settle: Annotated[float, typer.Option(help="Seconds to wait for the pipeline to catch up "
-                                          "before re-checking differences.")] = 30.0,
-    json_output: Annotated[bool, typer.Option("--json", help="Machine-readable report.")
-                           ] = False,
+                                          "before re-checking differences (0: report them "
+                                          "at once).")] = 30.0,
+    json_output: Annotated[bool, typer.Option("--json", help="Machine-readable report (default: "
+                                                 "a table).")] = False,
 ) -> None:
     """Compare production and staging on the fields production owns."""
     from cli.verify import run_verify
@@ -127,13 +165,15 @@ def verify(
     raise typer.Exit(run_verify(settings, name, sample, settle, json_output, console))
 
 
-@app.command()
+@app.command(epilog="Examples: stagesync status  |  stagesync status --watch --interval 1  |  "
+              "stagesync status --json")
 def status(
     config: ConfigOption = None,
-    json_output: Annotated[bool, typer.Option("--json", help="Machine-readable output.")
-                           ] = False,
-    watch_live: Annotated[bool, typer.Option("--watch", help="Refresh live.")] = False,
-    interval: Annotated[float, typer.Option(help="Seconds between refreshes.")] = 2.0,
+    json_output: Annotated[bool, typer.Option("--json", help="Machine-readable output (default: "
+                                                 "a table).")] = False,
+    watch_live: Annotated[bool, typer.Option("--watch", help="Refresh live until Ctrl-C "
+                                             "(default: print once).")] = False,
+    interval: Annotated[float, typer.Option(help="With --watch: seconds between reads.")] = 2.0,
 ) -> None:
     """Lag, throughput, queues, checkpoints and health per collection."""
     from cli.status import run_status
@@ -142,14 +182,16 @@ def status(
     raise typer.Exit(run_status(settings, json_output, watch_live, interval, console))
 
 
-@app.command("ratelimit")
+@app.command("ratelimit", epilog="Examples: stagesync ratelimit orders  |  stagesync ratelimit "
+              "orders 500/s  |  stagesync ratelimit orders --clear")
 def rate_limit(
     name: Annotated[str, typer.Argument(help="Collection name from the configuration.")],
-    rate: Annotated[str | None, typer.Argument(help="New rate, e.g. 500/s; omit to show.")
+    rate: Annotated[str | None, typer.Argument(help="New rate, e.g. 500/s or 20000/m; omit to "
+                                                  "show the rate in force.", show_default=False)
                     ] = None,
     config: ConfigOption = None,
-    clear: Annotated[bool, typer.Option("--clear", help="Return to the configured rate.")
-                     ] = False,
+    clear: Annotated[bool, typer.Option("--clear", help="Drop the run-time rate: back to "
+                                                 "the configured one (or unlimited).")] = False,
 ) -> None:
     """Show or change a collection's rate limit for all its workers, at run time."""
     from deployments.staging import connect_staging
@@ -172,12 +214,17 @@ def rate_limit(
     client.close()
 
 
-@dlq_app.command("list")
+@dlq_app.command("list", epilog="Example: stagesync dlq list --collection orders --reason "
+                  "key_conflict")
 def dlq_list(
     config: ConfigOption = None,
-    collection: Annotated[str | None, typer.Option(help="Only this collection.")] = None,
-    reason: Annotated[str | None, typer.Option(help="Only this reason.")] = None,
-    json_output: Annotated[bool, typer.Option("--json")] = False,
+    collection: Annotated[str | None, typer.Option(
+        help="Only this collection (default: every collection).", show_default=False)] = None,
+    reason: Annotated[str | None, typer.Option(
+        help="Only this reason, e.g. key_conflict (default: any reason).",
+        show_default=False)] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Machine-readable output (default: a "
+                                              "table).")] = False,
 ) -> None:
     """List dead-lettered changes."""
     from cli.dead_letters import list_entries
@@ -188,11 +235,14 @@ def dlq_list(
     raise typer.Exit(list_entries(settings, collection, reason, json_output, console))
 
 
-@dlq_app.command("show")
+@dlq_app.command("show", epilog="Example: stagesync dlq show '{\"$oid\": \"65f0c0ffee0000000000000"
+                  "1\"}' --collection orders")
 def dlq_show(
     pid: Annotated[str, typer.Argument(help="Production _id as listed (Extended JSON).")],
     config: ConfigOption = None,
-    collection: Annotated[str | None, typer.Option(help="Collection of the entry.")] = None,
+    collection: Annotated[str | None, typer.Option(
+        help="Collection of the entry (default: search every collection).",
+        show_default=False)] = None,
 ) -> None:
     """Show one dead-lettered change."""
     from cli.dead_letters import show_entry
@@ -201,12 +251,17 @@ def dlq_show(
     raise typer.Exit(show_entry(settings, collection, pid, console))
 
 
-@dlq_app.command("replay")
+@dlq_app.command("replay", epilog="Example: stagesync dlq replay --collection orders --reason "
+                  "write_error")
 def dlq_replay(
     config: ConfigOption = None,
-    collection: Annotated[str | None, typer.Option(help="Only this collection.")] = None,
-    reason: Annotated[str | None, typer.Option(help="Only this reason.")] = None,
-    pid: Annotated[list[str] | None, typer.Option("--id", help="Only these production _ids.")
+    collection: Annotated[str | None, typer.Option(
+        help="Only this collection (default: every collection).", show_default=False)] = None,
+    reason: Annotated[str | None, typer.Option(
+        help="Only this reason, e.g. key_conflict (default: any reason).",
+        show_default=False)] = None,
+    pid: Annotated[list[str] | None, typer.Option(
+        "--id", help="Only these production _ids (repeatable; default: all).", show_default=False)
                    ] = None,
 ) -> None:
     """Apply dead-lettered changes again through the normal path; entries that succeed go."""
@@ -218,13 +273,16 @@ def dlq_replay(
     raise typer.Exit(replay_entries(settings, collection, reason, pid or [], console))
 
 
-@dlq_app.command("purge")
+@dlq_app.command("purge", epilog="Example: stagesync dlq purge --collection orders --yes")
 def dlq_purge(
     config: ConfigOption = None,
-    collection: Annotated[str | None, typer.Option(help="Only this collection.")] = None,
-    pid: Annotated[list[str] | None, typer.Option("--id", help="Only these production _ids.")
+    collection: Annotated[str | None, typer.Option(
+        help="Only this collection (default: every collection).", show_default=False)] = None,
+    pid: Annotated[list[str] | None, typer.Option(
+        "--id", help="Only these production _ids (repeatable; default: all).", show_default=False)
                    ] = None,
-    yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation (asked "
+                                             "only on a terminal).")] = False,
 ) -> None:
     """Delete dead-letter entries without applying them."""
     from cli.dead_letters import purge_entries
@@ -237,7 +295,7 @@ def dlq_purge(
     raise typer.Exit(purge_entries(settings, collection, pid, console))
 
 
-@pii_app.command("scan")
+@pii_app.command("scan", epilog="Example: stagesync pii scan orders --sample 5000")
 def pii_scan(
     name: Annotated[str, typer.Argument(help="Collection name from the configuration.")],
     config: ConfigOption = None,
@@ -252,17 +310,36 @@ def pii_scan(
     raise typer.Exit(run_scan(settings, name, sample, console))
 
 
-@app.command()
+@app.command(epilog="Examples: stagesync demo  |  stagesync demo --non-interactive  |  "
+             "stagesync demo --keep, then stagesync demo --stop")
 def demo(
     non_interactive: Annotated[bool, typer.Option(
-        "--non-interactive", help="No live screen; exit 0 once staging verifies equal.")] = False,
-    documents: Annotated[int, typer.Option(help="Production documents to seed.")] = 2000,
-    burst: Annotated[int, typer.Option(help="Changes in the burst phase.")] = 5000,
+        "--non-interactive", help="No live screen: a progress line every few seconds; exit 0 "
+        "once staging verifies equal (default: a live screen on a terminal).")] = False,
+    documents: Annotated[int, typer.Option(min=10, help="Production orders to seed (plus a "
+                                           "quarter as many users).")] = 500,
+    burst: Annotated[int, typer.Option(min=0, help="Most changes in the burst, written as "
+                                       "fast as production takes them after the steady phase "
+                                       "(0: no burst).")] = 3000,
+    burst_seconds: Annotated[float, typer.Option(min=0.5, help="Most seconds of burst "
+                                                 "writing: a slower server gets a smaller "
+                                                 "burst, not a longer demo.")] = 5.0,
+    steady_seconds: Annotated[float, typer.Option(min=1, help="Length of the steady phase "
+                                                  "(20 changes/s, each one's lag measured).")
+                              ] = 10.0,
+    keep: Annotated[bool, typer.Option("--keep", help="Leave everything running afterwards, "
+                                       "write ./stagesync.yaml and print what to try next "
+                                       "(default: stop it all).")] = False,
+    stop: Annotated[bool, typer.Option("--stop", help="End a demo left running by --keep "
+                                       "(run it in the same directory).")] = False,
 ) -> None:
-    """Run a complete sync between two local servers with generated traffic."""
-    from cli.demo import run_demo
+    """Run a complete sync between local servers it starts itself, in about a minute."""
+    from cli.demo import run_demo, stop_demo
 
-    raise typer.Exit(run_demo(console, non_interactive, documents, burst))
+    if stop:
+        raise typer.Exit(stop_demo(console))
+    raise typer.Exit(run_demo(console, non_interactive, documents, burst, steady_seconds,
+                             burst_seconds, keep))
 
 
 def _known(settings: Settings, name: str) -> None:

@@ -2,8 +2,10 @@
 
 Per collection: lag (age of the oldest change read but not yet applied; 0 when nothing is
 pending, so an idle collection is healthy), last applied change, counters, queue depths,
-the rate limit in force, checkpoint time and age, oplog headroom ("unknown", with the reason,
-where production's oplog cannot be read), whether a watcher streams it, the last error, and
+the rate limit in force ("unlimited" when none), checkpoint time and age, oplog headroom (a
+countdown only once the oplog drops entries: "unbounded" for an uncapped oplog, "not full"
+while a capped one has dropped nothing; "unknown", with the reason, where production's oplog
+cannot be read), whether a watcher streams it, the last error, and
 the paths a strict collection leaves out
 (`unclassified_paths`, shown as a warning; they do not change health).
 Health (exit code 1 when any is not "ok"):
@@ -16,12 +18,14 @@ Flower shows workers and tasks; this shows replication itself.
 from __future__ import annotations
 
 import json
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 import redis
+from pymongo.errors import PyMongoError
 from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
@@ -44,13 +48,24 @@ STREAM_COUNTERS = ("read", "enqueued", "created", "updated", "unchanged", "soft_
 
 
 class StatusReader:
-    def __init__(self, settings: Settings) -> None:
+    """Reads every collection's status. `timeout_seconds` bounds each read (pymongo's
+    client-side `timeoutMS`, Redis socket timeouts), so that a busy server makes a read fail
+    fast instead of holding a live view: the view then shows its last rows, marked stale."""
+
+    def __init__(self, settings: Settings, timeout_seconds: float = 5.0,
+                 slow_every_seconds: float = 30.0) -> None:
         self.settings = settings
-        self.redis = redis.Redis.from_url(settings.redis_url, socket_timeout=5,
-                                          socket_connect_timeout=5)
-        self.staging = connect_staging(settings.staging, serverSelectionTimeoutMS=5000)
+        # What changes slowly and can cost a server a scan (the oplog's oldest entry and fill
+        # on some servers, size estimates) is read at most this often; see `_slowly`.
+        self.slow_every_seconds = slow_every_seconds
+        self._slow: dict[str, tuple[float, Any]] = {}
+        self.redis = redis.Redis.from_url(settings.redis_url, socket_timeout=timeout_seconds,
+                                          socket_connect_timeout=timeout_seconds)
+        bounded = {"serverSelectionTimeoutMS": int(timeout_seconds * 1000),
+                   "timeoutMS": int(timeout_seconds * 1000)}
+        self.staging = connect_staging(settings.staging, **bounded)
         self.state_db = self.staging[settings.staging.state_db]
-        self.production = ProductionReader(settings.prod, serverSelectionTimeoutMS=5000)
+        self.production = ProductionReader(settings.prod, **bounded)
 
     def close(self) -> None:
         self.redis.close()
@@ -60,7 +75,7 @@ class StatusReader:
     def collect(self) -> list[dict[str, Any]]:
         now = time.time()
         records = read_all(self.state_db)
-        oplog = self.production.oplog_window()
+        oplog = self._slowly("oplog", self.production.oplog_window)
         dead_letters = DeadLetterStore(self.state_db)
         return [self._one(c, records.get(c.name, {}), dead_letters, oplog, now)
                 for c in self.settings.collections]
@@ -113,8 +128,12 @@ class StatusReader:
             "checkpoint_age_seconds": round(checkpoint_age, 1)
             if checkpoint_age is not None else None,
             "oplog_window_seconds": oplog.seconds,
+            # A countdown only once the oplog drops entries: "unbounded" (not capped) and
+            # "not_full" (nothing dropped yet) have no headroom in seconds to show.
+            "oplog_history": oplog.history,
             "oplog_headroom_seconds": round(oplog.seconds - checkpoint_age, 1)
-            if oplog.seconds is not None and checkpoint_age is not None else None,
+            if oplog.seconds is not None and checkpoint_age is not None
+            and oplog.history not in ("unbounded", "not_full") else None,
             # Why the headroom is unknown (None when the oplog could be read).
             "oplog_unknown_because": oplog.unknown_because,
             "resync": self._resync(resync) if resync else None,
@@ -128,9 +147,12 @@ class StatusReader:
             if collection.references else 0,
             # Sizes from metadata (no scan): with a filter or subset, staging holds a share.
             "documents": {
-                "production_estimate": self.production.collection(collection).estimated_count(),
-                "staging_estimate": self.staging[collection.target_db][
-                    collection.target_collection].estimated_document_count(),
+                "production_estimate": self._slowly(
+                    f"production:{collection.name}",
+                    self.production.collection(collection).estimated_count),
+                "staging_estimate": self._slowly(
+                    f"staging:{collection.name}", self.staging[collection.target_db][
+                        collection.target_collection].estimated_document_count),
             },
             "subset": collection.subset.model_dump(exclude_none=True)
             if collection.subset else None,
@@ -139,13 +161,30 @@ class StatusReader:
                                      unclassified_warning(unclassified)] if w],
         }
 
+    def _slowly(self, key: str, read: Callable[[], Any]) -> Any:
+        """`read()`, or its answer from less than `slow_every_seconds` ago. The oplog window
+        only grows between reads, so a cached one understates headroom, never overstates."""
+        now = time.monotonic()
+        cached = self._slow.get(key)
+        if cached is not None and now - cached[0] < self.slow_every_seconds:
+            return cached[1]
+        value = read()
+        self._slow[key] = (now, value)
+        return value
+
     def _resync(self, resync_id: str) -> dict[str, Any]:
         record = self.state_db[RESYNCS].find_one({"_id": resync_id}) or {}
         return {"id": resync_id, "state": record.get("state"), "reason": record.get("reason")}
 
 
-def render(rows: list[dict[str, Any]], unsafe_concerns: Sequence[str] = ()) -> Group:
-    table = Table(title=f"stagesync status  {datetime.now(UTC):%Y-%m-%d %H:%M:%S} UTC")
+def render(rows: list[dict[str, Any]], unsafe_concerns: Sequence[str] = (),
+           stale: str | None = None) -> Group:
+    """The status table; its title carries the time it was drawn, and `stale` (why and
+    since when the rows are old) when the last read did not answer in time."""
+    title = f"stagesync status  {datetime.now(UTC):%Y-%m-%d %H:%M:%S} UTC"
+    if stale:
+        title += f"  [yellow](stale: {stale})[/yellow]"
+    table = Table(title=title)
     for column in ("collection", "health", "watcher", "lag s", "pending", "read", "applied",
                    "dead", "queue", "rate limit", "checkpoint age", "oplog headroom",
                    "last applied"):
@@ -162,7 +201,7 @@ def render(rows: list[dict[str, Any]], unsafe_concerns: Sequence[str] = ()) -> G
             f"{row['lag_seconds']:.1f}", str(row["pending_changes"]), str(counters["read"]),
             str(applied), str(row["dead_letters"]),
             _queues(row["queues"]),
-            f"{rate['rate'] or 'none'} ({rate['source']})",
+            f"{rate['rate']} ({rate['source']})" if rate["rate"] else "unlimited",
             _seconds(row["checkpoint_age_seconds"]), _headroom(row),
             (row["last_applied_at"] or "-")[11:19],
         )
@@ -189,21 +228,90 @@ def render(rows: list[dict[str, Any]], unsafe_concerns: Sequence[str] = ()) -> G
     return Group(table, *notes)
 
 
+class StatusPoller:
+    """Reads the status in a thread of its own, every `interval` seconds, with each read
+    bounded by `timeout_seconds`; a live view draws `renderable()` at its own pace. A view
+    thus never waits on a server: when reads fail or lag, it shows the last rows it has,
+    marked stale with their age and the reason."""
+
+    def __init__(self, settings: Settings, interval: float = 2.0, timeout_seconds: float = 2.0,
+                 unsafe_concerns: Sequence[str] = ()) -> None:
+        self.settings = settings
+        self.interval = interval
+        self.timeout_seconds = timeout_seconds
+        self.unsafe_concerns = unsafe_concerns
+        self._rows: list[dict[str, Any]] = []
+        self._read_at: float | None = None  # when the read behind `_rows` started
+        self._error: str | None = None
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, name="status-poller", daemon=True)
+
+    def __enter__(self) -> StatusPoller:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(self.timeout_seconds * 4 + 5)
+
+    def _run(self) -> None:
+        reader = StatusReader(self.settings, timeout_seconds=self.timeout_seconds)
+        try:
+            while not self._stop.is_set():
+                started = time.time()
+                try:
+                    rows = reader.collect()
+                except Exception as error:  # shown as the reason it is stale
+                    with self._lock:
+                        self._error = _reason(error)
+                else:
+                    with self._lock:
+                        self._rows, self._read_at, self._error = rows, started, None
+                self._stop.wait(max(0.0, self.interval - (time.time() - started)))
+        finally:
+            reader.close()
+
+    def snapshot(self) -> tuple[list[dict[str, Any]], str | None]:
+        """The last rows read, and why they are stale (None while fresh)."""
+        with self._lock:
+            rows, read_at, error = self._rows, self._read_at, self._error
+        if read_at is None:
+            return rows, "no status read yet" + (f" ({error})" if error else "")
+        age = time.time() - read_at
+        if error or age > max(3 * self.interval, 3.0):
+            return rows, f"read {age:.0f}s ago" + (f", then {error}" if error else "")
+        return rows, None
+
+    def renderable(self) -> Group:
+        rows, stale = self.snapshot()
+        return render(rows, self.unsafe_concerns, stale)
+
+
+def _reason(error: Exception) -> str:
+    """The kind of failure only: messages can quote server text."""
+    if isinstance(error, PyMongoError) and error.timeout:
+        return "a server did not answer in time"
+    return type(error).__name__
+
+
 def run_status(settings: Settings, json_output: bool, watch_live: bool, interval: float,
                console: Console) -> int:
-    reader = StatusReader(settings)
     # Only listed while allowed: otherwise the configuration would not have loaded.
     unsafe = settings.unsafe_concerns()
+    if watch_live:
+        poller = StatusPoller(settings, interval=interval,
+                              timeout_seconds=max(1.0, min(interval, 5.0)),
+                              unsafe_concerns=unsafe)
+        with poller, Live(get_renderable=poller.renderable, console=console,
+                          refresh_per_second=2):
+            try:
+                while True:
+                    time.sleep(0.5)
+            except KeyboardInterrupt:
+                pass
+    reader = StatusReader(settings)
     try:
-        if watch_live:
-            with Live(render(reader.collect(), unsafe), console=console,
-                      refresh_per_second=4) as live:
-                try:
-                    while True:
-                        time.sleep(interval)
-                        live.update(render(reader.collect(), unsafe))
-                except KeyboardInterrupt:
-                    pass
         rows = reader.collect()
     finally:
         reader.close()
@@ -245,8 +353,14 @@ def _seconds(value: float | None) -> str:
 
 
 def _headroom(row: dict[str, Any]) -> str:
-    """Seconds, "unknown" when the oplog cannot be read (the reason goes in a note), or "-"
-    before the first checkpoint."""
+    """Seconds, "unbounded" or "not full" where nothing falls off the oplog yet, "unknown"
+    when the oplog cannot be read (the reason goes in a note), or "-" before the first
+    checkpoint."""
     if row["oplog_headroom_seconds"] is None and row["oplog_unknown_because"]:
         return "unknown"
+    history = row.get("oplog_history")
+    if history == "unbounded":
+        return "unbounded"
+    if history == "not_full":
+        return "not full"
     return _seconds(row["oplog_headroom_seconds"])

@@ -96,6 +96,11 @@ class ReadOnlyCollection:
         """The key fields of each index, in order (`listIndexes`, a read)."""
         return [list(index["key"]) for index in self._collection.list_indexes()]
 
+    def indexes(self) -> list[dict[str, Any]]:
+        """Every index with its options (`listIndexes`, a read): `stagesync init` proposes
+        business keys from the unique ones."""
+        return [dict(index) for index in self._collection.list_indexes()]
+
     def watch(
         self,
         pipeline: Sequence[Mapping[str, Any]] | None = None,
@@ -141,6 +146,21 @@ class ProductionReader:
     def ping(self) -> None:
         self._client.admin.command("ping")
 
+    def namespaces(self) -> list[str]:
+        """`database.collection` of every collection (not views, not system collections)
+        outside admin, config and local: `listDatabases` and `listCollections`, both reads
+        (a user without `listDatabases` sees the databases it may read)."""
+        found = []
+        for entry in self._client.list_databases(nameOnly=True, authorizedDatabases=True):
+            database = entry["name"]
+            if database in ("admin", "config", "local"):
+                continue
+            for info in self._client[database].list_collections(
+                    filter={"type": "collection"}, authorizedCollections=True, nameOnly=True):
+                if not info["name"].startswith("system."):
+                    found.append(f"{database}.{info['name']}")
+        return sorted(found)
+
     def hello(self) -> dict[str, Any]:
         return dict(self._client.admin.command("hello"))
 
@@ -162,7 +182,11 @@ class ProductionReader:
                                          "its own oplog, which mongos does not serve")
         except PyMongoError as error:
             return OplogWindow(None, f"production did not answer hello ({_error_name(error)})")
-        return read_oplog_window(self._client["local"]["oplog.rs"])
+        oplog = self._client["local"]["oplog.rs"]
+        window = read_oplog_window(oplog)
+        if window.seconds is None:
+            return window
+        return OplogWindow(window.seconds, history=read_oplog_fill(oplog))
 
     def close(self) -> None:
         self._client.close()
@@ -172,6 +196,40 @@ class ProductionReader:
 class OplogWindow:
     seconds: float | None
     unknown_because: str | None = None
+    # "unbounded" (not capped), "not_full" (capped, nothing dropped yet), "full", or None
+    # (unknown). Only a full oplog drops its oldest entries: only then is window minus
+    # checkpoint age a countdown.
+    history: str | None = None
+
+
+def read_oplog_fill(oplog: Any) -> str | None:
+    """Whether the oplog is capped, and if so whether it has reached its bound yet, from
+    `$collStats` (storage statistics: `capped`, `max`/`count`, `maxSize`/`size`). Needs the
+    `collStats` action on local.oplog.rs (`clusterMonitor`); None when refused or unanswered."""
+    try:
+        stats = next(iter(oplog.aggregate([{"$collStats": {"storageStats": {}}}])), None)
+    except PyMongoError:
+        return None
+    return oplog_fill((stats or {}).get("storageStats"))
+
+
+def oplog_fill(stats: dict[str, Any] | None) -> str | None:
+    """Pure reading of storage statistics; see `read_oplog_fill`. A capped collection is
+    full once its count reaches `max` or its size comes within 5% of `maxSize` (MongoDB
+    truncates the oplog in whole stones, so it never sits exactly at its size)."""
+    if not stats or "capped" not in stats:
+        return None
+    if not stats["capped"]:
+        return "unbounded"
+    max_count, count = stats.get("max") or 0, stats.get("count")
+    max_size, size = stats.get("maxSize") or 0, stats.get("size")
+    if max_count and isinstance(count, int) and count >= max_count:
+        return "full"
+    if max_size and isinstance(size, int | float) and size >= 0.95 * max_size:
+        return "full"
+    if (max_count and isinstance(count, int)) or (max_size and isinstance(size, int | float)):
+        return "not_full"
+    return None
 
 
 def read_oplog_window(oplog: Any) -> OplogWindow:

@@ -22,9 +22,16 @@ fi
 STAMP="$VENV/.stagesync-installed"
 WANT="$(sha256sum "$ROOT/pyproject.toml" | cut -d' ' -f1)"
 if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ]; then
-    echo "installing stagesync and its dependencies into .venv ..." >&2
-    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip >&2
-    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e "$ROOT[test]" >&2
+    # pip's own output (warnings included) goes to a log: shown only when the install fails.
+    LOG="$VENV/install.log"
+    echo "installing stagesync and its dependencies into .venv (a few minutes; log: $LOG) ..." >&2
+    if ! { "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip &&
+        "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e "$ROOT[test]"; } \
+        >"$LOG" 2>&1; then
+        tail -n 40 "$LOG" >&2
+        echo "installation failed: see $LOG" >&2
+        exit 1
+    fi
     echo "$WANT" > "$STAMP"
 fi
 export PATH="$VENV/bin:$PATH"

@@ -1,12 +1,19 @@
 """What to sync: configuration models and their loader."""
 
-from settings.loader import CONFIG_ENV, ConfigError, config_path, load_settings
+from settings.loader import (
+    CONFIG_ENV,
+    ConfigError,
+    ConfigFileMissing,
+    config_path,
+    load_settings,
+)
 from settings.model import CollectionSettings, Settings, parse_rate_limit
 
 __all__ = [
     "CONFIG_ENV",
     "CollectionSettings",
     "ConfigError",
+    "ConfigFileMissing",
     "Settings",
     "config_path",
     "load_settings",

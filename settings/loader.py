@@ -26,6 +26,10 @@ class ConfigError(Exception):
     """A configuration that cannot be used; the message names every offending key."""
 
 
+class ConfigFileMissing(ConfigError):
+    """No configuration file where one was looked for: says where, and how to make one."""
+
+
 def config_path(explicit: str | os.PathLike[str] | None = None) -> Path:
     """`--config PATH`, else `STAGESYNC_CONFIG`, else ./stagesync.yaml."""
     chosen = explicit or os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG
@@ -38,6 +42,9 @@ def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
     try:
         return Settings(**data)
     except ValidationError as error:
+        if not source.exists():
+            # Nothing to name but keys the user never wrote: say that the file is missing.
+            raise ConfigFileMissing(missing_file_message(source, "the default path")) from None
         raise ConfigError(format_validation_error(error, _labels(data), source)) from None
     except SettingsError as error:
         # An environment value that is not valid JSON, e.g. STAGESYNC_COLLECTIONS.
@@ -65,10 +72,22 @@ def _labels(data: dict[str, Any]) -> dict[str, Any]:
 
 
 def _missing(source: Path, explicit: str | os.PathLike[str] | None) -> dict[str, Any]:
-    if explicit or os.environ.get(CONFIG_ENV):
-        raise ConfigError(f"config file {source} does not exist")
+    if explicit:
+        raise ConfigFileMissing(missing_file_message(source, "--config"))
+    if os.environ.get(CONFIG_ENV):
+        raise ConfigFileMissing(missing_file_message(source, CONFIG_ENV))
     # No file at all: the environment alone may carry the whole configuration.
     return {}
+
+
+def missing_file_message(source: Path, chosen_by: str) -> str:
+    """Where the file was looked for, what chose that path, and how to get one."""
+    return (
+        f"configuration file {source.absolute()} does not exist (path from {chosen_by})\n"
+        f"  choose a file with --config PATH or {CONFIG_ENV}=PATH (default: ./{DEFAULT_CONFIG})\n"
+        "  write a starter one: stagesync init --prod-uri URI --staging-uri URI\n"
+        "  or explore a local one: stagesync demo --keep"
+    )
 
 
 def _read_yaml(source: Path) -> dict[str, Any]:
