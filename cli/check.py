@@ -22,6 +22,7 @@ from deployments.guard import (
     assert_distinct_deployments,
     assert_distinct_uris,
 )
+from deployments.index_mirror import collection_drift, drift_warnings
 from deployments.production import ProductionReader
 from settings.logs import redact_uri
 from settings.model import CollectionSettings, Settings
@@ -77,6 +78,7 @@ def run_check(settings: Settings, console: Console) -> int:
                 production, staging[settings.staging.state_db], collection))
             warnings.extend(unique_index_warnings(staging, collection))
             warnings.extend(_follow_index_warnings(production, collection))
+            warnings.extend(_index_drift_warnings(settings, production, staging, collection))
     production.close()
     staging.close()
     for warning in warnings:
@@ -104,6 +106,14 @@ def _follow_index_warnings(production: ProductionReader, collection: CollectionS
         return []
     return [f"{collection.name}: production {collection.source} has no index on {follow!r}; "
             "subset.follow reads children by it when a parent enters or leaves the subset"]
+
+
+def _index_drift_warnings(settings: Settings, production: ProductionReader, staging: Any,
+                          collection: CollectionSettings) -> list[str]:
+    """Production's indexes against staging's: missing, extra, failed builds, and each
+    translation with how (README, "Indexes in staging"). Warnings: the sync goes on."""
+    return drift_warnings(collection.name,
+                          collection_drift(settings, collection, production, staging))
 
 
 def _reach(ping: Any, name: str, problems: list[str]) -> bool:

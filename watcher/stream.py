@@ -33,6 +33,7 @@ from celery import Celery
 from pymongo.database import Database
 from pymongo.errors import OperationFailure, PyMongoError
 
+from deployments.index_mirror import IndexFollower
 from deployments.production import ProductionReader
 from settings.model import CollectionSettings, Settings
 from tasks.constants import done_key, epoch_key, stats_key, watcher_key
@@ -44,7 +45,14 @@ from tasks.routing import queue_depth, queue_for
 from watcher import metrics
 from watcher.batcher import MicroBatcher
 from watcher.checkpoint import WatcherRecord
-from watcher.events import STREAM_PROJECTION, Change, HistoryEnded, Malformed, classify
+from watcher.events import (
+    STREAM_PROJECTION,
+    Change,
+    HistoryEnded,
+    IndexChanged,
+    Malformed,
+    classify,
+)
 from watcher.inflight import InflightWindow
 
 log = logging.getLogger("stagesync.watcher")
@@ -110,6 +118,9 @@ class CollectionWatcher:
         self._queues_busy_at = 0.0
         self._dead_letters = 0
         self._dead_letters_at = 0.0
+        # Production's indexes in staging, built in a thread of its own (None: indexes: none).
+        self.indexes = IndexFollower.for_watcher(settings, collection, production, state_db,
+                                                 stop)
 
     # -- outer loop: lease, restarts ------------------------------------------------------
     def run(self) -> None:
@@ -157,8 +168,11 @@ class CollectionWatcher:
             stream = self.source.watch(
                 STREAM_PROJECTION, resume_after=token, batch_size=config.batch_max_size,
                 max_await_time_ms=STREAM_AWAIT_MS,
+                **(self.indexes.stream_options() if self.indexes else {}),
             )
         except OperationFailure as error:
+            if self.indexes is not None and self.indexes.events_refused(error):
+                raise  # the restart opens the stream without DDL events
             if token is not None and error.code in UNUSABLE_TOKEN_CODES:
                 raise HistoryLost(f"resume token no longer usable (code {error.code})") from None
             raise
@@ -188,6 +202,8 @@ class CollectionWatcher:
         )
         self._set_epoch()
         self._replay_held_schema_versions()
+        if self.indexes is not None:
+            self.indexes.start()
         self.state = "streaming"
         clock = _Clocks()
         oldest_buffered: datetime | None = None
@@ -228,6 +244,8 @@ class CollectionWatcher:
                     oldest_buffered = happened
             elif isinstance(action, HistoryEnded):
                 raise HistoryLost(action.reason)
+            elif isinstance(action, IndexChanged) and self.indexes is not None:
+                self.indexes.poke()
             elif isinstance(action, Malformed):
                 log.error("skipping malformed change event",
                           extra={"collection": self.name, "reason": action.reason})
