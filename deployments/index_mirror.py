@@ -131,8 +131,8 @@ class IndexMirror:
             self._save_pass(wanted, plan, report)
         if report.created or report.dropped or report.modified or report.failed:
             log.info("indexes mirrored", extra={
-                "collection": self.collection.name, "created": report.created,
-                "dropped": report.dropped, "modified": report.modified,
+                "collection": self.collection.name, "built": report.created,
+                "dropped": report.dropped, "changed": report.modified,
                 "failed": sorted(report.failed)})
         return report
 
@@ -364,7 +364,7 @@ class IndexFollower:
             self._wake.clear()
             try:
                 self.mirror.run()
-            except PyMongoError as error:
+            except Exception as error:  # the thread must outlive any one failed pass
                 log.error("index mirror pass failed; trying again at the next one",
                           extra={"collection": self.mirror.collection.name,
                                  "error": f"{type(error).__name__}: {str(error)[:200]}"})
@@ -397,7 +397,7 @@ def run_in_background(mirror: IndexMirror, retry_failed: bool) -> bool:
         def work() -> None:
             try:
                 mirror.run(retry_failed=retry_failed)
-            except PyMongoError as error:
+            except Exception as error:  # a worker thread: log, never take the process down
                 log.error("index mirror pass failed", extra={
                     "collection": name, "error": f"{type(error).__name__}: {str(error)[:200]}"})
 
