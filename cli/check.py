@@ -4,8 +4,9 @@ Errors (exit 1): a deployment or Redis that does not answer, staging that is pro
 Warnings (exit 0): things that will not stop the sync but will surprise someone, found by
 sampling production documents: the soft-delete field already used by production, business-key
 fields missing, PII rules that match nothing, staging masked under older PII rules, many-to-one
-PII rules on fields a unique staging index covers. A strict collection with unclassified paths
-is an error (`cli.pii_checks`).
+PII rules on fields a unique staging index covers, index drift against production (missing,
+extra, failed builds, and every translation with how). A strict collection with unclassified
+paths is an error (`cli.pii_checks`).
 """
 
 from __future__ import annotations

@@ -5,7 +5,9 @@ pending, so an idle collection is healthy), last applied change, counters, queue
 the rate limit in force, checkpoint time and age, oplog headroom ("unknown", with the reason,
 where production's oplog cannot be read), whether a watcher streams it, the last error, and
 the paths a strict collection leaves out
-(`unclassified_paths`, shown as a warning; they do not change health).
+(`unclassified_paths`, shown as a warning; they do not change health), and index drift against
+production (`indexes`: missing, extra, changed, failed, translated, skipped; problems shown as
+notes; they do not change health either).
 Health (exit code 1 when any is not "ok"):
 - down: no watcher has reported for this collection recently;
 - stalled: changes are pending and nothing was applied for `status.stalled_after_seconds`;

@@ -362,13 +362,17 @@ class IndexFollower:
     def _run(self) -> None:
         while not self.stop.is_set():
             self._wake.clear()
+            failed = False
             try:
                 self.mirror.run()
             except Exception as error:  # the thread must outlive any one failed pass
+                failed = True
                 log.error("index mirror pass failed; trying again at the next one",
                           extra={"collection": self.mirror.collection.name,
                                  "error": f"{type(error).__name__}: {str(error)[:200]}"})
-            wait = self.poll_seconds if not self.events else EVENT_MODE_SAFETY_SECONDS
+            # After a failed pass the next comes at the poll interval even in event mode:
+            # the events that woke it are behind the checkpoint already.
+            wait = self.poll_seconds if failed or not self.events else EVENT_MODE_SAFETY_SECONDS
             woken = False
             deadline = wait
             while deadline > 0 and not self.stop.is_set():
