@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -308,18 +308,21 @@ class IndexFollower:
     runs beside the stream, so a long build never stalls the applies."""
 
     def __init__(self, mirror: IndexMirror, stop: threading.Event, poll_seconds: float,
-                 events: bool) -> None:
+                 events: bool, active: Callable[[], bool] | None = None) -> None:
         self.mirror = mirror
         self.stop = stop
         self.poll_seconds = poll_seconds
         self.events = events
+        # False while the watcher stands by (another one owns the collection and mirrors).
+        self.active = active or (lambda: True)
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
 
     @classmethod
     def for_watcher(cls, settings: Settings, collection: CollectionSettings,
                     production: ProductionReader, state_db: Database[Document],
-                    stop: threading.Event) -> IndexFollower | None:
+                    stop: threading.Event, active: Callable[[], bool] | None = None
+                    ) -> IndexFollower | None:
         if collection.indexes != "mirror":
             return None
         mirror = IndexMirror(collection, production.collection(collection), state_db.client,
@@ -330,7 +333,7 @@ class IndexFollower:
                 events = production.server_version()[:2] >= EXPANDED_EVENTS_SINCE
             except PyMongoError:
                 events = False  # asked again never; polling works everywhere
-        return cls(mirror, stop, settings.watcher.index_poll_seconds, events)
+        return cls(mirror, stop, settings.watcher.index_poll_seconds, events, active)
 
     @property
     def mode(self) -> str:
@@ -364,7 +367,8 @@ class IndexFollower:
             self._wake.clear()
             failed = False
             try:
-                self.mirror.run()
+                if self.active():
+                    self.mirror.run()
             except Exception as error:  # the thread must outlive any one failed pass
                 failed = True
                 log.error("index mirror pass failed; trying again at the next one",

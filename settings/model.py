@@ -329,9 +329,10 @@ class WatcherSettings(StrictModel):
     idle_sleep_ms: Annotated[int, Field(ge=1, le=1_000)] = 20
     # How the watcher follows production's index changes: `auto` reads the change stream's DDL
     # events where the server has them (MongoDB 6.0+) and polls `listIndexes` elsewhere;
-    # `poll` always polls. Polls come every `index_poll_seconds`.
+    # `poll` always polls. Polls come every `index_poll_seconds` (45: a new production index
+    # reaches staging within a minute, its build time aside).
     index_follow: Literal["auto", "poll"] = "auto"
-    index_poll_seconds: Annotated[float, Field(gt=0, le=3600)] = 60.0
+    index_poll_seconds: Annotated[float, Field(gt=0, le=3600)] = 45.0
 
 
 class WorkerSettings(StrictModel):

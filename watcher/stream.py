@@ -120,7 +120,7 @@ class CollectionWatcher:
         self._dead_letters_at = 0.0
         # Production's indexes in staging, built in a thread of its own (None: indexes: none).
         self.indexes = IndexFollower.for_watcher(settings, collection, production, state_db,
-                                                 stop)
+                                                 stop, active=lambda: self.state != "standby")
 
     # -- outer loop: lease, restarts ------------------------------------------------------
     def run(self) -> None:

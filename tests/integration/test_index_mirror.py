@@ -146,7 +146,9 @@ def test_production_s_index_changes_reach_staging_and_hand_made_ones_survive(
     begun = time.monotonic()
     wait_for(lambda: "total_desc" in indexes(pipeline), TIMEOUT,
              f"a new production index in staging ({follow})", pipeline)
-    assert time.monotonic() - begun < 60
+    elapsed = time.monotonic() - begun
+    assert elapsed < 60
+    print(f"index mirror ({follow}): production index in staging after {elapsed:.2f}s")
     pipeline.prod_client[prod.database.name].command(
         "collMod", prod.name, index={"name": "total_desc", "hidden": True})
     if any(i["name"] == "total_desc" and i.get("hidden") for i in prod.list_indexes()):
@@ -157,8 +159,11 @@ def test_production_s_index_changes_reach_staging_and_hand_made_ones_survive(
     # in-place change is covered by tests/unit/test_index_translation.py.
     prod.drop_index("total_desc")
     prod.drop_index("plan_1")
+    begun = time.monotonic()
     wait_for(lambda: "total_desc" not in indexes(pipeline), TIMEOUT,
              f"a dropped production index gone from staging ({follow})", pipeline)
+    print(f"index mirror ({follow}): dropped from staging after "
+          f"{time.monotonic() - begun:.2f}s")
     assert hand <= set(indexes(pipeline))
 
     result = pipeline.cli("resync", pipeline.collections[0]["name"], "--wait")

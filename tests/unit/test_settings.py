@@ -259,7 +259,7 @@ def test_defaults(tmp_path: Path) -> None:
     assert orders.filter is None
     assert orders.accepted_schema_versions is None
     assert (orders.indexes, orders.mirror_ttl) == ("mirror", False)
-    assert (loaded.watcher.index_follow, loaded.watcher.index_poll_seconds) == ("auto", 60)
+    assert (loaded.watcher.index_follow, loaded.watcher.index_poll_seconds) == ("auto", 45)
     # The worker defaults respect their own rule: backoff and time limit below visibility.
     assert loaded.worker.retry_backoff_max_seconds < loaded.worker.visibility_timeout_seconds
     assert loaded.worker.task_time_limit_seconds < loaded.worker.visibility_timeout_seconds
