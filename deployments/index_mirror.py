@@ -154,6 +154,8 @@ class IndexMirror:
                 self.target.database.command("collMod", self.target.name,
                                              index={"name": change.name, **change.changes})
                 report.modified.append(change.name)
+                self.records.delete_one({"_id": _failed_id(self.collection.name,
+                                                           change.production_name)})
             except OperationFailure as error:
                 if error.code in RACE_CODES and not last:
                     raise _Raced() from None

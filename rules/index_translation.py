@@ -327,9 +327,13 @@ def plan_mirror(
     plan = MirrorPlan()
     present = {str(index.get("name")): index for index in staging}
     used: set[str] = set()
-    for name in owned:
-        if name not in present:
+    for name, record in owned.items():
+        spec = record.get("spec")
+        # Gone, or replaced by someone's own index under the same name: no longer ours.
+        if name not in present or (spec is not None and not same_definition(
+                present[name], spec, serves)):
             plan.forget.append(name)
+    owned = {name: record for name, record in owned.items() if name not in plan.forget}
     to_build: list[Mirrored] = []
     # First what staging already has (so that no new index takes a name still in use) ...
     for item in wanted:

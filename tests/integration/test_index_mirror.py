@@ -104,8 +104,12 @@ def test_start_up_mirrors_production_s_indexes_translated_and_status_says_how(
     assert "live synced" in translated["email_unique"][0]
     assert "TTL dropped" in translated["created_ttl"][0]
     assert drift["missing"] == [] and drift["failed"] == [] and drift["extra"] == []
-    check = pipeline.cli("check")
-    assert "production index 'created_ttl' translated: TTL dropped" in check.stdout, check.stdout
+    check = " ".join(pipeline.cli("check").stdout.split())
+    assert "production index 'created_ttl' translated: TTL dropped" in check, check
+    verify = pipeline.cli("verify", pipeline.collections[0]["name"], "--json")
+    reported = json.loads(verify.stdout)["indexes"]
+    assert reported["in_step"] is True, reported
+    assert {t["production"] for t in reported["translated"]} == set(translated)
 
     # A TTL index in production never deletes a synced staging document: production's own
     # TTL monitor deletes the documents once 30 s old (within about a minute more), staging

@@ -281,6 +281,16 @@ def test_records_of_indexes_gone_by_hand_are_forgotten() -> None:
     assert plan.forget == ["gone"] and not plan.drops
 
 
+def test_an_index_someone_put_in_place_of_ours_is_theirs() -> None:
+    ours = {"key": {"a": 1}, "collation": SIMPLE}
+    staging = [existing("a_1", {"key": {"b": 1}})]  # dropped ours, made their own
+    plan = plan_mirror([], staging, {"a_1": {"production": "a_1", "spec": ours}}, {}, serves)
+    assert plan.forget == ["a_1"] and not plan.drops
+    hidden = [existing("a_1", {**ours, "hidden": True})]  # ours, changed in place: still ours
+    plan = plan_mirror([], hidden, {"a_1": {"production": "a_1", "spec": ours}}, {}, serves)
+    assert plan.drops == ["a_1"]
+
+
 # -- properties -------------------------------------------------------------------------------
 
 FIELDS = st.sampled_from(["a", "b", "c.d", "deleted", "_sync.pid"])
