@@ -234,7 +234,8 @@ class IndexMirror:
                    "attempts": record.get("attempts"),
                    "at": _iso(record.get("at"))}
                   for production, record in sorted(failures.items())
-                  if production in plan.held]
+                  if production in plan.held
+                  or production in {m.production_name for m in plan.modifies}]
         translated = [{"production": item.production_name,
                        "staging": staging_names.get(item.production_name),
                        "how": list(item.notes)}
