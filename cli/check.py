@@ -4,8 +4,9 @@ Errors (exit 1): a deployment or Redis that does not answer, staging that is pro
 Warnings (exit 0): things that will not stop the sync but will surprise someone, found by
 sampling production documents: the soft-delete field already used by production, business-key
 fields missing, PII rules that match nothing, staging masked under older PII rules, many-to-one
-PII rules on fields a unique staging index covers. A strict collection with unclassified paths
-is an error (`cli.pii_checks`).
+PII rules on fields a unique staging index covers, index drift against production (missing,
+extra, failed builds, and every translation with how). A strict collection with unclassified
+paths is an error (`cli.pii_checks`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from deployments.guard import (
     assert_distinct_deployments,
     assert_distinct_uris,
 )
+from deployments.index_mirror import collection_drift, drift_warnings
 from deployments.production import ProductionReader
 from deployments.staging import connect_staging
 from rules.identity import business_key, key_paths
@@ -77,6 +79,7 @@ def run_check(settings: Settings, console: Console) -> int:
                 production, staging[settings.staging.state_db], collection))
             warnings.extend(unique_index_warnings(staging, collection))
             warnings.extend(_follow_index_warnings(production, collection))
+            warnings.extend(_index_drift_warnings(settings, production, staging, collection))
     production.close()
     staging.close()
     for warning in warnings:
@@ -104,6 +107,14 @@ def _follow_index_warnings(production: ProductionReader, collection: CollectionS
         return []
     return [f"{collection.name}: production {collection.source} has no index on {follow!r}; "
             "subset.follow reads children by it when a parent enters or leaves the subset"]
+
+
+def _index_drift_warnings(settings: Settings, production: ProductionReader, staging: Any,
+                          collection: CollectionSettings) -> list[str]:
+    """Production's indexes against staging's: missing, extra, failed builds, and each
+    translation with how (README, "Indexes in staging"). Warnings: the sync goes on."""
+    return drift_warnings(collection.name,
+                          collection_drift(settings, collection, production, staging))
 
 
 def _reach(ping: Any, name: str, problems: list[str]) -> bool:

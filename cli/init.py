@@ -86,7 +86,7 @@ def _sample(console: Console, prod_uri: str, sample: int,
             database, _, name = namespace.partition(".")
             reader = production.collection(namespace)
             documents = list(reader.find({}, sort=[("_id", -1)], limit=sample))
-            candidates = key_candidates(reader.indexes(), documents)
+            candidates = key_candidates(reader.list_indexes(), documents)
             entry = ProposedCollection(
                 name=collection_name(database, name, taken), source=namespace,
                 target=staging_namespace(database, name), documents=reader.estimated_count(),

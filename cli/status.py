@@ -7,7 +7,9 @@ countdown only once the oplog drops entries: "unbounded" for an uncapped oplog, 
 while a capped one has dropped nothing; "unknown", with the reason, where production's oplog
 cannot be read), whether a watcher streams it, the last error, and
 the paths a strict collection leaves out
-(`unclassified_paths`, shown as a warning; they do not change health).
+(`unclassified_paths`, shown as a warning; they do not change health), and index drift against
+production (`indexes`: missing, extra, changed, failed, translated, skipped; problems shown as
+notes; they do not change health either).
 Health (exit code 1 when any is not "ok"):
 - down: no watcher has reported for this collection recently;
 - stalled: changes are pending and nothing was applied for `status.stalled_after_seconds`;
@@ -30,6 +32,7 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 
+from deployments.index_mirror import collection_drift, drift_warnings
 from deployments.production import OplogWindow, ProductionReader
 from deployments.staging import connect_staging
 from protocol.names import RESYNCS, VERIFICATIONS, stats_key, watcher_key
@@ -157,6 +160,7 @@ class StatusReader:
             "subset": collection.subset.model_dump(exclude_none=True)
             if collection.subset else None,
             "unclassified_paths": unclassified["paths"],
+            "indexes": self._indexes(collection),
             "warnings": [w for w in [masking_drift(self.state_db, self.settings, collection),
                                      unclassified_warning(unclassified)] if w],
         }
@@ -171,6 +175,11 @@ class StatusReader:
         value = read()
         self._slow[key] = (now, value)
         return value
+
+    def _indexes(self, collection: CollectionSettings) -> dict[str, Any]:
+        """Index drift against production: missing, extra, changed, failed, translated,
+        skipped (deployments.index_mirror)."""
+        return collection_drift(self.settings, collection, self.production, self.staging)
 
     def _resync(self, resync_id: str) -> dict[str, Any]:
         record = self.state_db[RESYNCS].find_one({"_id": resync_id}) or {}
@@ -219,6 +228,7 @@ def render(rows: list[dict[str, Any]], unsafe_concerns: Sequence[str] = (),
             notes.append(f"{row['collection']}: subset {row['subset']}: staging holds about "
                          f"{documents['staging_estimate']} of about "
                          f"{documents['production_estimate']} production documents")
+        notes.extend(_index_notes(row))
         if row["pending_references"]:
             notes.append(f"{row['collection']}: {row['pending_references']} reference(s) "
                          "waiting for their referenced copy")
@@ -320,6 +330,11 @@ def run_status(settings: Settings, json_output: bool, watch_live: bool, interval
     elif not watch_live:
         console.print(render(rows, unsafe))
     return 0 if all(row["health"] == "ok" for row in rows) else 1
+
+
+def _index_notes(row: dict[str, Any]) -> list[str]:
+    """Index drift worth a line: missing, extra, changed, failed (the JSON has it all)."""
+    return drift_warnings(row["collection"], row.get("indexes") or {}, problems_only=True)
 
 
 def _queues(depths: dict[str, int]) -> str:

@@ -7,6 +7,7 @@ import json
 from rich.console import Console
 from rich.table import Table
 
+from deployments.index_mirror import drift_warnings
 from settings.model import Settings
 from tasks.verification.verifier import Report, verify_collection
 
@@ -32,6 +33,7 @@ def print_report(report: Report, console: Console) -> None:
                    str(report.staging_soft_deleted), str(report.staging_unsynced),
                    str(report.compared))
     console.print(counts)
+    _print_index_drift(report, console)
     if report.equal:
         console.print("[green]staging equals production on production-owned fields[/green]")
         return
@@ -57,3 +59,12 @@ def print_report(report: Report, console: Console) -> None:
                 console.print(f"  {item}", highlight=False)
             if len(items) > SHOWN:
                 console.print(f"  ... and {len(items) - SHOWN} more")
+
+
+def _print_index_drift(report: Report, console: Console) -> None:
+    """Index drift beside the documents (`indexes` in the JSON): problems in yellow."""
+    problems = drift_warnings(report.collection, report.indexes, problems_only=True)
+    for line in problems:
+        console.print(f"[yellow]index drift: {line}[/yellow]", highlight=False)
+    if report.indexes.get("mode") == "mirror" and not problems:
+        console.print("indexes: staging has production's (translated where needed)")

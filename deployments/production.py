@@ -96,9 +96,10 @@ class ReadOnlyCollection:
         """The key fields of each index, in order (`listIndexes`, a read)."""
         return [list(index["key"]) for index in self._collection.list_indexes()]
 
-    def indexes(self) -> list[dict[str, Any]]:
-        """Every index with its options (`listIndexes`, a read): `stagesync init` proposes
-        business keys from the unique ones."""
+    def list_indexes(self) -> list[dict[str, Any]]:
+        """Every index's full definition as `listIndexes` gives it (a read); none for a
+        collection that does not exist (yet). The index mirror copies them; `stagesync init`
+        proposes business keys from the unique ones."""
         return [dict(index) for index in self._collection.list_indexes()]
 
     def watch(
@@ -109,10 +110,14 @@ class ReadOnlyCollection:
         start_after: Mapping[str, Any] | None = None,
         batch_size: int | None = None,
         max_await_time_ms: int | None = None,
+        show_expanded_events: bool | None = None,
     ) -> CollectionChangeStream[dict[str, Any]]:
+        """A change stream; `show_expanded_events` adds the DDL events of MongoDB 6.0+
+        (`createIndexes`, `dropIndexes`, `modify`, ...), which the index mirror follows."""
         return self._collection.watch(  # type: ignore[no-any-return]
             list(pipeline or []), resume_after=resume_after, start_after=start_after,
             batch_size=batch_size, max_await_time_ms=max_await_time_ms,
+            show_expanded_events=show_expanded_events,
         )
 
 
@@ -163,6 +168,15 @@ class ProductionReader:
 
     def hello(self) -> dict[str, Any]:
         return dict(self._client.admin.command("hello"))
+
+    def server_version(self) -> tuple[int, ...]:
+        """`buildInfo.versionArray` (a read), e.g. (7, 0, 4, 0): which change events exist."""
+        info = self._client.admin.command("buildInfo")
+        array = info.get("versionArray")
+        if isinstance(array, list) and array:
+            return tuple(int(part) for part in array if isinstance(part, int))
+        return tuple(int(part) for part in str(info.get("version", "0")).split(".")
+                     if part.isdigit())
 
     def server_status(self) -> dict[str, Any]:
         """Needs `clusterMonitor`; the guard asks it only when `hello` cannot decide."""

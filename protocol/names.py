@@ -27,6 +27,9 @@ PENDING_REFERENCES = "pending_references"  # references waiting for their refere
 RUNTIME = "runtime"  # settings changed at run time (per-queue rate limits)
 VERIFICATIONS = "verifications"  # the latest scheduled verification per collection
 UNCLASSIFIED = "unclassified_paths"  # paths a strict collection left out (no values), bounded
+# Production's indexes mirrored into staging: one document per staging index stagesync created
+# (ownership: only those are ever dropped), per failed build, and per collection's last pass.
+INDEX_MIRROR = "index_mirror"
 GUARD_MARKERS = "guard"  # markers of the same-deployment check (deployments.guard)
 
 # Indexes stagesync creates; only names with this prefix are ever dropped by it.

@@ -116,6 +116,11 @@ class CollectionSettings(StrictModel):
     references: dict[str, str] = {}
     # Only part of production: see SubsetSettings. Combines with `filter` (in when both say so).
     subset: SubsetSettings | None = None
+    # `mirror`: production's secondary indexes are kept in staging, translated so that the sync
+    # never breaks on them (README, "Indexes in staging"); `none`: only stagesync's own.
+    indexes: Literal["mirror", "none"] = "mirror"
+    # Mirrored TTL indexes keep production's expiry (hard deletes in staging) when true.
+    mirror_ttl: bool = False
 
     @field_validator("name")
     @classmethod
@@ -272,6 +277,9 @@ class CollectionSettings(StrictModel):
                 raise ValueError(f"staging_fields: {path!r} is managed by stagesync")
         if self.accepted_schema_versions is not None and self.schema_version_field is None:
             raise ValueError("accepted_schema_versions: needs schema_version_field")
+        if self.mirror_ttl and self.indexes != "mirror":
+            raise ValueError("mirror_ttl: needs indexes: mirror (no index is mirrored with "
+                             "indexes: none)")
         return self
 
     @property
@@ -301,6 +309,12 @@ class WatcherSettings(StrictModel):
     checkpoint_interval_seconds: Annotated[float, Field(gt=0)] = 1.0
     lease_seconds: Annotated[float, Field(ge=2)] = 15.0
     idle_sleep_ms: Annotated[int, Field(ge=1, le=1_000)] = 20
+    # How the watcher follows production's index changes: `auto` reads the change stream's DDL
+    # events where the server has them (MongoDB 6.0+) and polls `listIndexes` elsewhere;
+    # `poll` always polls. Polls come every `index_poll_seconds` (45: a new production index
+    # reaches staging within a minute, its build time aside).
+    index_follow: Literal["auto", "poll"] = "auto"
+    index_poll_seconds: Annotated[float, Field(gt=0, le=3600)] = 45.0
 
 
 class WorkerSettings(StrictModel):

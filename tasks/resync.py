@@ -32,6 +32,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from pymongo.errors import NetworkTimeout
 
 from deployments.failures import describe_error, is_transient
+from deployments.index_mirror import IndexMirror, run_in_background
 from protocol.names import RESYNC, RESYNC_CHUNK, RESYNC_SWEEP
 from protocol.routing import queues_of
 from rules.id_ranges import type_bracket
@@ -159,6 +160,17 @@ def _set_up(runtime: Runtime, collection: str, resync_id: str) -> None:
     log.info("resync started", extra={"collection": collection, "resync": resync_id,
                                       "estimate": estimate, "chunk_docs": span,
                                       "inflight": inflight, "empty_staging": empty})
+    _mirror_indexes(runtime, collection)
+
+
+def _mirror_indexes(runtime: Runtime, collection: str) -> None:
+    """Every resync makes staging's indexes match production's again, failed builds
+    included; in a thread of this worker, so neither the resync nor any apply waits for a
+    build."""
+    context = runtime.context(collection)
+    if context.settings.indexes == "mirror":
+        run_in_background(IndexMirror(context.settings, context.production, runtime.staging,
+                                      runtime.state_db), retry_failed=True)
 
 
 def advance(runtime: Runtime, collection: str, resync_id: str, revive: bool = False) -> None:

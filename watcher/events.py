@@ -21,6 +21,10 @@ from rules.identity import encode_id
 
 APPLIED_OPERATIONS = frozenset({"insert", "update", "replace", "delete"})
 HISTORY_ENDING_OPERATIONS = frozenset({"drop", "rename", "dropDatabase", "invalidate"})
+# DDL events of `showExpandedEvents` (MongoDB 6.0+) that change the collection's indexes
+# (`modify` also carries collMod's hidden and TTL changes): the index mirror reads production's
+# `listIndexes` again. Nothing is enqueued and no document is touched.
+INDEX_OPERATIONS = frozenset({"createIndexes", "dropIndexes", "modify"})
 
 # Keep only what the watcher uses; `_id` (the resume token) always stays.
 STREAM_PROJECTION: list[dict[str, Any]] = [
@@ -51,12 +55,17 @@ class Malformed:
     reason: str
 
 
-Action = Change | HistoryEnded | Malformed | None
+@dataclass(frozen=True)
+class IndexChanged:
+    operation: str
+
+
+Action = Change | HistoryEnded | Malformed | IndexChanged | None
 
 
 def classify(event: Mapping[str, Any]) -> Action:
-    """Change to enqueue, HistoryEnded, Malformed, or None for events with nothing to copy
-    (index builds, collection option changes and other expanded events)."""
+    """Change to enqueue, HistoryEnded, Malformed, IndexChanged (production's indexes
+    changed), or None for events with nothing to copy (other expanded events)."""
     operation = event.get("operationType")
     if operation in APPLIED_OPERATIONS:
         key = event.get("documentKey")
@@ -66,6 +75,8 @@ def classify(event: Mapping[str, Any]) -> Action:
         return Change(encode_id(key["_id"]), str(operation), event_time(event), extra or None)
     if operation in HISTORY_ENDING_OPERATIONS:
         return HistoryEnded(f"{operation} event on {_namespace(event)}")
+    if operation in INDEX_OPERATIONS:
+        return IndexChanged(str(operation))
     return None
 
 

@@ -34,6 +34,7 @@ from celery import Celery
 from pymongo.database import Database
 from pymongo.errors import OperationFailure, PyMongoError
 
+from deployments.index_mirror import IndexFollower
 from deployments.production import ProductionReader, ReadOnlyCollection
 from protocol.names import (
     RESYNCS,
@@ -51,7 +52,14 @@ from tasks.enqueue import publish_apply, start_replay, start_resync
 from watcher import metrics
 from watcher.batcher import MicroBatcher
 from watcher.checkpoint import WatcherRecord
-from watcher.events import STREAM_PROJECTION, Change, HistoryEnded, Malformed, classify
+from watcher.events import (
+    STREAM_PROJECTION,
+    Change,
+    HistoryEnded,
+    IndexChanged,
+    Malformed,
+    classify,
+)
 from watcher.inflight import InflightWindow
 
 log = logging.getLogger("stagesync.watcher")
@@ -137,6 +145,10 @@ class CollectionWatcher:
         # At 0 from the start, so that the first one is an increase an alert can see.
         metrics.HISTORY_LOST.labels(self.name)
         metrics.REPUBLISHED.labels(self.name)
+        # Production's indexes in staging, built in a thread of its own (None: indexes: none).
+        self.indexes = IndexFollower.for_watcher(
+            settings, collection, links.production, links.state_db, links.stop,
+            active=lambda: self.state != "standby")
 
     # -- outer loop: lease, restarts ------------------------------------------------------
     def run(self) -> None:
@@ -189,8 +201,11 @@ class CollectionWatcher:
             stream = self.source.watch(
                 STREAM_PROJECTION, resume_after=token, batch_size=config.batch_max_size,
                 max_await_time_ms=STREAM_AWAIT_MS,
+                **(self.indexes.stream_options() if self.indexes else {}),
             )
         except OperationFailure as error:
+            if self.indexes is not None and self.indexes.events_refused(error):
+                raise  # the restart opens the stream without DDL events
             if token is not None and error.code in UNUSABLE_TOKEN_CODES:
                 raise HistoryLost(f"resume token no longer usable (code {error.code})") from None
             raise
@@ -220,6 +235,8 @@ class CollectionWatcher:
         )
         self._set_epoch()
         self._replay_held_schema_versions()
+        if self.indexes is not None:
+            self.indexes.start()
         self.state = "streaming"
         clock = _Clocks()
         oldest_buffered: datetime | None = None
@@ -260,6 +277,8 @@ class CollectionWatcher:
                     oldest_buffered = happened
             elif isinstance(action, HistoryEnded):
                 raise HistoryLost(action.reason)
+            elif isinstance(action, IndexChanged) and self.indexes is not None:
+                self.indexes.poke()
             elif isinstance(action, Malformed):
                 log.error("skipping malformed change event",
                           extra={"collection": self.name, "reason": action.reason})

@@ -20,6 +20,7 @@ import bson
 import redis
 
 from deployments.in_lists import in_lists
+from deployments.index_mirror import collection_drift
 from deployments.production import ProductionReader, read_documents
 from deployments.staging import SIMPLE, connect_staging
 from protocol.names import watcher_key
@@ -61,6 +62,9 @@ class Report:
     different: dict[str, list[str]] = field(default_factory=dict)
     dangling: dict[str, list[str]] = field(default_factory=dict)  # reference path -> pids
     orphans: list[str] = field(default_factory=list)  # live copies whose followed parent is not
+    # Index drift against production (deployments.index_mirror); reported beside the documents,
+    # it does not make them unequal.
+    indexes: dict[str, Any] = field(default_factory=dict)
 
     @property
     def equal(self) -> bool:
@@ -89,6 +93,7 @@ class Report:
             "different_fields": self.different,
             "dangling_references": self.dangling,
             "outside_subset_closure": self.orphans,
+            "indexes": self.indexes,
         }
 
 
@@ -328,6 +333,11 @@ def _existing(collection: Any, values: list[Any]) -> set[str]:
     return found
 
 
+def _index_drift(settings: Settings, verifier: Verifier) -> dict[str, Any]:
+    return collection_drift(settings, verifier.collection, verifier.production,
+                            verifier.staging_client)
+
+
 def verify_collection(settings: Settings, name: str, sample: int, settle: float
                       ) -> Report:
     verifier = Verifier(settings, settings.collection(name))
@@ -339,6 +349,7 @@ def verify_collection(settings: Settings, name: str, sample: int, settle: float
             if not verifier.wait_caught_up(settings.redis_url, settle, since=time.time()):
                 time.sleep(min(settle, 2.0))
             report = verifier.recheck(report)
+        report.indexes = _index_drift(settings, verifier)
         return report
     finally:
         verifier.close()

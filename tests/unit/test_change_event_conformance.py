@@ -39,6 +39,7 @@ from watcher.events import (
     STREAM_PROJECTION,
     Change,
     HistoryEnded,
+    IndexChanged,
     classify,
 )
 
@@ -404,9 +405,9 @@ CASES: dict[str, tuple[dict[str, Any], Expected]] = {
     "dropDatabase": (DROP_DATABASE, Expected(HistoryEnded)),
     "invalidate": (INVALIDATE, Expected(HistoryEnded)),
     "create": (CREATE, Expected(None)),
-    "createIndexes": (CREATE_INDEXES, Expected(None)),
-    "dropIndexes": (DROP_INDEXES, Expected(None)),
-    "modify": (MODIFY, Expected(None)),
+    "createIndexes": (CREATE_INDEXES, Expected(IndexChanged)),
+    "dropIndexes": (DROP_INDEXES, Expected(IndexChanged)),
+    "modify": (MODIFY, Expected(IndexChanged)),
     "shardCollection": (SHARD_COLLECTION, Expected(None)),
     "refineCollectionShardKey": (REFINE_SHARD_KEY, Expected(None)),
     "reshardCollection": (RESHARD_COLLECTION, Expected(None)),
@@ -441,6 +442,8 @@ def test_event_yields_the_right_action(raw: dict[str, Any], expected: Expected) 
         assert decoded == expected.document_id
         assert type(decoded) is type(expected.document_id)
         assert action.happened_at == as_utc(raw["wallTime"])
+    elif isinstance(action, IndexChanged):
+        assert action.operation == raw["operationType"]  # the index mirror reads listIndexes
     else:
         assert isinstance(action, HistoryEnded)
         assert raw["operationType"] in action.reason

@@ -258,6 +258,8 @@ def test_defaults(tmp_path: Path) -> None:
     assert orders.partitions == 1
     assert orders.filter is None
     assert orders.accepted_schema_versions is None
+    assert (orders.indexes, orders.mirror_ttl) == ("mirror", False)
+    assert (loaded.watcher.index_follow, loaded.watcher.index_poll_seconds) == ("auto", 45)
     # The worker defaults respect their own rule: backoff and time limit below visibility.
     assert loaded.worker.retry_backoff_max_seconds < loaded.worker.visibility_timeout_seconds
     assert loaded.worker.task_time_limit_seconds < loaded.worker.visibility_timeout_seconds
@@ -605,6 +607,19 @@ ERROR_CASES: list[tuple[str, Mutation, tuple[str, ...]]] = [
      ("watcher.max_unapplied",)),
     ("collection that is not a mapping", _set("collections", 0, value="orders"),
      ("collections[0]",)),
+    ("unknown indexes mode", _set("collections", 0, "indexes", value="copy"),
+     (f"{C0}.indexes",)),
+    ("mirror_ttl that is not a boolean", _set("collections", 0, "mirror_ttl", value="often"),
+     (f"{C0}.mirror_ttl",)),
+    ("mirror_ttl without mirroring",
+     _set("collections", 0, value={"name": "orders", "source": "production.orders",
+                                   "target": "staging.orders", "business_key": ["accountId"],
+                                   "indexes": "none", "mirror_ttl": True}),
+     (C0, "mirror_ttl", "indexes: mirror")),
+    ("unknown index_follow", _set("watcher", value={"index_follow": "events"}),
+     ("watcher.index_follow",)),
+    ("index poll interval zero", _set("watcher", value={"index_poll_seconds": 0}),
+     ("watcher.index_poll_seconds",)),
 ]
 
 

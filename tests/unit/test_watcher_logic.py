@@ -14,7 +14,14 @@ from hypothesis import strategies as st
 
 from rules.identity import decode_id, encode_id
 from watcher.batcher import MicroBatcher
-from watcher.events import Change, HistoryEnded, Malformed, classify, event_time
+from watcher.events import (
+    Change,
+    HistoryEnded,
+    IndexChanged,
+    Malformed,
+    classify,
+    event_time,
+)
 from watcher.inflight import InflightWindow
 
 FAST = settings(database=None, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -510,11 +517,15 @@ def test_history_ended_names_the_namespace() -> None:
 
 
 @pytest.mark.parametrize(
-    "operation",
-    ["createIndexes", "dropIndexes", "modify", "create", "shardCollection", "somethingNew"],
+    "operation", ["create", "shardCollection", "somethingNew"],
 )
 def test_events_with_nothing_to_copy(operation: str) -> None:
     assert classify(event(operation)) is None
+
+
+@pytest.mark.parametrize("operation", ["createIndexes", "dropIndexes", "modify"])
+def test_index_ddl_events_wake_the_index_mirror_and_copy_nothing(operation: str) -> None:
+    assert classify(event(operation)) == IndexChanged(operation)
 
 
 def test_event_without_operation_type() -> None:

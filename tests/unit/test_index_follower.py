@@ -1,0 +1,92 @@
+"""How the watcher follows production's index changes, decided without a server: DDL events
+on 6.0+, polling before that or when configured, a fall-back to polling when the server
+refuses `showExpandedEvents`; and failure messages never carry duplicate values."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pytest
+from pymongo.errors import OperationFailure, PyMongoError
+
+from deployments.index_mirror import IndexFollower, _message
+from settings.model import Settings
+
+
+class FakeReader:
+    """Only what the follower asks of a ProductionReader: its version and a collection."""
+
+    def __init__(self, version: tuple[int, ...] | None) -> None:
+        self.version = version
+
+    def server_version(self) -> tuple[int, ...]:
+        if self.version is None:
+            raise PyMongoError("no answer")
+        return self.version
+
+    def collection(self, _settings: Any) -> Any:
+        return object()
+
+
+class FakeStateDb:
+    client: dict[str, Any] = {"s": {"orders": object()}}
+
+    def __getitem__(self, name: str) -> Any:
+        return object()
+
+
+def settings(indexes: str = "mirror", follow: str = "auto") -> Settings:
+    return Settings(
+        prod={"uri": "mongodb://prod:27017/"}, staging={"uri": "mongodb://staging:27017/"},
+        collections=[{"name": "orders", "source": "p.orders", "target": "s.orders",
+                      "business_key": ["a"], "indexes": indexes}],
+        watcher={"index_follow": follow, "index_poll_seconds": 0.5},
+    )
+
+
+def follower(version: tuple[int, ...] | None, **options: str) -> IndexFollower | None:
+    config = settings(**options)
+    return IndexFollower.for_watcher(config, config.collections[0],
+                                     FakeReader(version),  # type: ignore[arg-type]
+                                     FakeStateDb(),  # type: ignore[arg-type]
+                                     threading.Event())
+
+
+@pytest.mark.parametrize(("version", "mode"), [
+    ((6, 0, 0), "events"), ((8, 2, 11), "events"), ((5, 0, 9), "poll"), ((4, 4), "poll"),
+    (None, "poll"),
+])
+def test_events_where_the_server_has_them(version: tuple[int, ...] | None, mode: str) -> None:
+    found = follower(version)
+    assert found is not None and found.mode == mode
+    assert found.stream_options() == ({"show_expanded_events": True} if mode == "events"
+                                      else {})
+    assert found.poll_seconds == 0.5
+
+
+def test_poll_when_configured_and_nothing_when_indexes_none() -> None:
+    polled = follower((8, 0), follow="poll")
+    assert polled is not None and polled.mode == "poll"
+    assert follower((8, 0), indexes="none") is None
+
+
+def test_a_server_refusing_expanded_events_makes_it_poll() -> None:
+    found = follower((7, 0))
+    assert found is not None
+    other = OperationFailure("Invalid resume token", 260)
+    assert not found.events_refused(other) and found.mode == "events"
+    refused = OperationFailure(
+        "BSON field '$changeStream.showExpandedEvents' is an unknown field.", 40415)
+    assert found.events_refused(refused)
+    assert found.mode == "poll" and found.stream_options() == {}
+
+
+def test_failure_messages_never_carry_the_duplicate_values() -> None:
+    error = OperationFailure("E11000", 11000, {
+        "errmsg": "Index build failed: E11000 duplicate key error collection: s.users "
+                  "index: email_unique dup key: { email: \"ann@corp.test\" }",
+        "codeName": "DuplicateKey", "keyValue": {"email": "ann@corp.test"}})
+    message = _message(error)
+    assert message.startswith("11000 DuplicateKey: ")
+    assert "email_unique" in message and "ann@corp.test" not in message
