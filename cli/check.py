@@ -29,8 +29,9 @@ from deployments.staging import connect_staging
 from rules.identity import business_key, key_paths
 from rules.paths import has_path, split_dotted
 from rules.pii import paths_matched
+from settings.collection import CollectionSettings
 from settings.logs import redact_uri
-from settings.model import CollectionSettings, Settings
+from settings.model import Settings
 from state.pii_state import masking_drift
 
 SAMPLE = 20

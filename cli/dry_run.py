@@ -28,7 +28,8 @@ from rules.paths import join_dotted, leaf_paths, set_path
 from rules.pii import Masker
 from rules.plan_types import PlannedWrite
 from rules.sync_meta import SYNC, read_meta
-from settings.model import CollectionSettings, Settings
+from settings.collection import CollectionSettings
+from settings.model import Settings
 from tasks.apply.applier import apply_changes
 from tasks.apply.context import ApplyContext, PlanOnly
 from watcher.events import STREAM_PROJECTION, Change, classify

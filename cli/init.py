@@ -24,8 +24,9 @@ from cli.starter_config import (
     starter_yaml,
 )
 from deployments.production import ProductionReader
+from settings.collection import CollectionSettings
 from settings.logs import redact_uri
-from settings.model import CollectionSettings, ProductionSettings
+from settings.model import ProductionSettings
 
 TIMEOUT_MS = 3000  # production unreachable: say so soon, write the example
 PLACEHOLDER_PROD = "mongodb://prod-host:27017/?replicaSet=rs0"

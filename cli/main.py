@@ -195,7 +195,7 @@ def rate_limit(
 ) -> None:
     """Show or change a collection's rate limit for all its workers, at run time."""
     from deployments.staging import connect_staging
-    from settings.model import parse_rate_limit
+    from settings.values import parse_rate_limit
     from tasks.apply.rate_limit import effective_rate, set_rate_override
 
     settings = settings_from(config)

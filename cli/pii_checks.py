@@ -20,7 +20,7 @@ from deployments.production import ProductionReader
 from rules.document import Document
 from rules.paths import overlaps, split_dotted
 from rules.pii_strict import Classification
-from settings.model import CollectionSettings
+from settings.collection import CollectionSettings
 from state.unclassified_paths import safe_path, unclassified_report
 
 STRICT_SAMPLE = 200

@@ -40,7 +40,7 @@ from rules.pii_detect import (
 )
 
 if TYPE_CHECKING:
-    from settings.model import CollectionSettings
+    from settings.collection import CollectionSettings
 
 __all__ = ["MIN_SHARE", "RULES", "PathFinding", "ScanResult", "kind_label", "scan_documents"]
 

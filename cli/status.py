@@ -37,7 +37,8 @@ from deployments.production import OplogWindow, ProductionReader
 from deployments.staging import connect_staging
 from protocol.names import RESYNCS, VERIFICATIONS, stats_key, watcher_key
 from protocol.routing import queue_depth, queues_of
-from settings.model import CollectionSettings, Settings
+from settings.collection import CollectionSettings
+from settings.model import Settings
 from state.dead_letters import DeadLetterStore
 from state.pii_state import masking_drift
 from state.unclassified_paths import unclassified_report, unclassified_warning

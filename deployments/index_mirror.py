@@ -43,7 +43,8 @@ from rules.index_translation import (
     plan_mirror,
     translate_all,
 )
-from settings.model import CollectionSettings, Settings
+from settings.collection import CollectionSettings
+from settings.model import Settings
 
 log = logging.getLogger("stagesync.indexes")
 

@@ -19,7 +19,8 @@ from pymongo.read_concern import ReadConcern
 from pymongo.read_preferences import ReadPreference
 
 from deployments.in_lists import in_lists
-from settings.model import CollectionSettings, ProductionSettings
+from settings.collection import CollectionSettings
+from settings.model import ProductionSettings
 
 # Commands a reader legitimately sends; anything else reaching production is a bug.
 READ_COMMANDS = frozenset({

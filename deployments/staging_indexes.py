@@ -60,7 +60,8 @@ from protocol.names import (
     TOMBSTONE_TTL_INDEX,
 )
 from rules.sync_meta import DELETED_AT_FIELD, EXPIRE_AT_FIELD, KEY_FIELD, PID_FIELD
-from settings.model import CollectionSettings, Settings
+from settings.collection import CollectionSettings
+from settings.model import Settings
 
 OWN_PREFIX = OWN_INDEX_PREFIX
 SIMPLE_COLLATION = {"locale": "simple"}

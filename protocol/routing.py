@@ -13,7 +13,8 @@ import hashlib
 import redis
 
 from protocol.names import queue_names
-from settings.model import CollectionSettings, Settings
+from settings.collection import CollectionSettings
+from settings.model import Settings
 
 
 def partition_of(pid: str, partitions: int) -> int:

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rules.pii_strict import Classification
-from settings.model import CollectionSettings
+from settings.collection import CollectionSettings
 
 PID_PATH = "_sync.pid"
 SIMPLE_COLLATION = {"locale": "simple"}

@@ -74,7 +74,7 @@ from rules.pii_strict import Classification
 from settings.pii_rules import FakeKind, PiiRule
 
 if TYPE_CHECKING:
-    from settings.model import CollectionSettings
+    from settings.collection import CollectionSettings
 
 __all__ = [
     "REDACTED",

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 from rules.paths import Path, join_dotted, split_dotted
 
 if TYPE_CHECKING:
-    from settings.model import CollectionSettings
+    from settings.collection import CollectionSettings
 
 __all__ = ["Classification", "classified_paths"]
 

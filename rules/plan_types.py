@@ -13,7 +13,7 @@ from rules.field_update import Update
 from rules.identity import business_key, decode_id, key_digest, key_paths
 from rules.merge import FieldRules
 from rules.paths import Path, split_dotted
-from settings.model import CollectionSettings
+from settings.collection import CollectionSettings
 
 Outcome = Literal["created", "updated", "unchanged", "soft_deleted", "tombstoned", "released"]
 Reason = Literal[

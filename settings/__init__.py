@@ -1,5 +1,6 @@
 """What to sync: configuration models and their loader."""
 
+from settings.collection import CollectionSettings
 from settings.loader import (
     CONFIG_ENV,
     ConfigError,
@@ -7,7 +8,8 @@ from settings.loader import (
     config_path,
     load_settings,
 )
-from settings.model import CollectionSettings, Settings, parse_rate_limit
+from settings.model import Settings
+from settings.values import parse_rate_limit
 
 __all__ = [
     "CONFIG_ENV",

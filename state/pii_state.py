@@ -15,7 +15,8 @@ from pymongo.database import Database
 from protocol.names import RUNTIME
 from rules.pii_digests import rules_fingerprint
 from rules.pii_strict import Classification
-from settings.model import CollectionSettings, Settings
+from settings.collection import CollectionSettings
+from settings.model import Settings
 
 
 def _record_id(collection: str) -> str:

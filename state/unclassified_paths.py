@@ -30,7 +30,7 @@ from rules.document import Document
 from rules.paths import join_dotted, split_dotted
 from rules.pii_detect import segment_looks_personal
 from rules.pii_strict import Classification
-from settings.model import CollectionSettings
+from settings.collection import CollectionSettings
 
 __all__ = [
     "MAX_PATHS_PER_COLLECTION",

@@ -20,7 +20,7 @@ from protocol.routing import queue_for
 from rules.pii import Masker
 from rules.references import Reference, references_of
 from settings import Settings, load_settings
-from settings.model import CollectionSettings
+from settings.collection import CollectionSettings
 from state.dead_letters import DeadLetterStore
 from state.pii_state import record_masking
 from state.unclassified_paths import forget_classified, held_count

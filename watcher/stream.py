@@ -45,7 +45,8 @@ from protocol.names import (
     watcher_key,
 )
 from protocol.routing import home_queue, queue_depth, queue_for, queues_of
-from settings.model import CollectionSettings, Settings
+from settings.collection import CollectionSettings
+from settings.model import Settings
 from state.dead_letters import DeadLetterStore
 from state.resync_progress import progress, resync_ids_of
 from tasks.enqueue import publish_apply, start_replay, start_resync

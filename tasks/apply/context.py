@@ -18,7 +18,7 @@ from rules.identity import decode_id, encode_id
 from rules.pii import Masker
 from rules.plan_types import CollectionRules, DeadLetter, PlannedWrite
 from rules.subset import in_sample
-from settings.model import CollectionSettings
+from settings.collection import CollectionSettings
 from state.dead_letters import DeadLetterStore
 from state.unclassified_paths import held_count, record_unclassified
 from tasks.apply.references import ReferenceResolver

@@ -19,7 +19,8 @@ from limits.strategies import MovingWindowRateLimiter
 from pymongo.database import Database
 
 from protocol.names import RATE_LIMIT_KEY_PREFIX, RUNTIME, rate_limit_prefix
-from settings.model import Settings, parse_rate_limit
+from settings.model import Settings
+from settings.values import parse_rate_limit
 
 OVERRIDE_CACHE_SECONDS = 2.0
 

@@ -26,7 +26,7 @@ from rules.document import Document
 from rules.identity import business_key, decode_id, encode_id, key_digest
 from rules.plan_types import UNSYNCED, CollectionRules, PlannedWrite, StagingView
 from rules.sync_meta import KEY_FIELD, PID_FIELD, SYNC, VERSION_FIELD, read_meta
-from settings.model import CollectionSettings
+from settings.collection import CollectionSettings
 
 # Unique indexes whose duplicate-key errors mean "another apply got there first" (re-plan),
 # as opposed to an index of the user's, which makes the write fail for good.

@@ -38,7 +38,8 @@ from rules.plan_types import CollectionRules
 from rules.references import Reference, reference_values, references_of
 from rules.subset import in_sample
 from rules.sync_meta import PID_FIELD, SYNC, read_meta
-from settings.model import CollectionSettings, Settings
+from settings.collection import CollectionSettings
+from settings.model import Settings
 from state.dead_letters import DeadLetterStore
 from tasks.apply.references import ReferenceResolver, SubsetLinks, Target
 

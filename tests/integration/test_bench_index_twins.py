@@ -24,7 +24,7 @@ from bench.product import add_index_twins
 from bench.systems import BenchContext
 from deployments.staging_indexes import ensure, target_indexes
 from rules.sync_meta import KEY_FIELD, PID_FIELD, SYNC
-from settings.model import CollectionSettings
+from settings.collection import CollectionSettings
 from tests.support.backends import MongoPair
 
 SIMPLE = Collation(locale="simple")

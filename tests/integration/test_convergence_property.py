@@ -35,7 +35,7 @@ from rules.identity import encode_id
 from rules.merge import production_view
 from rules.pii import Masker
 from rules.sync_meta import read_meta
-from settings.model import CollectionSettings
+from settings.collection import CollectionSettings
 from state.versions import take_version
 from tasks.apply.applier import apply_documents
 from tasks.apply.context import ApplyContext

@@ -18,7 +18,7 @@ from bson import ObjectId
 from cli.local_servers import free_port
 from protocol.names import UNCLASSIFIED
 from rules.identity import encode_id
-from settings.model import CollectionSettings
+from settings.collection import CollectionSettings
 from state.unclassified_paths import (
     MAX_PATHS_PER_COLLECTION,
     forget_classified,

@@ -25,7 +25,8 @@ from deployments.staging_indexes import ensure_indexes
 from rules.identity import encode_id
 from rules.pii import Masker
 from rules.references import references_of
-from settings.model import CollectionSettings, Settings
+from settings.collection import CollectionSettings
+from settings.model import Settings
 from tasks.apply.applier import apply_changes
 from tasks.apply.context import ApplyContext
 from tasks.apply.references import ReferenceResolver, Target

@@ -9,7 +9,7 @@ from typing import Any
 from bson import SON
 
 from deployments.staging_indexes import IndexPlan, blocker, plan_index, serves, target_indexes
-from settings.model import CollectionSettings
+from settings.collection import CollectionSettings
 
 ORDERS = CollectionSettings(name="orders", source="p.orders", target="s.orders",
                             business_key=["userEmail", "accountId"])

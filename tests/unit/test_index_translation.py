@@ -20,7 +20,7 @@ from rules.index_translation import (
     plan_mirror,
     translate,
 )
-from settings.model import CollectionSettings
+from settings.collection import CollectionSettings
 
 LIVE = {"deleted": False, "_sync.pid": {"$exists": True}}
 SIMPLE = {"locale": "simple"}

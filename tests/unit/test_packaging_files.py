@@ -24,7 +24,7 @@ import yaml
 
 from protocol.routing import queues_of
 from settings import ConfigError, load_settings
-from settings.model import parse_rate_limit
+from settings.values import parse_rate_limit
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = REPO / "docker-compose.yml"

@@ -29,7 +29,7 @@ from rules.pii import (
 )
 from rules.pii_digests import pseudonym, rules_fingerprint
 from rules.pii_fakes import FAKE_EMAIL_DOMAINS
-from settings.model import CollectionSettings
+from settings.collection import CollectionSettings
 from settings.pii_rules import PiiRule, parse_pii_rule
 
 SECRET = b"unit-test-secret"

@@ -15,7 +15,7 @@ import yaml
 from cli.pii_proposal import scan_documents
 from rules.pii import Masker
 from settings import load_settings
-from settings.model import CollectionSettings
+from settings.collection import CollectionSettings
 from tests.support.pii_data import HARMLESS, PERSONAL, generated_orders
 
 

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from rules.pii import MAX_PENDING_PATHS, REDACTED, Masker
 from rules.pii_digests import pseudonym, rules_fingerprint
 from rules.pii_strict import Classification, classified_paths
-from settings.model import CollectionSettings
+from settings.collection import CollectionSettings
 from settings.pii_rules import parse_pii_rule
 
 SECRET = b"unit-secret"

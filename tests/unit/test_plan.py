@@ -13,7 +13,7 @@ from rules.merge import fingerprint, owned_paths, production_content
 from rules.plan import plan_batch
 from rules.plan_types import UNSYNCED, BatchPlan, CollectionRules, PlannedWrite, StagingView
 from rules.sync_meta import encode_owned, read_meta
-from settings.model import CollectionSettings
+from settings.collection import CollectionSettings
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 RULES = CollectionRules.from_settings(CollectionSettings(
