@@ -24,6 +24,10 @@ from pymongo.errors import DuplicateKeyError
 from protocol.names import WATCHERS
 
 
+class LeaseLost(Exception):
+    """Another watcher owns this collection now."""
+
+
 class WatcherRecord:
     def __init__(
         self, state_db: Database[dict[str, Any]], collection: str, owner: str, lease: float

@@ -37,22 +37,20 @@ from pymongo.errors import OperationFailure, PyMongoError
 from deployments.index_mirror import IndexFollower
 from deployments.production import ProductionReader, ReadOnlyCollection
 from protocol.names import (
-    RESYNCS,
     done_key,
     epoch_key,
     parse_done_report,
     stats_key,
     watcher_key,
 )
-from protocol.routing import home_queue, queue_depth, queue_for, queues_of
+from protocol.routing import queue_depth, queue_for, queues_of
 from settings.collection import CollectionSettings
 from settings.model import Settings
 from state.dead_letters import DeadLetterStore
-from state.resync_progress import progress, resync_ids_of
-from tasks.enqueue import publish_apply, start_replay, start_resync
+from tasks.enqueue import publish_apply
 from watcher import metrics
 from watcher.batcher import MicroBatcher
-from watcher.checkpoint import WatcherRecord
+from watcher.checkpoint import LeaseLost, WatcherRecord
 from watcher.events import (
     STREAM_PROJECTION,
     Change,
@@ -62,6 +60,7 @@ from watcher.events import (
     classify,
 )
 from watcher.inflight import InflightWindow
+from watcher.resyncs import ResyncSupervisor
 
 log = logging.getLogger("stagesync.watcher")
 
@@ -87,10 +86,6 @@ STREAM_AWAIT_MS = 100
 
 class HistoryLost(Exception):
     """The stream cannot continue from the checkpoint; staging needs a full resync."""
-
-
-class LeaseLost(Exception):
-    """Another watcher owns this collection now."""
 
 
 @dataclass(frozen=True)
@@ -128,14 +123,14 @@ class CollectionWatcher:
         self.stop = links.stop
         self.record = WatcherRecord(self.state_db, self.name, self.run_id,
                                     settings.watcher.lease_seconds)
+        self.resyncs = ResyncSupervisor(settings, collection, self.record, links.state_db,
+                                        links.celery)
         self.last_error: str | None = None
         self.state = "starting"
         self._fresh_start: str | None = None  # why the next stream must start from now
         self._pending_token: Mapping[str, Any] | None = None
         self._saved_token: Mapping[str, Any] | None = None
         self._next_save = 0.0
-        self._resync_marker: tuple[Any, ...] | None = None
-        self._resync_moved_at = 0.0
         self._saved_at = 0.0
         self._idle_at = 0.0
         self._queues_busy_at = 0.0
@@ -217,7 +212,7 @@ class CollectionWatcher:
                 reason = self._fresh_start or "bootstrap: no checkpoint yet"
                 self._note_checkpoint(stream.resume_token)
                 self._save_checkpoint(force=True)
-                self._begin_resync(reason)
+                self.resyncs.begin(reason)
                 self._fresh_start = None
             self._loop(stream)
         except OperationFailure as error:
@@ -235,7 +230,7 @@ class CollectionWatcher:
             config.batch_max_wait_ms / 1000, config.busy_batch_wait_ms / 1000,
         )
         self._set_epoch()
-        self._replay_held_schema_versions()
+        self.resyncs.replay_held_schema_versions()
         if self.indexes is not None:
             self.indexes.start()
         self.state = "streaming"
@@ -339,8 +334,8 @@ class CollectionWatcher:
                                 f"no done report within {timeout:.0f}s")
         if now >= clock.resync:
             clock.resync = now + RESYNC_CHECK_SECONDS
-            self._watch_pending_resync()
-            self._resync_metrics()
+            self.resyncs.watch_pending()
+            self.resyncs.record_figures()
 
     def _republish(self, batches: list[Any], why: str) -> None:
         if not batches:
@@ -381,73 +376,6 @@ class CollectionWatcher:
             if not reports:
                 time.sleep(0.05)
         self._save_checkpoint(force=True)
-
-    # -- resyncs ---------------------------------------------------------------------------
-    def _begin_resync(self, reason: str) -> None:
-        resync_id = start_resync(
-            self.celery, self.state_db, self.name, home_queue(self.collection), reason
-        )
-        if not self.record.save({"resyncPending": resync_id, "resyncReason": reason}):
-            raise LeaseLost()
-        log.warning("full resync started",
-                    extra={"collection": self.name, "resync": resync_id, "reason": reason})
-
-    def _watch_pending_resync(self) -> None:
-        """Clear a finished bootstrap/history-lost resync; restart one whose tasks vanished."""
-        pending = self.record.load().get("resyncPending")
-        if not pending:
-            return
-        try:
-            state = progress(self.state_db, pending)
-        except KeyError:
-            self._begin_resync("previous resync record missing")
-            return
-        if state["state"] == "done":
-            self.record.save({"resyncPending": None, "lastResync": pending})
-            return
-        if state["state"] == "failed":
-            self._begin_resync(f"resync {pending} failed: {state.get('error')}")
-            return
-        marker = (state["state"], state["done"], state["chunks_done"])
-        if marker != self._resync_marker:
-            self._resync_marker = marker
-            self._resync_moved_at = time.monotonic()
-        elif time.monotonic() - self._resync_moved_at > self.settings.status.stalled_after_seconds:
-            self._resync_marker = None
-            self._begin_resync(f"resync {pending} made no progress (tasks lost?)")
-
-    def _resync_metrics(self) -> None:
-        """Running resyncs and the newest one's progress, from the resync records alone: the
-        `_id`s start with the collection's name, so the `_id` index bounds the scan (chunk
-        records share the prefix but fail the anchored pattern on the index key)."""
-        records = list(self.state_db[RESYNCS].find(
-            {"_id": {"$regex": resync_ids_of(self.name)}, "kind": "resync",
-             "collection": self.name},
-            {"state": 1, "startedAt": 1, "docs": 1, "total": 1}))
-        now = datetime.now(UTC)
-
-        def started(record: Mapping[str, Any]) -> datetime:
-            moment = record.get("startedAt") or now
-            return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-
-        running = [r for r in records if r.get("state") not in ("done", "failed")]
-        metrics.RESYNCS_RUNNING.labels(self.name).set(len(running))
-        metrics.RESYNC_RUNNING_SECONDS.labels(self.name).set(
-            max(((now - started(r)).total_seconds() for r in running), default=0.0))
-        newest = max(records, key=started, default={})
-        metrics.RESYNC_DONE.labels(self.name).set(int(newest.get("docs") or 0))
-        metrics.RESYNC_EXPECTED.labels(self.name).set(int(newest.get("total") or 0))
-
-    def _replay_held_schema_versions(self) -> None:
-        """Documents held for their schema version get another chance whenever a watcher
-        starts streaming (typically after a configuration change accepted new versions)."""
-        store = DeadLetterStore(self.state_db)
-        if next(store.list(self.name, "schema_version", limit=1), None) is None:
-            return
-        job = start_replay(self.celery, self.state_db, self.name, home_queue(self.collection),
-                           reason="schema_version")
-        log.info("replaying documents held for their schema version",
-                 extra={"collection": self.name, "job": job})
 
     # -- Redis-side state --------------------------------------------------------------------
     def _set_epoch(self) -> None:

@@ -1,0 +1,109 @@
+"""The resyncs a collection's watcher starts and minds: bootstrap and history-lost resyncs,
+restarted when their tasks vanish, and the replay of documents held for their schema version.
+
+The watcher's record in the state database holds the pending resync (`resyncPending`), so a
+restarted or standby watcher taking over goes on minding the same one.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from celery import Celery
+from pymongo.database import Database
+
+from protocol.names import RESYNCS
+from protocol.routing import home_queue
+from settings.collection import CollectionSettings
+from settings.model import Settings
+from state.dead_letters import DeadLetterStore
+from state.resync_progress import progress, resync_ids_of
+from tasks.enqueue import start_replay, start_resync
+from watcher import metrics
+from watcher.checkpoint import LeaseLost, WatcherRecord
+
+log = logging.getLogger("stagesync.watcher")
+
+
+class ResyncSupervisor:
+    def __init__(self, settings: Settings, collection: CollectionSettings,
+                 record: WatcherRecord, state_db: Database[dict[str, Any]],
+                 celery: Celery) -> None:
+        self.settings = settings
+        self.collection = collection
+        self.name = collection.name
+        self.record = record
+        self.state_db = state_db
+        self.celery = celery
+        self._marker: tuple[Any, ...] | None = None  # the pending resync's last progress
+        self._moved_at = 0.0
+
+    def begin(self, reason: str) -> None:
+        resync_id = start_resync(
+            self.celery, self.state_db, self.name, home_queue(self.collection), reason
+        )
+        if not self.record.save({"resyncPending": resync_id, "resyncReason": reason}):
+            raise LeaseLost()
+        log.warning("full resync started",
+                    extra={"collection": self.name, "resync": resync_id, "reason": reason})
+
+    def watch_pending(self) -> None:
+        """Clear a finished bootstrap/history-lost resync; restart one whose tasks vanished."""
+        pending = self.record.load().get("resyncPending")
+        if not pending:
+            return
+        try:
+            state = progress(self.state_db, pending)
+        except KeyError:
+            self.begin("previous resync record missing")
+            return
+        if state["state"] == "done":
+            self.record.save({"resyncPending": None, "lastResync": pending})
+            return
+        if state["state"] == "failed":
+            self.begin(f"resync {pending} failed: {state.get('error')}")
+            return
+        marker = (state["state"], state["done"], state["chunks_done"])
+        if marker != self._marker:
+            self._marker = marker
+            self._moved_at = time.monotonic()
+        elif time.monotonic() - self._moved_at > self.settings.status.stalled_after_seconds:
+            self._marker = None
+            self.begin(f"resync {pending} made no progress (tasks lost?)")
+
+    def record_figures(self) -> None:
+        """Running resyncs and the newest one's progress, from the resync records alone: the
+        `_id`s start with the collection's name, so the `_id` index bounds the scan (chunk
+        records share the prefix but fail the anchored pattern on the index key)."""
+        records = list(self.state_db[RESYNCS].find(
+            {"_id": {"$regex": resync_ids_of(self.name)}, "kind": "resync",
+             "collection": self.name},
+            {"state": 1, "startedAt": 1, "docs": 1, "total": 1}))
+        now = datetime.now(UTC)
+
+        def started(record: Mapping[str, Any]) -> datetime:
+            moment = record.get("startedAt") or now
+            return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+        running = [r for r in records if r.get("state") not in ("done", "failed")]
+        metrics.RESYNCS_RUNNING.labels(self.name).set(len(running))
+        metrics.RESYNC_RUNNING_SECONDS.labels(self.name).set(
+            max(((now - started(r)).total_seconds() for r in running), default=0.0))
+        newest = max(records, key=started, default={})
+        metrics.RESYNC_DONE.labels(self.name).set(int(newest.get("docs") or 0))
+        metrics.RESYNC_EXPECTED.labels(self.name).set(int(newest.get("total") or 0))
+
+    def replay_held_schema_versions(self) -> None:
+        """Documents held for their schema version get another chance whenever a watcher
+        starts streaming (typically after a configuration change accepted new versions)."""
+        store = DeadLetterStore(self.state_db)
+        if next(store.list(self.name, "schema_version", limit=1), None) is None:
+            return
+        job = start_replay(self.celery, self.state_db, self.name, home_queue(self.collection),
+                           reason="schema_version")
+        log.info("replaying documents held for their schema version",
+                 extra={"collection": self.name, "job": job})
