@@ -78,6 +78,9 @@ READY_TIMEOUT = 90.0  # seconds for workers to log "ready" and the watcher to st
 STOP_TIMEOUT = 30.0  # SIGTERM -> SIGKILL: the watcher drains for up to 5 s, workers finish a task
 ENV_PREFIX = "BENCH_STAGESYNC_"
 SIMPLE_COLLATION = Collation(locale="simple")
+# `in_list_max` of the product and the length of the baselines' `$in` reads on the test server
+# (MongoDB's default is 1000; SecantusDB's `$in` costs time quadratic in the list's length).
+TEST_SERVER_IN_LIST_MAX = 200
 
 # What the product is configured to sync: `plain` = orders alone (the `stagesync` row); `refs`
 # = users too, orders.customerId declared a reference to them; `subset` = a `percent` sample
@@ -205,6 +208,8 @@ def write_config(
         "collections": collection_configs(ctx, tuning, variant, only),
         # A numeric write concern is a measured trade-off here, not a production setting.
         "allow_unsafe_concerns": write_concern != "majority",
+        # The test server's `$in` is quadratic in the list's length (README, in_list_max).
+        "in_list_max": TEST_SERVER_IN_LIST_MAX,
     }
     if variant == "subset":
         data["pii_secret"] = PII_SECRET

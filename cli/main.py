@@ -15,6 +15,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from deployments.in_lists import configure as configure_in_lists
 from settings import CONFIG_ENV, ConfigError, Settings, load_settings
 from settings.logs import configure_logging, redact_uri
 
@@ -42,10 +43,12 @@ def settings_from(config: Path | None) -> Settings:
     if config is not None:
         os.environ[CONFIG_ENV] = str(config.resolve())
     try:
-        return load_settings(config)
+        settings = load_settings(config)
     except ConfigError as error:
         errors.print(f"[red]stagesync:[/red] {error}", highlight=False)
         raise typer.Exit(2) from None
+    configure_in_lists(settings.in_list_max)
+    return settings
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:
