@@ -50,7 +50,7 @@ from typing import Any, Literal
 
 import redis
 import yaml
-from pymongo import ASCENDING, IndexModel, MongoClient
+from pymongo import MongoClient
 from pymongo.collation import Collation
 from pymongo.collection import Collection
 
@@ -107,9 +107,6 @@ class Tuning:
     write_concern: str = "majority"
     log_level: str = "INFO"
     pool: str = "prefork"
-    # "add": plain twins of the product's partial `_sync` indexes, after start (test-server
-    # difference: SecantusDB never uses a partial index; see `add_index_twins`).
-    index_twins: str = "add"
     # Resync cases measured: "empty" and/or "again" (an already-synced staging).
     resync_cases: str = "empty,again"
 
@@ -138,9 +135,7 @@ class Tuning:
                  f"busy_batch_wait_ms {self.busy_wait_ms or 'default (250)'}",
                  f"partitions {self.partitions or 'default (1)'}",
                  f"resync_chunk_size {self.resync_chunk or 'default (1000)'}",
-                 f"staging w={self.write_concern}", f"log {self.log_level}",
-                 "plain twins of the partial _sync indexes "
-                 + ("added after start" if self.index_twins == "add" else "not added")]
+                 f"staging w={self.write_concern}", f"log {self.log_level}"]
         return ", ".join(parts)
 
     def env_assignments(self) -> str:
@@ -491,11 +486,6 @@ def _start(
             procs.wait_workers_ready()
             if ctx.scenario != "resync":
                 wait_streaming(procs, ctx.staging_direct_uri, names=collection_names(variant))
-            if tuning.index_twins == "add":
-                # Every product process has run ensure_indexes by now. The users' twins serve
-                # the references' `_sync.pid` lookup, one per apply.
-                add_index_twins(ctx, [ctx.target] if variant == "plain"
-                                else [ctx.target, users_namespaces(ctx)[1]])
             if ctx.scenario != "resync":
                 prime_locator(locator, ctx)
             procs.snapshot_redis()
@@ -505,26 +495,6 @@ def _start(
         return procs
 
     return start
-
-
-def add_index_twins(ctx: BenchContext, targets: Sequence[str] | None = None) -> None:
-    """Test-server workaround (SecantusDB 0.7.0b3 differs from MongoDB here): its planner never
-    uses a partial index, so every `_sync.pid` / `_sync.key` query of the apply path (served
-    on MongoDB by the product's unique indexes with `partialFilterExpression: {$exists: true}`,
-    which an equality or `$in` on a non-null value implies) scans the whole collection, once
-    per `$in` value: measured at 20k documents, a 200-pid `$in` takes ~9 s instead of ~50 ms.
-    A plain (non-unique, non-partial) index on the same field with the same simple collation,
-    added beside the product's, is used; uniqueness is still enforced by the product's own.
-    `targets`: the staging namespaces to add them to (default: the orders')."""
-    client: MongoClient[Any] = MongoClient(ctx.staging_direct_uri)
-    try:
-        for target in targets or [ctx.target]:
-            db, _, name = target.partition(".")
-            client[db][name].create_indexes([
-                IndexModel([(field, ASCENDING)], name=f"bench_twin_{field.replace('.', '_')}",
-                           collation=SIMPLE_COLLATION) for field in (PID_FIELD, KEY_FIELD)])
-    finally:
-        client.close()
 
 
 def prime_locator(locator: BySyncPid, ctx: BenchContext) -> None:
@@ -709,7 +679,6 @@ def dump_dead_letters(ctx: BenchContext, path: Path) -> dict[str, int]:
 
     from tasks.constants import DEAD_LETTERS
     from tasks.rules.identity import decode_id
-    from tasks.rules.sync_meta import KEY_FIELD
 
     staging: MongoClient[Any] = MongoClient(ctx.staging_direct_uri)
     prod: MongoClient[Any] = MongoClient(ctx.prod_direct_uri)
@@ -746,8 +715,8 @@ class BySyncPid:
     """Staging documents by the production `_id` they record (`_sync.pid`), probed cheaply.
 
     Why not query `_sync.pid` with `$in` each time: the completion and lag probes poll every
-    20-50 ms, and on SecantusDB that query is served only by the bench's plain twin index (it
-    never uses the product's partial one, see `add_index_twins`), costlier per value than `_id`.
+    20-50 ms, and on SecantusDB a `$in` on the product's sparse `_sync.pid` index costs more per
+    value than one on `_id`.
     Instead `prime()` (called at the end of `start`, untimed) maps every production `_id` to its
     staging `_id` with one scan, polls use `{"_id": {"$in": ...}}`, and a document created
     during the run is found once by its business key (the product's compound index), checked
