@@ -247,19 +247,12 @@ class Costs:
     rounds: dict[str, int] = field(default_factory=dict)  # `apply_rounds` (stagesync only)
     seconds: float = 0.0  # wall time between the two readings
     # CPU seconds per second the system's own processes burnt idle just before (heartbeats,
-    # polling, leases), so a run made long by a slow server can be told apart from work per
-    # change: `net_system_cpu`.
+    # polling, leases): a run made long by a slow server charges that to every change.
     idle_cpu_per_s: float | None = None
 
     def system_cpu(self) -> float:
         """CPU seconds of the system's own processes (watcher, workers, baseline, command)."""
         return sum(spent for row, spent in self.cpu.items() if is_system_row(row))
-
-    def net_system_cpu(self) -> float | None:
-        """`system_cpu` less what the processes would have burnt idle over the same time."""
-        if self.idle_cpu_per_s is None:
-            return None
-        return max(self.system_cpu() - self.idle_cpu_per_s * self.seconds, 0.0)
 
     def role_cpu(self, role: str) -> float:
         return sum(spent for row, spent in self.cpu.items() if role_of(row) == role)

@@ -52,12 +52,6 @@ def cpu_per_unit(row: CostRow) -> float | None:
     return None if row.costs is None else micros_per_unit(row.costs.system_cpu(), row.changes)
 
 
-def net_cpu_per_unit(row: CostRow) -> float | None:
-    """µs per unit of the system's own CPU less its idle rate over the measured time."""
-    return None if row.costs is None else micros_per_unit(row.costs.net_system_cpu(),
-                                                          row.changes)
-
-
 def written_per_k(row: CostRow) -> float | None:
     return None if row.costs is None else per_k(row.costs.target_writes(TARGET), row.changes)
 
@@ -76,7 +70,6 @@ def ratios(row: CostRow, rows: Sequence[CostRow]) -> str:
         if base is None:
             continue
         figures = [("cpu", ratio(cpu_per_unit(row), cpu_per_unit(base))),
-                   ("net cpu", ratio(net_cpu_per_unit(row), net_cpu_per_unit(base))),
                    ("docs", ratio(written_per_k(row), written_per_k(base))),
                    ("msgs", ratio(staging_msgs_per_k(row), staging_msgs_per_k(base)))]
         shown = ", ".join(f"{name} {value:.2f}x" for name, value in figures if value is not None)
@@ -117,7 +110,7 @@ def cost_table(rows: Sequence[CostRow]) -> Table:
     table = Table(title="cost per change (per document for resync): independent of the test "
                         "server's speed", show_lines=False, header_style="bold")
     for name in ["scenario", "network", "system", "units", "own CPU µs/unit",
-                 "idle ms/s", "net of idle µs/unit", "per process µs/unit", "redis µs",
+                 "idle ms/s", "per process µs/unit", "redis µs",
                  "staging srv µs", "prod srv µs",
                  "prod wire /1k (up/down)", "staging wire /1k (up/down)", "docs written /1k",
                  "state writes /1k", "staging ins/upd/del cmds /1k", "replans",
@@ -133,7 +126,7 @@ def cost_table(rows: Sequence[CostRow]) -> Table:
             row.scenario, row.network, row.label, f"{units:,}",
             _num(cpu_per_unit(row)),
             _num(None if costs.idle_cpu_per_s is None else costs.idle_cpu_per_s * 1000, 1),
-            _num(net_cpu_per_unit(row)), _processes(costs, units),
+            _processes(costs, units),
             _infra(costs, "redis", units), _infra(costs, "staging-server", units),
             _infra(costs, "prod-server", units),
             _wire(costs, "prod", units), _wire(costs, "staging", units),
@@ -165,8 +158,8 @@ def cost_notes(rows: Sequence[Any]) -> list[str]:
         "exited meanwhile are counted through their parent's reaped-children time. Redis and "
         "the servers are not in it: their own columns. idle ms/s = CPU milliseconds per second "
         "the same processes burnt in the 3 s before the measurement, nothing being written "
-        "(polling, heartbeats); net of idle = own CPU less that rate times the measured "
-        "seconds: on this server a run lasts long, and idle work then weighs on every change. "
+        "(polling, heartbeats, leases): on this server a run lasts long, and time-driven work "
+        "weighs on every change (it is not subtracted: a busy loop replaces its idle polling). "
         "Wire: messages (by their 16-byte "
         "headers) and KiB per 1,000 units each way, counted by the 2 ms delay proxies (at "
         "loopback there is no proxy: no counts; see bench/network.py). docs written = entries "

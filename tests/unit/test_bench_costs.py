@@ -118,7 +118,6 @@ def test_system_cpu_leaves_out_servers_redis_and_proxies() -> None:
                        "prod-server": 9.0, "proxy-staging": 9.0, "proxy-prod": 9.0},
                   seconds=10.0, idle_cpu_per_s=0.1)
     assert costs.system_cpu() == pytest.approx(3.75)
-    assert costs.net_system_cpu() == pytest.approx(2.75)
     assert costs.role_cpu("worker-1") == pytest.approx(2.5)
 
 
