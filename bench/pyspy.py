@@ -3,10 +3,12 @@
 `--py-spy` (bench.run) starts `py-spy record --format raw` on the watcher and on the first
 pool child of the first worker once the system runs, stops it (SIGINT: py-spy then writes its
 file) when the measurement ends, and prints the top functions of each with two shares of the
-samples: *self* (the function was running) and *total* (it was on the stack). Idle samples
-(a thread waiting in a system call) are left out by py-spy's default, so the shares are of
-CPU, not of wall time. `--nonblocking`: the process is not paused per sample, which keeps the
-overhead low at the price of a rare torn stack.
+samples: *self* (the function was running) and *total* (it was on the stack). `--gil`: only
+the thread holding the GIL is sampled, so the shares are of the Python CPU of the process
+(pymongo's monitor threads sleeping or waiting for the GIL do not count; without it they took
+~20 % of the samples of an idle pool child), not of wall time. Native work that releases
+the GIL (socket reads) is left out. `--nonblocking`: the process is not paused per sample,
+which keeps the overhead low at the price of a rare torn stack.
 
 The raw format is one line per distinct stack, frames root first, separated by `;`, then a
 space and the sample count: `<module>:1 (x.py);main (x.py:10);work (y.py:5) 42`.
@@ -117,7 +119,7 @@ def record(label: str, pid: int, workdir: Path) -> Recording | None:
     log = open(workdir / f"py-spy-{label}.log", "ab")  # noqa: SIM115 - handed to the child
     try:
         proc = subprocess.Popen(
-            [exe, "record", "--pid", str(pid), "--rate", str(RATE), "--nonblocking",
+            [exe, "record", "--pid", str(pid), "--rate", str(RATE), "--nonblocking", "--gil",
              "--format", "raw", "--output", str(output)],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     finally:

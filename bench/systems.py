@@ -305,7 +305,7 @@ def systems(options: RunOptions) -> list[SystemSpec]:
             prepare=lambda _ctx, _docs: None,
             start=lambda _ctx: NoProcesses(),
             locator=ByProductionId(),
-            verify=_verify_by_id,
+            verify=_verify_soft_deleted(product_indexes=True),
             scenarios=frozenset({"resync"}),
             resync=_copy_with_indexes,
             resync_cases=("empty",),
