@@ -46,6 +46,7 @@ class Profile:
     samples: int
     self_counts: Counter[str]
     total_counts: Counter[str]
+    stacks: tuple[tuple[tuple[str, ...], int], ...] = ()  # (frames root first, samples)
 
     def top(self, n: int = 12, by: str = "self") -> list[tuple[str, float, float]]:
         """(function, self %, total %) for the `n` largest by `by` ("self" or "total")."""
@@ -56,9 +57,10 @@ class Profile:
                  100 * self.total_counts[name] / self.samples)
                 for name, _ in counts.most_common(n)]
 
-    def share(self, predicate_text: str) -> float:
-        """Percent of samples with a frame whose name contains `predicate_text`."""
-        hits = sum(c for name, c in self.total_counts.items() if predicate_text in name)
+    def share(self, text: str) -> float:
+        """Percent of samples with at least one frame whose name contains `text`."""
+        hits = sum(count for frames, count in self.stacks
+                   if any(text in name for name in frames))
         return 100 * hits / self.samples if self.samples else 0.0
 
 
@@ -68,6 +70,7 @@ def parse_raw(text: str) -> Profile:
     samples = 0
     self_counts: Counter[str] = Counter()
     total_counts: Counter[str] = Counter()
+    stacks: list[tuple[tuple[str, ...], int]] = []
     for line in text.splitlines():
         match = _LINE.match(line.strip())
         if not match:
@@ -77,10 +80,11 @@ def parse_raw(text: str) -> Profile:
         if not frames:
             continue
         samples += count
+        stacks.append((tuple(frames), count))
         self_counts[frames[-1]] += count
         for name in set(frames):
             total_counts[name] += count
-    return Profile(samples, self_counts, total_counts)
+    return Profile(samples, self_counts, total_counts, tuple(stacks))
 
 
 def py_spy() -> str | None:
@@ -127,8 +131,24 @@ def record(label: str, pid: int, workdir: Path) -> Recording | None:
     return Recording(label, pid, output, proc)
 
 
+# Frames of the product's own code, as `frame_name` spells them (the last two path parts).
+PRODUCT_FRAMES = ("(tasks/", "(rules/", "(watcher/", "(deployments/", "(settings/")
+
+
+def product_totals(profile: Profile, n: int = 10) -> list[tuple[str, float]]:
+    """The product's own functions by total share (what a cut would save at most)."""
+    if not profile.samples:
+        return []
+    ours = Counter({name: count for name, count in profile.total_counts.items()
+                    if any(marker in name for marker in PRODUCT_FRAMES)})
+    return [(name, 100 * count / profile.samples) for name, count in ours.most_common(n)]
+
+
 def describe(label: str, profile: Profile, n: int = 12) -> str:
-    """One line of the notes: the top functions by self time, with their totals."""
+    """One line of the notes: the top functions by self time, with their totals, then the
+    product's own functions by total."""
     parts = [f"{name} {self_pct:.1f}% (total {total_pct:.1f}%)"
              for name, self_pct, total_pct in profile.top(n)]
-    return f"py-spy {label} ({profile.samples:,} samples at {RATE}/s): " + "; ".join(parts)
+    ours = [f"{name} {pct:.1f}%" for name, pct in product_totals(profile)]
+    return (f"py-spy {label} ({profile.samples:,} samples at {RATE}/s, GIL holder): by self: "
+            + "; ".join(parts) + ". stagesync's functions by total: " + "; ".join(ours))

@@ -31,7 +31,7 @@ from bench.costs import (
 )
 from bench.delay_proxy import WireCounter
 from bench.minimal_sync import GATHER_CHANGES, GATHER_SECONDS, gather
-from bench.pyspy import frame_name, parse_raw
+from bench.pyspy import frame_name, parse_raw, product_totals
 
 
 def message(body_len: int, request_id: int = 1) -> bytes:
@@ -168,6 +168,9 @@ def test_raw_profiles_give_self_and_total_shares_per_function() -> None:
     assert top["apply (tasks/applier.py)"] == (10.0, 100.0)
     assert top["encode (bson/__init__.py)"] == (30.0, 30.0)
     assert profile.share("plan (") == 60.0
+    assert profile.share("(tasks/") == 100.0  # two frames of it on one stack count once
+    assert product_totals(profile) == [("apply (tasks/applier.py)", 100.0),
+                                       ("plan (rules/plan.py)", 60.0)]
 
 
 def test_frame_names_drop_line_numbers_and_long_paths() -> None:
