@@ -544,8 +544,9 @@ def _notes(rows: Sequence[Row], opts: RunOptions, root: Path) -> list[str]:
         notes.append(
             "resync: changes = production documents copied; seconds = the copy's own start -> "
             "done (stagesync: its `resyncs` record, startedAt -> finishedAt, chunks and sweep "
-            "included; copy: first find -> last insert ack); vs limit = ratio to the plain "
-            "find + insert_many copy (`copy`) on the same network. (empty) = empty staging, "
+            "included; copy: first find -> last insert ack); vs floor = ratio to the plain "
+            "find + insert_many copy (`copy`) on the same network, vs floor+idx to the same copy "
+            "into the product's index set (`copy-idx`). (empty) = empty staging, "
             "(again) = staging already synced by a previous full resync. Only workers run (no "
             "watcher). " + "; ".join(
                 f"{r.network}/{r.label}: `stagesync resync --wait` took {r.resync.wall_seconds:.1f}"
