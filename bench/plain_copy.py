@@ -45,6 +45,7 @@ def copy_all(prod_uri: str, staging_uri: str, source: str, target: str, batch: i
         staging.admin.command("ping")  # connections open before the clock starts
         if product_indexes:  # before the clock, as the product's start-up creates them
             prepare_staging(dst, source, key_fields, [], product_indexes=True)
+        setup_cpu = time.process_time()  # interpreter start-up, imports, connections
         started = time.monotonic()
         documents = inserts = 0
         buffer: list[dict[str, Any]] = []
@@ -63,6 +64,7 @@ def copy_all(prod_uri: str, staging_uri: str, source: str, target: str, batch: i
         prod.close()
         staging.close()
     return {"documents": documents, "seconds": seconds, "insert_many_calls": inserts,
+            "setup_cpu_seconds": setup_cpu,
             # VmHWM, like every other process in the table (ru_maxrss can carry the forking
             # runner's high-water mark over into the child)
             "peak_rss_mb": peak_rss_mb(os.getpid()) or 0.0}

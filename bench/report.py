@@ -153,7 +153,8 @@ def cost_notes(rows: Sequence[Any]) -> list[str]:
     notes = [
         "cost table: own CPU = user + system CPU seconds of the system's own processes (watcher, "
         "each worker parent and pool child, a baseline's process, `command` = what the runner ran "
-        "while measuring: `stagesync resync --wait`, the copy), read from the OS at the start and "
+        "while measuring: `stagesync resync --wait` with its start-up and its waiting, the copy "
+        "without its start-up, which its process measures), read from the OS at the start and "
         "end of the measurement, in µs per change (resync: per document); pool children that "
         "exited meanwhile are counted through their parent's reaped-children time. Redis and "
         "the servers are not in it: their own columns. idle ms/s = CPU milliseconds per second "

@@ -201,6 +201,11 @@ def run_one(scenario: str, network: str, spec: SystemSpec, opts: RunOptions, roo
         else:
             _measure_resync(row, spec, ctx, system)
         row.costs = meter.end()
+        if row.resync is not None and row.resync.setup_cpu and COMMAND_ROLE in row.costs.cpu:
+            # The copy's start-up is outside its clock; `stagesync resync --wait`'s is not
+            # subtracted (it shows as the row `command`, start-up and waiting included).
+            row.costs.cpu[COMMAND_ROLE] = max(row.costs.cpu[COMMAND_ROLE]
+                                              - row.resync.setup_cpu, 0.0)
         row.cpu = dict(row.costs.cpu)
         row.load = (load_before, os.getloadavg()[0])
         for recording in recordings:
