@@ -12,9 +12,11 @@ The loop runs on `select()`, not epoll: epoll timeouts are whole milliseconds (r
 turned a 1 ms delay into ~1.2 ms; `select()` takes microseconds. The timer's remaining overshoot
 (kernel timer slack, wake-up) is measured at start and subtracted.
 
-It also counts client-to-server messages of a length-prefixed protocol (the MongoDB wire
-protocol starts every message with its int32 little-endian length), so a benchmark can report
-"staging commands per 1,000 changes" without instrumenting the system under test.
+It also counts messages and bytes of a length-prefixed protocol in each direction (the MongoDB
+wire protocol starts every message with a 16-byte header whose first field is the int32
+little-endian `messageLength`), so a benchmark can report messages and bytes per 1,000 changes
+without instrumenting the system under test. SIGUSR1 makes the script print its counters as a
+JSON line without stopping (a snapshot at the start and at the end of a measurement).
 
 In process: `port = DelayProxy("127.0.0.1", 27017, delay=0.001).start()` ... `.stop()`.
 As a script: `python -m bench.delay_proxy --target 127.0.0.1:PORT --listen-port N --delay-ms 1`
@@ -59,7 +61,11 @@ async def sleep_overshoot(samples: int = 30, probe: float = 0.0005) -> float:
 
 
 class WireCounter:
-    """Counts messages of a protocol whose messages start with an int32 LE total length."""
+    """Counts messages of a protocol whose messages start with an int32 LE total length.
+
+    Chunks split messages anywhere (a header may straddle two reads, one read may hold many
+    messages): the counter keeps the partial header and the bytes still owed by the current
+    message across `feed` calls. A length below 4 (never valid) counts as a 4-byte message."""
 
     def __init__(self) -> None:
         self.messages = 0
@@ -101,6 +107,7 @@ class DelayProxy:
         self.listen = (listen_host, listen_port)
         self.port = 0
         self.up = WireCounter()  # client -> server
+        self.down = WireCounter()  # server -> client
         self.connections = 0
         self._early = 0.0  # measured timer overshoot, subtracted from every wait
         self._stop: asyncio.Event | None = None
@@ -137,6 +144,7 @@ class DelayProxy:
 
     def stats(self) -> dict[str, int]:
         return {"messages_up": self.up.messages, "bytes_up": self.up.bytes,
+                "messages_down": self.down.messages, "bytes_down": self.down.bytes,
                 "connections": self.connections}
 
     # -- the proxy itself -------------------------------------------------------------------
@@ -172,7 +180,7 @@ class DelayProxy:
             server_r, server_w = await asyncio.open_connection(*self.target)
             async with asyncio.TaskGroup() as group:
                 group.create_task(self._pipe(client_r, server_w, self.up))
-                group.create_task(self._pipe(server_r, client_w, None))
+                group.create_task(self._pipe(server_r, client_w, self.down))
         except (OSError, ExceptionGroup, asyncio.CancelledError):
             pass  # a side went away, or the proxy stops: close both
         finally:
@@ -279,6 +287,14 @@ def main(argv: list[str] | None = None) -> int:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, proxy.request_stop)
+        snapshots = 0
+
+        def snapshot() -> None:
+            nonlocal snapshots
+            snapshots += 1
+            print(json.dumps({**proxy.stats(), "snapshot": snapshots}), flush=True)
+
+        loop.add_signal_handler(signal.SIGUSR1, snapshot)
         guard = asyncio.create_task(watchdog())
         await proxy.serve(on_ready=lambda p: print(f"listening {p}", flush=True))
         guard.cancel()

@@ -3,13 +3,20 @@
 Why proxies in their own processes: the runner's own thread writes the workload at full speed;
 a proxy sharing its GIL would delay chunks by whatever the writer happens to hold. Each proxy
 (one for production, one for staging) is a `python -m bench.delay_proxy` child, stopped by PID;
-on exit it logs its counters, from which "staging commands per 1,000 changes" is reported.
+it logs its counters (messages and bytes each way) on SIGUSR1 and on exit; the runner reads them
+at the start and at the end of each measurement (`Network.snapshot`).
+
+At loopback there is no proxy, so no wire counts: a counting proxy on loopback would add a hop
+and a Python process of its own to every round trip (on 2 cores, CPU taken from the system
+under test) and change the loopback rows it is meant to describe. Messages and bytes are a
+property of the system's batching, reported from the 2 ms rows.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,11 +46,32 @@ class ProxyProcess:
     def stop(self) -> dict[str, Any]:
         """Stop it; return the counters it logged on exit ({} if it had none)."""
         stop_process(self.process)
+        return self._last_counters()
+
+    def snapshot(self, timeout: float = 10.0) -> dict[str, Any]:
+        """Its counters now, without stopping it (SIGUSR1: it logs them as a JSON line)."""
+        before = self._counter_lines()
+        self.process.send_signal(signal.SIGUSR1)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._counter_lines() > before:
+                return self._last_counters()
+            time.sleep(0.01)
+        raise RuntimeError(f"delay proxy {self.name} logged no counters (see {self.log})")
+
+    def _lines(self) -> list[str]:
         with contextlib.suppress(OSError):
-            for line in reversed(self.log.read_text().splitlines()):
-                if line.startswith("{"):
-                    with contextlib.suppress(ValueError):
-                        return dict(json.loads(line))
+            return self.log.read_text(errors="replace").splitlines()
+        return []
+
+    def _counter_lines(self) -> int:
+        return sum(1 for line in self._lines() if line.startswith("{"))
+
+    def _last_counters(self) -> dict[str, Any]:
+        for line in reversed(self._lines()):
+            if line.startswith("{"):
+                with contextlib.suppress(ValueError):
+                    return dict(json.loads(line))
         return {}
 
 
@@ -78,6 +106,10 @@ class Network:
     def stop(self) -> dict[str, dict[str, Any]]:
         """Stop the proxies; their counters by name ("prod", "staging")."""
         return {name: proxy.stop() for name, proxy in self.proxies.items()}
+
+    def snapshot(self) -> dict[str, dict[str, Any]]:
+        """The proxies' counters now, by name ({} at loopback: no proxy, nothing counted)."""
+        return {name: proxy.snapshot() for name, proxy in self.proxies.items()}
 
 
 def open_network(condition: str, prod: LocalServer, staging: LocalServer, workdir: Path) -> Network:

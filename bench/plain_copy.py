@@ -6,6 +6,11 @@ No business keys, no merge, no versions, no metadata: it only works into an empt
 Timed from the `find` to the last insert's acknowledgement (process start-up excluded, as the
 product's figure excludes its command's start-up).
 
+`--product-indexes` ("copy-idx"): the same copy into a staging collection that carries the
+product's full index set, created before the copy, each document with a `_sync` sub-document
+of the product's size (`bench.minimal_sync.sync_meta`): on the test server each index costs
+every insert, and the ratio to this row is the product's own overhead.
+
     python -m bench.plain_copy --prod URI --staging URI [--batch N] --stats-file F
 """
 
@@ -15,17 +20,22 @@ import argparse
 import os
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from pymongo import MongoClient
 
+from bench.minimal_sync import prepare_staging, sync_meta
 from bench.procs import collection, peak_rss_mb, write_json
+from bench.workload import BUSINESS_KEY
+from rules.sync_meta import SYNC
 
 BATCH = 1000  # documents per getMore and per insert_many (the product's resync chunk size)
 
 
-def copy_all(prod_uri: str, staging_uri: str, source: str, target: str, batch: int
+def copy_all(prod_uri: str, staging_uri: str, source: str, target: str, batch: int,
+             product_indexes: bool = False, key_fields: Sequence[str] = BUSINESS_KEY,
              ) -> dict[str, Any]:
     prod: MongoClient[Any] = MongoClient(prod_uri)
     staging: MongoClient[Any] = MongoClient(staging_uri)
@@ -33,10 +43,15 @@ def copy_all(prod_uri: str, staging_uri: str, source: str, target: str, batch: i
         src, dst = collection(prod, source), collection(staging, target)
         prod.admin.command("ping")
         staging.admin.command("ping")  # connections open before the clock starts
+        if product_indexes:  # before the clock, as the product's start-up creates them
+            prepare_staging(dst, source, key_fields, [], product_indexes=True)
+        setup_cpu = time.process_time()  # interpreter start-up, imports, connections
         started = time.monotonic()
         documents = inserts = 0
         buffer: list[dict[str, Any]] = []
         for doc in src.find({}, batch_size=batch):
+            if product_indexes:
+                doc[SYNC] = sync_meta(doc, key_fields, 0)
             buffer.append(doc)
             if len(buffer) >= batch:
                 dst.insert_many(buffer, ordered=False)
@@ -49,6 +64,7 @@ def copy_all(prod_uri: str, staging_uri: str, source: str, target: str, batch: i
         prod.close()
         staging.close()
     return {"documents": documents, "seconds": seconds, "insert_many_calls": inserts,
+            "setup_cpu_seconds": setup_cpu,
             # VmHWM, like every other process in the table (ru_maxrss can carry the forking
             # runner's high-water mark over into the child)
             "peak_rss_mb": peak_rss_mb(os.getpid()) or 0.0}
@@ -62,9 +78,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--target", default="staging.orders")
     parser.add_argument("--batch", type=int, default=BATCH)
     parser.add_argument("--stats-file", type=Path, required=True)
+    parser.add_argument("--product-indexes", action="store_true",
+                        help="into a collection with the product's indexes, with _sync")
     args = parser.parse_args(argv)
     write_json(args.stats_file, copy_all(args.prod, args.staging, args.source, args.target,
-                                         args.batch))
+                                         args.batch, args.product_indexes))
     return 0
 
 

@@ -50,7 +50,7 @@ from typing import Any, Literal
 
 import redis
 import yaml
-from pymongo import ASCENDING, IndexModel, MongoClient
+from pymongo import MongoClient
 from pymongo.collation import Collation
 from pymongo.collection import Collection
 
@@ -78,6 +78,9 @@ READY_TIMEOUT = 90.0  # seconds for workers to log "ready" and the watcher to st
 STOP_TIMEOUT = 30.0  # SIGTERM -> SIGKILL: the watcher drains for up to 5 s, workers finish a task
 ENV_PREFIX = "BENCH_STAGESYNC_"
 SIMPLE_COLLATION = Collation(locale="simple")
+# `in_list_max` of the product and the length of the baselines' `$in` reads on the test server
+# (MongoDB's default is 1000; SecantusDB's `$in` costs time quadratic in the list's length).
+TEST_SERVER_IN_LIST_MAX = 200
 
 # What the product is configured to sync: `plain` = orders alone (the `stagesync` row); `refs`
 # = users too, orders.customerId declared a reference to them; `subset` = a `percent` sample
@@ -104,9 +107,6 @@ class Tuning:
     write_concern: str = "majority"
     log_level: str = "INFO"
     pool: str = "prefork"
-    # "add": plain twins of the product's partial `_sync` indexes, after start (test-server
-    # difference: SecantusDB never uses a partial index; see `add_index_twins`).
-    index_twins: str = "add"
     # Resync cases measured: "empty" and/or "again" (an already-synced staging).
     resync_cases: str = "empty,again"
 
@@ -135,9 +135,7 @@ class Tuning:
                  f"busy_batch_wait_ms {self.busy_wait_ms or 'default (250)'}",
                  f"partitions {self.partitions or 'default (1)'}",
                  f"resync_chunk_size {self.resync_chunk or 'default (1000)'}",
-                 f"staging w={self.write_concern}", f"log {self.log_level}",
-                 "plain twins of the partial _sync indexes "
-                 + ("added after start" if self.index_twins == "add" else "not added")]
+                 f"staging w={self.write_concern}", f"log {self.log_level}"]
         return ", ".join(parts)
 
     def env_assignments(self) -> str:
@@ -205,6 +203,8 @@ def write_config(
         "collections": collection_configs(ctx, tuning, variant, only),
         # A numeric write concern is a measured trade-off here, not a production setting.
         "allow_unsafe_concerns": write_concern != "majority",
+        # The test server's `$in` is quadratic in the list's length (README, in_list_max).
+        "in_list_max": TEST_SERVER_IN_LIST_MAX,
     }
     if variant == "subset":
         data["pii_secret"] = PII_SECRET
@@ -486,11 +486,6 @@ def _start(
             procs.wait_workers_ready()
             if ctx.scenario != "resync":
                 wait_streaming(procs, ctx.staging_direct_uri, names=collection_names(variant))
-            if tuning.index_twins == "add":
-                # Every product process has run ensure_indexes by now. The users' twins serve
-                # the references' `_sync.pid` lookup, one per apply.
-                add_index_twins(ctx, [ctx.target] if variant == "plain"
-                                else [ctx.target, users_namespaces(ctx)[1]])
             if ctx.scenario != "resync":
                 prime_locator(locator, ctx)
             procs.snapshot_redis()
@@ -500,26 +495,6 @@ def _start(
         return procs
 
     return start
-
-
-def add_index_twins(ctx: BenchContext, targets: Sequence[str] | None = None) -> None:
-    """Test-server workaround (SecantusDB 0.7.0b3 differs from MongoDB here): its planner never
-    uses a partial index, so every `_sync.pid` / `_sync.key` query of the apply path (served
-    on MongoDB by the product's unique indexes with `partialFilterExpression: {$exists: true}`,
-    which an equality or `$in` on a non-null value implies) scans the whole collection, once
-    per `$in` value: measured at 20k documents, a 200-pid `$in` takes ~9 s instead of ~50 ms.
-    A plain (non-unique, non-partial) index on the same field with the same simple collation,
-    added beside the product's, is used; uniqueness is still enforced by the product's own.
-    `targets`: the staging namespaces to add them to (default: the orders')."""
-    client: MongoClient[Any] = MongoClient(ctx.staging_direct_uri)
-    try:
-        for target in targets or [ctx.target]:
-            db, _, name = target.partition(".")
-            client[db][name].create_indexes([
-                IndexModel([(field, ASCENDING)], name=f"bench_twin_{field.replace('.', '_')}",
-                           collation=SIMPLE_COLLATION) for field in (PID_FIELD, KEY_FIELD)])
-    finally:
-        client.close()
 
 
 def prime_locator(locator: BySyncPid, ctx: BenchContext) -> None:
@@ -704,7 +679,6 @@ def dump_dead_letters(ctx: BenchContext, path: Path) -> dict[str, int]:
 
     from protocol.names import DEAD_LETTERS
     from rules.identity import decode_id
-    from rules.sync_meta import KEY_FIELD
 
     staging: MongoClient[Any] = MongoClient(ctx.staging_direct_uri)
     prod: MongoClient[Any] = MongoClient(ctx.prod_direct_uri)
@@ -741,8 +715,8 @@ class BySyncPid:
     """Staging documents by the production `_id` they record (`_sync.pid`), probed cheaply.
 
     Why not query `_sync.pid` with `$in` each time: the completion and lag probes poll every
-    20-50 ms, and on SecantusDB that query is served only by the bench's plain twin index (it
-    never uses the product's partial one, see `add_index_twins`), costlier per value than `_id`.
+    20-50 ms, and on SecantusDB a `$in` on the product's sparse `_sync.pid` index costs more per
+    value than one on `_id`.
     Instead `prime()` (called at the end of `start`, untimed) maps every production `_id` to its
     staging `_id` with one scan, polls use `{"_id": {"$in": ...}}`, and a document created
     during the run is found once by its business key (the product's compound index), checked

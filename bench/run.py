@@ -37,10 +37,27 @@ from pymongo.collection import Collection
 from rich.console import Console
 from rich.table import Table
 
-from bench import staging_profile
+from bench import pyspy, staging_profile
 from bench.completion import LagObserver, expectations, percentile, wait_until_applied
-from bench.network import NETWORKS, open_network
+from bench.costs import (
+    COMMAND_ROLE,
+    PROD_READ_COUNTERS,
+    STAGING_WRITE_COUNTERS,
+    Costs,
+    apply_rounds,
+    counter_delta,
+    opcounters,
+    oplog_position,
+    oplog_writes,
+    process_rows,
+    runner_children,
+    sample_roles,
+    system_seconds,
+    wire_delta,
+)
+from bench.network import NETWORKS, Network, open_network
 from bench.procs import collection, peak_rss_mb, process_tree
+from bench.report import cost_notes, cost_table
 from bench.systems import BenchContext, ResyncOutcome, RunOptions, SystemSpec, load_systems
 from bench.verify_equal import VerifyResult
 from bench.workload import (
@@ -58,6 +75,8 @@ from bench.workload import (
 from cli.local_servers import LocalServer, start_mongo_test_server, start_redis
 
 SCENARIOS = ("burst", "steady", "resync")
+# Seconds the system's processes are watched idle before each measurement (bench.costs).
+IDLE_SECONDS = 3.0
 QUICK = RunOptions(docs=2_000, changes=5_000, naive_changes=1_000, rate=300.0, duration=6.0)
 
 
@@ -87,6 +106,8 @@ class Row:
     # other work on its 2 cores shows in every figure.
     load: tuple[float, float] | None = None
     profile: str | None = None  # --profile-staging: where the staging server's time went
+    costs: Costs | None = None  # what the system spent while measured (bench.costs)
+    profiles: list[str] = field(default_factory=list)  # --py-spy: top functions per process
 
     @property
     def label(self) -> str:
@@ -165,20 +186,32 @@ def run_one(scenario: str, network: str, spec: SystemSpec, opts: RunOptions, roo
                       redis_url=redis_url)
         system = spec.start(ctx)
         stack.callback(system.stop)
-        roles = {**system.processes(), **infra}
+        roles = {**system.processes(), **{k: v for k, v in infra.items() if k != "runner"}}
         profiled = staging_profile.start(staging_coll.database.client) \
             if opts.profile_staging else None
-        cpu_before = cpu_seconds(roles)
+        meter = CostMeter(roles, net, prod_coll.database.client, staging_coll.database.client)
+        recordings = _start_py_spy(system.processes(), workdir) if opts.py_spy else []
+        meter.idle()
         load_before = os.getloadavg()[0]
+        meter.begin()
         if scenario == "burst":
             _measure_burst(row, spec, opts, prod_coll, staging_coll, budget)
         elif scenario == "steady":
             _measure_steady(row, spec, opts, prod_coll, staging_coll, budget)
         else:
             _measure_resync(row, spec, ctx, system)
-        row.cpu = {role: spent - cpu_before.get(role, 0.0)
-                   for role, spent in cpu_seconds({**system.processes(), **infra}).items()}
+        row.costs = meter.end()
+        if row.resync is not None and row.resync.setup_cpu and COMMAND_ROLE in row.costs.cpu:
+            # The copy's start-up is outside its clock; `stagesync resync --wait`'s is not
+            # subtracted (it shows as the row `command`, start-up and waiting included).
+            row.costs.cpu[COMMAND_ROLE] = max(row.costs.cpu[COMMAND_ROLE]
+                                              - row.resync.setup_cpu, 0.0)
+        row.cpu = dict(row.costs.cpu)
         row.load = (load_before, os.getloadavg()[0])
+        for recording in recordings:
+            sampled = recording.stop()
+            if sampled is not None and sampled.samples:
+                row.profiles.append(pyspy.describe(recording.label, sampled))
         if profiled is not None:
             row.profile = staging_profile.report(staging_coll.database.client, profiled,
                                                  row.seconds or 0.0)
@@ -188,9 +221,71 @@ def run_one(scenario: str, network: str, spec: SystemSpec, opts: RunOptions, roo
         if redis_url:
             row.rss["redis"] = redis_peak_mb(redis_url)
         row.counters = system.stop()
-        row.staging_msgs = net.stop().get("staging", {}).get("messages_up")
+        net.stop()
+        row.staging_msgs = row.costs.messages("staging")
+        worker_logs = sorted(workdir.glob("worker-*.log"))
+        if worker_logs:
+            row.costs.rounds = apply_rounds(worker_logs)
         row.verify = spec.verify(ctx)
     return row
+
+
+class CostMeter:
+    """Reads every cost counter at the start and at the end of a measurement (bench.costs)."""
+
+    def __init__(self, roles: dict[str, int], net: Network, prod: MongoClient[Any],
+                 staging: MongoClient[Any]) -> None:
+        self.roles, self.net, self.prod, self.staging = roles, net, prod, staging
+        self.idle_rate: float | None = None
+
+    def idle(self, seconds: float = IDLE_SECONDS) -> None:
+        """The system's own CPU per second while nothing is written (just before `begin`)."""
+        before, started = sample_roles(self.roles), time.monotonic()
+        time.sleep(seconds)
+        spent = system_seconds(process_rows(self.roles, before, sample_roles(self.roles)))
+        self.idle_rate = spent / (time.monotonic() - started)
+
+    def begin(self) -> None:
+        self.started = time.monotonic()
+        self.cpu = sample_roles(self.roles)
+        self.commands = runner_children(os.getpid())
+        self.wire = self.net.snapshot()
+        self.oplog = oplog_position(self.staging)
+        self.staging_ops, self.prod_ops = opcounters(self.staging), opcounters(self.prod)
+
+    def end(self) -> Costs:
+        cpu = process_rows(self.roles, self.cpu, sample_roles(self.roles))
+        commands = runner_children(os.getpid()) - self.commands
+        if commands >= 0.005:
+            cpu[COMMAND_ROLE] = commands
+        return Costs(
+            cpu=cpu,
+            wire=wire_delta(self.wire, self.net.snapshot()),
+            written=oplog_writes(self.staging, self.oplog),
+            staging_ops=counter_delta(self.staging_ops, opcounters(self.staging),
+                                      STAGING_WRITE_COUNTERS),
+            prod_ops=counter_delta(self.prod_ops, opcounters(self.prod), PROD_READ_COUNTERS),
+            seconds=time.monotonic() - self.started,
+            idle_cpu_per_s=self.idle_rate,
+        )
+
+
+def _start_py_spy(processes: dict[str, int], workdir: Path) -> list[pyspy.Recording]:
+    """py-spy on the watcher and on the first pool child of the first worker (the parent
+    only dispatches; the children run the tasks)."""
+    targets: dict[str, int] = {}
+    if "watcher" in processes:
+        targets["watcher"] = processes["watcher"]
+    workers = sorted(role for role in processes if role.startswith("worker-"))
+    if workers:
+        children = process_tree(processes[workers[0]])[1:]
+        if children:
+            targets[f"{workers[0]}-child"] = min(children)
+    for role in processes:
+        if not role.startswith(("worker-", "watcher")):
+            targets[role] = processes[role]  # a baseline's own process
+    return [rec for label, pid in targets.items()
+            if (rec := pyspy.record(label, pid, workdir)) is not None]
 
 
 def _measure_burst(
@@ -257,22 +352,6 @@ def _record_rss(row: Row, processes: dict[str, int]) -> None:
             row.children_rss[role] = children
 
 
-def cpu_seconds(roles: dict[str, int]) -> dict[str, float]:
-    """User + system CPU seconds of each role's process and its live descendants (`/proc`);
-    where the time of a run goes on this 2-core machine."""
-    tick = os.sysconf("SC_CLK_TCK")
-    out: dict[str, float] = {}
-    for role, pid in roles.items():
-        total = 0.0
-        for member in process_tree(pid) if role != "runner" else [pid]:  # runner: itself
-            with contextlib.suppress(OSError, ValueError, IndexError):
-                stat = Path(f"/proc/{member}/stat").read_text()
-                fields = stat[stat.rindex(")") + 2 :].split()
-                total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
-        out[role] = total
-    return out
-
-
 def redis_peak_mb(url: str) -> float:
     """Redis `used_memory_peak` in MiB (its own accounting: data, buffers, overhead)."""
     client = redis.Redis.from_url(url)
@@ -325,6 +404,7 @@ def render(rows: Sequence[Row], opts: RunOptions, root: Path, console: Console) 
     for name, justify in [
         ("scenario", "left"), ("network", "left"), ("system", "left"), ("changes", "right"),
         ("seconds", "right"), ("changes/s", "right"), ("vs naive", "right"), ("vs limit", "right"),
+        ("vs floor", "right"), ("vs floor+idx", "right"),
         ("lag p50/p99/max s", "right"), ("peak RSS", "left"), ("staging cmds/1k", "right"),
         ("redis cmds/1k", "right"), ("verified", "left"), ("reproduce", "left"),
     ]:
@@ -336,6 +416,8 @@ def render(rows: Sequence[Row], opts: RunOptions, root: Path, console: Console) 
             f"{row.seconds:.2f}" if row.seconds else "—",
             f"{row.rate:,.0f}" if row.rate else "—",
             _ratio(row, rows, "naive"), _ratio(row, rows, "limit"),
+            _ratio(row, rows, floor_of(row.scenario)),
+            _ratio(row, rows, floor_of(row.scenario, True)),
             "/".join(f"{v:.3f}" for v in row.lag) if row.lag else "—",
             _rss_text(row),
             f"{row.staging_msgs / row.changes * 1000:,.0f}"
@@ -343,6 +425,10 @@ def render(rows: Sequence[Row], opts: RunOptions, root: Path, console: Console) 
             _redis_text(row), _verified_text(row), row.command,
         )
     console.print(table)
+    console.print(cost_table(rows))
+    if _invocation:
+        command = shlex.join(["python", "-m", "bench.run", *_invocation])
+        console.print(f"reproduce both tables: {command}", soft_wrap=True)
     for note in _notes(rows, opts, root):
         console.print(note, soft_wrap=True)
 
@@ -351,11 +437,17 @@ def _duration(seconds: float) -> str:
     return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
 
 
+def floor_of(scenario: str, with_indexes: bool = False) -> str:
+    """The baseline a scenario's figures are compared with: the minimal sync for changes, the
+    plain copy for a resync; `with_indexes`: the same into the product's index set."""
+    base = "copy" if scenario == "resync" else "minimal"
+    return f"{base}-idx" if with_indexes else base
+
+
 def _ratio(row: Row, rows: Sequence[Row], base: str) -> str:
-    if row.scenario == "resync":  # the limit of a full copy is the plain find + insert_many
-        if base != "limit":
+    if row.scenario == "resync":  # the floors of a full copy are the copies
+        if base not in ("copy", "copy-idx"):
             return "—"
-        base = "copy"
     elif row.scenario != "burst":
         return "—"
     if not row.data_verified or row.rate is None or row.system == base:
@@ -403,6 +495,7 @@ def _verified_text(row: Row) -> str:
 
 
 _spec_notes: list[str] = []  # the systems' own notes (configuration), set by main()
+_invocation: list[str] = []  # the command line of this run, set by main()
 
 
 def _notes(rows: Sequence[Row], opts: RunOptions, root: Path) -> list[str]:
@@ -435,21 +528,16 @@ def _notes(rows: Sequence[Row], opts: RunOptions, root: Path) -> list[str]:
         notes.append(f"production accepted the bursts at {min(writers):,.0f} to "
                      f"{max(writers):,.0f} ops/s (ordered bulk_write, 500 ops per call).")
     notes.append("staging cmds/1k = wire messages the system sent to staging (through the 2 ms "
-                 "proxy, handshakes and monitoring included) per 1,000 changes.")
+                 "proxy, monitoring included) per 1,000 changes while measured. vs floor = "
+                 "changes/s over the minimal sync's (resync: the plain copy's); vs floor+idx = "
+                 "over the same baseline writing into the product's index set (minimal-idx, "
+                 "copy-idx).")
     if any(r.counters.get("redis_calls") is not None for r in rows):
         notes.append("redis cmds/1k = commands the system sent to its private Redis per 1,000 "
                      "changes (INFO commandstats delta from ready to stop; pub = LPUSH of task "
                      "messages onto queues). Per run: "
                      + "; ".join(f"{r.scenario}/{r.network}/{r.label}: {r.counters['redis_top']}"
                                  for r in rows if r.counters.get("redis_top")))
-    cpu_rows = [r for r in rows if r.cpu and r.seconds]
-    if cpu_rows:
-        notes.append("CPU seconds while measured (2 cores: at most 2 s of CPU per second), per "
-                     "process and its children: " + "; ".join(
-                         f"{r.scenario}/{r.network}/{r.label} ({r.seconds:.0f} s): "
-                         + ", ".join(f"{role} {spent:.1f}" for role, spent in
-                                     sorted(r.cpu.items(), key=lambda item: -item[1])
-                                     if spent >= 0.05) for r in cpu_rows))
     loads = [r for r in rows if r.load]
     if loads:
         notes.append("machine load (1-minute load average, 2 cores, everyone's work included) "
@@ -461,8 +549,9 @@ def _notes(rows: Sequence[Row], opts: RunOptions, root: Path) -> list[str]:
         notes.append(
             "resync: changes = production documents copied; seconds = the copy's own start -> "
             "done (stagesync: its `resyncs` record, startedAt -> finishedAt, chunks and sweep "
-            "included; copy: first find -> last insert ack); vs limit = ratio to the plain "
-            "find + insert_many copy (`copy`) on the same network. (empty) = empty staging, "
+            "included; copy: first find -> last insert ack); vs floor = ratio to the plain "
+            "find + insert_many copy (`copy`) on the same network, vs floor+idx to the same copy "
+            "into the product's index set (`copy-idx`). (empty) = empty staging, "
             "(again) = staging already synced by a previous full resync. Only workers run (no "
             "watcher). " + "; ".join(
                 f"{r.network}/{r.label}: `stagesync resync --wait` took {r.resync.wall_seconds:.1f}"
@@ -470,9 +559,12 @@ def _notes(rows: Sequence[Row], opts: RunOptions, root: Path) -> list[str]:
                 if r.resync is not None and r.resync.wall_seconds is not None))
     for spec_note in _spec_notes:
         notes.append(spec_note)
+    notes.extend(cost_notes(rows))
     for row in rows:
         if row.profile:
             notes.append(f"{row.scenario}/{row.network}/{row.label}: {row.profile}")
+        for profile in row.profiles:
+            notes.append(f"{row.scenario}/{row.network}/{row.label}: {profile}")
     for row in rows:
         if row.verify is not None and row.verify.examples:
             notes.append(f"{row.scenario}/{row.network}/{row.label}: "
@@ -500,6 +592,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--profile-staging", action="store_true",
                         help="profile every staging operation and print where the time went "
                              "(the profiler slows the server: not for the ratios)")
+    parser.add_argument("--py-spy", action="store_true",
+                        help="sample the watcher, one worker pool child and each baseline "
+                             "process with py-spy and print their top functions (py-spy's "
+                             "sampling costs some CPU: not for the ratios)")
     return parser.parse_args(argv)
 
 
@@ -508,7 +604,7 @@ def options_from(args: argparse.Namespace) -> RunOptions:
     given = {k: getattr(args, k) for k in ("docs", "changes", "naive_changes", "rate",
                                             "duration", "timeout") if getattr(args, k)}
     return RunOptions(**{**base.__dict__, **given, "seed": args.seed,
-                         "profile_staging": args.profile_staging})
+                         "profile_staging": args.profile_staging, "py_spy": args.py_spy})
 
 
 def _interrupt(_signum: int, _frame: Any) -> NoReturn:
@@ -517,6 +613,7 @@ def _interrupt(_signum: int, _frame: Any) -> NoReturn:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    _invocation[:] = list(sys.argv[1:] if argv is None else argv)
     opts = options_from(args)
     signal.signal(signal.SIGTERM, _interrupt)  # so `finally` blocks stop every child
     specs = load_systems(opts)

@@ -7,7 +7,8 @@ start the system so it sees every change written from then on, how to find a sta
 for a production one, and how to verify. Modules listed in `SYSTEM_MODULES` each provide
 `systems(options) -> list[SystemSpec]`.
 
-Registered: this module (the baselines `naive`, `limit` and, for the resync scenario, `copy`)
+Registered: this module (the baselines `naive`, `limit`, `minimal`, `minimal-idx` and, for the
+resync scenario, `copy` and `copy-idx`)
 and `bench.product` (stagesync itself). Another system plugs in the same way; see
 bench/README.md, "Adding another system".
 """
@@ -24,6 +25,8 @@ from typing import Any, Protocol
 from pymongo import MongoClient
 
 from bench.completion import ByProductionId, StagingLocator
+from bench.minimal_sync import DEFAULT_IN_LIST_MAX as BASELINE_IN_LIST_MAX
+from bench.minimal_sync import SOFT_DELETE_FIELD, prepare_staging
 from bench.naive_sync import create_key_index
 from bench.procs import (
     collection,
@@ -35,6 +38,7 @@ from bench.procs import (
 )
 from bench.verify_equal import VerifyResult, verify_uris
 from bench.workload import BUSINESS_KEY, Expected
+from rules.sync_meta import SYNC
 
 # Modules providing `systems(options) -> list[SystemSpec]`, in table order.
 SYSTEM_MODULES: list[str] = ["bench.systems", "bench.product"]
@@ -53,6 +57,7 @@ class RunOptions:
     seed: int = 1
     timeout: float | None = None  # per measurement; None = derived from the sizes
     profile_staging: bool = False  # the staging server's profiler on (bench.staging_profile)
+    py_spy: bool = False  # py-spy on the system's processes while measured (bench.pyspy)
 
 
 @dataclass(frozen=True)
@@ -94,6 +99,9 @@ class ResyncOutcome:
     wall_seconds: float | None = None  # command launched -> exited, when run as a command
     summary: dict[str, int] = field(default_factory=dict)  # created / updated / unchanged ...
     rss: dict[str, float] = field(default_factory=dict)  # of processes that already ended
+    # CPU seconds the copy's process spent before its clock started (interpreter start-up,
+    # imports, connections): left out of its cost, as its time leaves them out.
+    setup_cpu: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -156,14 +164,14 @@ class ProcessSystem:
         return out
 
 
-def _baseline_start(name: str, module: str) -> Callable[[BenchContext], RunningSystem]:
+def _baseline_start(name: str, module: str, *extra: str) -> Callable[[BenchContext], RunningSystem]:
     def start(ctx: BenchContext) -> RunningSystem:
         ready, stats = ctx.workdir / f"{name}.ready", ctx.workdir / f"{name}.stats.json"
         argv = python_module(
             module, "--prod", ctx.prod_uri, "--staging", ctx.staging_uri, "--source", ctx.source,
             "--target", ctx.target, "--key", ",".join(ctx.business_key),
             "--ready-file", str(ready), "--stats-file", str(stats),
-            "--max-seconds", str(ctx.max_seconds),
+            "--max-seconds", str(ctx.max_seconds), *extra,
         )
         proc = spawn(argv, ctx.workdir, name)
         try:
@@ -209,20 +217,51 @@ class NoProcesses:
         return {}
 
 
-def _plain_copy(ctx: BenchContext, _system: RunningSystem) -> ResyncOutcome:
-    stats_file = ctx.workdir / "copy.stats.json"
+def _minimal_prepare(product_indexes: bool
+                     ) -> Callable[[BenchContext, Sequence[dict[str, Any]]], None]:
+    def prepare(ctx: BenchContext, docs: Sequence[dict[str, Any]]) -> None:
+        client: MongoClient[Any] = MongoClient(ctx.staging_direct_uri)
+        try:
+            prepare_staging(collection(client, ctx.target), ctx.source, ctx.business_key, docs,
+                            product_indexes)
+        finally:
+            client.close()
+
+    return prepare
+
+
+def _verify_soft_deleted(product_indexes: bool) -> Callable[[BenchContext], VerifyResult]:
+    def verify(ctx: BenchContext) -> VerifyResult:
+        return verify_uris(ctx.prod_direct_uri, ctx.staging_direct_uri, ctx.source, ctx.target,
+                           match_on=("_id",), soft_delete_field=SOFT_DELETE_FIELD,
+                           ignore_fields=[SYNC] if product_indexes else [])
+
+    return verify
+
+
+def _plain_copy(ctx: BenchContext, system: RunningSystem) -> ResyncOutcome:
+    return _copy(ctx, "copy")
+
+
+def _copy_with_indexes(ctx: BenchContext, system: RunningSystem) -> ResyncOutcome:
+    return _copy(ctx, "copy-idx", "--product-indexes")
+
+
+def _copy(ctx: BenchContext, name: str, *extra: str) -> ResyncOutcome:
+    stats_file = ctx.workdir / f"{name}.stats.json"
     proc = spawn(python_module("bench.plain_copy", "--prod", ctx.prod_uri, "--staging",
                                ctx.staging_uri, "--source", ctx.source, "--target", ctx.target,
-                               "--stats-file", str(stats_file)), ctx.workdir, "copy")
+                               "--stats-file", str(stats_file), *extra), ctx.workdir, name)
     try:
         code = proc.wait(ctx.max_seconds)
     finally:
         stop_process(proc)
     stats = read_json(stats_file)
     if code != 0 or not stats:
-        raise RuntimeError(f"plain copy exited with {code} (see {ctx.workdir / 'copy.log'})")
+        raise RuntimeError(f"{name} exited with {code} (see {ctx.workdir / (name + '.log')})")
     return ResyncOutcome(int(stats["documents"]), float(stats["seconds"]),
-                         rss={"copy": float(stats["peak_rss_mb"])})
+                         rss={name: float(stats["peak_rss_mb"])},
+                         setup_cpu=float(stats.get("setup_cpu_seconds") or 0.0))
 
 
 def systems(options: RunOptions) -> list[SystemSpec]:
@@ -244,6 +283,36 @@ def systems(options: RunOptions) -> list[SystemSpec]:
             start=_baseline_start("limit", "bench.limit_copy"),
             locator=ByProductionId(),
             verify=_verify_by_id,
+        ),
+        SystemSpec(
+            name="minimal",
+            summary="one process: stream of documentKeys -> gather 1000 / 20 ms -> $in read -> "
+                    "unordered bulk of ReplaceOne by business key (upsert) + soft deletes",
+            prepare=_minimal_prepare(product_indexes=False),
+            start=_baseline_start("minimal", "bench.minimal_sync", "--in-list-max",
+                                  str(BASELINE_IN_LIST_MAX)),
+            locator=ByProductionId(SOFT_DELETE_FIELD),
+            verify=_verify_soft_deleted(product_indexes=False),
+        ),
+        SystemSpec(
+            name="minimal-idx",
+            summary="minimal, into staging with the product's index set and a _sync per doc",
+            prepare=_minimal_prepare(product_indexes=True),
+            start=_baseline_start("minimal-idx", "bench.minimal_sync", "--product-indexes",
+                                  "--in-list-max", str(BASELINE_IN_LIST_MAX)),
+            locator=ByProductionId(SOFT_DELETE_FIELD),
+            verify=_verify_soft_deleted(product_indexes=True),
+        ),
+        SystemSpec(
+            name="copy-idx",
+            summary="copy into staging with the product's index set, a _sync per document",
+            prepare=lambda _ctx, _docs: None,
+            start=lambda _ctx: NoProcesses(),
+            locator=ByProductionId(),
+            verify=_verify_soft_deleted(product_indexes=True),
+            scenarios=frozenset({"resync"}),
+            resync=_copy_with_indexes,
+            resync_cases=("empty",),
         ),
         SystemSpec(
             name="copy",

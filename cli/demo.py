@@ -134,6 +134,8 @@ class Demo:
             "worker": {"visibility_timeout_seconds": 60, "task_time_limit_seconds": 50,
                        "retry_backoff_max_seconds": 5},
             "status": {"lag_threshold_seconds": 30, "stalled_after_seconds": 60},
+            # The demo runs on SecantusDB, whose `$in` is quadratic (README, in_list_max).
+            "in_list_max": 200,
         }
         self.config_path.write_text(
             "# Written by `stagesync demo`: local throw-away servers; see README, Quickstart.\n"

@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from cli.help_format import Typer
+from deployments.in_lists import configure as configure_in_lists
 from settings import CONFIG_ENV, ConfigError, Settings, load_settings
 from settings.logs import configure_logging, redact_uri
 
@@ -46,11 +47,13 @@ def settings_from(config: Path | None) -> Settings:
     if config is not None:
         os.environ[CONFIG_ENV] = str(config.resolve())
     try:
-        return load_settings(config)
+        settings = load_settings(config)
     except ConfigError as error:
         errors.print(f"[red]stagesync:[/red] {escape(str(error))}", highlight=False,
                      soft_wrap=True)
         raise typer.Exit(2) from None
+    configure_in_lists(settings.in_list_max)
+    return settings
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:

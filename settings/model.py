@@ -168,6 +168,10 @@ class Settings(BaseSettings):
     # Accept prod.read_concern local or a staging.write_concern below majority (see
     # `unsafe_concerns`); `check` and `status` say so while it is set.
     allow_unsafe_concerns: bool = False
+    # Most values in one `$in` of a lookup by a list of ids or keys (`deployments.in_lists`).
+    # MongoDB plans a long list in one round trip; the test server's `$in` is quadratic, so
+    # the tests and the benchmark set 200.
+    in_list_max: Annotated[int, Field(ge=1, le=100_000)] = 1000
 
     @field_validator("redis_url")
     @classmethod

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 
 import redis
 
+from deployments.in_lists import configure as configure_in_lists
 from deployments.production import ProductionReader
 from deployments.staging import connect_staging
 from protocol.names import deliveries_key, done_key, done_report, stats_key
@@ -142,7 +143,9 @@ def get_runtime() -> Runtime:
     global _runtime, _runtime_pid
     with _lock:
         if _runtime is None or _runtime_pid != os.getpid():
-            _runtime = Runtime(load_settings())
+            settings = load_settings()
+            configure_in_lists(settings.in_list_max)
+            _runtime = Runtime(settings)
             _runtime_pid = os.getpid()
         return _runtime
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from cli.local_servers import LocalServer, redis_answers, start_redis
+from deployments.in_lists import configure as configure_in_lists
 from tests.support.backends import MongoPair, start_pair
 from tests.support.pipeline import Pipeline, collection_config
 
@@ -28,6 +29,13 @@ def pytest_report_header() -> list[str]:
     else:
         backend = "two SecantusDB servers (no mongod on PATH)"
     return [f"stagesync MongoDB backend: {backend}"]
+
+
+# Product code the tests call in this process looks documents up in `$in` lists of the test
+# server's length, as the processes the tests start do (`in_list_max: 200` in their config):
+# SecantusDB's `$in` is quadratic in the list's length (README, in_list_max).
+TEST_SERVER_IN_LIST_MAX = 200
+configure_in_lists(TEST_SERVER_IN_LIST_MAX)
 
 
 @pytest.fixture(scope="session")

@@ -94,6 +94,8 @@ class Pipeline:
             "watcher": watcher,
             "worker": worker,
             "status": {"lag_threshold_seconds": 30, "stalled_after_seconds": 20},
+            # The test server's `$in` is quadratic in the list's length (README, in_list_max).
+            "in_list_max": 200,
         }
         for key, value in self.extra.items():
             if isinstance(value, dict) and isinstance(data.get(key), dict):

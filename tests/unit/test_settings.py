@@ -950,3 +950,13 @@ def test_bare_fake_without_hint_names_the_path() -> None:
         parse_pii_rule("customer.notes", "fake")
     assert "customer.notes" in str(caught.value)
     assert "fake:" in str(caught.value)
+
+
+def test_in_list_max_defaults_to_mongodbs_value(tmp_path: Path) -> None:
+    assert load(tmp_path, minimal()).in_list_max == 1000
+    assert load(tmp_path, {**minimal(), "in_list_max": 200}).in_list_max == 200
+
+
+@pytest.mark.parametrize("value", [0, -5, "many"])
+def test_a_bad_in_list_max_is_an_error_naming_the_key(tmp_path: Path, value: Any) -> None:
+    assert_names(config_error(tmp_path, {**minimal(), "in_list_max": value}), "in_list_max")
