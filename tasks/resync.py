@@ -130,7 +130,10 @@ def resync(self: Task, collection: str, resync_id: str | None = None) -> str:
             _set_up(runtime, collection, resync_id)
         advance(runtime, collection, resync_id, revive=True)
     except Exception as error:
-        if _retryable(error):
+        # An overrun (a slow server: the soft time limit fired while planning) is retried
+        # too: set-up and planning are idempotent and planned chunks are kept, so the next
+        # run goes on from where this one stopped instead of failing the whole resync.
+        if _retryable(error) or _overran(error):
             raise self.retry(exc=error, countdown=5, max_retries=None) from None
         fail(state_db, resync_id or "", describe_error(error))
         log.exception("resync failed", extra={"collection": collection, "resync": resync_id})

@@ -42,9 +42,12 @@ def test_bootstrap_copies_existing_documents_and_streams_without_gap(pipeline: P
     resync = pipeline.state()["resyncs"].find_one({"_id": record["lastResync"]})
     assert resync["state"] == "done"
     # The stream may reach an updated (30) or deleted (1) document before the copy does:
-    # the copy then finds it current or superseded, not absent. Every other one it creates.
+    # the copy then finds it current or superseded, not absent. And a chunk whose message
+    # Redis handed on (its first run outlived the visibility timeout on a loaded machine)
+    # finds its own copies already there: unchanged. Every document is accounted for once.
     summary = resync["summary"]
-    assert summary["created"] >= 1500 - 31
+    assert summary["created"] > 0, summary
+    assert summary["created"] + summary["unchanged"] >= 1500 - 31, summary
     accounted = sum(summary.get(k, 0) for k in ("created", "updated", "unchanged", "superseded"))
     assert accounted >= 1499, summary
 
