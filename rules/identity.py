@@ -27,6 +27,7 @@ _ABSENT = object()
 
 _INT32 = range(-(2**31), 2**31)
 _INT64 = range(-(2**63), 2**63)
+_SPELT = (ObjectId, str, int)  # the types `encode_id` spells itself (ints within int64)
 _OID_PREFIX = '{"$oid": "'
 _INT_PREFIX = '{"$numberInt": "'
 
@@ -89,5 +90,11 @@ def key_digest(values: Sequence[Any]) -> str:
     The unique index sits on this digest instead of the raw fields so that a compound key of
     any size and type costs one short indexed string.
     """
-    canonical = json_util.dumps(list(values), json_options=CANONICAL_JSON_OPTIONS)
+    values = list(values)
+    if all(type(value) in _SPELT for value in values):
+        # `json_util` writes a list as its elements' spellings joined by ", ": the same text,
+        # at a fraction of the cost (a property test holds the two together).
+        canonical = "[" + ", ".join(encode_id(value) for value in values) + "]"
+    else:
+        canonical = json_util.dumps(values, json_options=CANONICAL_JSON_OPTIONS)
     return hashlib.sha256(canonical.encode()).hexdigest()

@@ -59,7 +59,12 @@ def production_content(production: Mapping[str, Any], rules: FieldRules) -> dict
 
 def fingerprint(content: Mapping[str, Any]) -> str:
     """An exact digest of content: its BSON bytes, so types and field order count."""
-    return hashlib.blake2b(bson.encode(content), digest_size=16).hexdigest()
+    return content_digest(bson.encode(content))
+
+
+def content_digest(encoded: bytes) -> str:
+    """`fingerprint` of content already encoded (the planner needs the bytes' size too)."""
+    return hashlib.blake2b(encoded, digest_size=16).hexdigest()
 
 
 def production_view(document: Mapping[str, Any], owned: Iterable[Path]) -> dict[str, Any]:

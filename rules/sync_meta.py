@@ -23,6 +23,7 @@ import zlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from functools import cached_property
 from typing import Any
 
 from bson import Binary
@@ -56,10 +57,18 @@ class SyncMeta:
     pid: str | None
     key: str | None
     version: int | None
-    owned: tuple[Path, ...]  # in production's document order
+    # `_sync.owned` as stored: decoded only when asked for (`owned`). Most plans never need
+    # it (an unchanged fingerprint, a delete, a superseded read), and decompressing and
+    # splitting every staging document's paths was a sixth of a worker's CPU.
+    stored_owned: Any
     deleted_at: datetime | None
     tombstone: bool
     fingerprint: str | None = None
+
+    @cached_property
+    def owned(self) -> tuple[Path, ...]:
+        """The leaf paths production owns, in production's document order."""
+        return decode_owned(self.stored_owned)
 
     @property
     def synced(self) -> bool:
@@ -89,14 +98,14 @@ def decode_owned(raw: Any) -> tuple[Path, ...]:
 def read_meta(document: Mapping[str, Any] | None) -> SyncMeta:
     raw = document.get(SYNC) if document else None
     if not isinstance(raw, Mapping):
-        return SyncMeta(None, None, None, (), None, False)
+        return SyncMeta(None, None, None, None, None, False)
     version = raw.get(VERSION)
     fingerprint = raw.get(FINGERPRINT)
     return SyncMeta(
         pid=raw.get(PID),
         key=raw.get(KEY),
         version=int(version) if isinstance(version, int) else None,
-        owned=decode_owned(raw.get(OWNED)),
+        stored_owned=raw.get(OWNED),
         deleted_at=raw.get(DELETED_AT),
         tombstone=bool(raw.get(TOMBSTONE)),
         fingerprint=fingerprint if isinstance(fingerprint, str) else None,

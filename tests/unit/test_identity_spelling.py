@@ -50,3 +50,20 @@ def test_a_uuid_is_spelt_as_its_binary() -> None:
 def test_an_int_beyond_int64_is_left_to_json_util() -> None:
     big = 2**63
     assert encode_id(big) == reference(big)
+
+
+KEY_VALUES = st.lists(st.one_of(
+    st.builds(ObjectId, st.binary(min_size=12, max_size=12)), st.text(),
+    st.integers(min_value=-(2**70), max_value=2**70).filter(lambda n: -(2**63) <= n < 2**63),
+    st.floats(allow_nan=False), st.booleans(), st.none(),
+), min_size=1, max_size=4)
+
+
+@given(KEY_VALUES)
+def test_a_key_digest_is_the_digest_of_json_utils_spelling(values: list[Any]) -> None:
+    import hashlib
+
+    from rules.identity import key_digest
+
+    expected = hashlib.sha256(reference(values).encode()).hexdigest()
+    assert key_digest(values) == expected
