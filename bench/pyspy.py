@@ -32,13 +32,21 @@ _LINE = re.compile(r"^(?P<stack>.*) (?P<count>\d+)$")
 _FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>[^():]*)(?::\d+)?\)$")
 
 
+# The product's rooms (README, "Rooms"): a frame under one of them is stagesync's own.
+PRODUCT_ROOMS = ("settings", "protocol", "rules", "deployments", "state", "watcher", "tasks",
+                 "cli")
+
+
 def frame_name(frame: str) -> str:
-    """A frame without its line number, and only the last two parts of its file path."""
+    """A frame without its line number, and its file path from the product's room on (the
+    last two parts of a library's path)."""
     match = _FRAME.match(frame.strip())
     if not match:
         return frame.strip()
     parts = Path(match["file"]).parts
-    return f"{match['func']} ({'/'.join(parts[-2:])})"
+    rooms = [i for i, part in enumerate(parts[:-1]) if part in PRODUCT_ROOMS]
+    kept = parts[rooms[-1]:] if rooms else parts[-2:]
+    return f"{match['func']} ({'/'.join(kept)})"
 
 
 @dataclass(frozen=True)
@@ -132,7 +140,7 @@ def record(label: str, pid: int, workdir: Path) -> Recording | None:
 
 
 # Frames of the product's own code, as `frame_name` spells them (the last two path parts).
-PRODUCT_FRAMES = ("(tasks/", "(rules/", "(watcher/", "(deployments/", "(settings/")
+PRODUCT_FRAMES = tuple(f"({room}/" for room in PRODUCT_ROOMS)
 
 
 def product_totals(profile: Profile, n: int = 10) -> list[tuple[str, float]]:

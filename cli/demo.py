@@ -19,13 +19,9 @@ With `--keep` it leaves the servers, Redis, watcher and worker running for `stat
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import random
 import shutil
-import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -34,19 +30,18 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import psutil
 import yaml
 from bson import ObjectId
 from pymongo import ASCENDING, DeleteOne, InsertOne, MongoClient, UpdateOne
 from rich.console import Console
 from rich.live import Live
-from rich.table import Table
 
+from cli.demo_keep import CONFIG_FILE, STATE_FILE, stop_processes
+from cli.demo_report import SEED_PROMISE, Figures, Outcome, percentile, print_summary
 from cli.local_servers import LocalServer, start_mongo_test_server, start_redis
 from cli.status import StatusPoller
 from settings import load_settings
@@ -56,28 +51,10 @@ from tasks.verification.verifier import verify_collection
 CITIES = ["Oslo", "Lyon", "Porto", "Turku", "Ghent", "Graz", "Malmo", "Cork"]
 STATUSES = ["new", "paid", "packed", "shipped", "delivered"]
 RAW_MARKER = "@real-customer.invalid"  # every raw email carries it; it must never reach staging
-SEED_PROMISE = "~1-3 s"  # the lag the product promises in quiet times
-STATE_FILE = ".stagesync-demo.json"  # in the working directory: what `--stop` ends
-CONFIG_FILE = "stagesync.yaml"
 PROGRESS_SECONDS = 3.0  # plain output: a progress line at least this often
 STEADY_RATE = 20  # production changes per second in the steady phase
 BURST_CHUNK = 100  # changes per bulk write in the burst (the burst's time is checked between)
 ORDERS, USERS = "orders", "users"
-
-
-@dataclass
-class Figures:
-    """What the summary reports, measured during the run."""
-
-    steady_changes: int = 0
-    steady_seconds: float = 0.0
-    steady_lags: list[float] = field(default_factory=list)
-    burst_changes: int = 0
-    burst_write_seconds: float = 0.0
-    burst_lags: list[float] = field(default_factory=list)
-    burst_drain_seconds: float | None = None  # last burst write -> last apply
-    burst_total_seconds: float | None = None  # first burst write -> last apply
-    verify_seconds: float = 0.0
 
 
 class Demo:
@@ -283,12 +260,12 @@ def run_demo(console: Console, non_interactive: bool, documents: int, burst: int
             qa_kept = staged_orders.count_documents({"qaNotes": "checked by QA"})
             leaked = _raw_pii_in_staging(staging)
         ok = all(r.equal for r in reports) and qa_kept == len(qa_ids) and not leaked
-        _summary(console, demo, reports, qa_kept, len(qa_ids), leaked,
-                 time.monotonic() - started, ok)
+        print_summary(console, demo.figures, Outcome(
+            reports, demo.changes, qa_kept, len(qa_ids), leaked, time.monotonic() - started, ok))
         staging.close()
         client.close()
         if keep:
-            _keep(console, demo, settings)
+            keep(console, demo, ORDERS, USERS)
             kept = True
         return 0 if ok else 1
     except KeyboardInterrupt:
@@ -333,8 +310,8 @@ def _steady(demo: Demo, orders: Any, users: Any, staged_orders: Any,
     demo.figures.steady_lags = _lags(staged_orders, began)
     lags = demo.figures.steady_lags
     if lags:
-        demo.say(f"steady lag: p50 {_percentile(lags, 50):.2f} s, p99 "
-                 f"{_percentile(lags, 99):.2f} s over {len(lags)} changes "
+        demo.say(f"steady lag: p50 {percentile(lags, 50):.2f} s, p99 "
+                 f"{percentile(lags, 99):.2f} s over {len(lags)} changes "
                  f"(promise: {SEED_PROMISE})")
 
 
@@ -465,165 +442,3 @@ def _raw_pii_in_staging(staging: MongoClient[Any]) -> int:
             if RAW_MARKER in repr(doc):
                 found += 1
     return found
-
-
-def _percentile(values: list[float], percent: float) -> float:
-    if len(values) < 2:
-        return values[0] if values else 0.0
-    return statistics.quantiles(values, n=100, method="inclusive")[int(percent) - 1] \
-        if percent < 100 else max(values)
-
-
-def _summary(console: Console, demo: Demo, reports: list[Any], qa_kept: int, qa_total: int,
-             leaked: int, seconds: float, ok: bool) -> None:
-    figures = demo.figures
-    table = Table(title="stagesync demo: summary")
-    for column in ("collection", "production docs", "staging live", "verify"):
-        table.add_column(column)
-    for report in reports:
-        table.add_row(report.collection, str(report.production_documents),
-                      str(report.staging_live),
-                      "[green]equal[/green]" if report.equal else "[red]differs[/red]")
-    console.print(table)
-    steady = figures.steady_lags
-    if steady:
-        console.print(
-            f"steady traffic: {figures.steady_changes} changes in {figures.steady_seconds:.0f} s;"
-            f" lag p50 {_percentile(steady, 50):.2f} s, steady p99 lag "
-            f"{_percentile(steady, 99):.2f} s, max {max(steady):.2f} s "
-            f"(the promise: {SEED_PROMISE})", highlight=False)
-    if figures.burst_changes:
-        drain = figures.burst_drain_seconds
-        console.print(
-            f"burst: {figures.burst_changes} changes written in "
-            f"{figures.burst_write_seconds:.1f} s; burst drain time "
-            + (f"{drain:.1f} s after the last write ({figures.burst_total_seconds:.1f} s "
-               "after the first)" if drain is not None else "unknown")
-            + (f"; lag p99 {_percentile(figures.burst_lags, 99):.1f} s"
-               if figures.burst_lags else ""), highlight=False)
-    console.print(f"verification: {figures.verify_seconds:.1f} s", highlight=False)
-    console.print(f"production changes made during the demo: {demo.changes}")
-    console.print(f"QA notes on staging documents kept: {qa_kept}/{qa_total}")
-    console.print(f"staging documents holding a raw email: {leaked}")
-    console.print(f"total time: {seconds:.0f}s")
-    console.print("[green]demo passed: staging converged[/green]" if ok
-                  else "[red]demo failed[/red]")
-
-
-# -- --keep and --stop ----------------------------------------------------------------------
-def _keep(console: Console, demo: Demo, settings: Settings) -> None:
-    """Leave everything running; write the configuration and the PIDs where `--stop` and the
-    other commands find them."""
-    config = Path(CONFIG_FILE)
-    text = demo.config_path.read_text()
-    wrote_config = False
-    if config.exists():
-        config_shown = str(demo.config_path)
-        console.print(f"./{CONFIG_FILE} exists and is left alone; the demo's configuration is "
-                      f"{config_shown}", highlight=False)
-        prefix = f"STAGESYNC_CONFIG={config_shown} "
-    else:
-        config.write_text(text)
-        wrote_config = True
-        config_shown = str(config.absolute())
-        prefix = ""
-    processes = [{"name": name, "pid": p.pid, "started": _started(p.pid)}
-                 for name, p in demo.processes]
-    processes += [{"name": s.name, "pid": s.pid, "started": _started(s.pid)}
-                  for s in demo.servers]
-    Path(STATE_FILE).write_text(json.dumps({
-        "workdir": str(demo.workdir), "config": config_shown, "wrote_config": wrote_config,
-        "config_sha256": hashlib.sha256(text.encode()).hexdigest(), "processes": processes,
-    }, indent=2))
-    console.print(f"\nthe demo keeps running ({len(processes)} processes, PIDs in "
-                  f"./{STATE_FILE}); configuration: {config_shown}", highlight=False)
-    console.print("try:", highlight=False)
-    for command in (
-        "stagesync status --watch", f"stagesync verify {ORDERS}",
-        f"stagesync resync {ORDERS} --wait", "celery -A tasks flower   (then http://localhost:5555)",
-        f"stagesync pii scan {USERS}", "stagesync demo --stop     (ends all of it)",
-    ):
-        console.print(f"  {prefix}{command}", highlight=False, markup=False)
-
-
-def stop_demo(console: Console) -> int:
-    """End a kept demo: the processes it recorded (only those, by PID and start time)."""
-    state_file = Path(STATE_FILE)
-    if not state_file.exists():
-        console.print(f"no kept demo here (./{STATE_FILE} does not exist); run `stagesync demo "
-                      "--stop` in the directory where `stagesync demo --keep` ran",
-                      highlight=False)
-        return 1
-    state = json.loads(state_file.read_text())
-    recorded = [(p["name"], p["pid"]) for p in state["processes"]
-                if _started(p["pid"]) == p["started"]]  # a reused PID is someone else's
-    stop_processes(recorded)
-    config = Path(CONFIG_FILE)
-    if state.get("wrote_config") and config.exists():
-        if hashlib.sha256(config.read_bytes()).hexdigest() == state["config_sha256"]:
-            config.unlink()
-        else:
-            console.print(f"./{CONFIG_FILE} was edited: left in place", highlight=False)
-    shutil.rmtree(state["workdir"], ignore_errors=True)
-    state_file.unlink()
-    console.print(f"stopped the kept demo ({len(recorded)} processes)", highlight=False)
-    return 0
-
-
-SERVERS = ("mongodb", "redis")
-
-
-def stop_processes(processes: list[tuple[str, int]], grace: float = 15.0) -> None:
-    """The watcher and the worker first, while the servers still answer them (a watcher
-    whose staging is gone waits for it before it gives up its lease), then the servers."""
-    _stop_wave([p for p in processes if p[0] not in SERVERS], grace)
-    _stop_wave([p for p in processes if p[0] in SERVERS], grace)
-
-
-def _stop_wave(processes: list[tuple[str, int]], grace: float) -> None:
-    """SIGTERM each recorded process and its group (each was started in a session of its own,
-    so the group is its children: Celery's pool, nothing else), then SIGKILL what is left."""
-    targets: list[psutil.Process] = []
-    for _, pid in processes:
-        with suppress(psutil.Error):
-            process = psutil.Process(pid)
-            targets += [process, *process.children(recursive=True)]
-    # The group only: a signal straight to a pool child would make Celery's main process
-    # replace it and wait on it, not stop.
-    for _, pid in processes:
-        with suppress(ProcessLookupError, PermissionError):
-            os.killpg(pid, signal.SIGTERM)
-    alive = _wait_gone(targets, grace)
-    for target in alive:
-        with suppress(psutil.Error):
-            target.kill()
-    _wait_gone(alive, 5)
-
-
-def _wait_gone(targets: list[psutil.Process], timeout: float) -> list[psutil.Process]:
-    """The targets still running after up to `timeout` seconds. A zombie counts as gone: a
-    kept demo's processes outlived their parent, and what adopts them may never reap them."""
-    deadline = time.monotonic() + timeout
-    alive = targets
-    while True:
-        for target in alive:
-            with suppress(psutil.Error, ChildProcessError):
-                target.wait(0)  # reaps our own children (a plain demo's)
-        alive = [t for t in alive if _running(t)]
-        if not alive or time.monotonic() >= deadline:
-            return alive
-        time.sleep(0.1)
-
-
-def _running(target: psutil.Process) -> bool:
-    try:
-        return target.is_running() and target.status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
-
-
-def _started(pid: int) -> float | None:
-    try:
-        return psutil.Process(pid).create_time()
-    except psutil.Error:
-        return None

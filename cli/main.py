@@ -217,15 +217,21 @@ def rate_limit(
     client.close()
 
 
+# The options several `dlq` commands share.
+DlqCollectionOption = Annotated[str | None, typer.Option(
+    "--collection", help="Only this collection (default: every collection).",
+    show_default=False)]
+DlqReasonOption = Annotated[str | None, typer.Option(
+    "--reason", help="Only this reason, e.g. key_conflict (default: any reason).",
+    show_default=False)]
+
+
 @dlq_app.command("list", epilog="Example: stagesync dlq list --collection orders --reason "
                   "key_conflict")
 def dlq_list(
     config: ConfigOption = None,
-    collection: Annotated[str | None, typer.Option(
-        help="Only this collection (default: every collection).", show_default=False)] = None,
-    reason: Annotated[str | None, typer.Option(
-        help="Only this reason, e.g. key_conflict (default: any reason).",
-        show_default=False)] = None,
+    collection: DlqCollectionOption = None,
+    reason: DlqReasonOption = None,
     json_output: Annotated[bool, typer.Option("--json", help="Machine-readable output (default: a "
                                               "table).")] = False,
 ) -> None:
@@ -258,11 +264,8 @@ def dlq_show(
                   "write_error")
 def dlq_replay(
     config: ConfigOption = None,
-    collection: Annotated[str | None, typer.Option(
-        help="Only this collection (default: every collection).", show_default=False)] = None,
-    reason: Annotated[str | None, typer.Option(
-        help="Only this reason, e.g. key_conflict (default: any reason).",
-        show_default=False)] = None,
+    collection: DlqCollectionOption = None,
+    reason: DlqReasonOption = None,
     pid: Annotated[list[str] | None, typer.Option(
         "--id", help="Only these production _ids (repeatable; default: all).", show_default=False)
                    ] = None,
@@ -337,7 +340,8 @@ def demo(
                                        "(run it in the same directory).")] = False,
 ) -> None:
     """Run a complete sync between local servers it starts itself, in about a minute."""
-    from cli.demo import run_demo, stop_demo
+    from cli.demo import run_demo
+    from cli.demo_keep import stop_demo
 
     if stop:
         raise typer.Exit(stop_demo(console))

@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -99,21 +99,12 @@ class StatusReader:
         rate, rate_source = effective_rate(self.settings, self.state_db, collection.name)
         queues = {q: queue_depth(self.redis, q) for q in queues_of(collection)}
         pending = int(_float(heartbeat.get("unapplied")))
-        health = "ok"
-        if not alive:
-            health = "down"
-        elif pending and (last_applied is None or now - last_applied
-                          > self.settings.status.stalled_after_seconds) and \
-                lag > self.settings.status.stalled_after_seconds:
-            health = "stalled"
-        elif lag > self.settings.status.lag_threshold_seconds:
-            health = "lagging"
         resync = record.get("resyncPending")
         verified = self.state_db[VERIFICATIONS].find_one({"_id": collection.name})
         unclassified = unclassified_report(self.state_db, collection)
         return {
             "collection": collection.name,
-            "health": health,
+            "health": self._health(alive, pending, lag, last_applied, now),
             "watcher": {"alive": alive, "state": heartbeat.get("state") if alive else "down",
                         "owner": record.get("owner"), "host": record.get("host"),
                         "idle_at": _float(heartbeat.get("idle_at")) or None},
@@ -131,39 +122,44 @@ class StatusReader:
             else None,
             "checkpoint_age_seconds": round(checkpoint_age, 1)
             if checkpoint_age is not None else None,
-            "oplog_window_seconds": oplog.seconds,
-            # A countdown only once the oplog drops entries: "unbounded" (not capped) and
-            # "not_full" (nothing dropped yet) have no headroom in seconds to show.
-            "oplog_history": oplog.history,
-            "oplog_headroom_seconds": round(oplog.seconds - checkpoint_age, 1)
-            if oplog.seconds is not None and checkpoint_age is not None
-            and oplog.history not in ("unbounded", "not_full") else None,
-            # Why the headroom is unknown (None when the oplog could be read).
-            "oplog_unknown_because": oplog.unknown_because,
+            **_oplog_fields(oplog, checkpoint_age),
             "resync": self._resync(resync) if resync else None,
-            "last_verify": {"at": verified["at"].isoformat() if isinstance(
-                verified.get("at"), datetime) else None, "equal": verified.get("equal"),
-                "mismatched": verified.get("mismatched")} if verified else None,
+            "last_verify": _last_verify(verified),
             "last_error": heartbeat.get("last_error") or None,
             "pii_mode": collection.pii_mode,
             # References written with production's value until their copy arrives.
             "pending_references": pending_count(self.state_db, collection.name)
             if collection.references else 0,
-            # Sizes from metadata (no scan): with a filter or subset, staging holds a share.
-            "documents": {
-                "production_estimate": self._slowly(
-                    f"production:{collection.name}",
-                    self.production.collection(collection).estimated_count),
-                "staging_estimate": self._slowly(
-                    f"staging:{collection.name}", self.staging[collection.target_db][
-                        collection.target_collection].estimated_document_count),
-            },
+            "documents": self._documents(collection),
             "subset": collection.subset.model_dump(exclude_none=True)
             if collection.subset else None,
             "unclassified_paths": unclassified["paths"],
             "indexes": self._indexes(collection),
             "warnings": [w for w in [masking_drift(self.state_db, self.settings, collection),
                                      unclassified_warning(unclassified)] if w],
+        }
+
+    def _health(self, alive: bool, pending: int, lag: float, last_applied: float | None,
+                now: float) -> str:
+        stalled_after = self.settings.status.stalled_after_seconds
+        if not alive:
+            return "down"
+        if pending and (last_applied is None or now - last_applied > stalled_after) and \
+                lag > stalled_after:
+            return "stalled"
+        if lag > self.settings.status.lag_threshold_seconds:
+            return "lagging"
+        return "ok"
+
+    def _documents(self, collection: CollectionSettings) -> dict[str, Any]:
+        """Sizes from metadata (no scan): with a filter or subset, staging holds a share."""
+        return {
+            "production_estimate": self._slowly(
+                f"production:{collection.name}",
+                self.production.collection(collection).estimated_count),
+            "staging_estimate": self._slowly(
+                f"staging:{collection.name}", self.staging[collection.target_db][
+                    collection.target_collection].estimated_document_count),
         }
 
     def _slowly(self, key: str, read: Callable[[], Any]) -> Any:
@@ -380,3 +376,25 @@ def _headroom(row: dict[str, Any]) -> str:
     if history == "not_full":
         return "not full"
     return _seconds(row["oplog_headroom_seconds"])
+
+
+def _oplog_fields(oplog: OplogWindow, checkpoint_age: float | None) -> dict[str, Any]:
+    return {
+        "oplog_window_seconds": oplog.seconds,
+        # A countdown only once the oplog drops entries: "unbounded" (not capped) and
+        # "not_full" (nothing dropped yet) have no headroom in seconds to show.
+        "oplog_history": oplog.history,
+        "oplog_headroom_seconds": round(oplog.seconds - checkpoint_age, 1)
+        if oplog.seconds is not None and checkpoint_age is not None
+        and oplog.history not in ("unbounded", "not_full") else None,
+        # Why the headroom is unknown (None when the oplog could be read).
+        "oplog_unknown_because": oplog.unknown_because,
+    }
+
+
+def _last_verify(verified: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    if not verified:
+        return None
+    at = verified.get("at")
+    return {"at": at.isoformat() if isinstance(at, datetime) else None,
+            "equal": verified.get("equal"), "mismatched": verified.get("mismatched")}

@@ -334,34 +334,9 @@ def plan_mirror(
                 present[name], spec, serves)):
             plan.forget.append(name)
     owned = {name: record for name, record in owned.items() if name not in plan.forget}
-    to_build: list[Mirrored] = []
     # First what staging already has (so that no new index takes a name still in use) ...
-    for item in wanted:
-        spec = item.spec
-        match = next((n for n, index in present.items()
-                      if n not in used and equivalent(index, spec, serves)), None)
-        if match is not None:
-            used.add(match)
-            plan.reused[item.production_name] = match
-            continue
-        similar = [n for n, index in present.items()
-                   if n not in used and same_definition(index, spec, serves)]
-        mine = next((n for n in similar if n in owned
-                     and in_place_changes(present[n], spec) is not None), None)
-        if mine is not None:
-            used.add(mine)
-            changes = in_place_changes(present[mine], spec) or {}
-            plan.modifies.append(Modify(mine, item.production_name, changes))
-            continue
-        theirs = next((n for n in similar if n not in owned), None)
-        if theirs is not None:
-            used.add(theirs)
-            plan.reused[item.production_name] = theirs
-            plan.unmanaged[item.production_name] = (
-                f"staging index {theirs!r} differs from production's only in hidden or TTL; "
-                "stagesync never changes an index it did not create")
-            continue
-        to_build.append(item)
+    to_build = [item for item in wanted
+                if not _served_by_present(item, present, owned, used, serves, plan)]
     # ... then our indexes nothing uses go (their names are free again), then the builds.
     plan.drops = [n for n in owned if n in present and n not in used]
     taken = set(present) - set(plan.drops)
@@ -375,6 +350,39 @@ def plan_mirror(
         taken.add(name)
         plan.creates.append(Create(name, item.production_name, item.spec))
     return plan
+
+
+def _served_by_present(item: Mirrored, present: Mapping[str, Mapping[str, Any]],
+                       owned: Mapping[str, Mapping[str, Any]], used: set[str], serves: Serves,
+                       plan: MirrorPlan) -> bool:
+    """Whether an index staging has already serves `item` (as is, changed in place when it is
+    ours, or left alone when it is someone else's); claims it in `used` and notes it in
+    `plan`. False: it must be built."""
+    spec = item.spec
+    match = next((n for n, index in present.items()
+                  if n not in used and equivalent(index, spec, serves)), None)
+    if match is not None:
+        used.add(match)
+        plan.reused[item.production_name] = match
+        return True
+    similar = [n for n, index in present.items()
+               if n not in used and same_definition(index, spec, serves)]
+    mine = next((n for n in similar if n in owned
+                 and in_place_changes(present[n], spec) is not None), None)
+    if mine is not None:
+        used.add(mine)
+        changes = in_place_changes(present[mine], spec) or {}
+        plan.modifies.append(Modify(mine, item.production_name, changes))
+        return True
+    theirs = next((n for n in similar if n not in owned), None)
+    if theirs is not None:
+        used.add(theirs)
+        plan.reused[item.production_name] = theirs
+        plan.unmanaged[item.production_name] = (
+            f"staging index {theirs!r} differs from production's only in hidden or TTL; "
+            "stagesync never changes an index it did not create")
+        return True
+    return False
 
 
 def free_name(name: str, taken: set[str]) -> str:
