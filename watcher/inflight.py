@@ -54,6 +54,9 @@ class InflightWindow:
         self._batches: dict[str, tuple[int, BatchInFlight]] = {}
         self._next_seq = 0
         self.unapplied = 0
+        # Counted as batches open and complete, not by a scan: the watcher asks before every
+        # event it reads, and a burst keeps hundreds of batches in flight.
+        self.batches_in_flight = 0
 
     def open_group(
         self,
@@ -73,6 +76,7 @@ class InflightWindow:
         for batch_id, entry in entries.items():
             self._batches[batch_id] = (seq, entry)
             self.unapplied += len(entry.changes)
+        self.batches_in_flight += len(entries)
         return seq
 
     def part_done(self, batch_id: str, part: str) -> bool:
@@ -88,6 +92,7 @@ class InflightWindow:
         if batch.covered():
             batch.complete = True
             self.unapplied -= len(batch.changes)
+            self.batches_in_flight -= 1
             return True
         return False
 
@@ -105,10 +110,6 @@ class InflightWindow:
             token = group.token
             advanced = True
         return token if advanced else None
-
-    @property
-    def batches_in_flight(self) -> int:
-        return sum(1 for _, batch in self._batches.values() if not batch.complete)
 
     def incomplete(self) -> list[BatchInFlight]:
         return [batch for _, batch in self._batches.values() if not batch.complete]
