@@ -40,7 +40,7 @@ from pymongo import ASCENDING, DeleteOne, InsertOne, MongoClient, UpdateOne
 from rich.console import Console
 from rich.live import Live
 
-from cli.demo_keep import CONFIG_FILE, STATE_FILE, stop_processes
+from cli.demo_keep import CONFIG_FILE, STATE_FILE, keep_running, stop_processes
 from cli.demo_report import SEED_PROMISE, Figures, Outcome, percentile, print_summary
 from cli.local_servers import LocalServer, start_mongo_test_server, start_redis
 from cli.status import StatusPoller
@@ -265,7 +265,7 @@ def run_demo(console: Console, non_interactive: bool, documents: int, burst: int
         staging.close()
         client.close()
         if keep:
-            keep(console, demo, ORDERS, USERS)
+            keep_running(console, demo, ORDERS, USERS)
             kept = True
         return 0 if ok else 1
     except KeyboardInterrupt:

@@ -27,7 +27,7 @@ STATE_FILE = ".stagesync-demo.json"  # in the working directory: what `--stop` e
 CONFIG_FILE = "stagesync.yaml"
 
 
-def keep(console: Console, demo: Demo, orders: str, users: str) -> None:
+def keep_running(console: Console, demo: Demo, orders: str, users: str) -> None:
     """Leave everything running; write the configuration and the PIDs where `--stop` and the
     other commands find them."""
     config = Path(CONFIG_FILE)

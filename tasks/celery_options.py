@@ -16,7 +16,13 @@ from kombu import Queue
 from protocol.names import PURGE_DELETED, RESYNC, VERIFY
 from protocol.routing import all_queues, home_queue
 from settings.durations import parse_duration
-from settings.model import Settings
+from settings.model import Settings, WorkerSettings
+
+
+def soft_time_limit(worker: WorkerSettings) -> float:
+    """Seconds after which a task is told to stop (SoftTimeLimitExceeded): 15 s before the
+    hard limit, so it can record where it is; at least 1 s."""
+    return max(worker.task_time_limit_seconds - 15, 1)
 
 
 def celery_options(settings: Settings) -> dict[str, Any]:
@@ -56,7 +62,7 @@ def celery_options(settings: Settings) -> dict[str, Any]:
         "task_acks_on_timeout": False,
         "worker_prefetch_multiplier": 1,
         "task_time_limit": worker.task_time_limit_seconds,
-        "task_soft_time_limit": max(worker.task_time_limit_seconds - 15, 1),
+        "task_soft_time_limit": soft_time_limit(worker),
         # Events cost several Redis commands per task; Flower enables them on the workers it
         # watches (its --enable_events, on by default), so they run only when someone looks.
         "worker_send_task_events": False,

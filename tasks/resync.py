@@ -65,6 +65,7 @@ from state.resync_progress import (
 )
 from state.versions import take_version
 from tasks.celery_app import app
+from tasks.celery_options import soft_time_limit
 from tasks.full_resync.chunks import SWEEP_PAGE, ChunkRun, Outcome, copy_chunk, sweep_chunk
 from tasks.full_resync.walk import IdIndex, ProductionIds, StagingIds, first_id, plan_chunk
 from tasks.runtime import Runtime, get_runtime
@@ -97,9 +98,11 @@ def sweep_span(estimate: int, inflight: int) -> int:
 
 
 def time_budget(runtime: Runtime) -> float:
-    """Seconds a chunk task works before handing on: well inside the soft time limit."""
-    limit = runtime.settings.worker.task_time_limit_seconds
-    return max(1.0, min(limit * 0.5, (limit - 15) * 0.5))
+    """Seconds a chunk task works before handing on: half its soft time limit, so that the
+    hand-on (a new message) never races the limit. (It used to be at least 1 s, which with a
+    hard limit under 17 s equalled the 1 s soft limit: the limit could fire while the task
+    handed on, outside its body, and the chunk's message was lost.)"""
+    return soft_time_limit(runtime.settings.worker) * 0.5
 
 
 def stale_after(runtime: Runtime) -> timedelta:

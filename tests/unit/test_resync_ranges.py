@@ -190,3 +190,20 @@ def test_probe_skips_reads_until_a_batch_has_copies_then_stops_asking() -> None:
     assert probe.known_empty(ids[:5])  # no copy among them
     assert not probe.known_empty(ids[4:8])  # ids[5] has a copy
     assert not probe.known_empty(ids[8:]) and target.queries == 2  # no more probes
+
+
+@pytest.mark.parametrize("limit", [5, 8, 16, 17, 60, 240])
+def test_a_chunk_hands_on_well_inside_its_soft_time_limit(limit: int) -> None:
+    """The chunk's time budget is half its soft limit, whatever the hard limit: at the budget
+    it hands on with a new message, which must never race the soft limit."""
+    from types import SimpleNamespace
+
+    from settings.model import WorkerSettings
+    from tasks.celery_options import soft_time_limit
+    from tasks.resync import time_budget
+
+    worker = WorkerSettings(task_time_limit_seconds=limit, visibility_timeout_seconds=limit + 60)
+    runtime = SimpleNamespace(settings=SimpleNamespace(worker=worker))
+    budget = time_budget(runtime)  # type: ignore[arg-type]
+    assert 0 < budget <= soft_time_limit(worker) / 2
+    assert soft_time_limit(worker) < limit
