@@ -27,12 +27,12 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from pymongo import DeleteOne, MongoClient, ReplaceOne
+from pymongo import DeleteOne, ReplaceOne
 from pymongo.change_stream import ChangeStream
 from pymongo.collection import Collection
 
 from bench.naive_sync import IDLE_SLEEP
-from bench.procs import baseline_args, collection, stop_event, write_json
+from bench.procs import baseline_args, run_baseline, stop_event
 
 MAX_EVENTS = 5000  # events read before applying them
 READ_BATCH = 500  # ids per `$in` read and per bulk write
@@ -95,16 +95,8 @@ def run(
 def main(argv: list[str] | None = None) -> int:
     args = baseline_args("Change-stream copy by _id, no queue, no merge (baseline b).", argv)
     stop = stop_event(args.max_seconds)
-    prod_client: MongoClient[Any] = MongoClient(args.prod)
-    staging_client: MongoClient[Any] = MongoClient(args.staging)
-    try:
-        stats = run(collection(prod_client, args.source), collection(staging_client, args.target),
-                    stop, on_ready=lambda: write_json(args.ready_file, {"ready": time.time()}))
-        write_json(args.stats_file, dict(stats))
-    finally:
-        prod_client.close()
-        staging_client.close()
-    return 0
+    return run_baseline(args, lambda prod, staging, ready: run(prod, staging, stop,
+                                                               on_ready=ready))
 
 
 if __name__ == "__main__":

@@ -34,11 +34,11 @@ from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from pymongo import MongoClient, ReplaceOne, UpdateOne
+from pymongo import ReplaceOne, UpdateOne
 from pymongo.change_stream import ChangeStream
 from pymongo.collection import Collection
 
-from bench.procs import baseline_args, collection, stop_event, write_json
+from bench.procs import baseline_args, run_baseline, stop_event
 from deployments.staging_indexes import ensure, target_indexes
 from rules.identity import encode_id, key_digest
 from rules.merge import fingerprint
@@ -188,17 +188,8 @@ def main(argv: list[str] | None = None) -> int:
     extra = [a for a in extra if a != "--product-indexes"]
     args = baseline_args("Minimal one-process sync (baseline).", extra)
     stop = stop_event(args.max_seconds)
-    prod_client: MongoClient[Any] = MongoClient(args.prod)
-    staging_client: MongoClient[Any] = MongoClient(args.staging)
-    try:
-        stats = run(collection(prod_client, args.source), collection(staging_client, args.target),
-                    args.key.split(","), stop, product_indexes, in_list_max,
-                    on_ready=lambda: write_json(args.ready_file, {"ready": time.time()}))
-        write_json(args.stats_file, dict(stats))
-    finally:
-        prod_client.close()
-        staging_client.close()
-    return 0
+    return run_baseline(args, lambda prod, staging, ready: run(
+        prod, staging, args.key.split(","), stop, product_indexes, in_list_max, on_ready=ready))
 
 
 if __name__ == "__main__":

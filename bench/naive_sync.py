@@ -24,10 +24,10 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from pymongo import ASCENDING, MongoClient
+from pymongo import ASCENDING
 from pymongo.collection import Collection
 
-from bench.procs import baseline_args, collection, stop_event, write_json
+from bench.procs import baseline_args, run_baseline, stop_event
 
 IDLE_SLEEP = 0.01  # seconds to wait after an empty `try_next()`: an idle loop must not spin
 
@@ -83,17 +83,8 @@ def run(
 def main(argv: list[str] | None = None) -> int:
     args = baseline_args("Naive per-event sync (baseline a).", argv)
     stop = stop_event(args.max_seconds)
-    prod_client: MongoClient[Any] = MongoClient(args.prod)
-    staging_client: MongoClient[Any] = MongoClient(args.staging)
-    try:
-        stats = run(collection(prod_client, args.source), collection(staging_client, args.target),
-                    args.key.split(","), stop,
-                    on_ready=lambda: write_json(args.ready_file, {"ready": time.time()}))
-        write_json(args.stats_file, dict(stats))
-    finally:
-        prod_client.close()
-        staging_client.close()
-    return 0
+    return run_baseline(args, lambda prod, staging, ready: run(
+        prod, staging, args.key.split(","), stop, on_ready=ready))
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -178,3 +178,22 @@ def collection(client: MongoClient[Any], dotted: str) -> Collection[Any]:
     """`client["db"]["coll"]` from `"db.coll"`."""
     db, _, coll = dotted.partition(".")
     return client[db][coll]
+
+
+# What a baseline process runs: (production collection, staging collection, on_ready) -> stats.
+BaselineWork = Callable[[Collection[Any], Collection[Any], Callable[[], None]], Mapping[str, Any]]
+
+
+def run_baseline(args: argparse.Namespace, work: BaselineWork) -> int:
+    """Connect to both servers, run a baseline's work, write its counters, close: the same for
+    every baseline process, so only the work differs."""
+    prod_client: MongoClient[Any] = MongoClient(args.prod)
+    staging_client: MongoClient[Any] = MongoClient(args.staging)
+    try:
+        stats = work(collection(prod_client, args.source), collection(staging_client, args.target),
+                     lambda: write_json(args.ready_file, {"ready": time.time()}))
+        write_json(args.stats_file, dict(stats))
+    finally:
+        prod_client.close()
+        staging_client.close()
+    return 0
