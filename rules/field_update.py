@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from rules.merge import FieldRules
-from rules.paths import Path, addressable, leaf_paths, update_path
+from rules.paths import Path, addressable, update_path
 
 Update = dict[str, Any] | list[dict[str, Any]]
 
@@ -42,15 +42,15 @@ class FieldUpdate:
 
 def plan_field_update(
     owned_before: Sequence[Path],
-    production: Mapping[str, Any],
+    leaves: Sequence[tuple[Path, Any]],
     rules: FieldRules,
     also_set: Mapping[str, Any],
 ) -> FieldUpdate | None:
-    """The write that turns production's part of a staging document into `production`'s.
+    """The write that turns production's part of a staging document into the one whose
+    syncable leaves (`FieldRules.syncable_leaves`) are `leaves`.
 
     `also_set` (the soft-delete flag, `_sync`) is written with it, by top-level-safe paths.
     """
-    leaves = [(path, value) for path, value in leaf_paths(production) if rules.syncable(path)]
     owned_now = [path for path, _ in leaves]
     before = [path for path in owned_before if rules.syncable(path)]
     if not all(addressable(path) for path in [*owned_now, *before]):
@@ -89,17 +89,17 @@ def _parents(paths: Sequence[Path]) -> set[Path]:
 
 def _children(paths: Sequence[Path]) -> dict[Path, list[str]]:
     """For each parent (the root is `()`), its child names in first-seen order."""
-    children: dict[Path, list[str]] = {}
+    children: dict[Path, dict[str, None]] = {}  # dicts: ordered sets, O(1) membership
     for path in paths:
         for i in range(len(path)):
-            names = children.setdefault(path[:i], [])
-            if path[i] not in names:
-                names.append(path[i])
-    return children
+            children.setdefault(path[:i], {})[path[i]] = None
+    return {parent: list(names) for parent, names in children.items()}
 
 
 def _order_kept(before: Sequence[Path], now: Sequence[Path]) -> bool:
     """Whether `$set` leaves production's fields in production's order under every parent."""
+    if list(before) == list(now):
+        return True  # the same fields in the same order: most updates
     old = _children(before)
     for parent, names in _children(now).items():
         previous = old.get(parent, [])

@@ -20,7 +20,7 @@ from __future__ import annotations
 import copy
 import hashlib
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import bson
@@ -28,6 +28,10 @@ import bson
 from rules.paths import Path, get_path, leaf_paths, overlaps, set_path, unset_path
 
 RESERVED_ROOTS = ("_id", "_sync")
+# Verdicts remembered per path: a collection's documents share their paths, and a plan asks
+# for each leaf of each document several times. Bounded for documents whose field names are
+# data (a map keyed by ids), where few paths repeat.
+_VERDICTS_KEPT = 4096
 
 
 @dataclass(frozen=True)
@@ -36,24 +40,43 @@ class FieldRules:
 
     staging_fields: tuple[Path, ...]
     soft_delete_field: Path
+    _verdicts: dict[Path, bool] = field(default_factory=dict, init=False, repr=False,
+                                        compare=False, hash=False)
 
     def syncable(self, path: Path) -> bool:
+        verdict = self._verdicts.get(path)
+        if verdict is None:
+            if len(self._verdicts) >= _VERDICTS_KEPT:
+                self._verdicts.clear()
+            verdict = self._verdicts[path] = self._judge(path)
+        return verdict
+
+    def _judge(self, path: Path) -> bool:
         if path[0] in RESERVED_ROOTS or overlaps(path, self.soft_delete_field):
             return False
         return not any(overlaps(path, protected) for protected in self.staging_fields)
 
+    def syncable_leaves(self, production: Mapping[str, Any]) -> list[tuple[Path, Any]]:
+        """Production's (path, value) leaves that the sync writes, in document order: what
+        a plan derives the content, the owned paths and the update from, computed once."""
+        return [(path, value) for path, value in leaf_paths(production) if self.syncable(path)]
+
 
 def owned_paths(production: Mapping[str, Any], rules: FieldRules) -> list[Path]:
     """The leaf paths production owns in this document, in its document order."""
-    return [path for path, _ in leaf_paths(production) if rules.syncable(path)]
+    return [path for path, _ in rules.syncable_leaves(production)]
 
 
 def production_content(production: Mapping[str, Any], rules: FieldRules) -> dict[str, Any]:
     """The part of a (masked) production document that the sync writes, in its own order."""
+    return content_of(rules.syncable_leaves(production))
+
+
+def content_of(leaves: Iterable[tuple[Path, Any]]) -> dict[str, Any]:
+    """The document these syncable leaves make, in their order."""
     content: dict[str, Any] = {}
-    for path, value in leaf_paths(production):
-        if rules.syncable(path):
-            set_path(content, path, value)
+    for path, value in leaves:
+        set_path(content, path, value)
     return content
 
 

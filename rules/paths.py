@@ -9,17 +9,31 @@ path round-trips.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, MutableMapping
+from datetime import datetime
+from functools import lru_cache
 from typing import Any
 
 Path = tuple[str, ...]
 _MISSING = object()
 
 
+# Values that are never sub-documents: most leaves are one of these, and telling them apart
+# by type is far cheaper than `isinstance(value, Mapping)`, an ABC check (a planner walks
+# every leaf of every document of a batch).
+_PLAIN_TYPES = frozenset({str, int, float, bool, list, bytes, type(None), datetime})
+
+
+def is_document(value: Any) -> bool:
+    """Whether a value is a sub-document (any Mapping)."""
+    kind = type(value)
+    return kind is dict or (kind not in _PLAIN_TYPES and isinstance(value, Mapping))
+
+
 def leaf_paths(document: Mapping[str, Any], prefix: Path = ()) -> Iterator[tuple[Path, Any]]:
     """Every (path, value) pair whose value is not a non-empty sub-document."""
     for name, value in document.items():
         path = (*prefix, name)
-        if isinstance(value, Mapping) and value:
+        if is_document(value) and value:
             yield from leaf_paths(value, path)
         else:
             yield path, value
@@ -79,6 +93,10 @@ def overlaps(a: Path, b: Path) -> bool:
 
 def split_dotted(dotted: str) -> Path:
     """`customer.name` -> ('customer', 'name'), honouring backslash escapes."""
+    if "\\" not in dotted:
+        # Nearly every stored path: no escape to honour, and `str.split` is C. (Every
+        # staging document's owned paths are split when a plan needs them.)
+        return tuple(dotted.split("."))
     parts: list[str] = []
     current: list[str] = []
     escaped = False
@@ -98,9 +116,13 @@ def split_dotted(dotted: str) -> Path:
 
 
 def join_dotted(path: Path) -> str:
+    joined = ".".join(path)
+    if "\\" not in joined and joined.count(".") == len(path) - 1:
+        return joined  # no dot or backslash inside a name: nothing to escape
     return ".".join(name.replace("\\", "\\\\").replace(".", "\\.") for name in path)
 
 
+@lru_cache(maxsize=4096)  # asked for every leaf of every planned write; paths repeat
 def addressable(path: Path) -> bool:
     """Whether an update operator can name this path: no field name is empty, holds a dot or
     starts with `$` (MongoDB stores such names since 5.0, but `$set`/`$unset` cannot reach

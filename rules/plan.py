@@ -21,14 +21,13 @@ from rules.field_update import Update, plan_field_update
 from rules.identity import encode_id
 from rules.merge import (
     content_digest,
+    content_of,
     merge_fields,
-    owned_paths,
-    production_content,
     production_view,
     shared_last,
     shared_parents,
 )
-from rules.paths import get_path, leaf_paths, set_path, update_path
+from rules.paths import Path, get_path, leaf_paths, set_path, update_path
 from rules.plan_types import (
     BatchPlan,
     CollectionRules,
@@ -254,19 +253,22 @@ def _plan_write(state: PlanningRound, change: _Change, document: Mapping[str, An
     """Create, update or confirm the target with this production document."""
     pid, key, rules = change.pid, change.key, state.rules
     assert key is not None
-    content = production_content(document, rules.fields)
+    # The leaves are walked once: content, owned paths and the update all come from them.
+    leaves = rules.fields.syncable_leaves(document)
+    content = content_of(leaves)
     encoded = bson.encode(content)
     digest = content_digest(encoded)
-    if target is not None and _unchanged(state, change, target, content, digest):
+    target_meta = _meta_of(change, target)
+    if target is not None and _unchanged(state, change, target, target_meta, content, digest):
         # Decided before the rest is built: a copy that already holds production's content
         # (often, in a burst on hot documents) costs neither its owned paths nor a size check.
-        _claim(state, change, version_only(pid, target, read_meta(target), state.version,
+        _claim(state, change, version_only(pid, target, target_meta, state.version,
                                            "unchanged"), target)
         return
     staging_id = target["_id"] if target is not None else state.staging.new_id(pid, rules)
     meta = {
         PID: pid, KEY: key, VERSION: state.version, CHANGED_AT: state.now,
-        OWNED: encode_owned(owned_paths(document, rules.fields)), FINGERPRINT: digest,
+        OWNED: encode_owned(path for path, _ in leaves), FINGERPRINT: digest,
     }
     # Production's part plus `_sync`: a lower bound of the written document's size (staging's
     # own fields come on top; the server refuses the write if they push it over the limit).
@@ -282,18 +284,31 @@ def _plan_write(state: PlanningRound, change: _Change, document: Mapping[str, An
         created[SYNC] = meta
         write = PlannedWrite(pid, staging_id, None, "created", created, enters=True)
     else:
-        update = _update(state, change, document, target, meta)
+        update = _update(state, change, _Target(target, target_meta), leaves, meta)
         if update is None:
             return
         write = update
     _claim(state, change, write, target)
 
 
-def _update(state: PlanningRound, change: _Change, document: Mapping[str, Any],
-            target: Mapping[str, Any], meta: Mapping[str, Any]) -> PlannedWrite | None:
+def _meta_of(change: _Change, target: Mapping[str, Any] | None) -> SyncMeta:
+    """The target's `_sync`, read once: mostly the change's own copy, already read."""
+    return change.own_meta if target is change.own else read_meta(target)
+
+
+@dataclass(frozen=True)
+class _Target:
+    """The staging document a change updates, with its `_sync` as read."""
+
+    document: Mapping[str, Any]
+    meta: SyncMeta
+
+
+def _update(state: PlanningRound, change: _Change, target_of: _Target,
+            leaves: list[tuple[Path, Any]], meta: Mapping[str, Any]) -> PlannedWrite | None:
     """The update of an existing copy; None when it must first be read in full."""
+    target, target_meta = target_of.document, target_of.meta
     rules, staging_id = state.rules, target["_id"]
-    target_meta = read_meta(target)
     whole = encode_id(staging_id) in state.staging.whole
     also = {update_path(rules.soft_delete_field): False, SYNC: meta}
     owned_before = target_meta.owned
@@ -302,11 +317,11 @@ def _update(state: PlanningRound, change: _Change, document: Mapping[str, Any],
         # included), not from what the last write recorded.
         owned_before = tuple(path for path, _ in leaf_paths(
             production_view(target, target_meta.owned)))
-    field_update = plan_field_update(owned_before, document, rules.fields, also)
+    field_update = plan_field_update(owned_before, leaves, rules.fields, also)
     if field_update is not None:
         update: Update = field_update.update
     elif whole:
-        body, _ = merge_fields(target, document, target_meta.owned, rules.fields)
+        body, _ = merge_fields(target, content_of(leaves), target_meta.owned, rules.fields)
         set_path(body, rules.soft_delete_field, False)
         update = [{"$replaceWith": {"$literal": {"_id": staging_id, **body, SYNC: meta}}}]
     else:
@@ -369,13 +384,12 @@ def _release_stale_claim(state: PlanningRound, change: _Change) -> None:
 
 
 def _unchanged(state: PlanningRound, change: _Change, target: Mapping[str, Any],
-               content: Mapping[str, Any], digest: str) -> bool:
+               meta: SyncMeta, content: Mapping[str, Any], digest: str) -> bool:
     """Whether staging already holds exactly this production content, live, under this key.
 
     Read in full, the content itself is compared (a resync repairs drift made by hand);
     otherwise the fingerprint recorded with the last write stands for it.
     """
-    meta = read_meta(target)
     if meta.pid != change.pid or meta.key != change.key or meta.deleted or meta.tombstone:
         return False
     if get_path(target, state.rules.soft_delete_field) is not False:

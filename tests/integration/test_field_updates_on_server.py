@@ -68,7 +68,8 @@ def test_the_update_writes_exactly_the_in_memory_merge(
 
     document_id = next(IDS)
     scratch.insert_one({"_id": document_id, **body})
-    field_update = plan_field_update(owned, second, RULES, {"_sync": {"v": 2}})
+    field_update = plan_field_update(owned, RULES.syncable_leaves(second), RULES,
+                                     {"_sync": {"v": 2}})
     assert field_update is not None
     scratch.update_one({"_id": document_id}, field_update.update)
 
@@ -85,15 +86,15 @@ def test_the_update_writes_exactly_the_in_memory_merge(
 
 
 def test_names_update_operators_cannot_address_have_no_update_form() -> None:
-    assert plan_field_update((), {"a.b": 1}, RULES, {}) is None
-    assert plan_field_update((), {"x": {"$weird": 1}}, RULES, {}) is None
-    assert plan_field_update((("gone.name",),), {"x": 1}, RULES, {}) is None
+    assert plan_field_update((), RULES.syncable_leaves({"a.b": 1}), RULES, {}) is None
+    assert plan_field_update((), RULES.syncable_leaves({"x": {"$weird": 1}}), RULES, {}) is None
+    assert plan_field_update((("gone.name",),), RULES.syncable_leaves({"x": 1}), RULES, {}) is None
 
 
 def test_plain_changes_use_update_operators_and_keep_order() -> None:
     owned = (("a",), ("c", "x"), ("c", "y"))
     production = {"a": 2, "c": {"x": 1.0}, "d": 1, "e": 2}
-    update = plan_field_update(owned, production, RULES, {"_sync": 1})
+    update = plan_field_update(owned, RULES.syncable_leaves(production), RULES, {"_sync": 1})
     assert update is not None and isinstance(update.update, dict)
     assert update.update == {"$set": {"a": 2, "c.x": 1.0, "d": 1, "e": 2, "_sync": 1},
                              "$unset": {"c.y": ""}}
@@ -109,5 +110,5 @@ def test_reorders_and_structure_changes_use_a_pipeline() -> None:
         ((("a", "b"), ("c",)), {"c": 1}),            # a parent left empty
         ((), {"a": {}}),                             # an empty sub-document
     ]:
-        update = plan_field_update(owned, production, RULES, {"_sync": 1})
+        update = plan_field_update(owned, RULES.syncable_leaves(production), RULES, {"_sync": 1})
         assert update is not None and isinstance(update.update, list), (owned, production)
