@@ -43,7 +43,7 @@ from protocol.names import (
     stats_key,
     watcher_key,
 )
-from protocol.routing import queue_depth, queue_for, queues_of
+from protocol.routing import partition_of, queue_depth, queues_of
 from settings.collection import CollectionSettings
 from settings.model import Settings
 from state.dead_letters import DeadLetterStore
@@ -225,8 +225,9 @@ class CollectionWatcher:
     def _loop(self, stream: Any) -> None:
         config = self.settings.watcher
         window = InflightWindow()
+        queues, partitions = queues_of(self.collection), self.collection.partitions
         batcher = MicroBatcher(
-            lambda pid: queue_for(self.collection, pid), config.batch_max_size,
+            lambda pid: queues[partition_of(pid, partitions)], config.batch_max_size,
             config.batch_max_wait_ms / 1000, config.busy_batch_wait_ms / 1000,
         )
         self._set_epoch()
@@ -236,7 +237,9 @@ class CollectionWatcher:
         self.state = "streaming"
         clock = _Clocks()
         oldest_buffered: datetime | None = None
-        last_token: Mapping[str, Any] | None = stream.resume_token
+        # The token is taken from the stream only when a batch is flushed or the stream idles:
+        # pymongo deep-copies it on every read of `resume_token`. Between reads of the stream
+        # it stays the token after the last event read, which is what a flush needs.
         while not self.stop.is_set():
             now = time.monotonic()
             if now >= clock.housekeeping:
@@ -245,7 +248,7 @@ class CollectionWatcher:
             busy = window.batches_in_flight >= config.max_inflight_batches
             if window.unapplied + batcher.size >= config.max_unapplied:
                 if batcher.due(now, stream_idle=True, busy=busy):
-                    self._flush(batcher, window, last_token, oldest_buffered)
+                    self._flush(batcher, window, stream.resume_token, oldest_buffered)
                     oldest_buffered = None
                 self.state = "backpressure"
                 self.stop.wait(config.idle_sleep_ms / 1000)
@@ -254,17 +257,15 @@ class CollectionWatcher:
             event = stream.try_next()
             if event is None:
                 if batcher.due(now, stream_idle=True, busy=busy):
-                    self._flush(batcher, window, last_token, oldest_buffered)
+                    self._flush(batcher, window, stream.resume_token, oldest_buffered)
                     oldest_buffered = None
                 elif window.empty and batcher.size == 0:
                     # Idle: the post-batch token moves on even without events, so a quiet
                     # collection's checkpoint never falls off the oplog.
-                    last_token = stream.resume_token
-                    self._note_checkpoint(last_token)
+                    self._note_checkpoint(stream.resume_token)
                     self._idle_at = time.time()  # everything read so far is applied
                 self.stop.wait(config.idle_sleep_ms / 1000)
                 continue
-            last_token = stream.resume_token
             action = classify(event)
             if isinstance(action, Change):
                 batcher.add(action, now)
@@ -279,7 +280,7 @@ class CollectionWatcher:
                 log.error("skipping malformed change event",
                           extra={"collection": self.name, "reason": action.reason})
             if batcher.due(now, stream_idle=False, busy=busy):
-                self._flush(batcher, window, last_token, oldest_buffered)
+                self._flush(batcher, window, stream.resume_token, oldest_buffered)
                 oldest_buffered = None
         self._drain_before_exit(window, clock)
 
