@@ -8,6 +8,7 @@ listener additionally records every command name sent, which the tests use to pr
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -37,13 +38,23 @@ SOCKET_TIMEOUT_MS = 60_000
 
 
 class CommandLog(monitoring.CommandListener):
-    """Remembers which commands went to production (names only, never arguments)."""
+    """Remembers which commands went to production (names only, never arguments), and counts
+    each thread's getMores: a change stream's reader learns from it whether a read went to
+    the server (pymongo does not say), so it can pace its fetches."""
 
     def __init__(self) -> None:
         self.names: set[str] = set()
+        self._thread = threading.local()
 
     def started(self, event: monitoring.CommandStartedEvent) -> None:
         self.names.add(event.command_name)
+        if event.command_name == "getMore":
+            # Listeners run in the thread that sends the command.
+            self._thread.get_mores = self.get_mores() + 1
+
+    def get_mores(self) -> int:
+        """The getMores the calling thread has sent so far."""
+        return int(getattr(self._thread, "get_mores", 0))
 
     def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
         pass

@@ -236,6 +236,8 @@ class CollectionWatcher:
             self.indexes.start()
         self.state = "streaming"
         clock = _Clocks()
+        commands = self.production.commands
+        fetch_gap = config.stream_fetch_gap_ms / 1000
         oldest_buffered: datetime | None = None
         # The token is taken from the stream only when a batch is flushed or the stream idles:
         # pymongo deep-copies it on every read of `resume_token`. Between reads of the stream
@@ -254,7 +256,19 @@ class CollectionWatcher:
                 self.stop.wait(config.idle_sleep_ms / 1000)
                 continue
             self.state = "streaming"
+            if now < clock.next_fetch:
+                # Pacing (`stream_fetch_gap_ms`): the rest of the last fetch waits in the cursor
+                # until the gap has passed, and what gathers in the oplog meanwhile comes with
+                # the next fetch, one round trip for many changes.
+                if batcher.due(now, stream_idle=False, busy=busy):
+                    self._flush(batcher, window, stream.resume_token, oldest_buffered)
+                    oldest_buffered = None
+                self.stop.wait(clock.next_fetch - now)
+                continue
+            fetched = commands.get_mores()
             event = stream.try_next()
+            if event is not None and fetch_gap and commands.get_mores() != fetched:
+                clock.next_fetch = time.monotonic() + fetch_gap
             if event is None:
                 if batcher.due(now, stream_idle=True, busy=busy):
                     self._flush(batcher, window, stream.resume_token, oldest_buffered)
@@ -439,3 +453,4 @@ class _Clocks:
     lease: float = 0.0
     heartbeat: float = 0.0
     resync: float = 0.0
+    next_fetch: float = 0.0  # no stream read before this (pacing of getMores)
