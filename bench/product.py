@@ -103,6 +103,7 @@ class Tuning:
     batch_wait_ms: int | None = None  # watcher.batch_max_wait_ms (product default 20)
     busy_wait_ms: int | None = None  # watcher.busy_batch_wait_ms (product default 250)
     partitions: int | None = None  # collections[].partitions (product default 1)
+    fetch_gap_ms: int | None = None  # watcher.stream_fetch_gap_ms (product default 50; 0: off)
     resync_chunk: int | None = 5000  # collections[].resync_chunk_size (product default 1000)
     write_concern: str = "majority"
     log_level: str = "INFO"
@@ -117,13 +118,10 @@ class Tuning:
             raw = env.get(ENV_PREFIX + item.name.upper())
             if raw is None or raw == "":
                 continue
-            if raw.lower() == "default" and item.name in ("batch", "batch_wait_ms", "busy_wait_ms",
-                                                          "partitions", "resync_chunk"):
+            if raw.lower() == "default" and item.name in _INT_TUNING[2:]:
                 values[item.name] = None  # the product's own default
                 continue
-            values[item.name] = int(raw) if item.name in ("workers", "concurrency", "batch",
-                                                          "batch_wait_ms", "busy_wait_ms",
-                                                          "partitions", "resync_chunk") else raw
+            values[item.name] = int(raw) if item.name in _INT_TUNING else raw
         return cls(**values)
 
     def describe(self) -> str:
@@ -134,6 +132,8 @@ class Tuning:
                  f"batch_max_wait_ms {self.batch_wait_ms or 'default (20)'}",
                  f"busy_batch_wait_ms {self.busy_wait_ms or 'default (250)'}",
                  f"partitions {self.partitions or 'default (1)'}",
+                 "stream_fetch_gap_ms "
+                 + ("default (50)" if self.fetch_gap_ms is None else str(self.fetch_gap_ms)),
                  f"resync_chunk_size {self.resync_chunk or 'default (1000)'}",
                  f"staging w={self.write_concern}", f"log {self.log_level}"]
         return ", ".join(parts)
@@ -144,6 +144,11 @@ class Tuning:
         return " ".join(f"{ENV_PREFIX}{f.name.upper()}={getattr(self, f.name)}"
                         for f in fields(self) if getattr(self, f.name) != getattr(default,
                                                                                   f.name))
+
+
+# Integer tunings; all but the first two may be `default` (the product's own value).
+_INT_TUNING = ("workers", "concurrency", "batch", "batch_wait_ms", "busy_wait_ms",
+               "partitions", "fetch_gap_ms", "resync_chunk")
 
 
 # -- configuration ---------------------------------------------------------------------------------
@@ -211,6 +216,7 @@ def write_config(
     # One batch in flight per worker process: more only queue up as small batches.
     watcher = {"batch_max_size": tuning.batch, "batch_max_wait_ms": tuning.batch_wait_ms,
                "busy_batch_wait_ms": tuning.busy_wait_ms,
+               "stream_fetch_gap_ms": tuning.fetch_gap_ms,
                "max_inflight_batches": tuning.workers * tuning.concurrency}
     data["watcher"] = {k: v for k, v in watcher.items() if v is not None}
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -295,5 +295,7 @@ def read_documents(
     absent ones are gone."""
     for some in in_lists(ids):
         by_id: dict[str, Any] = {"_id": {"$in": some}}
+        # At most one document per `_id`: a first batch that holds them all saves the getMore
+        # a list of more than 101 (the server's default first batch) would cost.
         yield from collection.find({"$and": [by_id, dict(query_filter)]} if query_filter
-                                   else by_id)
+                                   else by_id, batch_size=len(some))

@@ -76,12 +76,13 @@ class WatcherSettings(StrictModel):
     checkpoint_interval_seconds: Annotated[float, Field(gt=0)] = 1.0
     lease_seconds: Annotated[float, Field(ge=2)] = 15.0
     idle_sleep_ms: Annotated[int, Field(ge=1, le=1_000)] = 20
-    # Least time between two fetches (getMores) of the change stream while changes flow. A
-    # getMore returns as soon as any change is there, so under a steady flow a reader that
-    # fetches again at once brings back a handful per round trip; waiting this long brings
-    # back what gathered meanwhile, for the same cost. Adds at most this much to the lag.
-    # 0 fetches again at once.
-    stream_fetch_gap_ms: Annotated[int, Field(ge=0, le=1_000)] = 20
+    # Least time between two fetches (getMores) of the change stream while the workers are
+    # busy (max_inflight_batches in flight). A getMore returns as soon as any change is there,
+    # so a reader that fetches again at once brings back a handful per round trip; waiting
+    # brings back what gathered meanwhile, for the same cost. Changes gather for
+    # busy_batch_wait_ms then anyway, so keep it below that; with workers that have room the
+    # stream is read at once. 0 fetches again at once.
+    stream_fetch_gap_ms: Annotated[int, Field(ge=0, le=10_000)] = 50
     # How the watcher follows production's index changes: `auto` reads the change stream's DDL
     # events where the server has them (MongoDB 6.0+) and polls `listIndexes` elsewhere;
     # `poll` always polls. Polls come every `index_poll_seconds` (45: a new production index

@@ -256,10 +256,11 @@ class CollectionWatcher:
                 self.stop.wait(config.idle_sleep_ms / 1000)
                 continue
             self.state = "streaming"
-            if now < clock.next_fetch:
-                # Pacing (`stream_fetch_gap_ms`): the rest of the last fetch waits in the cursor
-                # until the gap has passed, and what gathers in the oplog meanwhile comes with
-                # the next fetch, one round trip for many changes.
+            if busy and now < clock.next_fetch:
+                # Pacing (`stream_fetch_gap_ms`), only while the workers are busy, when changes
+                # gather for `busy_batch_wait_ms` anyway: the rest of the last fetch waits in
+                # the cursor until the gap has passed, and what gathers in the oplog meanwhile
+                # comes with the next fetch, one round trip for many changes.
                 if batcher.due(now, stream_idle=False, busy=busy):
                     self._flush(batcher, window, stream.resume_token, oldest_buffered)
                     oldest_buffered = None
@@ -267,7 +268,7 @@ class CollectionWatcher:
                 continue
             fetched = commands.get_mores()
             event = stream.try_next()
-            if event is not None and fetch_gap and commands.get_mores() != fetched:
+            if busy and event is not None and fetch_gap and commands.get_mores() != fetched:
                 clock.next_fetch = time.monotonic() + fetch_gap
             if event is None:
                 if batcher.due(now, stream_idle=True, busy=busy):

@@ -128,8 +128,13 @@ class TargetCollection:
         collation = None if field == "_id" else SIMPLE
         sort = [("_id", 1)] if in_id_order else None
         for some in in_lists(values):
+            # A first batch as long as the list: lookups by `_id`, pid and key find at most
+            # one document per value, and a list over 101 values (the server's default first
+            # batch) then costs no getMore. (The never-synced lookup may find more: the rest
+            # comes by getMore as usual.)
             yield from self.collection.find({field: {"$in": some}, **query}, projection,
-                                            collation=collation, sort=sort)
+                                            collation=collation, sort=sort,
+                                            batch_size=len(some))
 
     def _unsynced_by_key(self, wanted: Mapping[str, Mapping[str, Any]]) -> dict[str, Document]:
         if not wanted:
