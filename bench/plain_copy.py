@@ -11,6 +11,11 @@ product's full index set, created before the copy, each document with a `_sync` 
 of the product's size (`bench.minimal_sync.sync_meta`): on the test server each index costs
 every insert, and the ratio to this row is the product's own overhead.
 
+`--indexes-after` ("copy-idx-after", with `--product-indexes`): the bulk loader's way, as
+mongorestore and MongoDB's initial sync do it: the documents (with `_sync`) into a collection
+that has only `_id`, then the product's index set built over them, inside the clock. What a
+resync into an empty staging could reach by building its indexes last.
+
     python -m bench.plain_copy --prod URI --staging URI [--batch N] --stats-file F
 """
 
@@ -36,14 +41,15 @@ BATCH = 1000  # documents per getMore and per insert_many (the product's resync 
 
 def copy_all(prod_uri: str, staging_uri: str, source: str, target: str, batch: int,
              product_indexes: bool = False, key_fields: Sequence[str] = BUSINESS_KEY,
-             ) -> dict[str, Any]:
+             indexes_after: bool = False) -> dict[str, Any]:
     prod: MongoClient[Any] = MongoClient(prod_uri)
     staging: MongoClient[Any] = MongoClient(staging_uri)
     try:
         src, dst = collection(prod, source), collection(staging, target)
         prod.admin.command("ping")
         staging.admin.command("ping")  # connections open before the clock starts
-        if product_indexes:  # before the clock, as the product's start-up creates them
+        if product_indexes and not indexes_after:
+            # before the clock, as the product's start-up creates them
             prepare_staging(dst, source, key_fields, [], product_indexes=True)
         setup_cpu = time.process_time()  # interpreter start-up, imports, connections
         started = time.monotonic()
@@ -59,6 +65,8 @@ def copy_all(prod_uri: str, staging_uri: str, source: str, target: str, batch: i
         if buffer:
             dst.insert_many(buffer, ordered=False)
             documents, inserts = documents + len(buffer), inserts + 1
+        if product_indexes and indexes_after:
+            prepare_staging(dst, source, key_fields, [], product_indexes=True)
         seconds = time.monotonic() - started
     finally:
         prod.close()
@@ -80,9 +88,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stats-file", type=Path, required=True)
     parser.add_argument("--product-indexes", action="store_true",
                         help="into a collection with the product's indexes, with _sync")
+    parser.add_argument("--indexes-after", action="store_true",
+                        help="with --product-indexes: build the indexes after the copy")
     args = parser.parse_args(argv)
     write_json(args.stats_file, copy_all(args.prod, args.staging, args.source, args.target,
-                                         args.batch, args.product_indexes))
+                                         args.batch, args.product_indexes,
+                                         indexes_after=args.indexes_after))
     return 0
 
 

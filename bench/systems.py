@@ -247,6 +247,10 @@ def _copy_with_indexes(ctx: BenchContext, system: RunningSystem) -> ResyncOutcom
     return _copy(ctx, "copy-idx", "--product-indexes")
 
 
+def _copy_then_index(ctx: BenchContext, system: RunningSystem) -> ResyncOutcome:
+    return _copy(ctx, "copy-idx-after", "--product-indexes", "--indexes-after")
+
+
 def _copy(ctx: BenchContext, name: str, *extra: str) -> ResyncOutcome:
     stats_file = ctx.workdir / f"{name}.stats.json"
     proc = spawn(python_module("bench.plain_copy", "--prod", ctx.prod_uri, "--staging",
@@ -312,6 +316,17 @@ def systems(options: RunOptions) -> list[SystemSpec]:
             verify=_verify_soft_deleted(product_indexes=True),
             scenarios=frozenset({"resync"}),
             resync=_copy_with_indexes,
+            resync_cases=("empty",),
+        ),
+        SystemSpec(
+            name="copy-idx-after",
+            summary="copy-idx the bulk loader's way: documents first, the index set built after",
+            prepare=lambda _ctx, _docs: None,
+            start=lambda _ctx: NoProcesses(),
+            locator=ByProductionId(),
+            verify=_verify_soft_deleted(product_indexes=True),
+            scenarios=frozenset({"resync"}),
+            resync=_copy_then_index,
             resync_cases=("empty",),
         ),
         SystemSpec(

@@ -57,6 +57,9 @@ class InflightWindow:
         # Counted as batches open and complete, not by a scan: the watcher asks before every
         # event it reads, and a burst keeps hundreds of batches in flight.
         self.batches_in_flight = 0
+        # How many incomplete batches hold each production `_id`: a new change of one of these
+        # waits (`MicroBatcher.drain(held=...)`).
+        self._pids: dict[str, int] = {}
 
     def open_group(
         self,
@@ -76,6 +79,8 @@ class InflightWindow:
         for batch_id, entry in entries.items():
             self._batches[batch_id] = (seq, entry)
             self.unapplied += len(entry.changes)
+            for pid, _ in entry.changes:
+                self._pids[pid] = self._pids.get(pid, 0) + 1
         self.batches_in_flight += len(entries)
         return seq
 
@@ -93,6 +98,12 @@ class InflightWindow:
             batch.complete = True
             self.unapplied -= len(batch.changes)
             self.batches_in_flight -= 1
+            for pid, _ in batch.changes:
+                left = self._pids[pid] - 1
+                if left:
+                    self._pids[pid] = left
+                else:
+                    del self._pids[pid]
             return True
         return False
 
@@ -110,6 +121,10 @@ class InflightWindow:
             token = group.token
             advanced = True
         return token if advanced else None
+
+    def holds(self, pid: str) -> bool:
+        """Whether a batch still in flight holds a change of this production `_id`."""
+        return pid in self._pids
 
     def incomplete(self) -> list[BatchInFlight]:
         return [batch for _, batch in self._batches.values() if not batch.complete]

@@ -238,10 +238,11 @@ class CollectionWatcher:
         clock = _Clocks()
         commands = self.production.commands
         fetch_gap = config.stream_fetch_gap_ms / 1000
-        oldest_buffered: datetime | None = None
-        # The token is taken from the stream only when a batch is flushed or the stream idles:
-        # pymongo deep-copies it on every read of `resume_token`. Between reads of the stream
-        # it stays the token after the last event read, which is what a flush needs.
+        # The stream's token is read only when a batch is flushed or the stream idles: pymongo
+        # deep-copies it on every read of `resume_token`. Between reads of the stream it stays
+        # the token after the last event read, which is what a flush needs. What a held change
+        # needs, the token just before it, is the previous event's own `_id`.
+        previous: Mapping[str, Any] | None = stream.resume_token
         while not self.stop.is_set():
             now = time.monotonic()
             if now >= clock.housekeeping:
@@ -250,8 +251,7 @@ class CollectionWatcher:
             busy = window.batches_in_flight >= config.max_inflight_batches
             if window.unapplied + batcher.size >= config.max_unapplied:
                 if batcher.due(now, stream_idle=True, busy=busy):
-                    self._flush(batcher, window, stream.resume_token, oldest_buffered)
-                    oldest_buffered = None
+                    self._flush(batcher, window, stream.resume_token, now)
                 self.state = "backpressure"
                 self.stop.wait(config.idle_sleep_ms / 1000)
                 continue
@@ -262,8 +262,7 @@ class CollectionWatcher:
                 # the cursor until the gap has passed, and what gathers in the oplog meanwhile
                 # comes with the next fetch, one round trip for many changes.
                 if batcher.due(now, stream_idle=False, busy=busy):
-                    self._flush(batcher, window, stream.resume_token, oldest_buffered)
-                    oldest_buffered = None
+                    self._flush(batcher, window, stream.resume_token, now)
                 self.stop.wait(clock.next_fetch - now)
                 continue
             fetched = commands.get_mores()
@@ -272,8 +271,7 @@ class CollectionWatcher:
                 clock.next_fetch = time.monotonic() + fetch_gap
             if event is None:
                 if batcher.due(now, stream_idle=True, busy=busy):
-                    self._flush(batcher, window, stream.resume_token, oldest_buffered)
-                    oldest_buffered = None
+                    self._flush(batcher, window, stream.resume_token, now)
                 elif window.empty and batcher.size == 0:
                     # Idle: the post-batch token moves on even without events, so a quiet
                     # collection's checkpoint never falls off the oplog.
@@ -283,10 +281,8 @@ class CollectionWatcher:
                 continue
             action = classify(event)
             if isinstance(action, Change):
-                batcher.add(action, now)
-                happened = action.happened_at or datetime.now(UTC)
-                if oldest_buffered is None or happened < oldest_buffered:
-                    oldest_buffered = happened
+                batcher.add(action, now, previous,
+                            None if action.happened_at else datetime.now(UTC))
             elif isinstance(action, HistoryEnded):
                 raise HistoryLost(action.reason)
             elif isinstance(action, IndexChanged) and self.indexes is not None:
@@ -294,23 +290,27 @@ class CollectionWatcher:
             elif isinstance(action, Malformed):
                 log.error("skipping malformed change event",
                           extra={"collection": self.name, "reason": action.reason})
+            previous = event.get("_id", previous)
             if batcher.due(now, stream_idle=False, busy=busy):
-                self._flush(batcher, window, stream.resume_token, oldest_buffered)
-                oldest_buffered = None
+                self._flush(batcher, window, stream.resume_token, now)
         self._drain_before_exit(window, clock)
 
     def _flush(
         self,
         batcher: MicroBatcher,
         window: InflightWindow,
-        token: Mapping[str, Any] | None,
-        oldest: datetime | None,
+        position: Mapping[str, Any] | None,
+        now: float,
     ) -> None:
-        per_queue, seen = batcher.drain()
+        """Publish what is buffered, but a change of a document that a batch in flight holds:
+        that one waits for the batch (see `watcher.batcher`)."""
+        drained = batcher.drain(position, held=window.holds, now=now)
+        per_queue, seen = drained.per_queue, drained.seen
         seq_prefix = f"{self.run_id}:{time.monotonic_ns()}"
         batches = {f"{seq_prefix}:{i}": (queue, changes)
                    for i, (queue, changes) in enumerate(per_queue.items())}
-        window.open_group(token, batches, time.monotonic(), oldest)
+        if batches:
+            window.open_group(drained.token, batches, time.monotonic(), drained.oldest)
         for batch_id, (queue, changes) in batches.items():
             publish_apply(self.celery, queue, self.name, batch_id, "", changes)
         enqueued = sum(len(changes) for _, changes in batches.values())

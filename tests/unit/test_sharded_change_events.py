@@ -42,5 +42,5 @@ def test_shard_key_values_never_reach_a_message_or_a_repr() -> None:
     assert "ann@corp.test" not in repr(change)
     batcher = MicroBatcher(lambda pid: "stagesync.orders", max_size=10, max_wait=0.0)
     batcher.add(change, 0.0)
-    per_queue, _ = batcher.drain()
+    per_queue, *_ = batcher.drain()
     assert per_queue == {"stagesync.orders": [(encode_id(OID), "update")]}

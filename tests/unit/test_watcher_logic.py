@@ -46,7 +46,7 @@ def test_quiet_time_flushes_a_lone_change_on_the_next_empty_read() -> None:
     assert batcher.size == 1
     assert not batcher.due(0.0, stream_idle=False)
     assert batcher.due(0.0, stream_idle=True)
-    drained, seen = batcher.drain()
+    drained, seen, *_ = batcher.drain()
     assert drained == {"stagesync.orders": [("p1", "insert")]}
     assert seen == 1
     assert batcher.size == 0
@@ -60,7 +60,7 @@ def test_size_trigger() -> None:
     assert not batcher.due(0.0, stream_idle=False)
     batcher.add(change("p3"), 0.0)
     assert batcher.due(0.0, stream_idle=False)
-    drained, seen = batcher.drain()
+    drained, seen, *_ = batcher.drain()
     assert [pid for pid, _ in drained["stagesync.orders"]] == ["p1", "p2", "p3"]
     assert seen == 3
 
@@ -99,7 +99,7 @@ def test_changes_to_one_document_coalesce_keeping_the_latest_operation() -> None
     batcher.add(change("p2", "update"), 0.0)
     assert batcher.size == 2
     assert not batcher.due(0.0, stream_idle=False)  # 2 distinct documents < max_size 3
-    drained, seen = batcher.drain()
+    drained, seen, *_ = batcher.drain()
     entries = drained["stagesync.orders"]
     assert len(entries) == 2
     assert dict(entries) == {"p1": "delete", "p2": "update"}
@@ -110,7 +110,7 @@ def test_delete_then_reinsert_coalesces_to_the_reinsert() -> None:
     batcher = MicroBatcher(one_queue, max_size=10, max_wait=1.0)
     batcher.add(change("p1", "delete"), 0.0)
     batcher.add(change("p1", "insert"), 0.0)
-    drained, _ = batcher.drain()
+    drained, _, *_ = batcher.drain()
     assert drained == {"stagesync.orders": [("p1", "insert")]}
 
 
@@ -124,7 +124,7 @@ def test_per_queue_buffers() -> None:
     batcher.add(change("p3", "delete"), 0.0)
     assert batcher.due(0.0, stream_idle=False)  # q.0 is full
     batcher.add(change("p4", "update"), 0.0)
-    drained, seen = batcher.drain()
+    drained, seen, *_ = batcher.drain()
     assert drained == {
         "q.0": [("p1", "insert"), ("p3", "delete")],
         "q.1": [("p2", "insert"), ("p4", "update")],
@@ -142,17 +142,17 @@ def test_same_document_always_lands_in_one_queue() -> None:
     batcher = MicroBatcher(queue_for, max_size=10, max_wait=1.0)
     for op in ("insert", "update", "delete"):
         batcher.add(change("abc", op), 0.0)
-    drained, seen = batcher.drain()
+    drained, seen, *_ = batcher.drain()
     assert drained == {"q.1": [("abc", "delete")]}
     assert seen == 3
 
 
 def test_drain_empties_everything() -> None:
     batcher = MicroBatcher(one_queue, max_size=10, max_wait=1.0)
-    assert batcher.drain() == ({}, 0)
+    assert batcher.drain()[:2] == ({}, 0)
     batcher.add(change("p1"), 0.0)
     batcher.drain()
-    assert batcher.drain() == ({}, 0)
+    assert batcher.drain()[:2] == ({}, 0)
     assert batcher.changes_seen == 0
 
 
@@ -164,7 +164,7 @@ def test_coalescing_keeps_each_documents_last_operation(events: list[tuple[str, 
     batcher = MicroBatcher(lambda pid: f"q.{ord(pid) % 2}", max_size=1000, max_wait=1.0)
     for pid, op in events:
         batcher.add(change(pid, op), 0.0)
-    drained, seen = batcher.drain()
+    drained, seen, *_ = batcher.drain()
     assert seen == len(events)
     entries = [entry for queue in drained.values() for entry in queue]
     assert dict(entries) == dict(events)  # dict() keeps the last op per pid
@@ -587,3 +587,74 @@ def test_change_carries_cluster_time_when_wall_time_is_absent() -> None:
     action = classify(raw)
     assert isinstance(action, Change)
     assert action.happened_at == datetime.fromtimestamp(1709296215, UTC)
+
+
+# --- holding back changes of documents in flight ----------------------------------------------
+
+
+def test_a_held_change_stays_buffered_and_the_flush_checkpoints_only_up_to_it() -> None:
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    batcher = MicroBatcher(one_queue, max_size=10, max_wait=1.0)
+    batcher.add(Change("p1", "update", at), 0.0, before=token(1))
+    batcher.add(Change("p2", "update", at + timedelta(seconds=1)), 0.0, before=token(2))
+    batcher.add(Change("p3", "update", at + timedelta(seconds=2)), 0.0, before=token(3))
+    drained = batcher.drain(token(4), held={"p2"}.__contains__, now=5.0)
+    assert drained.per_queue == {"stagesync.orders": [("p1", "update"), ("p3", "update")]}
+    assert drained.token == token(2)  # a restart from it reads p2's change again
+    assert drained.oldest == at
+    assert drained.seen == 3
+    assert batcher.size == 1
+    assert not batcher.due(5.5, stream_idle=False)  # the held change's clock restarted
+    assert batcher.due(6.0, stream_idle=False)
+    batcher.add(Change("p2", "delete", at + timedelta(seconds=3)), 6.0, before=token(5))
+    released = batcher.drain(token(6), held=lambda pid: False, now=6.0)
+    assert released.per_queue == {"stagesync.orders": [("p2", "delete")]}
+    assert released.token == token(6)
+    assert released.oldest == at + timedelta(seconds=1)  # its first change's time
+    assert released.seen == 1
+
+
+def test_the_window_knows_which_documents_are_in_flight_until_their_batch_completes() -> None:
+    window = InflightWindow()
+    window.open_group(token(1), {"b1": ("q", [("p1", "update"), ("p2", "update")])}, 0.0, None)
+    window.open_group(token(2), {"b2": ("q", [("p2", "update")])}, 0.0, None)
+    assert window.holds("p1") and window.holds("p2") and not window.holds("p3")
+    window.part_done("b1", "0")
+    assert window.holds("p1")  # half of b1 reported: still in flight
+    window.part_done("b1", "1")
+    assert not window.holds("p1") and window.holds("p2")  # b2 holds p2 too
+    window.part_done("b2", "")
+    window.part_done("b2", "")  # a duplicate report changes nothing
+    assert not window.holds("p2")
+
+
+@PROPERTY
+@given(st.lists(st.one_of(
+    st.tuples(st.just("event"), st.sampled_from(["a", "b", "c", "d"])),
+    st.tuples(st.just("flush"), st.frozensets(st.sampled_from(["a", "b", "c", "d"]))),
+), max_size=60))
+def test_a_flush_never_checkpoints_past_a_change_it_holds(
+    steps: list[tuple[str, Any]],
+) -> None:
+    """Events are numbered as read; token(n) resumes after event n. After every flush, each
+    change still buffered was read after the flush's token, and the tokens never go back."""
+    batcher = MicroBatcher(one_queue, max_size=1000, max_wait=1.0)
+    read = 0
+    first_unpublished: dict[str, int] = {}
+    last_token = 0
+    for kind, value in steps:
+        if kind == "event":
+            batcher.add(change(value), 0.0, before=token(read))
+            read += 1
+            first_unpublished.setdefault(value, read)
+            continue
+        drained = batcher.drain(token(read), held=value.__contains__)
+        for pid, _ in drained.per_queue.get("stagesync.orders", []):
+            del first_unpublished[pid]
+        assert drained.token is not None
+        position = int(drained.token["_data"][2:], 16)
+        assert all(event > position for event in first_unpublished.values())
+        assert set(first_unpublished) <= set(value)
+        if drained.per_queue:
+            assert position >= last_token
+            last_token = position
