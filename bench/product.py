@@ -104,6 +104,7 @@ class Tuning:
     busy_wait_ms: int | None = None  # watcher.busy_batch_wait_ms (product default 250)
     partitions: int | None = None  # collections[].partitions (product default 1)
     fetch_gap_ms: int | None = None  # watcher.stream_fetch_gap_ms (product default 50; 0: off)
+    hold: str | None = None  # watcher.hold_changes_in_flight: "true" / "false" (default true)
     resync_chunk: int | None = 5000  # collections[].resync_chunk_size (product default 1000)
     write_concern: str = "majority"
     log_level: str = "INFO"
@@ -134,6 +135,7 @@ class Tuning:
                  f"partitions {self.partitions or 'default (1)'}",
                  "stream_fetch_gap_ms "
                  + ("default (50)" if self.fetch_gap_ms is None else str(self.fetch_gap_ms)),
+                 f"hold_changes_in_flight {self.hold or 'default (true)'}",
                  f"resync_chunk_size {self.resync_chunk or 'default (1000)'}",
                  f"staging w={self.write_concern}", f"log {self.log_level}"]
         return ", ".join(parts)
@@ -217,6 +219,8 @@ def write_config(
     watcher = {"batch_max_size": tuning.batch, "batch_max_wait_ms": tuning.batch_wait_ms,
                "busy_batch_wait_ms": tuning.busy_wait_ms,
                "stream_fetch_gap_ms": tuning.fetch_gap_ms,
+               "hold_changes_in_flight": (None if tuning.hold is None
+                                          else tuning.hold.lower() == "true"),
                "max_inflight_batches": tuning.workers * tuning.concurrency}
     data["watcher"] = {k: v for k, v in watcher.items() if v is not None}
     path.parent.mkdir(parents=True, exist_ok=True)

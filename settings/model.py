@@ -83,6 +83,11 @@ class WatcherSettings(StrictModel):
     # busy_batch_wait_ms then anyway, so keep it below that; with workers that have room the
     # stream is read at once. 0 fetches again at once.
     stream_fetch_gap_ms: Annotated[int, Field(ge=0, le=10_000)] = 50
+    # While the workers are busy, a change of a document that a batch in flight holds waits
+    # in the watcher for that batch: two applies of one document then never race (the later
+    # would re-plan, and write a version-only update). The price is lag on hot documents: up
+    # to one more busy_batch_wait_ms. False publishes at once and lets the applies race.
+    hold_changes_in_flight: bool = True
     # How the watcher follows production's index changes: `auto` reads the change stream's DDL
     # events where the server has them (MongoDB 6.0+) and polls `listIndexes` elsewhere;
     # `poll` always polls. Polls come every `index_poll_seconds` (45: a new production index

@@ -10,11 +10,12 @@ Changes are buffered per queue (partition) and the buffers are flushed together:
   the fixed cost of an apply is paid once for many changes instead of once per trickle.
 Several changes to one document in a buffer become one entry: one read and one write.
 
-A flush can hold changes back (`drain(held=...)`): the watcher holds the change of a document
-that a batch still in flight contains, so two applies of one document never run at once (the
-later one would lose its write race and plan again, and move the version of a copy the first
-had just brought up to date). A held change stays buffered, and the flush may only checkpoint
-up to the resume token read just before it (`Drained.token`), so a restart reads it again.
+A flush can hold changes back (`drain(held=...)`): while the workers are busy, the watcher
+holds the change of a document that a batch still in flight contains, so two applies of one
+document do not run at once (the later one would lose its write race and plan again, and move
+the version of a copy the first had just brought up to date). A held change stays buffered,
+and the flush may only checkpoint up to the resume token read just before it
+(`Drained.token`), so a restart reads it again.
 """
 
 from __future__ import annotations

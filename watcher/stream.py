@@ -251,7 +251,7 @@ class CollectionWatcher:
             busy = window.batches_in_flight >= config.max_inflight_batches
             if window.unapplied + batcher.size >= config.max_unapplied:
                 if batcher.due(now, stream_idle=True, busy=busy):
-                    self._flush(batcher, window, stream.resume_token, now)
+                    self._flush(batcher, window, stream.resume_token, now, busy)
                 self.state = "backpressure"
                 self.stop.wait(config.idle_sleep_ms / 1000)
                 continue
@@ -262,7 +262,7 @@ class CollectionWatcher:
                 # the cursor until the gap has passed, and what gathers in the oplog meanwhile
                 # comes with the next fetch, one round trip for many changes.
                 if batcher.due(now, stream_idle=False, busy=busy):
-                    self._flush(batcher, window, stream.resume_token, now)
+                    self._flush(batcher, window, stream.resume_token, now, busy)
                 self.stop.wait(clock.next_fetch - now)
                 continue
             fetched = commands.get_mores()
@@ -271,7 +271,7 @@ class CollectionWatcher:
                 clock.next_fetch = time.monotonic() + fetch_gap
             if event is None:
                 if batcher.due(now, stream_idle=True, busy=busy):
-                    self._flush(batcher, window, stream.resume_token, now)
+                    self._flush(batcher, window, stream.resume_token, now, busy)
                 elif window.empty and batcher.size == 0:
                     # Idle: the post-batch token moves on even without events, so a quiet
                     # collection's checkpoint never falls off the oplog.
@@ -292,7 +292,7 @@ class CollectionWatcher:
                           extra={"collection": self.name, "reason": action.reason})
             previous = event.get("_id", previous)
             if batcher.due(now, stream_idle=False, busy=busy):
-                self._flush(batcher, window, stream.resume_token, now)
+                self._flush(batcher, window, stream.resume_token, now, busy)
         self._drain_before_exit(window, clock)
 
     def _flush(
@@ -301,10 +301,14 @@ class CollectionWatcher:
         window: InflightWindow,
         position: Mapping[str, Any] | None,
         now: float,
+        busy: bool,
     ) -> None:
-        """Publish what is buffered, but a change of a document that a batch in flight holds:
-        that one waits for the batch (see `watcher.batcher`)."""
-        drained = batcher.drain(position, held=window.holds, now=now)
+        """Publish what is buffered. While the workers are busy, a change of a document that a
+        batch in flight holds waits for that batch (see `watcher.batcher`): changes gather
+        then anyway. With workers that have room it goes at once, where the wait would be
+        lag: two applies of one document then rarely overlap, and the later one re-plans."""
+        hold = busy and self.settings.watcher.hold_changes_in_flight
+        drained = batcher.drain(position, held=window.holds if hold else None, now=now)
         per_queue, seen = drained.per_queue, drained.seen
         seq_prefix = f"{self.run_id}:{time.monotonic_ns()}"
         batches = {f"{seq_prefix}:{i}": (queue, changes)
