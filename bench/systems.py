@@ -239,16 +239,20 @@ def _verify_soft_deleted(product_indexes: bool) -> Callable[[BenchContext], Veri
     return verify
 
 
-def _plain_copy(ctx: BenchContext, system: RunningSystem) -> ResyncOutcome:
-    return _copy(ctx, "copy")
-
-
-def _copy_with_indexes(ctx: BenchContext, system: RunningSystem) -> ResyncOutcome:
-    return _copy(ctx, "copy-idx", "--product-indexes")
-
-
-def _copy_then_index(ctx: BenchContext, system: RunningSystem) -> ResyncOutcome:
-    return _copy(ctx, "copy-idx-after", "--product-indexes", "--indexes-after")
+def _copy_system(name: str, summary: str, *flags: str) -> SystemSpec:
+    """A resync-only baseline: `bench.plain_copy` with these flags, into an empty staging."""
+    return SystemSpec(
+        name=name,
+        summary=summary,
+        prepare=lambda _ctx, _docs: None,
+        start=lambda _ctx: NoProcesses(),
+        locator=ByProductionId(),
+        verify=(_verify_soft_deleted(product_indexes=True) if "--product-indexes" in flags
+                else _verify_by_id),
+        scenarios=frozenset({"resync"}),
+        resync=lambda ctx, _system: _copy(ctx, name, *flags),
+        resync_cases=("empty",),
+    )
 
 
 def _copy(ctx: BenchContext, name: str, *extra: str) -> ResyncOutcome:
@@ -307,37 +311,10 @@ def systems(options: RunOptions) -> list[SystemSpec]:
             locator=ByProductionId(SOFT_DELETE_FIELD),
             verify=_verify_soft_deleted(product_indexes=True),
         ),
-        SystemSpec(
-            name="copy-idx",
-            summary="copy into staging with the product's index set, a _sync per document",
-            prepare=lambda _ctx, _docs: None,
-            start=lambda _ctx: NoProcesses(),
-            locator=ByProductionId(),
-            verify=_verify_soft_deleted(product_indexes=True),
-            scenarios=frozenset({"resync"}),
-            resync=_copy_with_indexes,
-            resync_cases=("empty",),
-        ),
-        SystemSpec(
-            name="copy-idx-after",
-            summary="copy-idx the bulk loader's way: documents first, the index set built after",
-            prepare=lambda _ctx, _docs: None,
-            start=lambda _ctx: NoProcesses(),
-            locator=ByProductionId(),
-            verify=_verify_soft_deleted(product_indexes=True),
-            scenarios=frozenset({"resync"}),
-            resync=_copy_then_index,
-            resync_cases=("empty",),
-        ),
-        SystemSpec(
-            name="copy",
-            summary="full copy: find (batches of 1000) + unordered insert_many into empty staging",
-            prepare=lambda _ctx, _docs: None,
-            start=lambda _ctx: NoProcesses(),
-            locator=ByProductionId(),
-            verify=_verify_by_id,
-            scenarios=frozenset({"resync"}),
-            resync=_plain_copy,
-            resync_cases=("empty",),
-        ),
+        _copy_system("copy-idx", "copy into staging with the product's index set, a _sync per "
+                     "document", "--product-indexes"),
+        _copy_system("copy-idx-after", "copy-idx the bulk loader's way: documents first, the "
+                     "index set built after", "--product-indexes", "--indexes-after"),
+        _copy_system("copy", "full copy: find (batches of 1000) + unordered insert_many into "
+                     "empty staging"),
     ]

@@ -265,9 +265,9 @@ class CollectionWatcher:
                     self._flush(batcher, window, stream.resume_token, now, busy)
                 self.stop.wait(clock.next_fetch - now)
                 continue
-            fetched = commands.get_mores()
+            fetched = commands.get_mores() if busy and fetch_gap else None
             event = stream.try_next()
-            if busy and event is not None and fetch_gap and commands.get_mores() != fetched:
+            if fetched is not None and event is not None and commands.get_mores() != fetched:
                 clock.next_fetch = time.monotonic() + fetch_gap
             if event is None:
                 if batcher.due(now, stream_idle=True, busy=busy):
