@@ -238,7 +238,7 @@ def measure_ping(uri: str, rounds: int = 300) -> float:
 
 def _selftest(delay: float) -> None:
     """Start a test server, measure ping direct and through the proxy, print the difference."""
-    from cli.local_servers import start_mongo_test_server
+    from stagesync.cli.local_servers import start_mongo_test_server
 
     server = start_mongo_test_server()
     proxy = DelayProxy("127.0.0.1", server.port, delay=delay)

@@ -37,14 +37,14 @@ from typing import Any
 from pymongo import ReplaceOne, UpdateOne
 from pymongo.change_stream import ChangeStream
 from pymongo.collection import Collection
+from stagesync.deployments.staging_indexes import ensure, target_indexes
+from stagesync.rules.identity import encode_id, key_digest
+from stagesync.rules.merge import fingerprint
+from stagesync.rules.paths import leaf_paths
+from stagesync.rules.sync_meta import DELETED_AT_FIELD, SYNC, encode_owned
+from stagesync.settings.model import CollectionSettings
 
 from bench.procs import baseline_args, run_baseline, stop_event
-from deployments.staging_indexes import ensure, target_indexes
-from rules.identity import encode_id, key_digest
-from rules.merge import fingerprint
-from rules.paths import leaf_paths
-from rules.sync_meta import DELETED_AT_FIELD, SYNC, encode_owned
-from settings.model import CollectionSettings
 
 GATHER_CHANGES = 1000
 GATHER_SECONDS = 0.020

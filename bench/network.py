@@ -23,9 +23,10 @@ from pathlib import Path
 from subprocess import Popen
 from typing import Any
 
+from stagesync.cli.local_servers import LocalServer, free_port
+
 from bench.delay_proxy import measure_ping
 from bench.procs import python_module, spawn, stop_process
-from cli.local_servers import LocalServer, free_port
 
 NETWORKS = ("loopback", "2ms")
 DELAY_MS = 1.0  # per direction: 2 ms per round trip

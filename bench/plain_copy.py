@@ -30,11 +30,11 @@ from pathlib import Path
 from typing import Any
 
 from pymongo import MongoClient
+from stagesync.rules.sync_meta import SYNC
 
 from bench.minimal_sync import prepare_staging, sync_meta
 from bench.procs import collection, peak_rss_mb, write_json
 from bench.workload import BUSINESS_KEY
-from rules.sync_meta import SYNC
 
 BATCH = 1000  # documents per getMore and per insert_many (the product's resync chunk size)
 

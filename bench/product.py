@@ -5,7 +5,7 @@ What runs (see bench/README.md, "The product"):
   `ctx.staging_uri` (through the delay proxies at 2 ms) and the private Redis the runner starts;
   one collection `orders`, business key `userEmail, accountId`, no PII rules, staging write
   concern `majority` (the product's default, which the test server accepts);
-- `stagesync watch` and N x `celery -A tasks worker -c K -P prefork --without-mingle
+- `stagesync watch` and N x `celery -A stagesync.tasks worker -c K -P prefork --without-mingle
   --without-gossip -n bench-wN@%h`, each its own session, `STAGESYNC_CONFIG` set, inherited
   `STAGESYNC_*` variables removed (so the shell running the benchmark cannot change the config).
 
@@ -53,6 +53,11 @@ import yaml
 from pymongo import MongoClient
 from pymongo.collation import Collation
 from pymongo.collection import Collection
+from stagesync.protocol.names import RESYNCS, WATCHERS, watcher_key
+from stagesync.rules.identity import encode_id
+from stagesync.rules.subset import in_sample
+from stagesync.rules.sync_meta import KEY_FIELD, PID_FIELD, SYNC, read_meta
+from stagesync.settings import load_settings
 
 from bench.procs import collection, spawn
 from bench.systems import (
@@ -64,11 +69,6 @@ from bench.systems import (
 )
 from bench.verify_equal import VerifyResult, verify_equal, verify_uris
 from bench.workload import BUSINESS_KEY, CUSTOMER, MARKER, USERS, USERS_KEY, Expected
-from protocol.names import RESYNCS, WATCHERS, watcher_key
-from rules.identity import encode_id
-from rules.subset import in_sample
-from rules.sync_meta import KEY_FIELD, PID_FIELD, SYNC, read_meta
-from settings import load_settings
 
 VENV_BIN = Path(sys.executable).parent
 COLLECTION = "orders"
@@ -267,7 +267,7 @@ class ProductProcesses:
     def start_workers(self) -> None:
         for n in range(1, self.tuning.workers + 1):
             self._spawn(f"worker-{n}", [
-                str(VENV_BIN / "celery"), "-A", "tasks", "worker", "-c",
+                str(VENV_BIN / "celery"), "-A", "stagesync.tasks", "worker", "-c",
                 str(self.tuning.concurrency), "-P", self.tuning.pool,
                 "-n", f"bench-{self.tag}w{n}@%h", "--without-mingle", "--without-gossip",
                 "-l", self.tuning.log_level,
@@ -444,7 +444,7 @@ def _prepare(
     """Bootstrap, untimed, over direct connections and a throw-away Redis (see module doc)."""
 
     def prepare(ctx: BenchContext, docs: Sequence[dict[str, Any]]) -> None:
-        from cli.local_servers import start_redis
+        from stagesync.cli.local_servers import start_redis
 
         workdir = ctx.workdir / "prepare"
         scratch = start_redis(workdir=workdir / "redis")
@@ -686,9 +686,8 @@ def dump_dead_letters(ctx: BenchContext, path: Path) -> dict[str, int]:
     """For a failed verification: every open dead letter, beside the staging documents that
     hold its pid or its business key, and whether production still has the document."""
     from bson import json_util
-
-    from protocol.names import DEAD_LETTERS
-    from rules.identity import decode_id
+    from stagesync.protocol.names import DEAD_LETTERS
+    from stagesync.rules.identity import decode_id
 
     staging: MongoClient[Any] = MongoClient(ctx.staging_direct_uri)
     prod: MongoClient[Any] = MongoClient(ctx.prod_direct_uri)

@@ -36,6 +36,7 @@ from pymongo import MongoClient
 from pymongo.collection import Collection
 from rich.console import Console
 from rich.table import Table
+from stagesync.cli.local_servers import LocalServer, start_mongo_test_server, start_redis
 
 from bench import pyspy, staging_profile
 from bench.completion import LagObserver, expectations, percentile, wait_until_applied
@@ -72,7 +73,6 @@ from bench.workload import (
     seed_production,
     users_for,
 )
-from cli.local_servers import LocalServer, start_mongo_test_server, start_redis
 
 SCENARIOS = ("burst", "steady", "resync")
 # Seconds the system's processes are watched idle before each measurement (bench.costs).

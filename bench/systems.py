@@ -23,6 +23,7 @@ from subprocess import Popen
 from typing import Any, Protocol
 
 from pymongo import MongoClient
+from stagesync.rules.sync_meta import SYNC
 
 from bench.completion import ByProductionId, StagingLocator
 from bench.minimal_sync import DEFAULT_IN_LIST_MAX as BASELINE_IN_LIST_MAX
@@ -38,7 +39,6 @@ from bench.procs import (
 )
 from bench.verify_equal import VerifyResult, verify_uris
 from bench.workload import BUSINESS_KEY, Expected
-from rules.sync_meta import SYNC
 
 # Modules providing `systems(options) -> list[SystemSpec]`, in table order.
 SYSTEM_MODULES: list[str] = ["bench.systems", "bench.product"]

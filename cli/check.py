@@ -16,23 +16,22 @@ from typing import Any
 import redis
 from pymongo.errors import PyMongoError
 from rich.console import Console
-
-from cli.pii_checks import unclassified_problems, unique_index_warnings
-from deployments.guard import (
+from stagesync.cli.pii_checks import unclassified_problems, unique_index_warnings
+from stagesync.deployments.guard import (
     SameDeploymentError,
     assert_distinct_deployments,
     assert_distinct_uris,
 )
-from deployments.index_mirror import collection_drift, drift_warnings
-from deployments.production import ProductionReader
-from deployments.staging import connect_staging
-from rules.identity import business_key, key_paths
-from rules.paths import has_path, split_dotted
-from rules.pii import paths_matched
-from settings.collection import CollectionSettings
-from settings.logs import redact_uri
-from settings.model import Settings
-from state.pii_state import masking_drift
+from stagesync.deployments.index_mirror import collection_drift, drift_warnings
+from stagesync.deployments.production import ProductionReader
+from stagesync.deployments.staging import connect_staging
+from stagesync.rules.identity import business_key, key_paths
+from stagesync.rules.paths import has_path, split_dotted
+from stagesync.rules.pii import paths_matched
+from stagesync.settings.collection import CollectionSettings
+from stagesync.settings.logs import redact_uri
+from stagesync.settings.model import Settings
+from stagesync.state.pii_state import masking_drift
 
 SAMPLE = 20
 TIMEOUT_MS = 5000

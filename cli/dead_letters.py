@@ -7,15 +7,14 @@ from typing import Any
 
 from rich.console import Console
 from rich.table import Table
-
-from cli.jobs import follow
-from deployments.staging import connect_staging
-from protocol.names import RESYNCS
-from protocol.routing import home_queue
-from settings.model import Settings
-from state.dead_letters import DeadLetterStore, summarize
-from tasks.celery_app import app as celery_app
-from tasks.enqueue import start_replay
+from stagesync.cli.jobs import follow
+from stagesync.deployments.staging import connect_staging
+from stagesync.protocol.names import RESYNCS
+from stagesync.protocol.routing import home_queue
+from stagesync.settings.model import Settings
+from stagesync.state.dead_letters import DeadLetterStore, summarize
+from stagesync.tasks.celery_app import app as celery_app
+from stagesync.tasks.enqueue import start_replay
 
 REPLAY_TIMEOUT = 300.0
 

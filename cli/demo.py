@@ -39,14 +39,13 @@ from bson import ObjectId
 from pymongo import ASCENDING, DeleteOne, InsertOne, MongoClient, UpdateOne
 from rich.console import Console
 from rich.live import Live
-
-from cli.demo_keep import CONFIG_FILE, STATE_FILE, keep_running, stop_processes
-from cli.demo_report import SEED_PROMISE, Figures, Outcome, percentile, print_summary
-from cli.local_servers import LocalServer, start_mongo_test_server, start_redis
-from cli.status import StatusPoller
-from settings import load_settings
-from settings.model import Settings
-from tasks.verification.verifier import verify_collection
+from stagesync.cli.demo_keep import CONFIG_FILE, STATE_FILE, keep_running, stop_processes
+from stagesync.cli.demo_report import SEED_PROMISE, Figures, Outcome, percentile, print_summary
+from stagesync.cli.local_servers import LocalServer, start_mongo_test_server, start_redis
+from stagesync.cli.status import StatusPoller
+from stagesync.settings import load_settings
+from stagesync.settings.model import Settings
+from stagesync.tasks.verification.verifier import verify_collection
 
 CITIES = ["Oslo", "Lyon", "Porto", "Turku", "Ghent", "Graz", "Malmo", "Cork"]
 STATUSES = ["new", "paid", "packed", "shipped", "delivered"]
@@ -126,7 +125,7 @@ class Demo:
         for name, argv in (
             ("watcher", [str(bin_dir / "stagesync"), "watch"]),
             # Warnings only: on 2 cores, a log line per task costs the worker real time.
-            ("worker", [str(bin_dir / "celery"), "-A", "tasks", "worker", "-c", "2",
+            ("worker", [str(bin_dir / "celery"), "-A", "stagesync.tasks", "worker", "-c", "2",
                         "--without-mingle", "--without-gossip", "-l", "WARNING", "-n",
                         f"demo{uuid.uuid4().hex[:4]}@%h"]),
         ):

@@ -21,7 +21,7 @@ import psutil
 from rich.console import Console
 
 if TYPE_CHECKING:
-    from cli.demo import Demo
+    from stagesync.cli.demo import Demo
 
 STATE_FILE = ".stagesync-demo.json"  # in the working directory: what `--stop` ends
 CONFIG_FILE = "stagesync.yaml"
@@ -56,7 +56,7 @@ def keep_running(console: Console, demo: Demo, orders: str, users: str) -> None:
     console.print("try:", highlight=False)
     for command in (
         "stagesync status --watch", f"stagesync verify {orders}",
-        f"stagesync resync {orders} --wait", "celery -A tasks flower   (then http://localhost:5555)",
+        f"stagesync resync {orders} --wait", "celery -A stagesync.tasks flower   (then http://localhost:5555)",
         f"stagesync pii scan {users}", "stagesync demo --stop     (ends all of it)",
     ):
         console.print(f"  {prefix}{command}", highlight=False, markup=False)

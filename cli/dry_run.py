@@ -18,21 +18,20 @@ from typing import Any
 
 import bson
 from rich.console import Console
-
-from deployments.production import ProductionReader
-from deployments.staging import connect_staging
-from rules.document import Document
-from rules.identity import encode_id
-from rules.merge import merge_fields
-from rules.paths import join_dotted, leaf_paths, set_path
-from rules.pii import Masker
-from rules.plan_types import PlannedWrite
-from rules.sync_meta import SYNC, read_meta
-from settings.collection import CollectionSettings
-from settings.model import Settings
-from tasks.apply.applier import apply_changes
-from tasks.apply.context import ApplyContext, PlanOnly
-from watcher.events import STREAM_PROJECTION, Change, classify
+from stagesync.deployments.production import ProductionReader
+from stagesync.deployments.staging import connect_staging
+from stagesync.rules.document import Document
+from stagesync.rules.identity import encode_id
+from stagesync.rules.merge import merge_fields
+from stagesync.rules.paths import join_dotted, leaf_paths, set_path
+from stagesync.rules.pii import Masker
+from stagesync.rules.plan_types import PlannedWrite
+from stagesync.rules.sync_meta import SYNC, read_meta
+from stagesync.settings.collection import CollectionSettings
+from stagesync.settings.model import Settings
+from stagesync.tasks.apply.applier import apply_changes
+from stagesync.tasks.apply.context import ApplyContext, PlanOnly
+from stagesync.watcher.events import STREAM_PROJECTION, Change, classify
 
 BATCH = 200
 VERBS = {"created": "create", "updated": "update", "soft_deleted": "soft-delete",

@@ -15,18 +15,17 @@ from pathlib import Path
 
 from pymongo.errors import PyMongoError
 from rich.console import Console
-
-from cli.pii_proposal import scan_documents
-from cli.starter_config import (
+from stagesync.cli.pii_proposal import scan_documents
+from stagesync.cli.starter_config import (
     ProposedCollection,
     collection_name,
     key_candidates,
     starter_yaml,
 )
-from deployments.production import ProductionReader
-from settings.collection import CollectionSettings
-from settings.logs import redact_uri
-from settings.model import ProductionSettings
+from stagesync.deployments.production import ProductionReader
+from stagesync.settings.collection import CollectionSettings
+from stagesync.settings.logs import redact_uri
+from stagesync.settings.model import ProductionSettings
 
 TIMEOUT_MS = 3000  # production unreachable: say so soon, write the example
 PLACEHOLDER_PROD = "mongodb://prod-host:27017/?replicaSet=rs0"

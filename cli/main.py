@@ -15,11 +15,10 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.markup import escape
-
-from cli.help_format import Typer
-from deployments.in_lists import configure as configure_in_lists
-from settings import CONFIG_ENV, ConfigError, Settings, load_settings
-from settings.logs import configure_logging, redact_uri
+from stagesync.cli.help_format import Typer
+from stagesync.deployments.in_lists import configure as configure_in_lists
+from stagesync.settings import CONFIG_ENV, ConfigError, Settings, load_settings
+from stagesync.settings.logs import configure_logging, redact_uri
 
 app = Typer(
     add_completion=False, no_args_is_help=True,
@@ -81,8 +80,8 @@ def init(
         "admin, config and local).", show_default=False)] = None,
 ) -> None:
     """Write a commented starter configuration, proposed from production when reachable."""
-    from cli.init import run_init
-    from settings import config_path
+    from stagesync.cli.init import run_init
+    from stagesync.settings import config_path
 
     raise typer.Exit(run_init(console, output or config_path(), prod_uri, staging_uri,
                               redis_url, sample, database or []))
@@ -91,7 +90,7 @@ def init(
 @app.command(epilog="Example: stagesync check --config stagesync.yaml")
 def check(config: ConfigOption = None) -> None:
     """Validate the configuration and reach production, staging and Redis."""
-    from cli.check import run_check
+    from stagesync.cli.check import run_check
 
     settings = settings_from(config)
     raise typer.Exit(run_check(settings, console))
@@ -114,12 +113,12 @@ def watch(
     for name in names:
         _known(settings, name)
     if dry_run:
-        from cli.dry_run import run_dry
+        from stagesync.cli.dry_run import run_dry
 
         raise typer.Exit(run_dry(settings, names, console))
-    from deployments.guard import SameDeploymentError
-    from deployments.staging_indexes import IndexConflictError
-    from watcher.runner import run_watcher
+    from stagesync.deployments.guard import SameDeploymentError
+    from stagesync.deployments.staging_indexes import IndexConflictError
+    from stagesync.watcher.runner import run_watcher
 
     try:
         raise typer.Exit(run_watcher(settings, names))
@@ -140,7 +139,7 @@ def resync(
                                            "ends.")] = 0.0,
 ) -> None:
     """Run a full resync of one collection as Celery tasks."""
-    from cli.resync import run_resync
+    from stagesync.cli.resync import run_resync
 
     settings = settings_from(config)
     _known(settings, name)
@@ -161,7 +160,7 @@ def verify(
                                                  "a table).")] = False,
 ) -> None:
     """Compare production and staging on the fields production owns."""
-    from cli.verify import run_verify
+    from stagesync.cli.verify import run_verify
 
     settings = settings_from(config)
     _known(settings, name)
@@ -179,7 +178,7 @@ def status(
     interval: Annotated[float, typer.Option(help="With --watch: seconds between reads.")] = 2.0,
 ) -> None:
     """Lag, throughput, queues, checkpoints and health per collection."""
-    from cli.status import run_status
+    from stagesync.cli.status import run_status
 
     settings = settings_from(config)
     raise typer.Exit(run_status(settings, json_output, watch_live, interval, console))
@@ -197,9 +196,9 @@ def rate_limit(
                                                  "the configured one (or unlimited).")] = False,
 ) -> None:
     """Show or change a collection's rate limit for all its workers, at run time."""
-    from deployments.staging import connect_staging
-    from settings.values import parse_rate_limit
-    from tasks.apply.rate_limit import effective_rate, set_rate_override
+    from stagesync.deployments.staging import connect_staging
+    from stagesync.settings.values import parse_rate_limit
+    from stagesync.tasks.apply.rate_limit import effective_rate, set_rate_override
 
     settings = settings_from(config)
     _known(settings, name)
@@ -236,7 +235,7 @@ def dlq_list(
                                               "table).")] = False,
 ) -> None:
     """List dead-lettered changes."""
-    from cli.dead_letters import list_entries
+    from stagesync.cli.dead_letters import list_entries
 
     settings = settings_from(config)
     if collection:
@@ -254,7 +253,7 @@ def dlq_show(
         show_default=False)] = None,
 ) -> None:
     """Show one dead-lettered change."""
-    from cli.dead_letters import show_entry
+    from stagesync.cli.dead_letters import show_entry
 
     settings = settings_from(config)
     raise typer.Exit(show_entry(settings, collection, pid, console))
@@ -271,7 +270,7 @@ def dlq_replay(
                    ] = None,
 ) -> None:
     """Apply dead-lettered changes again through the normal path; entries that succeed go."""
-    from cli.dead_letters import replay_entries
+    from stagesync.cli.dead_letters import replay_entries
 
     settings = settings_from(config)
     if collection:
@@ -291,7 +290,7 @@ def dlq_purge(
                                              "only on a terminal).")] = False,
 ) -> None:
     """Delete dead-letter entries without applying them."""
-    from cli.dead_letters import purge_entries
+    from stagesync.cli.dead_letters import purge_entries
 
     settings = settings_from(config)
     if collection:
@@ -309,7 +308,7 @@ def pii_scan(
                                         "(read only).")] = 1000,
 ) -> None:
     """Classify every field of a production sample; print a table and proposed settings."""
-    from cli.pii_scan import run_scan
+    from stagesync.cli.pii_scan import run_scan
 
     settings = settings_from(config)
     _known(settings, name)
@@ -340,8 +339,8 @@ def demo(
                                        "(run it in the same directory).")] = False,
 ) -> None:
     """Run a complete sync between local servers it starts itself, in about a minute."""
-    from cli.demo import run_demo
-    from cli.demo_keep import stop_demo
+    from stagesync.cli.demo import run_demo
+    from stagesync.cli.demo_keep import stop_demo
 
     if stop:
         raise typer.Exit(stop_demo(console))

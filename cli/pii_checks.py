@@ -15,13 +15,12 @@ from __future__ import annotations
 from pymongo import MongoClient
 from pymongo.database import Database
 from pymongo.errors import PyMongoError
-
-from deployments.production import ProductionReader
-from rules.document import Document
-from rules.paths import overlaps, split_dotted
-from rules.pii_strict import Classification
-from settings.collection import CollectionSettings
-from state.unclassified_paths import safe_path, unclassified_report
+from stagesync.deployments.production import ProductionReader
+from stagesync.rules.document import Document
+from stagesync.rules.paths import overlaps, split_dotted
+from stagesync.rules.pii_strict import Classification
+from stagesync.settings.collection import CollectionSettings
+from stagesync.state.unclassified_paths import safe_path, unclassified_report
 
 STRICT_SAMPLE = 200
 SHOWN_PATHS = 20

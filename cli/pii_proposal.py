@@ -28,9 +28,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import yaml
-
-from rules.paths import Path, is_prefix, join_dotted, split_dotted
-from rules.pii_detect import (
+from stagesync.rules.paths import Path, is_prefix, join_dotted, split_dotted
+from stagesync.rules.pii_detect import (
     Kind,
     find_in_text,
     name_kind,
@@ -40,7 +39,7 @@ from rules.pii_detect import (
 )
 
 if TYPE_CHECKING:
-    from settings.collection import CollectionSettings
+    from stagesync.settings.collection import CollectionSettings
 
 __all__ = ["MIN_SHARE", "RULES", "PathFinding", "ScanResult", "kind_label", "scan_documents"]
 

@@ -15,10 +15,9 @@ from pymongo.errors import PyMongoError
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
-
-from cli.pii_proposal import PathFinding, ScanResult, kind_label, scan_documents
-from deployments.production import ProductionReader
-from settings.model import Settings
+from stagesync.cli.pii_proposal import PathFinding, ScanResult, kind_label, scan_documents
+from stagesync.deployments.production import ProductionReader
+from stagesync.settings.model import Settings
 
 TIMEOUT_MS = 10_000
 DECISIONS = {

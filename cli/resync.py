@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from rich.console import Console
 from rich.table import Table
-
-from cli.jobs import follow
-from deployments.staging import connect_staging
-from protocol.routing import home_queue
-from settings.model import Settings
-from state.resync_progress import progress
-from tasks.celery_app import app as celery_app
-from tasks.enqueue import start_resync
+from stagesync.cli.jobs import follow
+from stagesync.deployments.staging import connect_staging
+from stagesync.protocol.routing import home_queue
+from stagesync.settings.model import Settings
+from stagesync.state.resync_progress import progress
+from stagesync.tasks.celery_app import app as celery_app
+from stagesync.tasks.enqueue import start_resync
 
 
 def run_resync(settings: Settings, name: str, wait: bool, timeout: float,

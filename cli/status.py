@@ -31,20 +31,20 @@ from pymongo.errors import PyMongoError
 from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
-
-from deployments.index_mirror import collection_drift, drift_warnings
-from deployments.production import OplogWindow, ProductionReader
-from deployments.staging import connect_staging
-from protocol.names import RESYNCS, VERIFICATIONS, stats_key, watcher_key
-from protocol.routing import queue_depth, queues_of
-from settings.collection import CollectionSettings
-from settings.model import Settings
-from state.dead_letters import DeadLetterStore
-from state.pii_state import masking_drift
-from state.unclassified_paths import unclassified_report, unclassified_warning
-from tasks.apply.rate_limit import effective_rate
-from tasks.apply.references import pending_count
-from watcher.checkpoint import read_all
+from stagesync.deployments.broker import queue_depth
+from stagesync.deployments.index_mirror import collection_drift, drift_warnings
+from stagesync.deployments.production import OplogWindow, ProductionReader
+from stagesync.deployments.staging import connect_staging
+from stagesync.protocol.names import RESYNCS, VERIFICATIONS, stats_key, watcher_key
+from stagesync.protocol.routing import queues_of
+from stagesync.settings.collection import CollectionSettings
+from stagesync.settings.model import Settings
+from stagesync.state.dead_letters import DeadLetterStore
+from stagesync.state.pii_state import masking_drift
+from stagesync.state.unclassified_paths import unclassified_report, unclassified_warning
+from stagesync.tasks.apply.rate_limit import effective_rate
+from stagesync.tasks.apply.references import pending_count
+from stagesync.watcher.checkpoint import read_all
 
 HEARTBEAT_FRESH_SECONDS = 10.0
 STREAM_COUNTERS = ("read", "enqueued", "created", "updated", "unchanged", "soft_deleted",

@@ -6,10 +6,9 @@ import json
 
 from rich.console import Console
 from rich.table import Table
-
-from deployments.index_mirror import drift_warnings
-from settings.model import Settings
-from tasks.verification.verifier import Report, verify_collection
+from stagesync.deployments.index_mirror import drift_warnings
+from stagesync.settings.model import Settings
+from stagesync.tasks.verification.verifier import Report, verify_collection
 
 SHOWN = 20
 

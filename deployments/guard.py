@@ -22,11 +22,10 @@ from typing import Any
 
 from pymongo import MongoClient
 from pymongo.errors import OperationFailure
-
-from deployments.identity import compare, from_hello, shared_hosts, with_status
-from deployments.production import ProductionReader
-from protocol.names import GUARD_MARKERS
-from settings.model import Settings
+from stagesync.deployments.identity import compare, from_hello, shared_hosts, with_status
+from stagesync.deployments.production import ProductionReader
+from stagesync.protocol.names import GUARD_MARKERS
+from stagesync.settings.model import Settings
 
 # In the staging state database, beside the names in protocol.names (which import nothing
 # from here: this package sits below tasks).

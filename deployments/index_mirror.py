@@ -31,11 +31,10 @@ from pymongo import MongoClient
 from pymongo.collection import Collection
 from pymongo.database import Database
 from pymongo.errors import OperationFailure, PyMongoError
-
-from deployments.production import ProductionReader, ReadOnlyCollection
-from deployments.staging_indexes import RACE_CODES, _keys, serves
-from protocol.names import INDEX_MIRROR
-from rules.index_translation import (
+from stagesync.deployments.production import ProductionReader, ReadOnlyCollection
+from stagesync.deployments.staging_indexes import RACE_CODES, _keys, serves
+from stagesync.protocol.names import INDEX_MIRROR
+from stagesync.rules.index_translation import (
     Create,
     Mirrored,
     MirrorPlan,
@@ -43,8 +42,8 @@ from rules.index_translation import (
     plan_mirror,
     translate_all,
 )
-from settings.collection import CollectionSettings
-from settings.model import Settings
+from stagesync.settings.collection import CollectionSettings
+from stagesync.settings.model import Settings
 
 log = logging.getLogger("stagesync.indexes")
 

@@ -18,10 +18,9 @@ from pymongo.change_stream import CollectionChangeStream
 from pymongo.errors import OperationFailure, PyMongoError
 from pymongo.read_concern import ReadConcern
 from pymongo.read_preferences import ReadPreference
-
-from deployments.in_lists import in_lists
-from settings.collection import CollectionSettings
-from settings.model import ProductionSettings
+from stagesync.deployments.in_lists import in_lists
+from stagesync.settings.collection import CollectionSettings
+from stagesync.settings.model import ProductionSettings
 
 # Commands a reader legitimately sends; anything else reaching production is a bug.
 READ_COMMANDS = frozenset({

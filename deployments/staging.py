@@ -12,8 +12,7 @@ from typing import Any
 
 from pymongo import MongoClient
 from pymongo.collation import Collation
-
-from settings.model import StagingSettings
+from stagesync.settings.model import StagingSettings
 
 SIMPLE = Collation(locale="simple")
 

@@ -44,8 +44,7 @@ from typing import Any
 from pymongo import ASCENDING, IndexModel, MongoClient
 from pymongo.collection import Collection
 from pymongo.errors import OperationFailure
-
-from protocol.names import (
+from stagesync.protocol.names import (
     BUSINESS_KEY_INDEX,
     DEAD_LETTERS,
     DEAD_LETTERS_INDEX,
@@ -59,9 +58,9 @@ from protocol.names import (
     RESOLVED_TTL_INDEX,
     TOMBSTONE_TTL_INDEX,
 )
-from rules.sync_meta import DELETED_AT_FIELD, EXPIRE_AT_FIELD, KEY_FIELD, PID_FIELD
-from settings.collection import CollectionSettings
-from settings.model import Settings
+from stagesync.rules.sync_meta import DELETED_AT_FIELD, EXPIRE_AT_FIELD, KEY_FIELD, PID_FIELD
+from stagesync.settings.collection import CollectionSettings
+from stagesync.settings.model import Settings
 
 OWN_PREFIX = OWN_INDEX_PREFIX
 SIMPLE_COLLATION = {"locale": "simple"}

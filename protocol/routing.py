@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import hashlib
 
-import redis
-
-from protocol.names import queue_names
-from settings.collection import CollectionSettings
-from settings.model import Settings
+from stagesync.protocol.names import queue_names
+from stagesync.settings.collection import CollectionSettings
+from stagesync.settings.model import Settings
 
 
 def partition_of(pid: str, partitions: int) -> int:
@@ -44,11 +42,3 @@ def all_queues(settings: Settings) -> list[str]:
 
 # kombu's Redis transport keeps messages with a priority in sibling lists of the queue.
 PRIORITY_SUFFIXES = ("", "\x06\x163", "\x06\x166", "\x06\x169")
-
-
-def queue_depth(client: redis.Redis, queue: str) -> int:
-    """Messages waiting in a queue (reserved, unacknowledged ones are not counted)."""
-    with client.pipeline(transaction=False) as pipe:
-        for suffix in PRIORITY_SUFFIXES:
-            pipe.llen(queue + suffix)
-        return int(sum(pipe.execute()))

@@ -27,8 +27,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from rules.merge import FieldRules
-from rules.paths import Path, addressable, update_path
+from stagesync.rules.merge import FieldRules
+from stagesync.rules.paths import Path, addressable, update_path
 
 Update = dict[str, Any] | list[dict[str, Any]]
 

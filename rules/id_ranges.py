@@ -20,8 +20,7 @@ from typing import Any
 
 from bson import Binary, Code, Decimal128, Int64, MaxKey, MinKey, ObjectId, Timestamp
 from bson.datetime_ms import DatetimeMS
-
-from rules.identity import decode_id, encode_id
+from stagesync.rules.identity import decode_id, encode_id
 
 # Brackets in BSON comparison order, with the smallest value of each type, or the single value
 # of the brackets that hold one. Dates start at 0001-01-01: the smallest date pymongo decodes

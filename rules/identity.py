@@ -19,8 +19,7 @@ from typing import Any
 
 from bson import Binary, ObjectId, json_util
 from bson.json_util import CANONICAL_JSON_OPTIONS
-
-from rules.paths import Path, get_path, split_dotted
+from stagesync.rules.paths import Path, get_path, split_dotted
 
 _ABSENT = object()
 

@@ -34,8 +34,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from rules.pii_strict import Classification
-from settings.collection import CollectionSettings
+from stagesync.rules.pii_strict import Classification
+from stagesync.settings.collection import CollectionSettings
 
 PID_PATH = "_sync.pid"
 SIMPLE_COLLATION = {"locale": "simple"}

@@ -24,8 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import bson
-
-from rules.paths import Path, get_path, leaf_paths, overlaps, set_path, unset_path
+from stagesync.rules.paths import Path, get_path, leaf_paths, overlaps, set_path, unset_path
 
 RESERVED_ROOTS = ("_id", "_sync")
 # Verdicts remembered per path: a collection's documents share their paths, and a plan asks

@@ -60,9 +60,9 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from rules.paths import Path, split_dotted
-from rules.pii_digests import PiiError, fake_digest, pseudonym, rules_fingerprint
-from rules.pii_fakes import (
+from stagesync.rules.paths import Path, split_dotted
+from stagesync.rules.pii_digests import PiiError, fake_digest, pseudonym, rules_fingerprint
+from stagesync.rules.pii_fakes import (
     address_field_of,
     fake_address,
     fake_address_field,
@@ -70,11 +70,11 @@ from rules.pii_fakes import (
     fake_name,
     fake_phone,
 )
-from rules.pii_strict import Classification
-from settings.pii_rules import FakeKind, PiiRule
+from stagesync.rules.pii_strict import Classification
+from stagesync.settings.pii_rules import FakeKind, PiiRule
 
 if TYPE_CHECKING:
-    from settings.collection import CollectionSettings
+    from stagesync.settings.collection import CollectionSettings
 
 __all__ = [
     "REDACTED",

@@ -12,9 +12,8 @@ from typing import Any, overload
 
 from bson import json_util
 from bson.json_util import CANONICAL_JSON_OPTIONS
-
-from rules.pii_fakes import FAKER_LOCALE, faker_version
-from settings.pii_rules import PiiRule
+from stagesync.rules.pii_fakes import FAKER_LOCALE, faker_version
+from stagesync.settings.pii_rules import PiiRule
 
 # Bump when the output of any transform changes for the same value and secret, so that
 # `rules_fingerprint` tells staging documents masked the old way from the new.

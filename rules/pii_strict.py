@@ -34,10 +34,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from rules.paths import Path, join_dotted, split_dotted
+from stagesync.rules.paths import Path, join_dotted, split_dotted
 
 if TYPE_CHECKING:
-    from settings.collection import CollectionSettings
+    from stagesync.settings.collection import CollectionSettings
 
 __all__ = ["Classification", "classified_paths"]
 

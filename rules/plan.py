@@ -16,10 +16,9 @@ from datetime import datetime
 from typing import Any
 
 import bson
-
-from rules.field_update import Update, plan_field_update
-from rules.identity import encode_id
-from rules.merge import (
+from stagesync.rules.field_update import Update, plan_field_update
+from stagesync.rules.identity import encode_id
+from stagesync.rules.merge import (
     content_digest,
     content_of,
     merge_fields,
@@ -27,15 +26,15 @@ from rules.merge import (
     shared_last,
     shared_parents,
 )
-from rules.paths import Path, get_path, leaf_paths, set_path, update_path
-from rules.plan_types import (
+from stagesync.rules.paths import Path, get_path, leaf_paths, set_path, update_path
+from stagesync.rules.plan_types import (
     BatchPlan,
     CollectionRules,
     DeadLetter,
     PlannedWrite,
     StagingView,
 )
-from rules.plan_writes import (
+from stagesync.rules.plan_writes import (
     expectation,
     release_key,
     remove_tombstone,
@@ -43,7 +42,7 @@ from rules.plan_writes import (
     tombstone,
     version_only,
 )
-from rules.sync_meta import (
+from stagesync.rules.sync_meta import (
     CHANGED_AT,
     CHANGED_AT_FIELD,
     DELETED_AT_FIELD,

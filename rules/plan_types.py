@@ -8,12 +8,11 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from bson import ObjectId
-
-from rules.field_update import Update
-from rules.identity import business_key, decode_id, key_digest, key_paths
-from rules.merge import FieldRules
-from rules.paths import Path, split_dotted
-from settings.collection import CollectionSettings
+from stagesync.rules.field_update import Update
+from stagesync.rules.identity import business_key, decode_id, key_digest, key_paths
+from stagesync.rules.merge import FieldRules
+from stagesync.rules.paths import Path, split_dotted
+from stagesync.settings.collection import CollectionSettings
 
 Outcome = Literal["created", "updated", "unchanged", "soft_deleted", "tombstoned", "released"]
 Reason = Literal[

@@ -7,9 +7,9 @@ from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
-from rules.paths import get_path, set_path
-from rules.plan_types import UNSYNCED, CollectionRules, Outcome, PlannedWrite, Unsynced
-from rules.sync_meta import (
+from stagesync.rules.paths import get_path, set_path
+from stagesync.rules.plan_types import UNSYNCED, CollectionRules, Outcome, PlannedWrite, Unsynced
+from stagesync.rules.sync_meta import (
     CHANGED_AT,
     DELETED_AT,
     EXPIRE_AT,

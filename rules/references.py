@@ -16,9 +16,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from bson.dbref import DBRef
-
-from rules.identity import encode_id
-from rules.paths import Path, split_dotted
+from stagesync.rules.identity import encode_id
+from stagesync.rules.paths import Path, split_dotted
 
 Lookup = Mapping[tuple[str, str], Any]  # (referenced collection, encoded production _id) -> id
 

@@ -27,8 +27,7 @@ from functools import cached_property
 from typing import Any
 
 from bson import Binary
-
-from rules.paths import Path, join_dotted, split_dotted
+from stagesync.rules.paths import Path, join_dotted, split_dotted
 
 SYNC = "_sync"
 PID = "pid"

@@ -1,15 +1,15 @@
 """What to sync: configuration models and their loader."""
 
-from settings.collection import CollectionSettings
-from settings.loader import (
+from stagesync.settings.collection import CollectionSettings
+from stagesync.settings.loader import (
     CONFIG_ENV,
     ConfigError,
     ConfigFileMissing,
     config_path,
     load_settings,
 )
-from settings.model import Settings
-from settings.values import parse_rate_limit
+from stagesync.settings.model import Settings
+from stagesync.settings.values import parse_rate_limit
 
 __all__ = [
     "CONFIG_ENV",

@@ -10,10 +10,9 @@ from datetime import timedelta
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
-
-from settings.durations import parse_duration
-from settings.pii_rules import PiiRule, parse_pii_rule
-from settings.values import (
+from stagesync.settings.durations import parse_duration
+from stagesync.settings.pii_rules import PiiRule, parse_pii_rule
+from stagesync.settings.values import (
     COLLECTION_NAME,
     DATABASE_NAME,
     DurationText,

@@ -15,8 +15,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 from pydantic_settings import SettingsError
-
-from settings.model import Settings
+from stagesync.settings.model import Settings
 
 CONFIG_ENV = "STAGESYNC_CONFIG"
 DEFAULT_CONFIG = "stagesync.yaml"

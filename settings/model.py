@@ -16,9 +16,8 @@ from pydantic import (
     model_validator,
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
-
-from settings.collection import CollectionSettings
-from settings.values import (
+from stagesync.settings.collection import CollectionSettings
+from stagesync.settings.values import (
     DATABASE_NAME,
     DurationText,
     StrictModel,

@@ -10,8 +10,7 @@ from typing import Annotated
 
 from limits import RateLimitItem, parse
 from pydantic import AfterValidator, BaseModel, ConfigDict
-
-from settings.durations import parse_duration
+from stagesync.settings.durations import parse_duration
 
 # Queue names are `stagesync.<name>` and partitions `stagesync.<name>.<n>`, so a name must not
 # contain a dot; Redis keys and Prometheus labels are built from it too.

@@ -15,8 +15,7 @@ from typing import Any
 from pymongo import UpdateOne
 from pymongo.database import Database
 from pymongo.errors import BulkWriteError
-
-from protocol.names import DEAD_LETTERS, DUPLICATE_KEY
+from stagesync.protocol.names import DEAD_LETTERS, DUPLICATE_KEY
 
 OPEN = "open"
 RESOLVED = "resolved"

@@ -11,12 +11,11 @@ from __future__ import annotations
 from typing import Any
 
 from pymongo.database import Database
-
-from protocol.names import RUNTIME
-from rules.pii_digests import rules_fingerprint
-from rules.pii_strict import Classification
-from settings.collection import CollectionSettings
-from settings.model import Settings
+from stagesync.protocol.names import RUNTIME
+from stagesync.rules.pii_digests import rules_fingerprint
+from stagesync.rules.pii_strict import Classification
+from stagesync.settings.collection import CollectionSettings
+from stagesync.settings.model import Settings
 
 
 def _record_id(collection: str) -> str:

@@ -27,10 +27,9 @@ from pymongo import ASCENDING, IndexModel, ReturnDocument
 from pymongo.collection import Collection
 from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError
-
-from protocol.names import RESYNC_CHUNKS_INDEX, RESYNCS, RESYNCS_TTL_INDEX
-from rules.document import Document
-from rules.id_ranges import IdRange
+from stagesync.protocol.names import RESYNC_CHUNKS_INDEX, RESYNCS, RESYNCS_TTL_INDEX
+from stagesync.rules.document import Document
+from stagesync.rules.id_ranges import IdRange
 
 SUMMARY_OUTCOMES = ("created", "updated", "unchanged", "soft_deleted", "dead_lettered",
                     "superseded")

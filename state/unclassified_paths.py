@@ -24,13 +24,12 @@ from typing import Any
 from pymongo import InsertOne, UpdateOne
 from pymongo.database import Database
 from pymongo.errors import BulkWriteError
-
-from protocol.names import DUPLICATE_KEY, UNCLASSIFIED
-from rules.document import Document
-from rules.paths import join_dotted, split_dotted
-from rules.pii_detect import segment_looks_personal
-from rules.pii_strict import Classification
-from settings.collection import CollectionSettings
+from stagesync.protocol.names import DUPLICATE_KEY, UNCLASSIFIED
+from stagesync.rules.document import Document
+from stagesync.rules.paths import join_dotted, split_dotted
+from stagesync.rules.pii_detect import segment_looks_personal
+from stagesync.rules.pii_strict import Classification
+from stagesync.settings.collection import CollectionSettings
 
 __all__ = [
     "MAX_PATHS_PER_COLLECTION",

@@ -11,9 +11,8 @@ from typing import Any
 
 from pymongo import ReturnDocument
 from pymongo.database import Database
-
-from deployments.failures import TransientError
-from protocol.names import COUNTERS, version_counter_id
+from stagesync.deployments.failures import TransientError
+from stagesync.protocol.names import COUNTERS, version_counter_id
 
 
 class VersionCounterError(TransientError):

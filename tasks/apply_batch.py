@@ -19,18 +19,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from celery import Task
-
-from deployments.failures import describe_error, is_transient
-from protocol.names import APPLY_BATCH
-from protocol.routing import home_queue
-from state.dead_letters import DeadLetterEntry
-from state.versions import take_version
-from tasks import metrics
-from tasks.apply.applier import apply_changes
-from tasks.apply.context import WriteErrors
-from tasks.celery_app import app
-from tasks.enqueue import QueuedChange, publish_apply
-from tasks.runtime import Runtime, get_runtime
+from stagesync.deployments.failures import describe_error, is_transient
+from stagesync.protocol.names import APPLY_BATCH
+from stagesync.protocol.routing import home_queue
+from stagesync.state.dead_letters import DeadLetterEntry
+from stagesync.state.versions import take_version
+from stagesync.tasks import metrics
+from stagesync.tasks.apply.applier import apply_changes
+from stagesync.tasks.apply.context import WriteErrors
+from stagesync.tasks.celery_app import app
+from stagesync.tasks.enqueue import QueuedChange, publish_apply
+from stagesync.tasks.runtime import Runtime, get_runtime
 
 log = logging.getLogger("stagesync.apply")
 

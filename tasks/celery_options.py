@@ -12,11 +12,10 @@ from typing import Any
 
 from celery.schedules import crontab
 from kombu import Queue
-
-from protocol.names import PURGE_DELETED, RESYNC, VERIFY
-from protocol.routing import all_queues, home_queue
-from settings.durations import parse_duration
-from settings.model import Settings, WorkerSettings
+from stagesync.protocol.names import PURGE_DELETED, RESYNC, VERIFY
+from stagesync.protocol.routing import all_queues, home_queue
+from stagesync.settings.durations import parse_duration
+from stagesync.settings.model import Settings, WorkerSettings
 
 
 def soft_time_limit(worker: WorkerSettings) -> float:
@@ -86,7 +85,7 @@ PURGE_EVERY_SECONDS = 3600
 
 
 def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
-    """`celery -A tasks beat` jobs: the configured `schedule` plus erasure purges."""
+    """`celery -A stagesync.tasks beat` jobs: the configured `schedule` plus erasure purges."""
     jobs: dict[str, dict[str, Any]] = {}
     for entry in settings.schedule:
         collection = settings.collection(entry.collection)

@@ -1,7 +1,7 @@
 """Read by Celery the first time it needs its configuration (see `tasks.celery_app`)."""
 
-from settings import ConfigError, load_settings
-from tasks.celery_options import celery_options
+from stagesync.settings import ConfigError, load_settings
+from stagesync.tasks.celery_options import celery_options
 
 try:
     globals().update(celery_options(load_settings()))

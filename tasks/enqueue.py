@@ -17,9 +17,8 @@ from typing import Any
 
 from celery import Celery
 from pymongo.database import Database
-
-from protocol.names import APPLY_BATCH, REPLAY_DEAD_LETTERS, RESYNC, RESYNCS
-from state.resync_progress import ensure_resync_indexes, new_resync
+from stagesync.protocol.names import APPLY_BATCH, REPLAY_DEAD_LETTERS, RESYNC, RESYNCS
+from stagesync.state.resync_progress import ensure_resync_indexes, new_resync
 
 QueuedChange = tuple[str, str]  # (encoded production _id, operation seen)
 

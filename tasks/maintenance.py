@@ -14,12 +14,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 from celery import Task
-
-from protocol.names import PURGE_DELETED, VERIFICATIONS, VERIFY
-from rules.sync_meta import DELETED_AT_FIELD, PID_FIELD
-from tasks.celery_app import app
-from tasks.runtime import get_runtime
-from tasks.verification.verifier import verify_collection
+from stagesync.protocol.names import PURGE_DELETED, VERIFICATIONS, VERIFY
+from stagesync.rules.sync_meta import DELETED_AT_FIELD, PID_FIELD
+from stagesync.tasks.celery_app import app
+from stagesync.tasks.runtime import get_runtime
+from stagesync.tasks.verification.verifier import verify_collection
 
 log = logging.getLogger("stagesync.maintenance")
 

@@ -131,7 +131,7 @@ def enable_multiprocess(directory: Path) -> None:
     Called in the worker's main process before its pool forks and before any task ran: the
     worker's metrics all have labels, so none of their values exists yet. (Setting
     PROMETHEUS_MULTIPROC_DIR alone would be too late: prometheus_client reads it when it is
-    first imported, which `celery -A tasks` does while loading the app. And it must not be
+    first imported, which `celery -A stagesync.tasks` does while loading the app. And it must not be
     set for every process importing `tasks`: Flower does too, and serves its own registry.)"""
     empty_directory(directory)
     os.environ[MULTIPROC_ENV] = str(directory)

@@ -12,15 +12,14 @@ import logging
 from collections import Counter
 
 from celery import Task
-
-from deployments.failures import is_transient
-from protocol.names import REPLAY_DEAD_LETTERS, RESYNCS
-from state.dead_letters import DeadLetterEntry
-from state.versions import take_version
-from tasks.apply.applier import apply_changes
-from tasks.apply.context import WriteErrors
-from tasks.celery_app import app
-from tasks.runtime import get_runtime
+from stagesync.deployments.failures import is_transient
+from stagesync.protocol.names import REPLAY_DEAD_LETTERS, RESYNCS
+from stagesync.state.dead_letters import DeadLetterEntry
+from stagesync.state.versions import take_version
+from stagesync.tasks.apply.applier import apply_changes
+from stagesync.tasks.apply.context import WriteErrors
+from stagesync.tasks.celery_app import app
+from stagesync.tasks.runtime import get_runtime
 
 log = logging.getLogger("stagesync.replay")
 

@@ -30,16 +30,15 @@ from typing import Any
 from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
 from pymongo.errors import NetworkTimeout
-
-from deployments.failures import describe_error, is_transient
-from deployments.index_mirror import IndexMirror, run_in_background
-from protocol.names import RESYNC, RESYNC_CHUNK, RESYNC_SWEEP
-from protocol.routing import queues_of
-from rules.id_ranges import type_bracket
-from rules.identity import decode_id, encode_id
-from rules.sync_meta import SYNC
-from state.pii_state import reset_after_resync
-from state.resync_progress import (
+from stagesync.deployments.failures import describe_error, is_transient
+from stagesync.deployments.index_mirror import IndexMirror, run_in_background
+from stagesync.protocol.names import RESYNC, RESYNC_CHUNK, RESYNC_SWEEP
+from stagesync.protocol.routing import queues_of
+from stagesync.rules.id_ranges import type_bracket
+from stagesync.rules.identity import decode_id, encode_id
+from stagesync.rules.sync_meta import SYNC
+from stagesync.state.pii_state import reset_after_resync
+from stagesync.state.resync_progress import (
     PHASES,
     RecordMissing,
     add_progress,
@@ -63,12 +62,24 @@ from state.resync_progress import (
     stale_chunks,
     summary,
 )
-from state.versions import take_version
-from tasks.celery_app import app
-from tasks.celery_options import soft_time_limit
-from tasks.full_resync.chunks import SWEEP_PAGE, ChunkRun, Outcome, copy_chunk, sweep_chunk
-from tasks.full_resync.walk import IdIndex, ProductionIds, StagingIds, first_id, plan_chunk
-from tasks.runtime import Runtime, get_runtime
+from stagesync.state.versions import take_version
+from stagesync.tasks.celery_app import app
+from stagesync.tasks.celery_options import soft_time_limit
+from stagesync.tasks.full_resync.chunks import (
+    SWEEP_PAGE,
+    ChunkRun,
+    Outcome,
+    copy_chunk,
+    sweep_chunk,
+)
+from stagesync.tasks.full_resync.walk import (
+    IdIndex,
+    ProductionIds,
+    StagingIds,
+    first_id,
+    plan_chunk,
+)
+from stagesync.tasks.runtime import Runtime, get_runtime
 
 log = logging.getLogger("stagesync.resync")
 
@@ -113,7 +124,7 @@ def stale_after(runtime: Runtime) -> timedelta:
 @app.task(name=RESYNC, bind=True, acks_late=True, reject_on_worker_lost=True,
           max_retries=None)
 def resync(self: Task, collection: str, resync_id: str | None = None) -> str:
-    """Set a resync up and start its first chunks (also `celery -A tasks call`-able).
+    """Set a resync up and start its first chunks (also `celery -A stagesync.tasks call`-able).
 
     Idempotent: run again on a resync in progress, it re-publishes chunks whose messages were
     lost (no checkpoint for a visibility timeout) and plans what is missing.

@@ -12,25 +12,24 @@ import time
 from collections.abc import Mapping
 
 import redis
-
-from deployments.in_lists import configure as configure_in_lists
-from deployments.production import ProductionReader
-from deployments.staging import connect_staging
-from protocol.names import deliveries_key, done_key, done_report, stats_key
-from protocol.routing import queue_for
-from rules.pii import Masker
-from rules.references import Reference, references_of
-from settings import Settings, load_settings
-from settings.collection import CollectionSettings
-from state.dead_letters import DeadLetterStore
-from state.pii_state import record_masking
-from state.unclassified_paths import forget_classified, held_count
-from tasks.apply.context import ApplyContext, ApplyResult
-from tasks.apply.rate_limit import QueueRateLimiter
-from tasks.apply.references import Follower, ReferenceResolver, SubsetLinks, Target
-from tasks.celery_app import app
-from tasks.enqueue import publish_apply
-from tasks.metrics import UNCLASSIFIED_PATHS
+from stagesync.deployments.in_lists import configure as configure_in_lists
+from stagesync.deployments.production import ProductionReader
+from stagesync.deployments.staging import connect_staging
+from stagesync.protocol.names import deliveries_key, done_key, done_report, stats_key
+from stagesync.protocol.routing import queue_for
+from stagesync.rules.pii import Masker
+from stagesync.rules.references import Reference, references_of
+from stagesync.settings import Settings, load_settings
+from stagesync.settings.collection import CollectionSettings
+from stagesync.state.dead_letters import DeadLetterStore
+from stagesync.state.pii_state import record_masking
+from stagesync.state.unclassified_paths import forget_classified, held_count
+from stagesync.tasks.apply.context import ApplyContext, ApplyResult
+from stagesync.tasks.apply.rate_limit import QueueRateLimiter
+from stagesync.tasks.apply.references import Follower, ReferenceResolver, SubsetLinks, Target
+from stagesync.tasks.celery_app import app
+from stagesync.tasks.enqueue import publish_apply
+from stagesync.tasks.metrics import UNCLASSIFIED_PATHS
 
 # A delivery counter outlives any redelivery cycle of its message, then goes.
 DELIVERY_COUNTER_TTL = 24 * 3600

@@ -11,19 +11,18 @@ import os
 from typing import Any
 
 from celery import signals
-
-from deployments.guard import (
+from stagesync.deployments.guard import (
     SameDeploymentError,
     assert_distinct_deployments,
     assert_distinct_uris,
 )
-from deployments.production import ProductionReader
-from deployments.staging import connect_staging
-from deployments.staging_indexes import IndexConflictError, ensure_indexes
-from settings import load_settings
-from settings.logs import configure_logging
-from tasks import metrics
-from tasks.runtime import reset_runtime
+from stagesync.deployments.production import ProductionReader
+from stagesync.deployments.staging import connect_staging
+from stagesync.deployments.staging_indexes import IndexConflictError, ensure_indexes
+from stagesync.settings import load_settings
+from stagesync.settings.logs import configure_logging
+from stagesync.tasks import metrics
+from stagesync.tasks.runtime import reset_runtime
 
 log = logging.getLogger("stagesync.worker")
 

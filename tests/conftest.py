@@ -7,9 +7,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from stagesync.cli.local_servers import LocalServer, redis_answers, start_redis
+from stagesync.deployments.in_lists import configure as configure_in_lists
 
-from cli.local_servers import LocalServer, redis_answers, start_redis
-from deployments.in_lists import configure as configure_in_lists
 from tests.support.backends import MongoPair, start_pair
 from tests.support.pipeline import Pipeline, collection_config
 

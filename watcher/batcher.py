@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, NamedTuple
 
-from watcher.events import Change
+from stagesync.watcher.events import Change
 
 Token = Mapping[str, Any]
 

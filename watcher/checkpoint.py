@@ -20,8 +20,7 @@ from typing import Any
 
 from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError
-
-from protocol.names import WATCHERS
+from stagesync.protocol.names import WATCHERS
 
 
 class LeaseLost(Exception):

@@ -16,8 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from bson import Timestamp
-
-from rules.identity import encode_id
+from stagesync.rules.identity import encode_id
 
 APPLIED_OPERATIONS = frozenset({"insert", "update", "replace", "delete"})
 HISTORY_ENDING_OPERATIONS = frozenset({"drop", "rename", "dropDatabase", "invalidate"})

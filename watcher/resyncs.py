@@ -15,16 +15,15 @@ from typing import Any
 
 from celery import Celery
 from pymongo.database import Database
-
-from protocol.names import RESYNCS
-from protocol.routing import home_queue
-from settings.collection import CollectionSettings
-from settings.model import Settings
-from state.dead_letters import DeadLetterStore
-from state.resync_progress import progress, resync_ids_of
-from tasks.enqueue import start_replay, start_resync
-from watcher import metrics
-from watcher.checkpoint import LeaseLost, WatcherRecord
+from stagesync.protocol.names import RESYNCS
+from stagesync.protocol.routing import home_queue
+from stagesync.settings.collection import CollectionSettings
+from stagesync.settings.model import Settings
+from stagesync.state.dead_letters import DeadLetterStore
+from stagesync.state.resync_progress import progress, resync_ids_of
+from stagesync.tasks.enqueue import start_replay, start_resync
+from stagesync.watcher import metrics
+from stagesync.watcher.checkpoint import LeaseLost, WatcherRecord
 
 log = logging.getLogger("stagesync.watcher")
 

@@ -20,15 +20,14 @@ import redis
 from prometheus_client import start_http_server
 from pymongo import MongoClient
 from pymongo.errors import PyMongoError
-
-from deployments.failures import describe_error
-from deployments.guard import assert_distinct_deployments, assert_distinct_uris
-from deployments.production import ProductionReader
-from deployments.staging import connect_staging
-from deployments.staging_indexes import ensure_indexes
-from settings.model import Settings
-from tasks.celery_app import app as celery_app
-from watcher.stream import CollectionWatcher, WatcherLinks
+from stagesync.deployments.failures import describe_error
+from stagesync.deployments.guard import assert_distinct_deployments, assert_distinct_uris
+from stagesync.deployments.production import ProductionReader
+from stagesync.deployments.staging import connect_staging
+from stagesync.deployments.staging_indexes import ensure_indexes
+from stagesync.settings.model import Settings
+from stagesync.tasks.celery_app import app as celery_app
+from stagesync.watcher.stream import CollectionWatcher, WatcherLinks
 
 log = logging.getLogger("stagesync.watcher")
 

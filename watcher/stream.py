@@ -33,25 +33,25 @@ import redis
 from celery import Celery
 from pymongo.database import Database
 from pymongo.errors import OperationFailure, PyMongoError
-
-from deployments.index_mirror import IndexFollower
-from deployments.production import ProductionReader, ReadOnlyCollection
-from protocol.names import (
+from stagesync.deployments.broker import queue_depth
+from stagesync.deployments.index_mirror import IndexFollower
+from stagesync.deployments.production import ProductionReader, ReadOnlyCollection
+from stagesync.protocol.names import (
     done_key,
     epoch_key,
     parse_done_report,
     stats_key,
     watcher_key,
 )
-from protocol.routing import partition_of, queue_depth, queues_of
-from settings.collection import CollectionSettings
-from settings.model import Settings
-from state.dead_letters import DeadLetterStore
-from tasks.enqueue import publish_apply
-from watcher import metrics
-from watcher.batcher import MicroBatcher
-from watcher.checkpoint import LeaseLost, WatcherRecord
-from watcher.events import (
+from stagesync.protocol.routing import partition_of, queues_of
+from stagesync.settings.collection import CollectionSettings
+from stagesync.settings.model import Settings
+from stagesync.state.dead_letters import DeadLetterStore
+from stagesync.tasks.enqueue import publish_apply
+from stagesync.watcher import metrics
+from stagesync.watcher.batcher import MicroBatcher
+from stagesync.watcher.checkpoint import LeaseLost, WatcherRecord
+from stagesync.watcher.events import (
     STREAM_PROJECTION,
     Change,
     HistoryEnded,
@@ -59,8 +59,8 @@ from watcher.events import (
     Malformed,
     classify,
 )
-from watcher.inflight import InflightWindow
-from watcher.resyncs import ResyncSupervisor
+from stagesync.watcher.inflight import InflightWindow
+from stagesync.watcher.resyncs import ResyncSupervisor
 
 log = logging.getLogger("stagesync.watcher")
 

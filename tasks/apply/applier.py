@@ -18,14 +18,20 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
-from protocol.names import DUPLICATE_KEY
-from rules.document import Document
-from rules.identity import encode_id
-from rules.plan import plan_batch
-from rules.plan_types import BatchPlan, DeadLetter, PlannedWrite, StagingView
-from state.dead_letters import DeadLetterEntry
-from state.versions import peek_version, take_version
-from tasks.apply.context import ApplyContext, ApplyResult, ContentionError, PlanOnly, WriteErrors
+from stagesync.protocol.names import DUPLICATE_KEY
+from stagesync.rules.document import Document
+from stagesync.rules.identity import encode_id
+from stagesync.rules.plan import plan_batch
+from stagesync.rules.plan_types import BatchPlan, DeadLetter, PlannedWrite, StagingView
+from stagesync.state.dead_letters import DeadLetterEntry
+from stagesync.state.versions import peek_version, take_version
+from stagesync.tasks.apply.context import (
+    ApplyContext,
+    ApplyResult,
+    ContentionError,
+    PlanOnly,
+    WriteErrors,
+)
 
 MAX_ROUNDS = 6
 

@@ -10,20 +10,19 @@ from typing import Any
 
 from pymongo import MongoClient
 from pymongo.database import Database
-
-from deployments.failures import TransientError
-from deployments.production import ReadOnlyCollection, read_documents
-from rules.document import Document
-from rules.identity import decode_id, encode_id
-from rules.pii import Masker
-from rules.plan_types import CollectionRules, DeadLetter, PlannedWrite
-from rules.subset import in_sample
-from settings.collection import CollectionSettings
-from state.dead_letters import DeadLetterStore
-from state.unclassified_paths import held_count, record_unclassified
-from tasks.apply.references import ReferenceResolver
-from tasks.apply.staging_io import TargetCollection, WriteReport
-from tasks.metrics import UNCLASSIFIED_PATHS
+from stagesync.deployments.failures import TransientError
+from stagesync.deployments.production import ReadOnlyCollection, read_documents
+from stagesync.rules.document import Document
+from stagesync.rules.identity import decode_id, encode_id
+from stagesync.rules.pii import Masker
+from stagesync.rules.plan_types import CollectionRules, DeadLetter, PlannedWrite
+from stagesync.rules.subset import in_sample
+from stagesync.settings.collection import CollectionSettings
+from stagesync.state.dead_letters import DeadLetterStore
+from stagesync.state.unclassified_paths import held_count, record_unclassified
+from stagesync.tasks.apply.references import ReferenceResolver
+from stagesync.tasks.apply.staging_io import TargetCollection, WriteReport
+from stagesync.tasks.metrics import UNCLASSIFIED_PATHS
 
 
 class ContentionError(TransientError):

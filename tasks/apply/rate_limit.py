@@ -17,10 +17,9 @@ from limits import RateLimitItem
 from limits.storage import RedisStorage
 from limits.strategies import MovingWindowRateLimiter
 from pymongo.database import Database
-
-from protocol.names import RATE_LIMIT_KEY_PREFIX, RUNTIME, rate_limit_prefix
-from settings.model import Settings
-from settings.values import parse_rate_limit
+from stagesync.protocol.names import RATE_LIMIT_KEY_PREFIX, RUNTIME, rate_limit_prefix
+from stagesync.settings.model import Settings
+from stagesync.settings.values import parse_rate_limit
 
 OVERRIDE_CACHE_SECONDS = 2.0
 

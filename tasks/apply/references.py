@@ -33,16 +33,15 @@ from typing import Any
 from pymongo import UpdateOne
 from pymongo.collection import Collection
 from pymongo.database import Database
-
-from deployments.in_lists import in_lists
-from deployments.production import ReadOnlyCollection
-from deployments.staging import SIMPLE
-from protocol.names import PENDING_REFERENCES
-from rules.document import Document
-from rules.identity import decode_id, encode_id
-from rules.paths import get_path, split_dotted
-from rules.references import Reference, referenced_ids, translate
-from rules.sync_meta import PID_FIELD, SYNC, read_meta
+from stagesync.deployments.in_lists import in_lists
+from stagesync.deployments.production import ReadOnlyCollection
+from stagesync.deployments.staging import SIMPLE
+from stagesync.protocol.names import PENDING_REFERENCES
+from stagesync.rules.document import Document
+from stagesync.rules.identity import decode_id, encode_id
+from stagesync.rules.paths import get_path, split_dotted
+from stagesync.rules.references import Reference, referenced_ids, translate
+from stagesync.rules.sync_meta import PID_FIELD, SYNC, read_meta
 
 Republish = Callable[[str, list[str]], None]  # (referencing collection, its pids)
 

@@ -18,15 +18,14 @@ from pymongo import DeleteOne, InsertOne, MongoClient, UpdateOne
 from pymongo.collection import Collection
 from pymongo.errors import BulkWriteError, WriteConcernError
 from pymongo.write_concern import WriteConcern
-
-from deployments.in_lists import in_lists
-from deployments.staging import SIMPLE
-from protocol.names import DUPLICATE_KEY, KEY_INDEX, PID_INDEX
-from rules.document import Document
-from rules.identity import business_key, decode_id, encode_id, key_digest
-from rules.plan_types import UNSYNCED, CollectionRules, PlannedWrite, StagingView
-from rules.sync_meta import KEY_FIELD, PID_FIELD, SYNC, VERSION_FIELD, read_meta
-from settings.collection import CollectionSettings
+from stagesync.deployments.in_lists import in_lists
+from stagesync.deployments.staging import SIMPLE
+from stagesync.protocol.names import DUPLICATE_KEY, KEY_INDEX, PID_INDEX
+from stagesync.rules.document import Document
+from stagesync.rules.identity import business_key, decode_id, encode_id, key_digest
+from stagesync.rules.plan_types import UNSYNCED, CollectionRules, PlannedWrite, StagingView
+from stagesync.rules.sync_meta import KEY_FIELD, PID_FIELD, SYNC, VERSION_FIELD, read_meta
+from stagesync.settings.collection import CollectionSettings
 
 # Unique indexes whose duplicate-key errors mean "another apply got there first" (re-plan),
 # as opposed to an index of the user's, which makes the write fail for good.

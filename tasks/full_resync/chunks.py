@@ -36,19 +36,18 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from pymongo.collection import Collection
-
-from deployments.in_lists import in_lists
-from deployments.staging import SIMPLE
-from rules.document import Document
-from rules.id_ranges import IdRange, with_filter
-from rules.identity import decode_id, encode_id
-from rules.sync_meta import DELETED_AT_FIELD, PID_FIELD, SYNC, VERSION_FIELD
-from state.dead_letters import DeadLetterEntry
-from state.resync_progress import add_progress, checkpoint, shrink_batch
-from state.versions import take_version
-from tasks.apply.applier import ApplyOptions, apply_changes, apply_documents
-from tasks.apply.context import ApplyContext, ApplyResult, WriteErrors
-from tasks.runtime import Runtime
+from stagesync.deployments.in_lists import in_lists
+from stagesync.deployments.staging import SIMPLE
+from stagesync.rules.document import Document
+from stagesync.rules.id_ranges import IdRange, with_filter
+from stagesync.rules.identity import decode_id, encode_id
+from stagesync.rules.sync_meta import DELETED_AT_FIELD, PID_FIELD, SYNC, VERSION_FIELD
+from stagesync.state.dead_letters import DeadLetterEntry
+from stagesync.state.resync_progress import add_progress, checkpoint, shrink_batch
+from stagesync.state.versions import take_version
+from stagesync.tasks.apply.applier import ApplyOptions, apply_changes, apply_documents
+from stagesync.tasks.apply.context import ApplyContext, ApplyResult, WriteErrors
+from stagesync.tasks.runtime import Runtime
 
 BY_ID = [("_id", 1)]
 SWEEP_PAGE = 1000

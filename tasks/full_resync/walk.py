@@ -16,9 +16,8 @@ from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
 
 from pymongo.collection import Collection
-
-from deployments.production import ReadOnlyCollection
-from rules.id_ranges import (
+from stagesync.deployments.production import ReadOnlyCollection
+from stagesync.rules.id_ranges import (
     IdRange,
     UnsupportedIdType,
     any_bracket_after,

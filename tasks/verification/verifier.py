@@ -18,30 +18,29 @@ from typing import Any
 
 import bson
 import redis
-
-from deployments.in_lists import in_lists
-from deployments.index_mirror import collection_drift
-from deployments.production import ProductionReader, read_documents
-from deployments.staging import SIMPLE, connect_staging
-from protocol.names import watcher_key
-from rules.identity import decode_id, encode_id
-from rules.merge import (
+from stagesync.deployments.in_lists import in_lists
+from stagesync.deployments.index_mirror import collection_drift
+from stagesync.deployments.production import ProductionReader, read_documents
+from stagesync.deployments.staging import SIMPLE, connect_staging
+from stagesync.protocol.names import watcher_key
+from stagesync.rules.identity import decode_id, encode_id
+from stagesync.rules.merge import (
     owned_paths,
     production_content,
     production_view,
     shared_last,
     shared_parents,
 )
-from rules.paths import Path, join_dotted, leaf_paths
-from rules.pii import Masker
-from rules.plan_types import CollectionRules
-from rules.references import Reference, reference_values, references_of
-from rules.subset import in_sample
-from rules.sync_meta import PID_FIELD, SYNC, read_meta
-from settings.collection import CollectionSettings
-from settings.model import Settings
-from state.dead_letters import DeadLetterStore
-from tasks.apply.references import ReferenceResolver, SubsetLinks, Target
+from stagesync.rules.paths import Path, join_dotted, leaf_paths
+from stagesync.rules.pii import Masker
+from stagesync.rules.plan_types import CollectionRules
+from stagesync.rules.references import Reference, reference_values, references_of
+from stagesync.rules.subset import in_sample
+from stagesync.rules.sync_meta import PID_FIELD, SYNC, read_meta
+from stagesync.settings.collection import CollectionSettings
+from stagesync.settings.model import Settings
+from stagesync.state.dead_letters import DeadLetterStore
+from stagesync.tasks.apply.references import ReferenceResolver, SubsetLinks, Target
 
 CHUNK = 1000
 RECHECKS = 3

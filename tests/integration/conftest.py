@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 from pymongo import MongoClient
+from stagesync.deployments.production import ProductionReader
+from stagesync.settings.model import ProductionSettings
 
-from deployments.production import ProductionReader
-from settings.model import ProductionSettings
 from tests.support.backends import MongoPair
 from tests.support.own_servers import OwnServers
 

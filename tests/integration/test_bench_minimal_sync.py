@@ -14,11 +14,11 @@ from typing import Any
 
 import pytest
 from pymongo import MongoClient
+from stagesync.rules.identity import encode_id
+from stagesync.rules.sync_meta import SYNC
 
 from bench.minimal_sync import SOFT_DELETE_FIELD, prepare_staging, run
 from bench.workload import BUSINESS_KEY, make_orders
-from rules.identity import encode_id
-from rules.sync_meta import SYNC
 from tests.support.backends import MongoPair
 
 

@@ -1,7 +1,7 @@
 """Bursts (issue 5): coalescing, a per-queue rate limit across workers, backpressure.
 
-Real processes only: `stagesync watch`, `celery -A tasks worker`, a real redis-server and two
-MongoDB servers; nothing is mocked. Figures come from what the product itself records where
+Real processes only: `stagesync watch`, `celery -A stagesync.tasks worker`, a real redis-server
+and two MongoDB servers; nothing is mocked. Figures come from what the product itself records where
 every process writes it: the outcome counters in the Redis stats hash (one per document
 written), the workers' JSON log lines (`"applied"`, with the number of staging write
 operations of the batch), the Redis queue (messages read without consuming them) and the
@@ -19,12 +19,12 @@ from typing import Any
 import pytest
 import redis
 from pymongo import UpdateOne
+from stagesync.cli.local_servers import LocalServer, start_redis
+from stagesync.protocol.names import APPLY_BATCH, stats_key, watcher_key
+from stagesync.protocol.routing import PRIORITY_SUFFIXES, home_queue
+from stagesync.rules.identity import encode_id
+from stagesync.tasks.apply.rate_limit import OVERRIDE_CACHE_SECONDS
 
-from cli.local_servers import LocalServer, start_redis
-from protocol.names import APPLY_BATCH, stats_key, watcher_key
-from protocol.routing import PRIORITY_SUFFIXES, home_queue
-from rules.identity import encode_id
-from tasks.apply.rate_limit import OVERRIDE_CACHE_SECONDS
 from tests.support.pipeline import Pipeline, Proc, collection_config, wait_for
 
 TIMEOUT = 45

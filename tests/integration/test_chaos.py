@@ -23,8 +23,8 @@ from typing import Any
 import pytest
 import redis
 from pymongo import MongoClient
+from stagesync.cli.local_servers import LocalServer, restart, start_mongo_test_server, start_redis
 
-from cli.local_servers import LocalServer, restart, start_mongo_test_server, start_redis
 from tests.support.backends import MongoPair
 from tests.support.pipeline import Pipeline, Proc, collection_config, wait_for
 

@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 from pymongo.collection import Collection
+from stagesync.protocol.names import RESYNCS
 
-from protocol.names import RESYNCS
 from tests.support.pipeline import Pipeline, wait_for
 
 TIMEOUT = 45

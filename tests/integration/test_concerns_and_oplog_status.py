@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 from pymongo.errors import OperationFailure
 from rich.console import Console
+from stagesync.cli.status import StatusReader, render
 
-from cli.status import StatusReader, render
 from tests.support.pipeline import Pipeline, collection_config
 
 

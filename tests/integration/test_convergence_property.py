@@ -28,17 +28,17 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pymongo import MongoClient
+from stagesync.deployments.production import ProductionReader
+from stagesync.deployments.staging_indexes import ensure_indexes
+from stagesync.rules.identity import encode_id
+from stagesync.rules.merge import production_view
+from stagesync.rules.pii import Masker
+from stagesync.rules.sync_meta import read_meta
+from stagesync.settings.collection import CollectionSettings
+from stagesync.state.versions import take_version
+from stagesync.tasks.apply.applier import apply_documents
+from stagesync.tasks.apply.context import ApplyContext
 
-from deployments.production import ProductionReader
-from deployments.staging_indexes import ensure_indexes
-from rules.identity import encode_id
-from rules.merge import production_view
-from rules.pii import Masker
-from rules.sync_meta import read_meta
-from settings.collection import CollectionSettings
-from state.versions import take_version
-from tasks.apply.applier import apply_documents
-from tasks.apply.context import ApplyContext
 from tests.support.backends import MongoPair
 
 PIDS = ["p0", "p1", "p2"]
@@ -67,7 +67,7 @@ class World:
 
 @pytest.fixture(scope="module")
 def clients(mongo_pair: MongoPair) -> Iterator[tuple[ProductionReader, MongoClient[Any]]]:
-    from settings.model import ProductionSettings
+    from stagesync.settings.model import ProductionSettings
 
     reader = ProductionReader(ProductionSettings(uri=mongo_pair.prod_uri))
     staging: MongoClient[Any] = MongoClient(mongo_pair.staging_uri)
@@ -85,7 +85,7 @@ def new_world(clients: Any) -> World:
         name=f"orders_{tag}", source=f"pp_{tag}.orders", target=f"ps_{tag}.orders",
         business_key=["userEmail", "accountId"],
     )
-    from settings.model import Settings
+    from stagesync.settings.model import Settings
 
     settings_obj = Settings(
         prod={"uri": "mongodb://unused/"}, staging={"uri": "mongodb://unused/",

@@ -5,7 +5,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from rules.identity import encode_id
+from stagesync.rules.identity import encode_id
+
 from tests.support.pipeline import Pipeline, collection_config, wait_for
 from tests.support.snapshots import production_snapshot
 

@@ -14,10 +14,10 @@ import pytest
 from bson import ObjectId
 from pymongo import MongoClient
 from pymongo.errors import OperationFailure
+from stagesync.deployments.guard import MARKERS, SameDeploymentError, assert_distinct_deployments
+from stagesync.deployments.production import ProductionReader
+from stagesync.deployments.staging import connect_staging
 
-from deployments.guard import MARKERS, SameDeploymentError, assert_distinct_deployments
-from deployments.production import ProductionReader
-from deployments.staging import connect_staging
 from tests.support.pipeline import Pipeline, collection_config
 
 Answer = Callable[[], dict[str, Any]]

@@ -6,7 +6,8 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from rules.identity import encode_id
+from stagesync.rules.identity import encode_id
+
 from tests.support.pipeline import VENV_BIN, Pipeline, collection_config, wait_for
 
 
@@ -68,7 +69,7 @@ def test_purge_removes_only_old_soft_deleted_documents_from_production(
     staging.replace_one({"_id": doc["_id"]}, doc)
     fixture = staging.insert_one({"deleted": True, "qa": "fixture"}).inserted_id
     result = pipeline.start("purge", [
-        str(VENV_BIN / "celery"), "-A", "tasks", "call", "stagesync.purge_deleted",
+        str(VENV_BIN / "celery"), "-A", "stagesync.tasks", "call", "stagesync.purge_deleted",
         "--args", f'["{pipeline.collections[0]["name"]}"]',
         "--queue", f'stagesync.{pipeline.collections[0]["name"]}',
     ])

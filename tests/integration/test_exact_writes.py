@@ -21,15 +21,15 @@ from typing import Any
 import pytest
 from bson import Int64
 from pymongo.errors import BulkWriteError, WriteConcernError
+from stagesync.deployments.failures import is_transient
+from stagesync.deployments.production import ProductionReader
+from stagesync.deployments.staging import connect_staging
+from stagesync.deployments.staging_indexes import ensure_indexes
+from stagesync.rules.identity import encode_id
+from stagesync.rules.pii import Masker
+from stagesync.tasks.apply.applier import apply_changes
+from stagesync.tasks.apply.context import ApplyContext
 
-from deployments.failures import is_transient
-from deployments.production import ProductionReader
-from deployments.staging import connect_staging
-from deployments.staging_indexes import ensure_indexes
-from rules.identity import encode_id
-from rules.pii import Masker
-from tasks.apply.applier import apply_changes
-from tasks.apply.context import ApplyContext
 from tests.support.pipeline import Pipeline, wait_for
 
 TIMEOUT = 30

@@ -27,19 +27,19 @@ import redis
 from bson import ObjectId
 from celery import Celery
 from pymongo.errors import BulkWriteError, NotPrimaryError, OperationFailure
+from stagesync.deployments.failures import is_transient
+from stagesync.deployments.production import ProductionReader
+from stagesync.deployments.staging import connect_staging
+from stagesync.deployments.staging_indexes import ensure_indexes
+from stagesync.protocol.names import RESYNCS
+from stagesync.rules.identity import encode_id
+from stagesync.rules.pii import Masker
+from stagesync.tasks.apply.applier import apply_changes
+from stagesync.tasks.apply.context import ApplyContext
+from stagesync.tasks.celery_options import celery_options
+from stagesync.watcher.stream import CollectionWatcher, WatcherLinks
 
-from deployments.failures import is_transient
-from deployments.production import ProductionReader
-from deployments.staging import connect_staging
-from deployments.staging_indexes import ensure_indexes
-from protocol.names import RESYNCS
-from rules.identity import encode_id
-from rules.pii import Masker
-from tasks.apply.applier import apply_changes
-from tasks.apply.context import ApplyContext
-from tasks.celery_options import celery_options
 from tests.support.pipeline import Pipeline, wait_for
-from watcher.stream import CollectionWatcher, WatcherLinks
 
 TOKEN = {"_data": "826B0000000000000002"}
 

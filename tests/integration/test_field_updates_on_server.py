@@ -21,10 +21,10 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from pymongo import MongoClient
 from pymongo.collection import Collection
+from stagesync.rules.field_update import plan_field_update
+from stagesync.rules.merge import merge_fields, production_view, shared_last, shared_parents
+from stagesync.rules.paths import Path
 
-from rules.field_update import plan_field_update
-from rules.merge import merge_fields, production_view, shared_last, shared_parents
-from rules.paths import Path
 from tests.support.backends import MongoPair
 from tests.unit.test_merge import (
     RULES,

@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 from bson import ObjectId
 from pymongo.errors import DuplicateKeyError, OperationFailure
+from stagesync.rules.identity import encode_id
 
-from rules.identity import encode_id
 from tests.support.pipeline import Pipeline, collection_config, wait_for
 
 TIMEOUT = 60

@@ -63,7 +63,7 @@ def test_init_without_production_writes_an_example_that_loads(tmp_path: Path) ->
                       cwd=tmp_path)
     assert made.returncode == 0, made.stdout + made.stderr
     assert "production not reached" in made.stdout
-    from settings import load_settings
+    from stagesync.settings import load_settings
 
     settings = load_settings(tmp_path / "stagesync.yaml")
     assert [c.name for c in settings.collections] == ["orders"]

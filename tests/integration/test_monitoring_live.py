@@ -23,8 +23,8 @@ from typing import Any
 
 import psutil
 import pytest
+from stagesync.cli.local_servers import free_port
 
-from cli.local_servers import free_port
 from tests.support.backends import MongoPair
 from tests.support.pipeline import VENV_BIN, Pipeline, Proc, collection_config, wait_for
 from tests.support.prometheus import (
@@ -116,7 +116,7 @@ def live(mongo_pair: MongoPair, redis_base: str,
     prometheus = PrometheusServer(free_port(), workdir / "prometheus")
     try:
         worker = pipeline.start_worker(concurrency=2)
-        pipeline.start("flower", [str(VENV_BIN / "celery"), "-A", "tasks", "flower",
+        pipeline.start("flower", [str(VENV_BIN / "celery"), "-A", "stagesync.tasks", "flower",
                                   f"--port={flower_port}", "--address=127.0.0.1"])
         pipeline.start_watcher()
         prometheus.start([

@@ -28,11 +28,11 @@ import yaml
 from bson import ObjectId, json_util
 from bson.json_util import CANONICAL_JSON_OPTIONS
 from pymongo import MongoClient
+from stagesync.cli.local_servers import free_port
+from stagesync.rules.identity import encode_id, key_digest
+from stagesync.rules.pii import Masker
+from stagesync.settings.pii_rules import parse_pii_rule
 
-from cli.local_servers import free_port
-from rules.identity import encode_id, key_digest
-from rules.pii import Masker
-from settings.pii_rules import parse_pii_rule
 from tests.support.pipeline import VENV_BIN, Pipeline, Proc, collection_config, wait_for
 from tests.support.snapshots import production_snapshot
 

@@ -14,18 +14,18 @@ from typing import Any
 import pytest
 import yaml
 from bson import ObjectId
-
-from cli.local_servers import free_port
-from protocol.names import UNCLASSIFIED
-from rules.identity import encode_id
-from settings.collection import CollectionSettings
-from state.unclassified_paths import (
+from stagesync.cli.local_servers import free_port
+from stagesync.protocol.names import UNCLASSIFIED
+from stagesync.rules.identity import encode_id
+from stagesync.settings.collection import CollectionSettings
+from stagesync.state.unclassified_paths import (
     MAX_PATHS_PER_COLLECTION,
     forget_classified,
     held_count,
     record_unclassified,
     unclassified_report,
 )
+
 from tests.integration.test_pii_and_guard import (
     leaks,
     log_text,

@@ -19,17 +19,16 @@ from typing import Any
 from bson import ObjectId
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-
-from deployments.production import ProductionReader
-from deployments.staging_indexes import ensure_indexes
-from rules.identity import encode_id
-from rules.pii import Masker
-from rules.references import references_of
-from settings.collection import CollectionSettings
-from settings.model import Settings
-from tasks.apply.applier import apply_changes
-from tasks.apply.context import ApplyContext
-from tasks.apply.references import ReferenceResolver, Target
+from stagesync.deployments.production import ProductionReader
+from stagesync.deployments.staging_indexes import ensure_indexes
+from stagesync.rules.identity import encode_id
+from stagesync.rules.pii import Masker
+from stagesync.rules.references import references_of
+from stagesync.settings.collection import CollectionSettings
+from stagesync.settings.model import Settings
+from stagesync.tasks.apply.applier import apply_changes
+from stagesync.tasks.apply.context import ApplyContext
+from stagesync.tasks.apply.references import ReferenceResolver, Target
 
 EMAILS = ["a@x", "b@x", "c@x"]
 EXAMPLES = int(os.environ.get("STAGESYNC_PROPERTY_EXAMPLES", "25"))

@@ -6,7 +6,8 @@ import json
 import time
 from typing import Any
 
-from rules.identity import encode_id
+from stagesync.rules.identity import encode_id
+
 from tests.support.pipeline import Pipeline, collection_config, wait_for
 
 TIMEOUT = 60

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from rules.identity import encode_id
+from stagesync.rules.identity import encode_id
+
 from tests.support.pipeline import Pipeline, wait_for
 
 GARBAGE_TOKEN = {"_data": "not-a-resume-token"}

@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 from bson import Binary, Decimal128, Int64, MaxKey, MinKey, ObjectId, Timestamp
+from stagesync.rules.id_ranges import IdRange
+from stagesync.rules.identity import encode_id
 
-from rules.id_ranges import IdRange
-from rules.identity import encode_id
 from tests.support.pipeline import Pipeline, collection_config, wait_for
 
 TIMEOUT = 120

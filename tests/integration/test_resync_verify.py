@@ -7,8 +7,8 @@ import time
 from typing import Any
 
 from bson import ObjectId
+from stagesync.rules.identity import encode_id
 
-from rules.identity import encode_id
 from tests.support.pipeline import Pipeline, collection_config, wait_for
 
 TIMEOUT = 60

@@ -12,10 +12,10 @@ import pytest
 from bson import Binary, Decimal128, Int64, MaxKey, MinKey, ObjectId, Timestamp
 from pymongo import MongoClient
 from pymongo.collection import Collection
+from stagesync.rules.id_ranges import IdRange
+from stagesync.rules.identity import encode_id
+from stagesync.tasks.full_resync.walk import StagingIds, first_id, plan_chunk
 
-from rules.id_ranges import IdRange
-from rules.identity import encode_id
-from tasks.full_resync.walk import StagingIds, first_id, plan_chunk
 from tests.support.backends import MongoPair
 
 IDS: list[Any] = [

@@ -21,9 +21,9 @@ from typing import Any
 
 from pymongo import MongoClient, WriteConcern
 from pymongo.errors import PyMongoError
+from stagesync.cli.local_servers import restart
+from stagesync.protocol.names import RESYNCS
 
-from cli.local_servers import restart
-from protocol.names import RESYNCS
 from tests.support.own_servers import OwnServers
 from tests.support.pipeline import Pipeline, collection_config, wait_for
 

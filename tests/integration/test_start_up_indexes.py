@@ -8,10 +8,15 @@ from typing import Any
 
 import pytest
 from pymongo.errors import OperationFailure
+from stagesync.deployments.staging import connect_staging
+from stagesync.deployments.staging_indexes import (
+    IndexConflictError,
+    ensure,
+    ensure_indexes,
+    target_indexes,
+)
+from stagesync.rules.identity import encode_id
 
-from deployments.staging import connect_staging
-from deployments.staging_indexes import IndexConflictError, ensure, ensure_indexes, target_indexes
-from rules.identity import encode_id
 from tests.support.pipeline import Pipeline, wait_for
 
 SIMPLE = {"locale": "simple"}

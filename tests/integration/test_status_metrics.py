@@ -7,7 +7,8 @@ import time
 import urllib.request
 from typing import Any
 
-from cli.local_servers import free_port
+from stagesync.cli.local_servers import free_port
+
 from tests.support.pipeline import Pipeline, collection_config, wait_for
 
 TIMEOUT = 40

@@ -18,9 +18,9 @@ from typing import Any
 
 from pymongo.collection import Collection
 from pymongo.errors import OperationFailure
+from stagesync.protocol.names import RESYNCS
+from stagesync.rules.identity import encode_id
 
-from protocol.names import RESYNCS
-from rules.identity import encode_id
 from tests.support.own_servers import OwnServers
 from tests.support.pipeline import Pipeline, collection_config, wait_for
 

@@ -11,10 +11,10 @@ import json
 from typing import Any
 
 from bson import ObjectId
+from stagesync.rules.identity import decode_id, encode_id
+from stagesync.rules.subset import in_sample
+from stagesync.tasks.apply.references import pending_count
 
-from rules.identity import decode_id, encode_id
-from rules.subset import in_sample
-from tasks.apply.references import pending_count
 from tests.support.pipeline import Pipeline, collection_config, wait_for
 
 TIMEOUT = 90

@@ -20,8 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pymongo import MongoClient
-
-from cli.local_servers import LocalServer, free_port, start_mongo_test_server
+from stagesync.cli.local_servers import LocalServer, free_port, start_mongo_test_server
 
 
 @dataclass

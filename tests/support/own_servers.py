@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cli.local_servers import LocalServer, start_mongo_test_server
+from stagesync.cli.local_servers import LocalServer, start_mongo_test_server
+
 from tests.support.backends import MongoPair
 from tests.support.pipeline import Pipeline
 

@@ -2,7 +2,7 @@
 
 Each test gets unique database and collection names on the session's MongoDB pair, so tests
 never see each other's data or queues. The watcher and workers are real processes
-(`stagesync watch`, `celery -A tasks worker`), started and killed like in production.
+(`stagesync watch`, `celery -A stagesync.tasks worker`), started and killed like in production.
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ from typing import Any, TypeVar
 import yaml
 from pymongo import MongoClient
 from pymongo.collection import Collection
+from stagesync.protocol.names import RESYNCS
+from stagesync.settings import Settings, load_settings
 
-from protocol.names import RESYNCS
-from settings import Settings, load_settings
 from tests.support.backends import MongoPair
 
 T = TypeVar("T")
@@ -144,7 +144,7 @@ class Pipeline:
         return self.start("watcher", [str(VENV_BIN / "stagesync"), "watch", *args])
 
     def start_worker(self, concurrency: int = 2, queues: Iterable[str] = ()) -> Proc:
-        argv = [str(VENV_BIN / "celery"), "-A", "tasks", "worker", "-c", str(concurrency),
+        argv = [str(VENV_BIN / "celery"), "-A", "stagesync.tasks", "worker", "-c", str(concurrency),
                 "-n", f"w{uuid.uuid4().hex[:6]}@%h", "--without-mingle", "--without-gossip",
                 "-l", "INFO"]
         if queues:

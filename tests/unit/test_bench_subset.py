@@ -13,6 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from bson import ObjectId
+from stagesync.rules.identity import encode_id
+from stagesync.rules.subset import in_sample
+from stagesync.rules.sync_meta import PID_FIELD, SYNC
+from stagesync.settings import load_settings
 
 from bench.completion import _applied, expectations
 from bench.product import (
@@ -27,10 +31,6 @@ from bench.product import (
 from bench.systems import BenchContext
 from bench.verify_equal import verify_equal
 from bench.workload import CUSTOMER, MARKER, USERS, Expected, make_orders, make_users
-from rules.identity import encode_id
-from rules.subset import in_sample
-from rules.sync_meta import PID_FIELD, SYNC
-from settings import load_settings
 
 
 class Found:

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import pytest
-
-from settings import Settings
-from tasks.celery_options import celery_options
+from stagesync.settings import Settings
+from stagesync.tasks.celery_options import celery_options
 
 
 def settings(visibility: int) -> Settings:

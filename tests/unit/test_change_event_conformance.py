@@ -31,9 +31,8 @@ from typing import Any
 
 import pytest
 from bson import Binary, Int64, ObjectId, Timestamp
-
-from rules.identity import decode_id, encode_id
-from watcher.events import (
+from stagesync.rules.identity import decode_id, encode_id
+from stagesync.watcher.events import (
     APPLIED_OPERATIONS,
     HISTORY_ENDING_OPERATIONS,
     STREAM_PROJECTION,

@@ -7,7 +7,7 @@ import threading
 from types import SimpleNamespace
 from typing import Any
 
-from deployments.production import CommandLog
+from stagesync.deployments.production import CommandLog
 
 
 def started(log: CommandLog, name: str) -> None:

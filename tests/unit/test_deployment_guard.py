@@ -8,10 +8,9 @@ from typing import Any
 
 import pytest
 from rich.console import Console
-
-from cli.check import run_check
-from deployments.guard import SameDeploymentError, assert_distinct_deployments
-from settings.model import Settings
+from stagesync.cli.check import run_check
+from stagesync.deployments.guard import SameDeploymentError, assert_distinct_deployments
+from stagesync.settings.model import Settings
 
 
 class Untouchable:

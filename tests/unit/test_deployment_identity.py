@@ -12,8 +12,7 @@ from typing import Any
 from bson import ObjectId
 from hypothesis import given
 from hypothesis import strategies as st
-
-from deployments.identity import (
+from stagesync.deployments.identity import (
     ReplicaSet,
     compare,
     from_hello,

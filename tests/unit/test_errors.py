@@ -12,12 +12,11 @@ from pymongo.errors import (
     OperationFailure,
     ServerSelectionTimeoutError,
 )
-
-from deployments.failures import is_transient
-from state.versions import VersionCounterError
-from tasks.apply.context import ContentionError, WriteErrors
-from tasks.apply.staging_io import _on_sync_index
-from tasks.apply_batch import _backoff
+from stagesync.deployments.failures import is_transient
+from stagesync.state.versions import VersionCounterError
+from stagesync.tasks.apply.context import ContentionError, WriteErrors
+from stagesync.tasks.apply.staging_io import _on_sync_index
+from stagesync.tasks.apply_batch import _backoff
 
 
 @pytest.mark.parametrize("error", [

@@ -10,23 +10,22 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import stagesync.cli.demo as demo_module
 import typer
 import yaml
 from rich.console import Console
-from typer.testing import CliRunner
-
-import cli.demo as demo_module
-from cli.main import app
-from cli.starter_config import (
+from stagesync.cli.main import app
+from stagesync.cli.starter_config import (
     Candidate,
     ProposedCollection,
     collection_name,
     key_candidates,
     starter_yaml,
 )
-from cli.status import render
-from deployments.production import oplog_fill
-from settings import CONFIG_ENV, ConfigFileMissing, Settings, load_settings
+from stagesync.cli.status import render
+from stagesync.deployments.production import oplog_fill
+from stagesync.settings import CONFIG_ENV, ConfigFileMissing, Settings, load_settings
+from typer.testing import CliRunner
 
 runner = CliRunner()
 

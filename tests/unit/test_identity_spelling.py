@@ -11,8 +11,7 @@ from bson import Binary, Decimal128, Int64, ObjectId, json_util
 from bson.json_util import CANONICAL_JSON_OPTIONS
 from hypothesis import given
 from hypothesis import strategies as st
-
-from rules.identity import decode_id, encode_id
+from stagesync.rules.identity import decode_id, encode_id
 
 IDS = st.one_of(
     st.builds(ObjectId, st.binary(min_size=12, max_size=12)),
@@ -65,7 +64,7 @@ KEY_VALUES = st.lists(st.one_of(
 def test_a_key_digest_is_the_digest_of_json_utils_spelling(values: list[Any]) -> None:
     import hashlib
 
-    from rules.identity import key_digest
+    from stagesync.rules.identity import key_digest
 
     expected = hashlib.sha256(reference(values).encode()).hexdigest()
     assert key_digest(values) == expected

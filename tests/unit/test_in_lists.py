@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-
-from deployments.in_lists import IN_LIST_MAX, configure, configured, in_lists
+from stagesync.deployments.in_lists import IN_LIST_MAX, configure, configured, in_lists
 
 
 @given(st.lists(st.integers()), st.integers(min_value=1, max_value=7))

@@ -9,9 +9,8 @@ from typing import Any
 
 import pytest
 from pymongo.errors import OperationFailure, PyMongoError
-
-from deployments.index_mirror import IndexFollower, _message
-from settings.model import Settings
+from stagesync.deployments.index_mirror import IndexFollower, _message
+from stagesync.settings.model import Settings
 
 
 class FakeReader:

@@ -7,9 +7,14 @@ from __future__ import annotations
 from typing import Any
 
 from bson import SON
-
-from deployments.staging_indexes import IndexPlan, blocker, plan_index, serves, target_indexes
-from settings.collection import CollectionSettings
+from stagesync.deployments.staging_indexes import (
+    IndexPlan,
+    blocker,
+    plan_index,
+    serves,
+    target_indexes,
+)
+from stagesync.settings.collection import CollectionSettings
 
 ORDERS = CollectionSettings(name="orders", source="p.orders", target="s.orders",
                             business_key=["userEmail", "accountId"])

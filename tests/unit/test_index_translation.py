@@ -8,9 +8,8 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from deployments.staging_indexes import serves
-from rules.index_translation import (
+from stagesync.deployments.staging_indexes import serves
+from stagesync.rules.index_translation import (
     Mirrored,
     Skipped,
     combine,
@@ -20,7 +19,7 @@ from rules.index_translation import (
     plan_mirror,
     translate,
 )
-from settings.collection import CollectionSettings
+from stagesync.settings.collection import CollectionSettings
 
 LIVE = {"deleted": False, "_sync.pid": {"$exists": True}}
 SIMPLE = {"locale": "simple"}

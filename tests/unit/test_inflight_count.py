@@ -5,8 +5,7 @@ from __future__ import annotations
 
 from hypothesis import given
 from hypothesis import strategies as st
-
-from watcher.inflight import InflightWindow
+from stagesync.watcher.inflight import InflightWindow
 
 # Each step: open a group of n batches, or report a part ("", "0", "1") of some batch id.
 STEPS = st.lists(st.one_of(

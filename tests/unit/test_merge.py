@@ -20,15 +20,14 @@ from bson import Binary, Int64, ObjectId, json_util
 from bson.json_util import CANONICAL_JSON_OPTIONS
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from rules.identity import (
+from stagesync.rules.identity import (
     business_key,
     decode_id,
     encode_id,
     key_digest,
     key_paths,
 )
-from rules.merge import (
+from stagesync.rules.merge import (
     FieldRules,
     merge_fields,
     owned_paths,
@@ -37,7 +36,7 @@ from rules.merge import (
     shared_last,
     shared_parents,
 )
-from rules.paths import (
+from stagesync.rules.paths import (
     Path,
     get_path,
     has_path,

@@ -6,8 +6,7 @@ from typing import Any
 
 from bson import Timestamp
 from pymongo.errors import AutoReconnect, OperationFailure
-
-from deployments.production import read_oplog_window
+from stagesync.deployments.production import read_oplog_window
 
 
 class Oplog:

@@ -21,10 +21,9 @@ from urllib.parse import parse_qs, urlsplit
 import esprima
 import pytest
 import yaml
-
-from protocol.routing import queues_of
-from settings import ConfigError, load_settings
-from settings.values import parse_rate_limit
+from stagesync.protocol.routing import queues_of
+from stagesync.settings import ConfigError, load_settings
+from stagesync.settings.values import parse_rate_limit
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = REPO / "docker-compose.yml"
@@ -275,12 +274,12 @@ def test_stagesync_services_share_image_config_and_secret(services: dict[str, An
 def test_service_commands(services: dict[str, Any]) -> None:
     assert command_of(services["watcher"]) == ["stagesync", "watch"]
     worker = command_of(services["worker"])
-    assert worker[:4] == ["celery", "-A", "tasks", "worker"]
+    assert worker[:4] == ["celery", "-A", "stagesync.tasks", "worker"]
     assert worker[worker.index("-c") + 1] == "2"
     assert "--without-mingle" in worker
     assert "-Q" not in worker, "with no -Q a worker consumes every configured queue"
-    assert command_of(services["flower"])[:4] == ["celery", "-A", "tasks", "flower"]
-    assert command_of(services["beat"])[:4] == ["celery", "-A", "tasks", "beat"]
+    assert command_of(services["flower"])[:4] == ["celery", "-A", "stagesync.tasks", "flower"]
+    assert command_of(services["beat"])[:4] == ["celery", "-A", "stagesync.tasks", "beat"]
     assert services["watcher"].get("restart") == "unless-stopped"
     assert services["worker"].get("restart") == "unless-stopped"
 
@@ -444,7 +443,7 @@ def test_procfile_processes_and_executables() -> None:
         assert path.is_file() and os.access(path, os.X_OK), (
             f"{name}: {executable} is not an executable in {VENV_BIN}")
     for name in ("worker", "flower", "beat"):
-        assert shlex.split(processes[name])[:4] == ["celery", "-A", "tasks", name]
+        assert shlex.split(processes[name])[:4] == ["celery", "-A", "stagesync.tasks", name]
 
 
 def _expand(command: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -476,9 +475,9 @@ def test_procfile_commands_expand_in_the_shell() -> None:
 
 @pytest.mark.parametrize("argv", [
     ["stagesync", "watch", "--help"],
-    ["celery", "-A", "tasks", "worker", "--help"],
-    ["celery", "-A", "tasks", "beat", "--help"],
-    ["celery", "-A", "tasks", "flower", "--help"],
+    ["celery", "-A", "stagesync.tasks", "worker", "--help"],
+    ["celery", "-A", "stagesync.tasks", "beat", "--help"],
+    ["celery", "-A", "stagesync.tasks", "flower", "--help"],
 ], ids=["watch", "worker", "beat", "flower"])
 def test_procfile_programs_start_with_a_valid_config(tmp_path: Path, argv: list[str]) -> None:
     config = tmp_path / "stagesync.yaml"
@@ -515,16 +514,15 @@ def test_dockerfile_copies_everything_pip_install_needs() -> None:
     import tomllib
 
     project = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
-    patterns = project["tool"]["setuptools"]["packages"]["find"]["include"]
+    folders = project["tool"]["setuptools"]["package-dir"].values()
     copied: list[str] = []
     for instruction, arguments in dockerfile_instructions():
         if instruction == "COPY":
             parts = [part for part in shlex.split(arguments) if not part.startswith("--")]
             copied.extend(parts[:-1])
     assert "pyproject.toml" in copied
-    for pattern in patterns:
-        package = pattern.rstrip("*").rstrip(".")
-        assert package in copied, f"the Dockerfile does not COPY package {package!r}"
+    for folder in folders:
+        assert folder in copied, f"the Dockerfile does not COPY the package folder {folder!r}"
     assert "docker/traffic.py" in copied
 
 

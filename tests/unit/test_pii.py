@@ -20,17 +20,16 @@ from bson import Int64, json_util
 from bson.json_util import CANONICAL_JSON_OPTIONS
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from rules.pii import (
+from stagesync.rules.pii import (
     REDACTED,
     Masker,
     PiiError,
     paths_matched,
 )
-from rules.pii_digests import pseudonym, rules_fingerprint
-from rules.pii_fakes import FAKE_EMAIL_DOMAINS
-from settings.collection import CollectionSettings
-from settings.pii_rules import PiiRule, parse_pii_rule
+from stagesync.rules.pii_digests import pseudonym, rules_fingerprint
+from stagesync.rules.pii_fakes import FAKE_EMAIL_DOMAINS
+from stagesync.settings.collection import CollectionSettings
+from stagesync.settings.pii_rules import PiiRule, parse_pii_rule
 
 SECRET = b"unit-test-secret"
 OTHER_SECRET = b"another-secret"
@@ -317,8 +316,8 @@ _SUBPROCESS = """
 import json, sys
 from bson import json_util
 from bson.json_util import CANONICAL_JSON_OPTIONS
-from settings.pii_rules import parse_pii_rule
-from rules.pii import Masker
+from stagesync.settings.pii_rules import parse_pii_rule
+from stagesync.rules.pii import Masker
 rules, document, secret = json.loads(sys.argv[1]), json_util.loads(sys.argv[2]), sys.argv[3]
 masker = Masker({p: parse_pii_rule(p, r) for p, r in rules.items()}, secret.encode())
 print(json_util.dumps(masker.mask(document), json_options=CANONICAL_JSON_OPTIONS))

@@ -10,8 +10,7 @@ import pytest
 from faker import Faker
 from hypothesis import given
 from hypothesis import strategies as st
-
-from rules.pii_detect import (
+from stagesync.rules.pii_detect import (
     IBAN_LENGTHS,
     find_in_text,
     iban_valid,

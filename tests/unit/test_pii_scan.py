@@ -11,11 +11,11 @@ from typing import Any
 
 import pytest
 import yaml
+from stagesync.cli.pii_proposal import scan_documents
+from stagesync.rules.pii import Masker
+from stagesync.settings import load_settings
+from stagesync.settings.collection import CollectionSettings
 
-from cli.pii_proposal import scan_documents
-from rules.pii import Masker
-from settings import load_settings
-from settings.collection import CollectionSettings
 from tests.support.pii_data import HARMLESS, PERSONAL, generated_orders
 
 

@@ -8,12 +8,11 @@ from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from rules.pii import MAX_PENDING_PATHS, REDACTED, Masker
-from rules.pii_digests import pseudonym, rules_fingerprint
-from rules.pii_strict import Classification, classified_paths
-from settings.collection import CollectionSettings
-from settings.pii_rules import parse_pii_rule
+from stagesync.rules.pii import MAX_PENDING_PATHS, REDACTED, Masker
+from stagesync.rules.pii_digests import pseudonym, rules_fingerprint
+from stagesync.rules.pii_strict import Classification, classified_paths
+from stagesync.settings.collection import CollectionSettings
+from stagesync.settings.pii_rules import parse_pii_rule
 
 SECRET = b"unit-secret"
 

@@ -7,13 +7,18 @@ from typing import Any
 
 import bson
 from bson import ObjectId
-
-from rules.identity import encode_id
-from rules.merge import fingerprint, owned_paths, production_content
-from rules.plan import plan_batch
-from rules.plan_types import UNSYNCED, BatchPlan, CollectionRules, PlannedWrite, StagingView
-from rules.sync_meta import encode_owned, read_meta
-from settings.collection import CollectionSettings
+from stagesync.rules.identity import encode_id
+from stagesync.rules.merge import fingerprint, owned_paths, production_content
+from stagesync.rules.plan import plan_batch
+from stagesync.rules.plan_types import (
+    UNSYNCED,
+    BatchPlan,
+    CollectionRules,
+    PlannedWrite,
+    StagingView,
+)
+from stagesync.rules.sync_meta import encode_owned, read_meta
+from stagesync.settings.collection import CollectionSettings
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 RULES = CollectionRules.from_settings(CollectionSettings(

@@ -10,10 +10,9 @@ from bson.dbref import DBRef
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
-
-from rules.identity import encode_id
-from rules.references import Reference, referenced_ids, translate
-from settings.model import Settings
+from stagesync.rules.identity import encode_id
+from stagesync.rules.references import Reference, referenced_ids, translate
+from stagesync.settings.model import Settings
 
 U1, U2, S1 = ObjectId(), ObjectId(), ObjectId()
 

@@ -13,8 +13,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from hypothesis import given
 from hypothesis import strategies as st
 from pymongo.errors import NetworkTimeout
-
-from rules.id_ranges import (
+from stagesync.rules.id_ranges import (
     BRACKETS,
     IdRange,
     UnsupportedIdType,
@@ -23,9 +22,9 @@ from rules.id_ranges import (
     type_bracket,
     whole_bracket,
 )
-from rules.identity import encode_id
-from tasks.full_resync.chunks import EmptinessProbe
-from tasks.resync import (
+from stagesync.rules.identity import encode_id
+from stagesync.tasks.full_resync.chunks import EmptinessProbe
+from stagesync.tasks.resync import (
     CHUNKS_PER_SLOT,
     MAX_BATCHES_PER_CHUNK,
     _overran,
@@ -198,9 +197,9 @@ def test_a_chunk_hands_on_well_inside_its_soft_time_limit(limit: int) -> None:
     it hands on with a new message, which must never race the soft limit."""
     from types import SimpleNamespace
 
-    from settings.model import WorkerSettings
-    from tasks.celery_options import soft_time_limit
-    from tasks.resync import time_budget
+    from stagesync.settings.model import WorkerSettings
+    from stagesync.tasks.celery_options import soft_time_limit
+    from stagesync.tasks.resync import time_budget
 
     worker = WorkerSettings(task_time_limit_seconds=limit, visibility_timeout_seconds=limit + 60)
     runtime = SimpleNamespace(settings=SimpleNamespace(worker=worker))

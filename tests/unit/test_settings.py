@@ -16,9 +16,8 @@ from typing import Any
 
 import pytest
 import yaml
-
-from protocol.routing import queues_of
-from settings import (
+from stagesync.protocol.routing import queues_of
+from stagesync.settings import (
     CONFIG_ENV,
     CollectionSettings,
     ConfigError,
@@ -27,8 +26,8 @@ from settings import (
     load_settings,
     parse_rate_limit,
 )
-from settings.durations import parse_duration
-from settings.pii_rules import PiiRule, parse_pii_rule
+from stagesync.settings.durations import parse_duration
+from stagesync.settings.pii_rules import PiiRule, parse_pii_rule
 
 PASSWORD = "pa55word"
 PROD_URI = f"mongodb://user:{PASSWORD}@prod-host:27017/?replicaSet=rs0"

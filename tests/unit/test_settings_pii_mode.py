@@ -10,8 +10,7 @@ from typing import Any
 
 import pytest
 import yaml
-
-from settings import ConfigError, load_settings
+from stagesync.settings import ConfigError, load_settings
 
 
 @pytest.fixture(autouse=True)

@@ -6,10 +6,9 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from bson import ObjectId
-
-from rules.identity import encode_id
-from watcher.batcher import MicroBatcher
-from watcher.events import Change, classify
+from stagesync.rules.identity import encode_id
+from stagesync.watcher.batcher import MicroBatcher
+from stagesync.watcher.events import Change, classify
 
 OID = ObjectId()
 

@@ -8,10 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
-
-from rules.identity import encode_id
-from rules.subset import in_sample
-from settings.model import Settings
+from stagesync.rules.identity import encode_id
+from stagesync.rules.subset import in_sample
+from stagesync.settings.model import Settings
 
 
 def test_the_sample_takes_about_its_share_deterministically() -> None:

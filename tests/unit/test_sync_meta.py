@@ -5,8 +5,7 @@ from __future__ import annotations
 import bson
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from rules.sync_meta import decode_owned, encode_owned, read_meta
+from stagesync.rules.sync_meta import decode_owned, encode_owned, read_meta
 
 names = st.text(alphabet=st.sampled_from(["a", "b", ".", "\\", "$", " ", "é", "\n"]),
                 min_size=0, max_size=5)

@@ -8,9 +8,8 @@ from typing import Any
 
 import pytest
 import yaml
-
-from settings import load_settings
-from settings.loader import ConfigError
+from stagesync.settings import load_settings
+from stagesync.settings.loader import ConfigError
 
 
 def config(**sections: Any) -> dict[str, Any]:

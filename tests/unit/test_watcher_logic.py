@@ -11,10 +11,9 @@ import pytest
 from bson import Int64, ObjectId, Timestamp
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from rules.identity import decode_id, encode_id
-from watcher.batcher import MicroBatcher
-from watcher.events import (
+from stagesync.rules.identity import decode_id, encode_id
+from stagesync.watcher.batcher import MicroBatcher
+from stagesync.watcher.events import (
     Change,
     HistoryEnded,
     IndexChanged,
@@ -22,7 +21,7 @@ from watcher.events import (
     classify,
     event_time,
 )
-from watcher.inflight import InflightWindow
+from stagesync.watcher.inflight import InflightWindow
 
 FAST = settings(database=None, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 PROPERTY = settings(FAST, max_examples=300)

@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tasks import metrics
+from stagesync.tasks import metrics
 
 
 def test_each_worker_node_has_a_directory_of_its_own(tmp_path: Path) -> None:
@@ -75,7 +75,7 @@ def test_the_watchers_resync_query_matches_resync_records_and_nothing_else() -> 
     `_id`s new_resync makes, and leave out chunk records and other collections."""
     import re
 
-    from state.resync_progress import chunk_id, new_resync, resync_ids_of
+    from stagesync.state.resync_progress import chunk_id, new_resync, resync_ids_of
 
     state = _Recorder()
     resync_id = new_resync(state, "orders_1", "bootstrap")  # type: ignore[arg-type]
