@@ -13,8 +13,7 @@ from stagesync.protocol.names import RESYNCS
 from stagesync.protocol.routing import home_queue
 from stagesync.settings.model import Settings
 from stagesync.state.dead_letters import DeadLetterStore, summarize
-from stagesync.tasks.celery_app import app as celery_app
-from stagesync.tasks.enqueue import start_replay
+from stagesync.tasks.enqueue import broker_app, start_replay
 
 REPLAY_TIMEOUT = 300.0
 
@@ -76,8 +75,8 @@ def replay_entries(settings: Settings, collection: str | None, reason: str | Non
     for name in names:
         if not any(True for _ in store.list(name, reason, limit=1)):
             continue
-        job = start_replay(celery_app, state_db, name, home_queue(settings.collection(name)),
-                           pids or None, reason)
+        job = start_replay(broker_app(settings), state_db, name,
+                           home_queue(settings.collection(name)), pids or None, reason)
         final = follow(console, lambda job=job: _job(state_db, job), f"replay {name}",
                        REPLAY_TIMEOUT)
         if final is None:

@@ -9,8 +9,7 @@ from stagesync.deployments.staging import connect_staging
 from stagesync.protocol.routing import home_queue
 from stagesync.settings.model import Settings
 from stagesync.state.resync_progress import progress
-from stagesync.tasks.celery_app import app as celery_app
-from stagesync.tasks.enqueue import start_resync
+from stagesync.tasks.enqueue import broker_app, start_resync
 
 
 def run_resync(settings: Settings, name: str, wait: bool, timeout: float,
@@ -18,7 +17,8 @@ def run_resync(settings: Settings, name: str, wait: bool, timeout: float,
     staging = connect_staging(settings.staging, serverSelectionTimeoutMS=10_000)
     state_db = staging[settings.staging.state_db]
     queue = home_queue(settings.collection(name))
-    resync_id = start_resync(celery_app, state_db, name, queue, "requested by stagesync resync")
+    resync_id = start_resync(broker_app(settings), state_db, name, queue,
+                             "requested by stagesync resync")
     console.print(f"resync {resync_id} queued on {queue}")
     if not wait:
         console.print(f"follow it with: stagesync resync {name} --wait, or stagesync status")

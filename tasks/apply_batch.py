@@ -29,12 +29,13 @@ from stagesync.tasks.apply.applier import apply_changes
 from stagesync.tasks.apply.context import WriteErrors
 from stagesync.tasks.celery_app import app
 from stagesync.tasks.enqueue import QueuedChange, publish_apply
+from stagesync.tasks.instrumented import stagesync_task
 from stagesync.tasks.runtime import Runtime, get_runtime
 
 log = logging.getLogger("stagesync.apply")
 
 
-@app.task(name=APPLY_BATCH, bind=True, acks_late=True, reject_on_worker_lost=True)
+@stagesync_task(APPLY_BATCH)
 def apply_batch(
     self: Task, collection: str, batch: str | None, part: str, changes: list[list[str]]
 ) -> None:

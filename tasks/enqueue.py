@@ -1,11 +1,11 @@
 """Enqueueing tasks by name: the one module the watcher and the CLI use to give workers work.
 
-It imports no module that defines a task, nor Celery's app: the caller passes its app (the
-watcher's is configured for the broker only). Arguments are small primitives: encoded
-production `_id`s and the operation seen, never a document, so no PII reaches Redis. Celery
-publishes a declared direct queue through the anonymous exchange (routing key = queue name),
-so a publish right after a Redis FLUSHALL, which also deletes kombu's binding tables, still
-lands in the list the workers read.
+It imports no module that defines a task, nor the workers' Celery app: publishers make their own
+with `broker_app`, which knows the broker, the queues and the serializer and registers no task.
+Arguments are small primitives: encoded production `_id`s and the operation seen, never a
+document, so no PII reaches Redis. Celery publishes a declared direct queue through the
+anonymous exchange (routing key = queue name), so a publish right after a Redis FLUSHALL, which
+also deletes kombu's binding tables, still lands in the list the workers read.
 """
 
 from __future__ import annotations
@@ -18,9 +18,22 @@ from typing import Any
 from celery import Celery
 from pymongo.database import Database
 from stagesync.protocol.names import APPLY_BATCH, REPLAY_DEAD_LETTERS, RESYNC, RESYNCS
+from stagesync.settings.model import Settings
 from stagesync.state.resync_progress import ensure_resync_indexes, new_resync
+from stagesync.tasks.celery_options import celery_options
 
 QueuedChange = tuple[str, str]  # (encoded production _id, operation seen)
+
+
+def broker_app(settings: Settings) -> Celery:
+    """The Celery app of a process that only publishes (the watcher, the CLI).
+
+    It takes the workers' options (broker, transport, declared queues, serializer), so what it
+    sends is what the workers expect, but registers no task and imports no task module: tasks
+    are sent by name. Not the current app, so it never stands in for the workers' one."""
+    app = Celery("stagesync", set_as_current=False)
+    app.conf.update(celery_options(settings))
+    return app
 
 
 def publish_apply(

@@ -16,14 +16,14 @@ from typing import Any
 from celery import Task
 from stagesync.protocol.names import PURGE_DELETED, VERIFICATIONS, VERIFY
 from stagesync.rules.sync_meta import DELETED_AT_FIELD, PID_FIELD
-from stagesync.tasks.celery_app import app
+from stagesync.tasks.instrumented import stagesync_task
 from stagesync.tasks.runtime import get_runtime
 from stagesync.tasks.verification.verifier import verify_collection
 
 log = logging.getLogger("stagesync.maintenance")
 
 
-@app.task(name=VERIFY, bind=True, acks_late=True)
+@stagesync_task(VERIFY)
 def verify(self: Task, collection: str) -> dict[str, Any]:
     runtime = get_runtime()
     report = verify_collection(runtime.settings, collection, sample=0, settle=30)
@@ -41,7 +41,7 @@ def verify(self: Task, collection: str) -> dict[str, Any]:
     return {"equal": report.equal, "mismatched": len(report.mismatched())}
 
 
-@app.task(name=PURGE_DELETED, bind=True, acks_late=True)
+@stagesync_task(PURGE_DELETED)
 def purge_deleted(self: Task, collection: str) -> int:
     runtime = get_runtime()
     settings = runtime.settings.collection(collection)

@@ -79,6 +79,11 @@ UNCLASSIFIED_PATHS = Gauge(
     # Every child sets the collection's figure from the state database: the newest is right.
     multiprocess_mode="mostrecent",
 )
+TASK_SECONDS = Histogram(
+    "stagesync_task_seconds", "Seconds per task run, by task name and outcome (done, retried, "
+    "failed)", ["task", "outcome"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+)
 LAST_APPLIED = Gauge(
     "stagesync_last_applied_timestamp_seconds", "Unix time at which a worker last finished "
     "applying a batch of the collection", ["collection"],

@@ -18,7 +18,7 @@ from stagesync.state.dead_letters import DeadLetterEntry
 from stagesync.state.versions import take_version
 from stagesync.tasks.apply.applier import apply_changes
 from stagesync.tasks.apply.context import WriteErrors
-from stagesync.tasks.celery_app import app
+from stagesync.tasks.instrumented import stagesync_task
 from stagesync.tasks.runtime import get_runtime
 
 log = logging.getLogger("stagesync.replay")
@@ -26,7 +26,7 @@ log = logging.getLogger("stagesync.replay")
 REPLAY_BATCH = 200
 
 
-@app.task(name=REPLAY_DEAD_LETTERS, bind=True, acks_late=True, reject_on_worker_lost=True)
+@stagesync_task(REPLAY_DEAD_LETTERS)
 def replay_dead_letters(
     self: Task, collection: str, job_id: str | None = None, pids: list[str] | None = None,
     reason: str | None = None,

@@ -79,6 +79,7 @@ from stagesync.tasks.full_resync.walk import (
     first_id,
     plan_chunk,
 )
+from stagesync.tasks.instrumented import stagesync_task
 from stagesync.tasks.runtime import Runtime, get_runtime
 
 log = logging.getLogger("stagesync.resync")
@@ -121,8 +122,7 @@ def stale_after(runtime: Runtime) -> timedelta:
     return timedelta(seconds=runtime.settings.worker.visibility_timeout_seconds)
 
 
-@app.task(name=RESYNC, bind=True, acks_late=True, reject_on_worker_lost=True,
-          max_retries=None)
+@stagesync_task(RESYNC, max_retries=None)
 def resync(self: Task, collection: str, resync_id: str | None = None) -> str:
     """Set a resync up and start its first chunks (also `celery -A stagesync.tasks call`-able).
 
@@ -397,8 +397,7 @@ def _overran(error: BaseException) -> bool:
     return False
 
 
-@app.task(name=RESYNC_CHUNK, bind=True, acks_late=True, reject_on_worker_lost=True,
-          max_retries=None)
+@stagesync_task(RESYNC_CHUNK, max_retries=None)
 def resync_chunk(self: Task, collection: str, resync_id: str, index: int,
                  phase: str = "copy") -> None:
     """Copy one `_id` range of production into staging (or, continued into the sweep, sweep
@@ -406,8 +405,7 @@ def resync_chunk(self: Task, collection: str, resync_id: str, index: int,
     _run_chunk(self, phase, collection, resync_id, index)
 
 
-@app.task(name=RESYNC_SWEEP, bind=True, acks_late=True, reject_on_worker_lost=True,
-          max_retries=None)
+@stagesync_task(RESYNC_SWEEP, max_retries=None)
 def resync_sweep(self: Task, collection: str, resync_id: str, index: int,
                  phase: str = "sweep") -> None:
     """Soft-delete the staging documents of one `_id` range whose production document is gone."""

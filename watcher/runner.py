@@ -26,7 +26,7 @@ from stagesync.deployments.production import ProductionReader
 from stagesync.deployments.staging import connect_staging
 from stagesync.deployments.staging_indexes import ensure_indexes
 from stagesync.settings.model import Settings
-from stagesync.tasks.celery_app import app as celery_app
+from stagesync.tasks.enqueue import broker_app
 from stagesync.watcher.stream import CollectionWatcher, WatcherLinks
 
 log = logging.getLogger("stagesync.watcher")
@@ -53,7 +53,7 @@ def run_watcher(settings: Settings, names: Sequence[str] = ()) -> int:
             start_http_server(settings.metrics.watcher_port, addr="0.0.0.0")
         run_id = uuid.uuid4().hex[:12]
         links = WatcherLinks(production, staging[settings.staging.state_db], redis_client,
-                             celery_app, run_id, stop)
+                             broker_app(settings), run_id, stop)
         threads = []
         for collection in collections:
             watcher = CollectionWatcher(settings, collection, production.collection(collection),

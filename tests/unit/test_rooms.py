@@ -55,18 +55,34 @@ def _imported(tree: ast.Module) -> set[str]:
     return names
 
 
-def task_modules() -> set[str]:
-    """Every product module that defines a Celery task (`@app.task(...)`)."""
-    defining = set()
+def _task_decorators() -> list[tuple[str, str]]:
+    """(module, decorator) of every Celery task the product defines: `@app.task(...)` or our
+    `@stagesync_task(...)`."""
+    found = []
     for room in PRODUCT:
         for name, tree in _modules(room):
             for node in ast.walk(tree):
-                if isinstance(node, ast.FunctionDef) and any(
-                    isinstance(d, ast.Call) and isinstance(d.func, ast.Attribute)
-                    and d.func.attr == "task" for d in node.decorator_list
-                ):
-                    defining.add(name)
-    return defining
+                if not isinstance(node, ast.FunctionDef):
+                    continue
+                for decorator in node.decorator_list:
+                    call = decorator.func if isinstance(decorator, ast.Call) else decorator
+                    if isinstance(call, ast.Attribute) and call.attr == "task":
+                        found.append((name, "app.task"))
+                    elif isinstance(call, ast.Name) and call.id == "stagesync_task":
+                        found.append((name, "stagesync_task"))
+    return found
+
+
+def task_modules() -> set[str]:
+    """Every product module that defines a Celery task."""
+    return {name for name, _ in _task_decorators()}
+
+
+def test_every_task_is_declared_by_the_one_decorator() -> None:
+    """Task options live in one place (`tasks.instrumented`, the app's configuration)."""
+    decorators = _task_decorators()
+    assert len(decorators) >= 7
+    assert {decorator for _, decorator in decorators} == {"stagesync_task"}
 
 
 def _loaded_after(statement: str) -> list[str]:
@@ -110,7 +126,24 @@ def test_imports_point_one_way(room: str) -> None:
 def test_the_watcher_imports_from_tasks_only_the_enqueue_module_and_the_app() -> None:
     used = {imported for _, tree in _modules("watcher") for imported in _imported(tree)
             if _room_of(imported) == "tasks"}
-    assert used <= {"stagesync.tasks.enqueue", "stagesync.tasks.celery_app"}, used
+    assert used <= {"stagesync.tasks.enqueue"}, used
+
+
+def test_the_watcher_and_the_cli_publish_through_a_broker_only_app() -> None:
+    """Publishers never load the workers' app (`stagesync.tasks.celery_app`): theirs comes from
+    `enqueue.broker_app` and registers no task."""
+    loaded = set(_loaded_after("import stagesync.watcher.runner, stagesync.cli.main"))
+    assert "stagesync.tasks.celery_app" not in loaded
+    found = _loaded_after(
+        "from stagesync.settings.model import Settings\n"
+        "from stagesync.tasks.enqueue import broker_app\n"
+        "app = broker_app(Settings(prod={'uri': 'mongodb://a:1/'},"
+        " staging={'uri': 'mongodb://b:1/'}, redis_url='redis://127.0.0.1:1/0',"
+        " collections=[{'name': 'orders', 'source': 'p.orders', 'target': 's.orders',"
+        " 'business_key': ['k']}]))\n"
+        "assert [t for t in app.tasks if t.startswith('stagesync.')] == [], list(app.tasks)\n"
+        "assert [q.name for q in app.conf.task_queues] == ['stagesync.orders']")
+    assert not set(found) & task_modules()
 
 
 def test_no_module_imports_a_room_by_its_bare_name() -> None:
