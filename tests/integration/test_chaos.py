@@ -152,12 +152,20 @@ def test_kills_wipes_and_restarts_lose_nothing(chaos_pipeline: tuple[Pipeline, A
     load.join()
     load_ended = time.monotonic()
 
+    last_verify: list[str] = []
+
     def converged() -> bool:
         result = pipeline.cli("verify", name, "--settle", "5")
-        return result.returncode == 0 and pipeline.state()["dead_letters"].count_documents(
-            {"state": "open"}) == 0
+        open_letters = pipeline.state()["dead_letters"].count_documents({"state": "open"})
+        last_verify[:] = [f"verify exit {result.returncode}, open dead letters "
+                          f"{open_letters}:\n{result.stdout[-3000:]}{result.stderr[-1000:]}"]
+        return result.returncode == 0 and open_letters == 0
 
-    wait_for(converged, CONVERGE_TIMEOUT, "convergence after chaos", pipeline, interval=3)
+    try:
+        wait_for(converged, CONVERGE_TIMEOUT, "convergence after chaos", pipeline, interval=3)
+    except AssertionError as error:
+        raise AssertionError(f"disruptions: {events}\nlast {''.join(last_verify)}\n"
+                             f"{error}") from None
     converge_seconds = time.monotonic() - load_ended
     staging = {doc["_id"]: doc for doc in pipeline.staging().find({"_id": {"$in": qa}})}
     for staging_id in qa:

@@ -18,10 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+import redis
 import yaml
 from pymongo import MongoClient
 from pymongo.collection import Collection
-from stagesync.protocol.names import RESYNCS
+from stagesync.deployments.broker import queue_depth
+from stagesync.protocol.names import RESYNCS, done_key, queue_names
 from stagesync.settings import Settings, load_settings
 
 from tests.support.backends import MongoPair
@@ -171,6 +173,30 @@ class Pipeline:
     def logs(self) -> str:
         return "\n".join(f"==== {p.name} ({p.log_path.name})\n{p.log()}" for p in self.procs)
 
+    def report(self) -> str:
+        """What a failed wait needs to explain itself: each process (alive or its exit code,
+        and how much it logged: an empty log is a process that never got going), each queue's
+        depth and waiting done reports, then the logs' tails."""
+        lines = ["==== processes"]
+        for proc in self.procs:
+            size = proc.log_path.stat().st_size if proc.log_path.exists() else 0
+            state = "alive" if proc.alive() else f"exited {proc.process.returncode}"
+            lines.append(f"{proc.log_path.name}: pid {proc.process.pid}, {state}, "
+                         f"log {size} bytes")
+        lines.append("==== redis")
+        try:
+            client = redis.Redis.from_url(self.redis_url, socket_timeout=5)
+            for collection in self.collections:
+                partitions = int(collection.get("partitions", 1))
+                depths = {q: queue_depth(client, q)
+                          for q in queue_names(collection["name"], partitions)}
+                lines.append(f"{collection['name']}: queues {depths}, done reports waiting "
+                             f"{client.llen(done_key(collection['name']))}")
+            client.close()
+        except redis.RedisError as error:
+            lines.append(f"redis unreadable: {error!r}")
+        return "\n".join(lines) + "\n" + self.logs()
+
     def wait_streaming(self, timeout: float = 30.0, index: int = 0) -> None:
         """Until the watcher holds the lease and has a checkpoint for the collection."""
         name = self.collections[index]["name"]
@@ -195,7 +221,7 @@ def wait_for(check: Callable[[], T], timeout: float, what: str,
         if last:
             return last
         time.sleep(interval)
-    details = f"\n{pipeline.logs()}" if pipeline else ""
+    details = f"\n{pipeline.report()}" if pipeline else ""
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})"
                          f"{details}")
 
