@@ -167,8 +167,8 @@ def verify(
     raise typer.Exit(run_verify(settings, name, sample, settle, json_output, console))
 
 
-@app.command(epilog="Examples: stagesync status  |  stagesync status --watch --interval 1  |  "
-              "stagesync status --json")
+@app.command(epilog="Examples: stagesync status  |  stagesync status --wide  |  "
+              "stagesync status --watch --interval 1  |  stagesync status --json")
 def status(
     config: ConfigOption = None,
     json_output: Annotated[bool, typer.Option("--json", help="Machine-readable output (default: "
@@ -176,12 +176,15 @@ def status(
     watch_live: Annotated[bool, typer.Option("--watch", help="Refresh live until Ctrl-C "
                                              "(default: print once).")] = False,
     interval: Annotated[float, typer.Option(help="With --watch: seconds between reads.")] = 2.0,
+    wide: Annotated[bool, typer.Option("--wide", help="Every column: watcher, counters, queues, "
+                                       "rate limit, checkpoint, oplog headroom (default: the "
+                                       "essentials, within 100 columns).")] = False,
 ) -> None:
     """Lag, throughput, queues, checkpoints and health per collection."""
     from stagesync.cli.status import run_status
 
     settings = settings_from(config)
-    raise typer.Exit(run_status(settings, json_output, watch_live, interval, console))
+    raise typer.Exit(run_status(settings, json_output, watch_live, interval, console, wide))
 
 
 @app.command("ratelimit", epilog="Examples: stagesync ratelimit orders  |  stagesync ratelimit "

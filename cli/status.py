@@ -23,6 +23,7 @@ import json
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -183,34 +184,64 @@ class StatusReader:
         return {"id": resync_id, "state": record.get("state"), "reason": record.get("reason")}
 
 
+@dataclass(frozen=True)
+class _Column:
+    header: str
+    cell: Callable[[dict[str, Any]], str]
+    wide: bool = False  # shown only with --wide
+
+
+def _applied(row: dict[str, Any]) -> str:
+    counters = row["counters"]
+    return str(sum(v for k, v in counters.items() if k not in ("read", "enqueued",
+                                                               "dead_lettered")))
+
+
+def _health(row: dict[str, Any]) -> str:
+    colour = {"ok": "green", "lagging": "yellow"}.get(row["health"], "red")
+    return f"[{colour}]{row['health']}[/{colour}]"
+
+
+def _rate(row: dict[str, Any]) -> str:
+    rate = row["rate_limit"]
+    return f"{rate['rate']} ({rate['source']})" if rate["rate"] else "unlimited"
+
+
+# The essentials fit 100 columns, where status is read in terminals and CI logs (13 columns
+# needed about 150); the rest come with --wide, as `kubectl get -o wide` does. --json has all.
+COLUMNS = (
+    _Column("collection", lambda row: row["collection"]),
+    _Column("health", _health),
+    _Column("watcher", lambda row: row["watcher"]["state"], wide=True),
+    _Column("lag s", lambda row: f"{row['lag_seconds']:.1f}"),
+    _Column("pending", lambda row: str(row["pending_changes"])),
+    _Column("read", lambda row: str(row["counters"]["read"]), wide=True),
+    _Column("applied", _applied, wide=True),
+    _Column("dead", lambda row: str(row["dead_letters"])),
+    _Column("queue", lambda row: _queues(row["queues"]), wide=True),
+    _Column("rate limit", _rate, wide=True),
+    _Column("checkpoint age", lambda row: _seconds(row["checkpoint_age_seconds"]), wide=True),
+    _Column("oplog headroom", lambda row: _headroom(row), wide=True),
+    _Column("last applied", lambda row: (row["last_applied_at"] or "-")[11:19]),
+)
+
+
 def render(rows: list[dict[str, Any]], unsafe_concerns: Sequence[str] = (),
-           stale: str | None = None) -> Group:
+           stale: str | None = None, wide: bool = False) -> Group:
     """The status table; its title carries the time it was drawn, and `stale` (why and
     since when the rows are old) when the last read did not answer in time."""
     title = f"stagesync status  {datetime.now(UTC):%Y-%m-%d %H:%M:%S} UTC"
     if stale:
         title += f"  [yellow](stale: {stale})[/yellow]"
+    columns = [column for column in COLUMNS if wide or not column.wide]
     table = Table(title=title)
-    for column in ("collection", "health", "watcher", "lag s", "pending", "read", "applied",
-                   "dead", "queue", "rate limit", "checkpoint age", "oplog headroom",
-                   "last applied"):
-        table.add_column(column)
+    for column in columns:
+        # A long name folds onto a second line rather than being cut to "co…".
+        table.add_column(column.header, overflow="fold" if column.header == "collection"
+                         else "ellipsis")
     notes: list[str] = []
     for row in rows:
-        counters = row["counters"]
-        applied = sum(v for k, v in counters.items() if k not in ("read", "enqueued",
-                                                                  "dead_lettered"))
-        colour = {"ok": "green", "lagging": "yellow"}.get(row["health"], "red")
-        rate = row["rate_limit"]
-        table.add_row(
-            row["collection"], f"[{colour}]{row['health']}[/{colour}]", row["watcher"]["state"],
-            f"{row['lag_seconds']:.1f}", str(row["pending_changes"]), str(counters["read"]),
-            str(applied), str(row["dead_letters"]),
-            _queues(row["queues"]),
-            f"{rate['rate']} ({rate['source']})" if rate["rate"] else "unlimited",
-            _seconds(row["checkpoint_age_seconds"]), _headroom(row),
-            (row["last_applied_at"] or "-")[11:19],
-        )
+        table.add_row(*(column.cell(row) for column in columns))
         if row["resync"]:
             notes.append(f"{row['collection']}: resync {row['resync']['id']} "
                          f"{row['resync']['state']} ({row['resync']['reason']})")
@@ -242,8 +273,9 @@ class StatusPoller:
     marked stale with their age and the reason."""
 
     def __init__(self, settings: Settings, interval: float = 2.0, timeout_seconds: float = 2.0,
-                 unsafe_concerns: Sequence[str] = ()) -> None:
+                 unsafe_concerns: Sequence[str] = (), wide: bool = False) -> None:
         self.settings = settings
+        self.wide = wide
         self.interval = interval
         self.timeout_seconds = timeout_seconds
         self.unsafe_concerns = unsafe_concerns
@@ -292,7 +324,7 @@ class StatusPoller:
 
     def renderable(self) -> Group:
         rows, stale = self.snapshot()
-        return render(rows, self.unsafe_concerns, stale)
+        return render(rows, self.unsafe_concerns, stale, self.wide)
 
 
 def _reason(error: Exception) -> str:
@@ -303,13 +335,13 @@ def _reason(error: Exception) -> str:
 
 
 def run_status(settings: Settings, json_output: bool, watch_live: bool, interval: float,
-               console: Console) -> int:
+               console: Console, wide: bool = False) -> int:
     # Only listed while allowed: otherwise the configuration would not have loaded.
     unsafe = settings.unsafe_concerns()
     if watch_live:
         poller = StatusPoller(settings, interval=interval,
                               timeout_seconds=max(1.0, min(interval, 5.0)),
-                              unsafe_concerns=unsafe)
+                              unsafe_concerns=unsafe, wide=wide)
         with poller, Live(get_renderable=poller.renderable, console=console,
                           refresh_per_second=2):
             try:
@@ -325,7 +357,7 @@ def run_status(settings: Settings, json_output: bool, watch_live: bool, interval
     if json_output:
         console.print_json(json.dumps({"collections": rows, "unsafe_concerns": unsafe}))
     elif not watch_live:
-        console.print(render(rows, unsafe))
+        console.print(render(rows, unsafe, wide=wide))
     return 0 if all(row["health"] == "ok" for row in rows) else 1
 
 

@@ -63,7 +63,7 @@ def test_status_names_why_the_oplog_headroom_is_unknown(
     assert rows[0]["oplog_window_seconds"] is None
     assert "local.oplog.rs" in rows[0]["oplog_unknown_because"]
     out = io.StringIO()
-    Console(file=out, width=250).print(render(rows))
+    Console(file=out, width=250).print(render(rows, wide=True))
     text = out.getvalue()
     assert "unknown" in text and "oplog headroom unknown: the production user may not read " \
         "local.oplog.rs" in " ".join(text.split())

@@ -144,7 +144,7 @@ def test_status_says_unlimited_unbounded_not_full_and_stale() -> None:
                          _row(collection="items", oplog_history="full",
                               oplog_headroom_seconds=40.0,
                               rate_limit={"rate": "500/s", "source": "config"})],
-                        stale="read 9s ago"))
+                        stale="read 9s ago", wide=True))
     assert "unlimited" in text and "none (none)" not in text
     assert "unbounded" in text and "not full" in text and "40s" in text
     assert "500/s (config)" in text
@@ -195,3 +195,26 @@ def test_starter_file_loads_as_proposed() -> None:
     example = starter_yaml("mongodb://p:1/", "mongodb://s:2/", "redis://r:3/0", "s", [],
                            "no --prod-uri given")
     assert Settings(**yaml.safe_load(example)).collections[0].name == "orders"
+
+
+def test_status_fits_100_columns_with_the_essentials_and_gives_the_rest_with_wide() -> None:
+    """At 100 columns (a terminal, a CI log) no header or cell of the default table is cut;
+    --wide adds the rest."""
+    rows = [_row(collection="orders_eu_archive", health="lagging", lag_seconds=123.4,
+                 pending_changes=98765, dead_letters=12,
+                 last_applied_at="2026-12-04T21:58:01+00:00"),
+            _row(collection="users")]
+    console = Console(width=100, record=True)
+    console.print(render(rows))
+    text = console.export_text()
+    assert "…" not in text, text
+    for header in ("collection", "health", "lag s", "pending", "dead", "last applied"):
+        assert header in text
+    for cell in ("orders_eu_archive", "lagging", "123.4", "98765", "12", "21:58:01"):
+        assert cell in text
+    assert "rate limit" not in text and "oplog headroom" not in text
+    assert max(len(line) for line in text.splitlines()) <= 100
+    wide = _text(render(rows, wide=True))
+    for header in ("watcher", "read", "applied", "queue", "rate limit", "checkpoint age",
+                   "oplog headroom"):
+        assert header in wide
