@@ -17,6 +17,11 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 from stagesync.settings.collection import CollectionSettings
+from stagesync.settings.environments import (
+    LONGEST_NAME,
+    EnvironmentsSettings,
+    check_environment_name,
+)
 from stagesync.settings.values import (
     DATABASE_NAME,
     DurationText,
@@ -176,6 +181,8 @@ class Settings(BaseSettings):
     status: StatusSettings = StatusSettings()
     metrics: MetricsSettings = MetricsSettings()
     schedule: list[ScheduleEntry] = []
+    # Named short-lived stagings beside the main one (README, "Environments").
+    environments: EnvironmentsSettings = EnvironmentsSettings()
     # Accept prod.read_concern local or a staging.write_concern below majority (see
     # `unsafe_concerns`); `check` and `status` say so while it is set.
     allow_unsafe_concerns: bool = False
@@ -278,6 +285,40 @@ class Settings(BaseSettings):
                         "non-empty pii_secret (set STAGESYNC_PII_SECRET)"
                     )
         return self
+
+    @model_validator(mode="after")
+    def _environment_databases(self) -> Settings:
+        """Every environment name the rule allows must give valid database names."""
+        for collection in self.collections:
+            for name in ("a", LONGEST_NAME):
+                database = self.environments.database_name(collection.target_db, name)
+                if not DATABASE_NAME.fullmatch(database):
+                    raise ValueError(
+                        f"environments.database: {self.environments.database!r} gives "
+                        f"{database!r} for {collection.target_db!r} and environment {name!r}, "
+                        "not a valid MongoDB database name (at most 63 bytes, none of "
+                        "/\\. \"$*<>:|?)"
+                    )
+        return self
+
+    def environment_databases(self, environment: str) -> dict[str, str]:
+        """Target database -> the environment's database for it. Refuses a bad name, and a
+        name whose databases would be one of the main staging's or the state database."""
+        check_environment_name(environment)
+        own = {collection.target_db for collection in self.collections}
+        own.add(self.staging.state_db)
+        databases = {db: self.environments.database_name(db, environment)
+                     for db in sorted({c.target_db for c in self.collections})}
+        for db, database in databases.items():
+            if database in own:
+                raise ValueError(
+                    f"environment {environment!r} would use the database {database!r} (from "
+                    f"{db!r}), which is one of the main staging's own; choose another name"
+                )
+        if len(set(databases.values())) != len(databases):
+            raise ValueError(f"environment {environment!r}: environments.database gives two "
+                             "target databases the same name")
+        return databases
 
     @classmethod
     def settings_customise_sources(
