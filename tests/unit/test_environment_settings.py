@@ -63,7 +63,7 @@ def test_good_names(name: str) -> None:
 @pytest.mark.parametrize("name", ["", "-pr", "PR-1", "pr_1", "pr.1", "pr@1", "pr 1",
                                   "x" * 32, "é"])
 def test_bad_names_say_the_rule(name: str) -> None:
-    with pytest.raises(ValueError, match="bad environment name.*lower-case letters"):
+    with pytest.raises(ValueError, match=r"bad environment name.*lower-case letters"):
         check_environment_name(name)
     assert not ENVIRONMENT_NAME.fullmatch(name)
 
@@ -74,11 +74,11 @@ def test_a_name_never_gives_a_main_staging_database(tmp_path: Path) -> None:
     data["collections"].append({"name": "audit", "source": "production.audit",
                                 "target": "staging2.audit", "business_key": ["n"]})
     settings = load(tmp_path, data)
-    with pytest.raises(ValueError, match="'staging2'.*main staging's own"):
+    with pytest.raises(ValueError, match=r"'staging2'.*main staging's own"):
         settings.environment_databases("2")
     data["staging"]["state_db"] = "stagingx"
     settings = load(tmp_path, data)
-    with pytest.raises(ValueError, match="'stagingx'.*main staging's own"):
+    with pytest.raises(ValueError, match=r"'stagingx'.*main staging's own"):
         settings.environment_databases("x")
     assert settings.environment_databases("y") == {"staging": "stagingy",
                                                    "staging2": "staging2y"}
