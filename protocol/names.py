@@ -31,6 +31,7 @@ UNCLASSIFIED = "unclassified_paths"  # paths a strict collection left out (no va
 # (ownership: only those are ever dropped), per failed build, and per collection's last pass.
 INDEX_MIRROR = "index_mirror"
 GUARD_MARKERS = "guard"  # markers of the same-deployment check (deployments.guard)
+ENVIRONMENTS = "environments"  # one document per environment: state, lifetime, its databases
 
 # Indexes stagesync creates; only names with this prefix are ever dropped by it.
 OWN_INDEX_PREFIX = "stagesync_"
@@ -52,6 +53,23 @@ DUPLICATE_KEY = 11000
 PREFIX = "stagesync"
 QUEUE_PREFIX = "stagesync"
 RATE_LIMIT_KEY_PREFIX = f"{PREFIX}:limits"  # the `limits` library's storage prefix
+
+
+# A collection's copies in an environment are a *target* of their own; what the state database
+# keeps per target (dead letters, pending references, resyncs, stats) is keyed by the scoped
+# name `<collection>@<environment>`. Collection and environment names never hold `@`.
+SCOPE_SEPARATOR = "@"
+
+
+def scoped_name(collection: str, environment: str | None) -> str:
+    """`orders` for the main staging, `orders@pr-1` for environment pr-1."""
+    return collection if environment is None else f"{collection}{SCOPE_SEPARATOR}{environment}"
+
+
+def split_scope(name: str) -> tuple[str, str | None]:
+    """(collection, environment or None) of a possibly scoped name."""
+    collection, separator, environment = name.partition(SCOPE_SEPARATOR)
+    return collection, (environment if separator else None)
 
 
 def queue_names(collection: str, partitions: int) -> list[str]:
