@@ -150,9 +150,11 @@ class EnvironmentStore:
         return self.records.delete_one({"_id": name, "state": DELETING}).deleted_count == 1
 
     def expired(self, now: datetime | None = None) -> list[Environment]:
+        """Environments past their lifetime, and deletes that a killed process left
+        halfway (`deleting`): the expiry pass finishes both."""
         moment = now or datetime.now(UTC)
-        return [Environment.from_record(record)
-                for record in self.records.find({"expiresAt": {"$lte": moment}})]
+        return [Environment.from_record(record) for record in self.records.find(
+            {"$or": [{"expiresAt": {"$lte": moment}}, {"state": DELETING}]})]
 
 
 class EnvironmentCache:
@@ -169,6 +171,11 @@ class EnvironmentCache:
         self._lock = threading.Lock()
         self._value: list[Environment] = []
         self._at: float | None = None
+
+    def refresh(self) -> None:
+        """Read the store at the next `current()` (a process that just changed it)."""
+        with self._lock:
+            self._at = None
 
     def current(self) -> list[Environment]:
         with self._lock:

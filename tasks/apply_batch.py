@@ -25,8 +25,8 @@ from stagesync.protocol.routing import home_queue
 from stagesync.state.dead_letters import DeadLetterEntry
 from stagesync.state.versions import take_version
 from stagesync.tasks import metrics
-from stagesync.tasks.apply.applier import apply_changes
 from stagesync.tasks.apply.context import WriteErrors
+from stagesync.tasks.apply.targets import TargetBatch
 from stagesync.tasks.celery_app import app
 from stagesync.tasks.enqueue import QueuedChange, publish_apply
 from stagesync.tasks.instrumented import stagesync_task
@@ -53,10 +53,17 @@ def apply_batch(
         return
     ops = dict(pairs)
     began = time.monotonic()
+    fanout: TargetBatch | None = None
     try:
         waited = runtime.rate_limiter.acquire(collection, len(ops))
-        result = apply_changes(runtime.context(collection), ops)
+        # The main staging, then every environment, from one production read
+        # (tasks.apply.targets); the environments are applied once the batch is reported.
+        targets = runtime.targets(collection)
+        fanout = TargetBatch(targets[0], targets[1:], ops)
+        result = fanout.apply_main()
     except Exception as error:
+        if fanout is not None and isinstance(error, WriteErrors):
+            fanout.apply_environments()  # the rest of the batch is done in the main staging
         if is_transient(error):
             metrics.FAILURES.labels(collection, "transient").inc()
             countdown = _backoff(self.request.retries, settings.retry_backoff_max_seconds)
@@ -86,6 +93,7 @@ def apply_batch(
                  describe_error(error))
         return
     runtime.report_done(collection, batch, part, result)
+    fanout.apply_environments()
     metrics.observe_apply(collection, len(ops), time.monotonic() - began, waited,
                           result.outcomes)
     log.info(

@@ -43,12 +43,14 @@ def replay_dead_letters(
         for start in range(0, len(entries), REPLAY_BATCH):
             chunk = entries[start:start + REPLAY_BATCH]
             ops = {entry["pid"]: str(entry.get("op") or "replay") for entry in chunk}
-            runtime.rate_limiter.acquire(collection, len(ops))
+            runtime.rate_limiter.acquire(context.name, len(ops))
             try:
                 result = apply_changes(context, ops)
             except WriteErrors as refused:
                 # Still refused: the entries stay, with the new error and one more attempt.
-                version = take_version(runtime.state_db, collection)
+                # The collection's counter (`context.name`), also for an environment's
+                # entries (`orders@pr-1`): one counter orders every target's writes.
+                version = take_version(runtime.state_db, context.name)
                 runtime.dead_letters.record(
                     DeadLetterEntry(collection=collection, pid=pid, op=ops[pid],
                                     reason="write_error", error=message, version=version)

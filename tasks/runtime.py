@@ -10,23 +10,40 @@ import os
 import threading
 import time
 from collections.abc import Mapping
+from datetime import datetime
 
 import redis
+from pymongo import MongoClient
 from stagesync.deployments.in_lists import configure as configure_in_lists
 from stagesync.deployments.production import ProductionReader
 from stagesync.deployments.staging import connect_staging
-from stagesync.protocol.names import deliveries_key, done_key, done_report, stats_key
+from stagesync.protocol.names import (
+    deliveries_key,
+    done_key,
+    done_report,
+    split_scope,
+    stats_key,
+)
 from stagesync.protocol.routing import queue_for
+from stagesync.rules.document import Document
 from stagesync.rules.pii import Masker
 from stagesync.rules.references import Reference, references_of
 from stagesync.settings import Settings, load_settings
 from stagesync.settings.collection import CollectionSettings
 from stagesync.state.dead_letters import DeadLetterStore
+from stagesync.state.environments import (
+    STREAMED,
+    Environment,
+    EnvironmentCache,
+    EnvironmentStore,
+)
 from stagesync.state.pii_state import record_masking
 from stagesync.state.unclassified_paths import forget_classified, held_count
 from stagesync.tasks.apply.context import ApplyContext, ApplyResult
 from stagesync.tasks.apply.rate_limit import QueueRateLimiter
 from stagesync.tasks.apply.references import Follower, ReferenceResolver, SubsetLinks, Target
+from stagesync.tasks.apply.staging_io import TargetCollection
+from stagesync.tasks.apply.targets import environment_settings
 from stagesync.tasks.celery_app import app
 from stagesync.tasks.enqueue import publish_apply
 from stagesync.tasks.metrics import UNCLASSIFIED_PATHS
@@ -45,8 +62,57 @@ class Runtime:
         self.redis = redis.Redis.from_url(settings.redis_url, socket_timeout=30)
         self.rate_limiter = QueueRateLimiter(settings, self.redis, self.state_db)
         self._contexts: dict[str, ApplyContext] = {}
+        self.environment_store = EnvironmentStore(self.state_db)
+        self.environments = EnvironmentCache(
+            lambda: self.environment_store.all(STREAMED))
+        self._environment_client: MongoClient[Document] | None = None
+        # (collection, environment, its creation time) -> context: a name deleted and
+        # created again gets a context of its own.
+        self._environment_contexts: dict[tuple[str, str, datetime], ApplyContext] = {}
+
+    def targets(self, name: str) -> list[ApplyContext]:
+        """The main staging's context of the collection, then one per environment the
+        stream writes into (as this process last read them: at most CACHE_SECONDS old)."""
+        return [self.context(name), *(self.environment_context(name, environment)
+                                      for environment in self.environments.current())]
+
+    def environment_context(self, name: str, environment: Environment) -> ApplyContext:
+        key = (name, environment.name, environment.created_at)
+        context = self._environment_contexts.get(key)
+        if context is None:
+            main = self.context(name)
+            settings = environment_settings(main.settings, environment)
+            client = self.environment_client()
+            context = ApplyContext(
+                settings, main.rules, main.masker, main.production,
+                TargetCollection(client, settings, main.rules), self.state_db,
+                self.dead_letters, self._references(settings, client, environment),
+                self.settings.secret_bytes(), environment.name,
+            )
+            self._environment_contexts = {
+                k: v for k, v in self._environment_contexts.items()
+                if (k[0], k[1]) != (name, environment.name)}
+            self._environment_contexts[key] = context
+        return context
+
+    def environment_client(self) -> MongoClient[Document]:
+        """Where environments live: the staging deployment, or `environments.uri`."""
+        uri = self.settings.environments.uri
+        if uri is None:
+            return self.staging
+        if self._environment_client is None:
+            self._environment_client = connect_staging(
+                self.settings.staging.model_copy(update={"uri": uri}))
+        return self._environment_client
 
     def context(self, name: str) -> ApplyContext:
+        """The apply context of a collection, or of its copies in an environment when the
+        name is scoped (`orders@pr-1`, as resync chunks and dead letters of an environment
+        name it): those are read from the store, not the cache (a new environment's copy)."""
+        collection_name, environment_name = split_scope(name)
+        if environment_name is not None:
+            environment = self.environment_store.require(environment_name)
+            return self.environment_context(collection_name, environment)
         context = self._contexts.get(name)
         if context is None:
             collection = self.settings.collection(name)
@@ -56,12 +122,14 @@ class Runtime:
             UNCLASSIFIED_PATHS.labels(name).set(held_count(self.state_db, name))
             context = ApplyContext.build(
                 collection, masker, self.production.collection(collection), self.staging,
-                self.state_db, self._references(collection), self.settings.secret_bytes(),
+                self.state_db, self._references(collection, self.staging),
+                self.settings.secret_bytes(),
             )
             self._contexts[name] = context
         return context
 
-    def _references(self, collection: CollectionSettings) -> ReferenceResolver | None:
+    def _references(self, collection: CollectionSettings, client: MongoClient[Document],
+                    environment: Environment | None = None) -> ReferenceResolver | None:
         referenced_by = [other.name for other in self.settings.collections
                          if collection.name in other.references.values()]
         if not collection.references and not referenced_by:
@@ -69,7 +137,9 @@ class Runtime:
         targets = {}
         for name in set(collection.references.values()):
             target = self.settings.collection(name)
-            targets[name] = Target(self.staging[target.target_db][target.target_collection],
+            if environment is not None:
+                target = environment_settings(target, environment)
+            targets[name] = Target(client[target.target_db][target.target_collection],
                                    target.soft_delete_field)
         follow = collection.subset.follow if collection.subset else None
         followers = [
@@ -84,6 +154,7 @@ class Runtime:
             referenced_by, self._apply_again,
             SubsetLinks(Reference(follow, collection.references[follow]) if follow else None,
                         followers),
+            environment.name if environment is not None else None,
         )
 
     def _apply_again(self, collection: str, pids: list[str]) -> None:
@@ -130,6 +201,8 @@ class Runtime:
     def close(self) -> None:
         self.production.close()
         self.staging.close()
+        if self._environment_client is not None:
+            self._environment_client.close()
         self.redis.close()
 
 

@@ -83,9 +83,17 @@ def apply_changes(context: ApplyContext, ops: Mapping[str, str],
 
     With `plan_only`, no version is taken (the next one is assumed) and nothing is written."""
     version = _version(context, plan_only)
-    options = ApplyOptions(plan_only=plan_only)
     production = context.read_production(ops, record=plan_only is None)
-    result = apply_documents(context, version, production, ops, options)
+    return apply_changes_read(context, version, production, ops, plan_only)
+
+
+def apply_changes_read(context: ApplyContext, version: int,
+                       production: dict[str, Document | None], ops: Mapping[str, str],
+                       plan_only: PlanOnly | None = None) -> ApplyResult:
+    """`apply_changes` from a production read already made after `version` was taken (the
+    target fan-out reads once for every target: `tasks.apply.targets`)."""
+    options = ApplyOptions(plan_only=plan_only)
+    result = apply_documents(context, version, dict(production), ops, options)
     freed = _conflicts_already_freed(context, result)
     if freed:
         # The holder let the key go after we read it but before our dead letter was recorded,
@@ -306,7 +314,7 @@ def _waiting_on(context: ApplyContext, released_keys: set[str]) -> set[str]:
     """Changes dead-lettered on a key conflict that this batch's writes just resolved."""
     if not released_keys:
         return set()
-    return set(context.dead_letters.waiting_on_keys(context.name, released_keys))
+    return set(context.dead_letters.waiting_on_keys(context.scope, released_keys))
 
 
 def _settle_dead_letters(context: ApplyContext, state: ApplyRound,
@@ -320,11 +328,11 @@ def _settle_dead_letters(context: ApplyContext, state: ApplyRound,
         return
     context.dead_letters.record(
         DeadLetterEntry(
-            collection=context.name, pid=letter.pid, op=state.ops.get(letter.pid, "related"),
+            collection=context.scope, pid=letter.pid, op=state.ops.get(letter.pid, "related"),
             reason=letter.reason, error=letter.detail, key=letter.key, version=state.version,
         )
         for letter in state.dead.values()
     )
     resolved = state.done - set(state.dead)
     if resolved:
-        context.dead_letters.clear(context.name, resolved, older_than=state.version)
+        context.dead_letters.clear(context.scope, resolved, older_than=state.version)

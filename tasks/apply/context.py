@@ -4,7 +4,7 @@ returns; the errors an apply raises; and the plan-only sink of `stagesync watch 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,6 +12,7 @@ from pymongo import MongoClient
 from pymongo.database import Database
 from stagesync.deployments.failures import TransientError
 from stagesync.deployments.production import ReadOnlyCollection, read_documents
+from stagesync.protocol.names import scoped_name
 from stagesync.rules.document import Document
 from stagesync.rules.identity import decode_id, encode_id
 from stagesync.rules.pii import Masker
@@ -76,6 +77,10 @@ class ApplyContext:
     dead_letters: DeadLetterStore
     references: ReferenceResolver | None = None
     secret: bytes = b""  # keys the `subset: {percent}` sample
+    # The environment whose copies `target` holds; None for the main staging. Versions and
+    # masking belong to the collection (`name`); what the state database keeps per target
+    # (dead letters, pending references) is keyed by `scope`.
+    environment: str | None = None
 
     @classmethod
     def build(
@@ -97,16 +102,25 @@ class ApplyContext:
     def name(self) -> str:
         return self.settings.name
 
+    @property
+    def scope(self) -> str:
+        """`orders` for the main staging, `orders@pr-1` for an environment's copies."""
+        return scoped_name(self.settings.name, self.environment)
+
     def sampled(self, pid: str) -> bool:
         """In the `subset: {percent}` sample (always, without one)."""
         subset = self.settings.subset
         return subset is None or subset.percent is None or in_sample(
             pid, subset.percent, self.secret)
 
-    def read_production(self, pids: Iterable[str], record: bool = True
+    def read_production(self, pids: Iterable[str], record: bool = True,
+                        keep: Callable[[str], bool] | None = None
                         ) -> dict[str, Document | None]:
         """Current production documents, masked the moment they are read; None when gone.
-        `record=False` (a plan-only apply) leaves the strict mode's record alone."""
+        `record=False` (a plan-only apply) leaves the strict mode's record alone. Only the
+        documents `keep` takes are masked (default: those in this target's sample); the others
+        read as gone."""
+        keep = keep or self.sampled
         wanted = list(dict.fromkeys(pids))
         found: dict[str, Document | None] = dict.fromkeys(wanted)
         documents = read_documents(
@@ -114,7 +128,7 @@ class ApplyContext:
         )
         for document in documents:
             pid = encode_id(document["_id"])
-            if not self.sampled(pid):
+            if not keep(pid):
                 continue  # outside the sample: for staging, as if production had none
             if pid in found:
                 found[pid] = self.masker.mask(document)

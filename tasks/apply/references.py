@@ -36,7 +36,7 @@ from pymongo.database import Database
 from stagesync.deployments.in_lists import in_lists
 from stagesync.deployments.production import ReadOnlyCollection
 from stagesync.deployments.staging import SIMPLE
-from stagesync.protocol.names import PENDING_REFERENCES
+from stagesync.protocol.names import PENDING_REFERENCES, scoped_name, split_scope
 from stagesync.rules.document import Document
 from stagesync.rules.identity import decode_id, encode_id
 from stagesync.rules.paths import get_path, split_dotted
@@ -82,8 +82,13 @@ class ReferenceResolver:
         referenced_by: Iterable[str] = (),
         republish: Republish | None = None,
         subset: SubsetLinks = SubsetLinks(),
+        environment: str | None = None,
     ) -> None:
         self.name = name
+        # In an environment, pending records name both sides by their scoped names
+        # (`orders@pr-1` waits for `users@pr-1`): each target's references resolve inside it.
+        self.environment = environment
+        self.scope = scoped_name(name, environment)
         self.references = references
         self.targets = dict(targets)  # referenced collection name -> its staging copies
         self.pending = state_db[PENDING_REFERENCES]
@@ -114,20 +119,24 @@ class ReferenceResolver:
             # Record first, then look again: see the module docstring.
             now = datetime.now(UTC)
             self.pending.bulk_write([
-                UpdateOne({"_id": _pending_id(self.name, pid, target, tpid)},
-                          {"$set": {"coll": self.name, "pid": pid, "target": target,
-                                    "tpid": tpid, "at": now}}, upsert=True)
+                UpdateOne({"_id": _pending_id(self.scope, pid, self._scoped(target), tpid)},
+                          {"$set": {"coll": self.scope, "pid": pid,
+                                    "target": self._scoped(target), "tpid": tpid, "at": now}},
+                          upsert=True)
                 for target, tpid in missing for pid in sorted(wanted[(target, tpid)] & members)
             ], ordered=False)
             found, found_live = self._lookup(missing)
             live |= found_live
             if found:
                 lookup.update(found)
-                self._forget(_pending_id(self.name, pid, target, tpid)
+                self._forget(_pending_id(self.scope, pid, self._scoped(target), tpid)
                              for target, tpid in found for pid in wanted[(target, tpid)] & members)
         return {pid: translate(document, self.references, lookup)
                 if document and self._member(document, live) else None
                 for pid, document in documents.items()}
+
+    def _scoped(self, collection: str) -> str:
+        return scoped_name(collection, self.environment)
 
     def _member(self, document: Document, live: set[tuple[str, str]]) -> bool:
         """In the subset when following: a referenced document at `follow` has a live copy."""
@@ -159,13 +168,15 @@ class ReferenceResolver:
         if not self.referenced_by or not staging_ids:
             return
         entries = [entry for some in in_lists(staging_ids)
-                   for entry in self.pending.find({"target": self.name, "tpid": {"$in": some}})]
+                   for entry in self.pending.find({"target": self.scope, "tpid": {"$in": some}})]
         if not entries:
             return
         again: dict[str, set[str]] = defaultdict(set)
         for entry in entries:
             if encode_id(staging_ids[entry["tpid"]]) != entry["tpid"]:
-                again[entry["coll"]].add(entry["pid"])
+                # Applied again in every target (the apply fans out): harmless where the
+                # reference was already translated.
+                again[split_scope(entry["coll"])[0]].add(entry["pid"])
         if self.republish is not None:
             for collection, pids in again.items():
                 self.republish(collection, sorted(pids))

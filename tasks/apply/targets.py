@@ -1,0 +1,127 @@
+"""The target fan-out: one production read per batch, planned and written per target.
+
+DESIGN calls an environment a *target*: where a collection's copies live. The main staging is
+the first target; each environment that the stream writes into (`state.environments`,
+STREAMED) is one more, with an ApplyContext of its own:
+
+- its own `TargetCollection` (the environment's database from `environments.database`, the
+  same collection name) and its own reference resolver, whose lookups and pending records stay
+  inside the environment (`orders@pr-1` waits for `users@pr-1`);
+- its own sample: the collection's settings with `subset: {percent: P}` for `--sample P` when
+  the collection has no `follow` subset (the same keyed hash, `rules.subset.in_sample`, so the
+  sample is stable across creates, resyncs and workers; P combines with a configured percent by
+  taking the smaller); `follow` subsets are decided by the same rules against the environment's
+  own copies, so every reference of a sampled environment resolves inside it;
+- its own dead letters and pending references, under the scoped name `orders@pr-1`
+  (`dlq list --collection orders@pr-1`; `dlq replay` of such entries applies them to that
+  environment only). Scoping by the collection key, rather than a new field, keeps every
+  query of those stores as it is, and the main staging's entries exactly as they were.
+
+What a batch shares across targets, and why: the version (taken once, before the one
+production read: every target's writes come from that read, so the version orders them in
+each target exactly as in the main staging), the production read itself, and the masking
+(PII rules belong to the collection). Production's read load per change therefore does not
+grow with the number of environments: the read takes every document that any target's
+sample wants, masks each once, and each target plans from that same dict (the planner is
+pure and never changes its inputs). Only rare follow-ups read production per target (a
+business key held by another document, a key conflict woken), as they do for the main
+staging.
+
+Containment: the main staging is applied first, exactly as before (its failures retry, split
+and dead-letter as the task decides). The environments are applied after it, each in its own
+`try`: an environment that fails records dead letters scoped to it (reason
+`environment_error`, or the refused writes as `write_error`) and never fails the batch; the
+task reports the batch done before it applies the environments, so a slow environment never
+holds back the watcher's checkpoint. A worker that dies between the report and the
+environments' writes leaves the message unacknowledged (acks_late): it is delivered again and
+applied again, harmlessly.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from stagesync.deployments.failures import describe_error
+from stagesync.rules.document import Document
+from stagesync.settings.collection import CollectionSettings, SubsetSettings
+from stagesync.state.dead_letters import DeadLetterEntry
+from stagesync.state.environments import Environment
+from stagesync.state.versions import take_version
+from stagesync.tasks.apply.applier import apply_changes_read, apply_documents
+from stagesync.tasks.apply.context import ApplyContext, ApplyResult, WriteErrors
+
+log = logging.getLogger("stagesync.apply")
+
+
+def environment_settings(collection: CollectionSettings, environment: Environment
+                         ) -> CollectionSettings:
+    """The collection as the environment holds it: its target database, its sample."""
+    database = environment.databases[collection.target_db]
+    subset = collection.subset
+    if environment.sample is not None and (subset is None or subset.follow is None):
+        own = subset.percent if subset is not None and subset.percent is not None else 100.0
+        subset = SubsetSettings(percent=min(own, environment.sample))
+    return collection.model_copy(update={
+        "target": f"{database}.{collection.target_collection}", "subset": subset,
+    })
+
+
+@dataclass
+class TargetBatch:
+    """One batch of one collection, applied to the main staging and then to every
+    environment, from one version and one production read."""
+
+    main: ApplyContext
+    environments: Sequence[ApplyContext]
+    ops: Mapping[str, str]
+    version: int | None = None
+    production: dict[str, Document | None] = field(default_factory=dict)
+    applied: bool = False  # environments done (at most once per batch)
+
+    def apply_main(self) -> ApplyResult:
+        """Version, the one production read, and the main staging's apply. Raises as the
+        main apply does; the version and the documents read stay for the environments."""
+        self.version = take_version(self.main.state_db, self.main.name)
+        targets = (self.main, *self.environments)
+        self.production = self.main.read_production(
+            self.ops, keep=lambda pid: any(target.sampled(pid) for target in targets))
+        return apply_changes_read(self.main, self.version, self.production, self.ops)
+
+    def apply_environments(self) -> dict[str, ApplyResult | None]:
+        """Each environment in turn; None for one that failed (its changes dead-lettered in
+        its scope). Never raises."""
+        if self.applied or self.version is None:
+            return {}
+        self.applied = True
+        done: dict[str, ApplyResult | None] = {}
+        for target in self.environments:
+            try:
+                done[target.scope] = apply_documents(
+                    target, self.version, dict(self.production), self.ops)
+            except Exception as error:  # contained: see the module docstring
+                done[target.scope] = None
+                _contain(target, self.ops, error)
+        return done
+
+
+def _contain(target: ApplyContext, ops: Mapping[str, str], error: Exception) -> None:
+    refused = error.errors if isinstance(error, WriteErrors) else {}
+    log.warning("environment apply failed", exc_info=not refused,
+                extra={"collection": target.scope, "changes": len(ops),
+                       "error": describe_error(error)})
+    try:
+        version = take_version(target.state_db, target.name)
+        target.dead_letters.record(
+            DeadLetterEntry(
+                collection=target.scope, pid=pid, op=ops.get(pid, "related"),
+                reason="write_error" if refused else "environment_error",
+                error=refused.get(pid, describe_error(error)) if refused else
+                describe_error(error), version=version,
+            )
+            for pid in (refused or ops)
+        )
+    except Exception:  # the state database is down too: the main apply will tell
+        log.exception("environment dead letters not recorded",
+                      extra={"collection": target.scope})

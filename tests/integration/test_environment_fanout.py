@@ -1,0 +1,147 @@
+"""The target fan-out: one production read per batch whatever the number of environments,
+each environment with its own copies, sample and dead letters, and a failing environment
+contained (tasks.apply.targets)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from stagesync.deployments.production import ReadOnlyCollection
+from stagesync.deployments.staging_indexes import ensure, ensure_indexes, target_indexes
+from stagesync.rules.identity import encode_id
+from stagesync.rules.subset import in_sample
+from stagesync.state.environments import CREATING, LIVE, EnvironmentStore
+from stagesync.tasks.apply.targets import TargetBatch, environment_settings
+from stagesync.tasks.runtime import Runtime
+
+from tests.support.pipeline import Pipeline, wait_for
+
+TIMEOUT = 30.0
+
+
+def add_environment(pipeline: Pipeline, name: str, sample: float | None = None) -> Any:
+    """An environment recorded live with stagesync's indexes in its databases (what `env
+    create` does before its copy)."""
+    settings = pipeline.settings
+    store = EnvironmentStore(pipeline.state())
+    store.ensure_indexes()
+    environment = store.create(name, settings.environment_databases(name), ttl=None,
+                               sample=sample, limit=settings.environments.max)
+    for collection in settings.collections:
+        copy = environment_settings(collection, environment)
+        ensure(pipeline.staging_client[copy.target_db][copy.target_collection],
+               target_indexes(copy))
+    assert store.transition(name, [CREATING], LIVE)
+    return store.require(name)
+
+
+def env_copies(pipeline: Pipeline, environment: Any, index: int = 0) -> Any:
+    copy = environment_settings(pipeline.settings.collections[index], environment)
+    return pipeline.staging_client[copy.target_db][copy.target_collection]
+
+
+@pytest.fixture
+def runtime(pipeline: Pipeline) -> Iterator[Runtime]:
+    settings = pipeline.settings
+    made = Runtime(settings)
+    ensure_indexes(made.staging, settings)
+    yield made
+    made.close()
+
+
+@pytest.fixture
+def production_finds(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
+    """Every query this process sends to production (the read-only reader's finds)."""
+    seen: list[dict[str, Any]] = []
+    real = ReadOnlyCollection.find
+
+    def counted(self: ReadOnlyCollection, query: Any, *args: Any, **kwargs: Any) -> Any:
+        seen.append(dict(query))
+        return real(self, query, *args, **kwargs)
+
+    monkeypatch.setattr(ReadOnlyCollection, "find", counted)
+    return seen
+
+
+def seed(pipeline: Pipeline, count: int) -> dict[str, str]:
+    ids = pipeline.prod().insert_many(
+        [{"userEmail": f"u{n}@x", "accountId": n, "n": n} for n in range(count)]).inserted_ids
+    return {encode_id(pid): "insert" for pid in ids}
+
+
+def test_one_production_read_per_batch_whatever_the_number_of_environments(
+        pipeline: Pipeline, runtime: Runtime, production_finds: list[dict[str, Any]]) -> None:
+    name = pipeline.collections[0]["name"]
+    ops = seed(pipeline, 150)
+    TargetBatch(runtime.context(name), [], ops).apply_main()
+    alone = len(production_finds)
+    assert alone == 1  # 150 ids: one `$in` list of at most 200
+    full, sampled, other = (add_environment(pipeline, env, sample)
+                            for env, sample in (("full", None), ("s30", 30.0), ("x", None)))
+    runtime.environments.refresh()
+    targets = runtime.targets(name)
+    assert [t.scope for t in targets] == [name, f"{name}@full", f"{name}@s30", f"{name}@x"]
+    production_finds.clear()
+    batch = TargetBatch(targets[0], targets[1:], ops)
+    batch.apply_main()
+    outcomes = batch.apply_environments()
+    assert len(production_finds) == alone  # three environments more: still one read
+    assert all(result is not None for result in outcomes.values())
+    assert env_copies(pipeline, full).count_documents({}) == 150
+    assert env_copies(pipeline, other).count_documents({}) == 150
+    wanted = {pid for pid in ops if in_sample(pid, 30.0, b"test-secret")}
+    assert 20 < len(wanted) < 80
+    # Outside the sample, as if production had none (at most a tombstone of `_sync` only).
+    assert {d["_sync"]["pid"] for d in env_copies(pipeline, sampled).find(
+        {"deleted": {"$ne": True}})} == wanted
+    # The main staging is untouched by the environments: the same 150 copies, once.
+    assert pipeline.staging().count_documents({}) == 150
+
+
+def test_a_failing_environment_is_contained_and_scoped(
+        pipeline: Pipeline, runtime: Runtime) -> None:
+    name = pipeline.collections[0]["name"]
+    broken, fine = add_environment(pipeline, "broken"), add_environment(pipeline, "fine")
+    targets = runtime.targets(name)
+    bad = next(t for t in targets if t.environment == "broken")
+
+    def refuse(*_: Any, **__: Any) -> Any:
+        raise RuntimeError("environment server on fire")
+
+    bad.target.execute = refuse  # type: ignore[method-assign]
+    ops = seed(pipeline, 20)
+    batch = TargetBatch(targets[0], targets[1:], ops)
+    result = batch.apply_main()
+    outcomes = batch.apply_environments()
+    assert result.outcomes["created"] == 20
+    assert outcomes[f"{name}@broken"] is None and outcomes[f"{name}@fine"] is not None
+    assert env_copies(pipeline, fine).count_documents({}) == 20
+    assert env_copies(pipeline, broken).count_documents({}) == 0
+    letters = pipeline.state()["dead_letters"]
+    assert letters.count_documents({"collection": f"{name}@broken",
+                                    "reason": "environment_error"}) == 20
+    assert letters.count_documents({"collection": {"$ne": f"{name}@broken"}}) == 0
+
+
+def test_the_stream_reaches_a_live_environment(pipeline: Pipeline) -> None:
+    environment = add_environment(pipeline, "pr-1")
+    pipeline.start_watcher()
+    pipeline.start_worker()
+    pipeline.wait_streaming()
+    prod = pipeline.prod()
+    pid = prod.insert_one({"userEmail": "a@x", "accountId": 1, "v": 1}).inserted_id
+    prod.update_one({"_id": pid}, {"$set": {"v": 2}})
+    copies = env_copies(pipeline, environment)
+    wait_for(lambda: (copies.find_one({"_sync.pid": encode_id(pid)}) or {}).get("v") == 2,
+             TIMEOUT, "the change in the environment", pipeline)
+    copies.update_one({"_sync.pid": encode_id(pid)}, {"$set": {"qaNotes": "env only"}})
+    prod.delete_one({"_id": pid})
+    wait_for(lambda: (copies.find_one({"_sync.pid": encode_id(pid)}) or {}).get("deleted"),
+             TIMEOUT, "the soft delete in the environment", pipeline)
+    env_doc = copies.find_one({"_sync.pid": encode_id(pid)})
+    main_doc = wait_for(lambda: pipeline.staging().find_one(
+        {"_sync.pid": encode_id(pid), "deleted": True}), TIMEOUT, "main soft delete", pipeline)
+    assert env_doc["qaNotes"] == "env only" and "qaNotes" not in main_doc
+    assert env_doc["_sync"]["v"] == main_doc["_sync"]["v"]  # one version serves every target
