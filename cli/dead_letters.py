@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.table import Table
 from stagesync.cli.jobs import follow
 from stagesync.deployments.staging import connect_staging
-from stagesync.protocol.names import RESYNCS
+from stagesync.protocol.names import RESYNCS, split_scope
 from stagesync.protocol.routing import home_queue
 from stagesync.settings.model import Settings
 from stagesync.state.dead_letters import DeadLetterStore, summarize
@@ -76,7 +76,8 @@ def replay_entries(settings: Settings, collection: str | None, reason: str | Non
         if not any(True for _ in store.list(name, reason, limit=1)):
             continue
         job = start_replay(broker_app(settings), state_db, name,
-                           home_queue(settings.collection(name)), pids or None, reason)
+                           home_queue(settings.collection(split_scope(name)[0])),
+                           pids or None, reason)
         final = follow(console, lambda job=job: _job(state_db, job), f"replay {name}",
                        REPLAY_TIMEOUT)
         if final is None:

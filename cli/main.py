@@ -31,6 +31,11 @@ app.add_typer(dlq_app, name="dlq")
 pii_app = Typer(no_args_is_help=True, help="Personal data: find it in production, propose "
                       "the pii and allow settings.")
 app.add_typer(pii_app, name="pii")
+env_app = Typer(no_args_is_help=True, help="Environments: short-lived stagings beside the "
+                "main one (one per pull request or test run), fed by the same stream.",
+                epilog="Example: stagesync env create pr-1 --sample 10 --wait  |  stagesync "
+                "env list --json  |  stagesync env delete pr-1")
+app.add_typer(env_app, name="env")
 console = Console()
 errors = Console(stderr=True)
 
@@ -242,7 +247,7 @@ def dlq_list(
 
     settings = settings_from(config)
     if collection:
-        _known(settings, collection)
+        _known_scoped(settings, collection)
     raise typer.Exit(list_entries(settings, collection, reason, json_output, console))
 
 
@@ -277,7 +282,7 @@ def dlq_replay(
 
     settings = settings_from(config)
     if collection:
-        _known(settings, collection)
+        _known_scoped(settings, collection)
     raise typer.Exit(replay_entries(settings, collection, reason, pid or [], console))
 
 
@@ -297,7 +302,7 @@ def dlq_purge(
 
     settings = settings_from(config)
     if collection:
-        _known(settings, collection)
+        _known_scoped(settings, collection)
     if not yes and sys.stdin.isatty():
         typer.confirm("Delete these dead-letter entries for good?", abort=True)
     raise typer.Exit(purge_entries(settings, collection, pid, console))
@@ -351,11 +356,77 @@ def demo(
                              burst_seconds, keep))
 
 
+EnvName = Annotated[str, typer.Argument(help="Environment name: 1-31 lower-case letters, "
+                                        "digits and dashes (e.g. pr-123).")]
+
+
+@env_app.command("create", epilog="Examples: stagesync env create pr-1 --sample 10 --wait  |  "
+                 "stagesync env create qa --ttl 8h")
+def env_create(
+    name: EnvName,
+    config: ConfigOption = None,
+    sample: Annotated[float | None, typer.Option(
+        "--sample", min=0.0, max=100.0, help="Keep this percent of each collection without a "
+        "follow subset, and what follows it (default: everything).", show_default=False)
+    ] = None,
+    ttl: Annotated[str | None, typer.Option(
+        "--ttl", help="Lifetime, e.g. 8h or 3d (default: environments.ttl).",
+        show_default=False)] = None,
+    wait: Annotated[bool, typer.Option("--wait", help="Follow the copy until the "
+                                       "environment is live.")] = False,
+    timeout: Annotated[float, typer.Option(help="With --wait: stop waiting after this many "
+                                           "seconds; the copy goes on. 0: until live.")] = 0.0,
+) -> None:
+    """Create an environment: its databases, stagesync's indexes, a copy of production
+    (masked, sampled) by resync; the stream keeps it up to date. Re-run on an environment
+    stuck in `creating`, it finishes the job."""
+    from stagesync.cli.environments import Refused, run_create
+
+    settings = settings_from(config)
+    try:
+        raise typer.Exit(run_create(settings, name, sample, ttl, wait, timeout, console))
+    except Refused as error:
+        raise fail(str(error), error.code) from None
+
+
+@env_app.command("list", epilog="Examples: stagesync env list  |  stagesync env list --json")
+def env_list(
+    config: ConfigOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="A JSON list: name, state, "
+                                          "created_at, expires_at, collections.")] = False,
+) -> None:
+    """List the environments: state, lifetime, and per collection its target, live
+    documents and lag."""
+    from stagesync.cli.environments import run_list
+
+    raise typer.Exit(run_list(settings_from(config), as_json, console))
+
+
+@env_app.command("delete", epilog="Example: stagesync env delete pr-1")
+def env_delete(name: EnvName, config: ConfigOption = None) -> None:
+    """Delete an environment: drop the databases recorded for it, then its records."""
+    from stagesync.cli.environments import Refused, run_delete
+
+    settings = settings_from(config)
+    try:
+        raise typer.Exit(run_delete(settings, name, console))
+    except Refused as error:
+        raise fail(str(error), error.code) from None
+
+
 def _known(settings: Settings, name: str) -> None:
     try:
         settings.collection(name)
     except KeyError as error:
         raise fail(str(error.args[0]), 2) from None
+
+
+def _known_scoped(settings: Settings, name: str) -> None:
+    """A configured collection, or its copies in an environment (`orders@pr-1`): the
+    dead-letter store keeps an environment's entries under that name."""
+    from stagesync.protocol.names import split_scope
+
+    _known(settings, split_scope(name)[0])
 
 
 def main() -> None:

@@ -17,6 +17,7 @@ RESYNC_SWEEP = "stagesync.resync_sweep"
 REPLAY_DEAD_LETTERS = "stagesync.replay_dead_letters"
 PURGE_DELETED = "stagesync.purge_deleted"
 VERIFY = "stagesync.verify"
+EXPIRE_ENVIRONMENTS = "stagesync.expire_environments"
 
 # Collections of the staging state database.
 WATCHERS = "watchers"  # one document per collection: lease, checkpoint, watcher figures

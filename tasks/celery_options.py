@@ -12,7 +12,7 @@ from typing import Any
 
 from celery.schedules import crontab
 from kombu import Queue
-from stagesync.protocol.names import PURGE_DELETED, RESYNC, VERIFY
+from stagesync.protocol.names import EXPIRE_ENVIRONMENTS, PURGE_DELETED, RESYNC, VERIFY
 from stagesync.protocol.routing import all_queues, home_queue
 from stagesync.settings.durations import parse_duration
 from stagesync.settings.model import Settings, WorkerSettings
@@ -82,6 +82,8 @@ def _crontab(fields: str) -> crontab:
 
 # Erasure runs hourly for every collection that asks for it.
 PURGE_EVERY_SECONDS = 3600
+# Expired environments go within about a minute of their expiry.
+EXPIRY_EVERY_SECONDS = 30
 
 
 def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
@@ -96,6 +98,10 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
             "schedule": timing, "args": [entry.collection],
             "options": {"queue": home_queue(collection)},
         }
+    jobs["expire-environments"] = {
+        "task": EXPIRE_ENVIRONMENTS, "schedule": EXPIRY_EVERY_SECONDS, "args": [],
+        "options": {"queue": home_queue(settings.collections[0])},
+    }
     for collection in settings.collections:
         if collection.purge_deleted_after:
             jobs[f"purge-{collection.name}"] = {

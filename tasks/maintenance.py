@@ -2,6 +2,10 @@
 
 - `stagesync.verify` compares a collection (see tasks.verification.verifier) and keeps the latest
   report in the state database, where `status` shows it.
+- `stagesync.expire_environments` deletes the environments past their lifetime (`--ttl`),
+  with their databases and records (`tasks.environment_ops.delete_environment`), and finishes
+  deletes that a killed process left halfway. Beat runs it every EXPIRY_EVERY_SECONDS, so an
+  environment goes within about a minute of its expiry.
 - `stagesync.purge_deleted` hard-deletes staging documents soft-deleted longer ago than the
   collection's `purge_deleted_after`, for erasure requests. Only documents that came from
   production (they record a production `_id`) are ever purged; QA fixtures never are.
@@ -14,8 +18,15 @@ from datetime import UTC, datetime
 from typing import Any
 
 from celery import Task
-from stagesync.protocol.names import PURGE_DELETED, VERIFICATIONS, VERIFY
+from stagesync.protocol.names import (
+    EXPIRE_ENVIRONMENTS,
+    PURGE_DELETED,
+    VERIFICATIONS,
+    VERIFY,
+)
 from stagesync.rules.sync_meta import DELETED_AT_FIELD, PID_FIELD
+from stagesync.state.environments import NoSuchEnvironment
+from stagesync.tasks.environment_ops import delete_environment
 from stagesync.tasks.instrumented import stagesync_task
 from stagesync.tasks.runtime import get_runtime
 from stagesync.tasks.verification.verifier import verify_collection
@@ -56,3 +67,20 @@ def purge_deleted(self: Task, collection: str) -> int:
     log.info("purged soft-deleted documents",
              extra={"collection": collection, "removed": removed, "older_than": str(after)})
     return int(removed)
+
+
+@stagesync_task(EXPIRE_ENVIRONMENTS)
+def expire_environments(self: Task) -> list[str]:
+    """Delete every environment past its lifetime; the names deleted."""
+    runtime = get_runtime()
+    deleted = []
+    for environment in runtime.environment_store.expired():
+        try:
+            delete_environment(runtime.settings, runtime.state_db,
+                               runtime.environment_client(), environment.name, runtime.redis)
+        except NoSuchEnvironment:
+            continue  # deleted meanwhile by `env delete`
+        deleted.append(environment.name)
+        log.info("environment expired", extra={"environment": environment.name,
+                                               "expired_at": str(environment.expires_at)})
+    return deleted

@@ -65,6 +65,7 @@ from stagesync.state.resync_progress import (
 from stagesync.state.versions import take_version
 from stagesync.tasks.celery_app import app
 from stagesync.tasks.celery_options import soft_time_limit
+from stagesync.tasks.environment_ops import continue_filling
 from stagesync.tasks.full_resync.chunks import (
     SWEEP_PAGE,
     ChunkRun,
@@ -160,8 +161,10 @@ def _set_up(runtime: Runtime, collection: str, resync_id: str) -> None:
     context = runtime.context(collection)
     settings = context.settings
     # Every version this resync's applies take is larger: the sweep tells by it which
-    # staging documents no apply has written since the resync began.
-    started_at_version = take_version(runtime.state_db, collection)
+    # staging documents no apply has written since the resync began. (The collection's
+    # counter, also for a resync into an environment, `orders@pr-1`: one counter orders the
+    # writes of every target.)
+    started_at_version = take_version(runtime.state_db, context.name)
     target = context.target.collection
     empty = target.find_one({}, {"_id": 1}) is None
     unsynced = not empty and target.find_one({SYNC: {"$exists": False}}, {"_id": 1}) is not None
@@ -186,7 +189,12 @@ def _mirror_indexes(runtime: Runtime, collection: str) -> None:
     build."""
     context = runtime.context(collection)
     if context.settings.indexes == "mirror":
-        run_in_background(IndexMirror(context.settings, context.production, runtime.staging,
+        # An environment's mirror records its indexes under the scoped name, apart from the
+        # main staging's, and builds them where the environment lives.
+        settings = context.settings.model_copy(update={"name": context.scope})
+        client = runtime.staging if context.environment is None else \
+            runtime.environment_client()
+        run_in_background(IndexMirror(settings, context.production, client,
                                       runtime.state_db), retry_failed=True)
 
 
@@ -244,7 +252,7 @@ def _plan_one(runtime: Runtime, collection: str, record: dict[str, Any], phase: 
 
 
 def _publish(runtime: Runtime, collection: str, resync_id: str, phase: str, index: int) -> None:
-    queues = queues_of(runtime.settings.collection(collection))
+    queues = queues_of(runtime.context(collection).settings)
     app.send_task(CHUNK_TASKS[phase], args=[collection, resync_id, index],
                   queue=queues[index % len(queues)])
 
@@ -281,9 +289,14 @@ def _finish(runtime: Runtime, collection: str, resync_id: str) -> None:
     result, copied = summary(runtime.state_db, resync_id)
     if finish(runtime.state_db, resync_id, result, copied):
         context = runtime.context(collection)
-        reset_after_resync(runtime.state_db, collection, context.masker.fingerprint)
+        if context.environment is None:
+            reset_after_resync(runtime.state_db, collection, context.masker.fingerprint)
         log.info("resync finished", extra={"collection": collection, "resync": resync_id,
                                            "documents": copied, "summary": result})
+    environment = runtime.context(collection).environment
+    if environment is not None:
+        # The next collections of the environment's copy, or `live` once all are done.
+        continue_filling(runtime.settings, runtime.state_db, app, environment)
 
 
 def _run_chunk(task: Task, phase: str, collection: str, resync_id: str, index: int) -> None:

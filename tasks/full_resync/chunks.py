@@ -38,6 +38,7 @@ from typing import Any, Literal
 from pymongo.collection import Collection
 from stagesync.deployments.in_lists import in_lists
 from stagesync.deployments.staging import SIMPLE
+from stagesync.protocol.names import split_scope
 from stagesync.rules.document import Document
 from stagesync.rules.id_ranges import IdRange, with_filter
 from stagesync.rules.identity import decode_id, encode_id
@@ -131,7 +132,7 @@ def copy_chunk(run: ChunkRun) -> Outcome:
     batch_size = int(run.chunk.get("batch") or run.record.get("batch")
                      or context.settings.resync_chunk_size)
     probe = EmptinessProbe.for_resync(run.record, context.target.collection)
-    version = take_version(run.runtime.state_db, run.collection)
+    version = take_version(run.runtime.state_db, context.name)
     query = with_filter(run.range.query(after=run.chunk.get("resume")), context.settings.filter)
     cursor = context.production.find(query, sort=BY_ID, batch_size=batch_size, hint=BY_ID)
     try:
@@ -171,7 +172,7 @@ def _copy_batch(run: ChunkRun, version: int, batch: dict[str, Document | None], 
     context.record_unclassified()
     if not batch:  # nothing of this stretch is in the sample: only move the checkpoint on
         return run.record_batch(last, 0, {})
-    run.runtime.rate_limiter.acquire(run.collection, len(batch))
+    run.runtime.rate_limiter.acquire(run.context.name, len(batch))
     known_empty = probe.known_empty(list(batch))
     ops = dict.fromkeys(batch, "resync")
     try:
@@ -236,7 +237,7 @@ def _sweep_page(run: ChunkRun, pids: list[str]) -> Counter[str]:
     gone = [pid for pid in pids if pid not in present or not context.sampled(pid)]
     if not gone:
         return Counter()
-    run.runtime.rate_limiter.acquire(run.collection, len(gone))
+    run.runtime.rate_limiter.acquire(run.context.name, len(gone))
     try:
         result = apply_changes(context, dict.fromkeys(gone, "sweep"))
     except WriteErrors as refused:
@@ -247,7 +248,8 @@ def _sweep_page(run: ChunkRun, pids: list[str]) -> Counter[str]:
 
 def dead_letter_refused(runtime: Runtime, collection: str, refused: WriteErrors, op: str
                         ) -> ApplyResult:
-    version = take_version(runtime.state_db, collection)
+    # The collection's counter, also for an environment's resync (`orders@pr-1`).
+    version = take_version(runtime.state_db, split_scope(collection)[0])
     runtime.dead_letters.record(
         DeadLetterEntry(collection=collection, pid=pid, op=op, reason="write_error",
                         error=message, version=version)

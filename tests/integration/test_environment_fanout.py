@@ -4,6 +4,7 @@ contained (tasks.apply.targets)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -123,6 +124,10 @@ def test_a_failing_environment_is_contained_and_scoped(
     assert letters.count_documents({"collection": f"{name}@broken",
                                     "reason": "environment_error"}) == 20
     assert letters.count_documents({"collection": {"$ne": f"{name}@broken"}}) == 0
+    listed = pipeline.cli("dlq", "list", "--collection", f"{name}@broken", "--json")
+    assert listed.returncode == 0, listed.stdout + listed.stderr
+    assert {entry["reason"] for entry in json.loads(listed.stdout)} == {"environment_error"}
+    assert len(json.loads(listed.stdout)) == 20
 
 
 def test_the_stream_reaches_a_live_environment(pipeline: Pipeline) -> None:

@@ -1,0 +1,261 @@
+"""`stagesync env create|list|delete`: environments, short-lived stagings beside the main one.
+
+The commands record and change environments in the state database (`state.environments`),
+create their databases with stagesync's indexes, and fill them through the resync machinery
+(`tasks.environment_ops`); the workers stream into them (`tasks.apply.targets`).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import redis
+from pymongo import MongoClient
+from rich.console import Console
+from rich.table import Table
+from stagesync.deployments.guard import SameDeploymentError, assert_distinct_deployments
+from stagesync.deployments.production import ProductionReader
+from stagesync.deployments.staging import connect_staging
+from stagesync.deployments.staging_indexes import ensure, target_indexes
+from stagesync.protocol.names import watcher_key
+from stagesync.rules.document import Document
+from stagesync.settings.durations import parse_duration
+from stagesync.settings.environments import check_environment_name
+from stagesync.settings.model import Settings
+from stagesync.state.environments import (
+    CREATE_SETTLE_SECONDS,
+    CREATING,
+    LIVE,
+    Environment,
+    EnvironmentRefused,
+    EnvironmentStore,
+)
+from stagesync.tasks.apply.targets import environment_settings
+from stagesync.tasks.enqueue import broker_app
+from stagesync.tasks.environment_ops import (
+    continue_filling,
+    delete_environment,
+    fill_progress,
+)
+
+POLL_SECONDS = 0.5
+HEARTBEAT_FRESH_SECONDS = 10.0
+
+
+class Refused(Exception):
+    """The command cannot do what was asked; `code` is the exit code (2: bad arguments)."""
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class Environments:
+    """The connections the commands share: staging (state), the environments' deployment."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.staging = connect_staging(settings.staging, serverSelectionTimeoutMS=10_000)
+        self.state_db = self.staging[settings.staging.state_db]
+        self.store = EnvironmentStore(self.state_db)
+        self.store.ensure_indexes()
+        uri = settings.environments.uri
+        self.client: MongoClient[Document] = self.staging if uri is None else connect_staging(
+            settings.staging.model_copy(update={"uri": uri}), serverSelectionTimeoutMS=10_000)
+
+    def close(self) -> None:
+        if self.client is not self.staging:
+            self.client.close()
+        self.staging.close()
+
+    def guard(self) -> None:
+        """Never on production: the same-deployment guard, for a deployment of their own."""
+        uri = self.settings.environments.uri
+        if uri is None:
+            return  # the staging deployment, which every process already guards
+        production = ProductionReader(self.settings.prod, serverSelectionTimeoutMS=10_000)
+        try:
+            assert_distinct_deployments(production, self.client, self.settings.model_copy(
+                update={"staging": self.settings.staging.model_copy(update={"uri": uri})}))
+        finally:
+            production.close()
+
+    # -- create -------------------------------------------------------------------------------
+    def create(self, name: str, sample: float | None, ttl: str | None) -> Environment:
+        """Record the environment (or take up one stuck in `creating`), create its databases
+        with stagesync's indexes, and start its copy."""
+        try:
+            check_environment_name(name)
+            databases = self.settings.environment_databases(name)
+            lifetime = parse_duration(ttl) if ttl else self.settings.environments.default_ttl
+        except ValueError as error:
+            raise Refused(str(error), 2) from None
+        self.guard()
+        existing = self.store.get(name)
+        if existing is not None and existing.state != CREATING:
+            raise Refused(f"environment {name!r} already exists ({existing.state}); delete it "
+                          "first or choose another name")
+        try:
+            environment = existing or self.store.create(
+                name, databases, ttl=lifetime, sample=sample,
+                limit=self.settings.environments.max)
+        except EnvironmentRefused as error:
+            raise Refused(str(error)) from None
+        for collection in self.settings.collections:
+            copy = environment_settings(collection, environment)
+            ensure(self.client[copy.target_db][copy.target_collection], target_indexes(copy))
+        # Every apply that reads production after the copy began must know the environment:
+        # workers re-read the list at least every CACHE_SECONDS (state.environments).
+        settled = environment.created_at + timedelta(seconds=CREATE_SETTLE_SECONDS)
+        time.sleep(max(0.0, (settled - datetime.now(UTC)).total_seconds()))
+        continue_filling(self.settings, self.state_db, broker_app(self.settings), name)
+        return self.store.require(name)
+
+    def wait_live(self, name: str, timeout: float, console: Console) -> str:
+        """Follow the copy until the environment is live; its last state."""
+        deadline = time.monotonic() + timeout if timeout > 0 else float("inf")
+        shown = ""
+        while True:
+            environment = self.store.require(name)
+            if environment.state != CREATING:
+                return environment.state
+            progress = fill_progress(self.state_db, environment)
+            failed = {c: p["error"] for c, p in progress.items() if p["state"] == "failed"}
+            if failed:
+                raise Refused(f"environment {name!r}: the copy of "
+                              + ", ".join(f"{c} failed ({e})" for c, e in failed.items())
+                              + f"; run `stagesync env create {name}` again to retry")
+            line = ", ".join(f"{c} {p['done']}/{p['total'] if p['total'] is not None else '?'}"
+                             f" {p['state']}" for c, p in sorted(progress.items()))
+            if line != shown:
+                console.print(f"{name}: copying: {line}")
+                shown = line
+            if time.monotonic() > deadline:
+                return CREATING
+            time.sleep(POLL_SECONDS)
+
+    # -- list -----------------------------------------------------------------------------------
+    def describe(self) -> list[dict[str, Any]]:
+        lags = self._lags()
+        entries = []
+        for environment in self.store.all():
+            collections = {}
+            for collection in self.settings.collections:
+                copy = environment_settings(collection, environment)
+                target = self.client[copy.target_db][copy.target_collection]
+                collections[collection.name] = {
+                    "target": copy.target,
+                    "documents": target.count_documents(
+                        {collection.soft_delete_field: {"$ne": True}}),
+                    "lag_seconds": lags.get(collection.name, 0.0),
+                }
+            entries.append({
+                "name": environment.name, "state": environment.state,
+                "created_at": environment.created_at.isoformat(),
+                "expires_at": environment.expires_at.isoformat()
+                if environment.expires_at else None,
+                "sample": environment.sample, "collections": collections,
+            })
+        return entries
+
+    def _lags(self) -> dict[str, float]:
+        """The stream's lag per collection (environments are written by the same task, right
+        after the main staging), from the watcher's heartbeat in Redis; 0 when unknown."""
+        lags: dict[str, float] = {}
+        try:
+            client = redis.Redis.from_url(self.settings.redis_url, socket_timeout=5)
+            now = time.time()
+            for collection in self.settings.collections:
+                beat = {k.decode(): v.decode() for k, v in
+                        client.hgetall(watcher_key(collection.name)).items()}
+                alive = float(beat.get("heartbeat") or 0) > now - HEARTBEAT_FRESH_SECONDS
+                oldest = float(beat.get("oldest_pending") or 0)
+                lags[collection.name] = round(max(0.0, now - oldest), 3) \
+                    if alive and oldest else 0.0
+            client.close()
+        except (redis.RedisError, ValueError):
+            pass
+        return lags
+
+    # -- delete ---------------------------------------------------------------------------------
+    def delete(self, name: str) -> list[str]:
+        broker = redis.Redis.from_url(self.settings.redis_url, socket_timeout=5)
+        try:
+            return delete_environment(self.settings, self.state_db, self.client, name, broker)
+        except EnvironmentRefused as error:
+            raise Refused(str(error)) from None
+        finally:
+            broker.close()
+
+
+def print_table(console: Console, entries: list[dict[str, Any]]) -> None:
+    if not entries:
+        console.print("no environments (create one: stagesync env create pr-1 --sample 10 "
+                      "--wait)")
+        return
+    table = Table()
+    for column in ("environment", "state", "expires", "collection", "target", "documents",
+                   "lag s"):
+        table.add_column(column, justify="right" if column in ("documents", "lag s")
+                         else "left")
+    for entry in entries:
+        first = True
+        for name, collection in entry["collections"].items():
+            table.add_row(entry["name"] if first else "", entry["state"] if first else "",
+                          (entry["expires_at"] or "never")[:19] if first else "", name,
+                          collection["target"], str(collection["documents"]),
+                          f"{collection['lag_seconds']:.1f}")
+            first = False
+    console.print(table)
+
+
+def run_create(settings: Settings, name: str, sample: float | None, ttl: str | None,
+               wait: bool, timeout: float, console: Console) -> int:
+    environments = Environments(settings)
+    try:
+        environment = environments.create(name, sample, ttl)
+        sampled = f", sample {environment.sample:g}%" if environment.sample is not None else ""
+        console.print(f"environment {name}: {environment.state}{sampled}, databases "
+                      + ", ".join(sorted(environment.databases.values())))
+        if not wait:
+            if environment.state == CREATING:
+                console.print("copying; follow it with: stagesync env list")
+            return 0
+        state = environments.wait_live(name, timeout, console)
+        if state != LIVE:
+            console.print(f"[red]environment {name} is still {state} after {timeout:.0f}s"
+                          "[/red]")
+            return 1
+        console.print(f"environment {name}: live")
+        return 0
+    except SameDeploymentError as error:
+        raise Refused(str(error), 3) from None
+    finally:
+        environments.close()
+
+
+def run_list(settings: Settings, as_json: bool, console: Console) -> int:
+    environments = Environments(settings)
+    try:
+        entries = environments.describe()
+    finally:
+        environments.close()
+    if as_json:
+        print(json.dumps(entries, indent=2))
+    else:
+        print_table(console, entries)
+    return 0
+
+
+def run_delete(settings: Settings, name: str, console: Console) -> int:
+    environments = Environments(settings)
+    try:
+        dropped = environments.delete(name)
+    finally:
+        environments.close()
+    console.print(f"environment {name} deleted; databases dropped: "
+                  + (", ".join(dropped) or "none"))
+    return 0
