@@ -31,8 +31,8 @@ from pymongo.errors import PyMongoError
 from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
+from stagesync.cli.index_drift import drift_of, drift_warnings
 from stagesync.deployments.broker import queue_depth
-from stagesync.deployments.index_mirror import collection_drift, drift_warnings
 from stagesync.deployments.production import OplogWindow, ProductionReader
 from stagesync.deployments.staging import connect_staging
 from stagesync.protocol.names import RESYNCS, VERIFICATIONS, stats_key, watcher_key
@@ -175,8 +175,8 @@ class StatusReader:
 
     def _indexes(self, collection: CollectionSettings) -> dict[str, Any]:
         """Index drift against production: missing, extra, changed, failed, translated,
-        skipped (deployments.index_mirror)."""
-        return collection_drift(self.settings, collection, self.production, self.staging)
+        skipped (cli.index_drift)."""
+        return drift_of(self.settings, collection, self.production, self.staging)
 
     def _resync(self, resync_id: str) -> dict[str, Any]:
         record = self.state_db[RESYNCS].find_one({"_id": resync_id}) or {}

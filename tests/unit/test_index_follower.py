@@ -9,8 +9,9 @@ from typing import Any
 
 import pytest
 from pymongo.errors import OperationFailure, PyMongoError
-from stagesync.deployments.index_mirror import IndexFollower, _message
+from stagesync.deployments.index_mirror import _message
 from stagesync.settings.model import Settings
+from stagesync.watcher.index_follower import IndexFollower
 
 
 class FakeReader:

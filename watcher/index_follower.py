@@ -1,0 +1,120 @@
+"""The watcher's follower of production's index changes, one thread per collection.
+
+A pass of the mirror (`deployments.index_mirror.IndexMirror`) at start, then one after every
+DDL event the change stream carries (MongoDB 6.0+, `showExpandedEvents`), or every
+`watcher.index_poll_seconds` where there are none. It runs beside the stream, so a long build
+never stalls the applies.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from pymongo.database import Database
+from pymongo.errors import OperationFailure, PyMongoError
+from stagesync.deployments.index_mirror import IndexMirror
+from stagesync.deployments.production import ProductionReader
+from stagesync.settings.collection import CollectionSettings
+from stagesync.settings.model import Settings
+from stagesync.state.index_mirror_records import IndexMirrorRecords
+
+log = logging.getLogger("stagesync.indexes")
+
+# The first server version whose change streams carry `createIndexes`, `dropIndexes` and
+# `modify` with `showExpandedEvents`.
+EXPANDED_EVENTS_SINCE = (6, 0)
+# How long a follower in event mode sleeps between passes without a DDL event: a pass costs
+# two `listIndexes` and catches anything an event could have missed (none should).
+EVENT_MODE_SAFETY_SECONDS = 3600.0
+
+Document = dict[str, Any]
+
+
+class IndexFollower:
+    """The watcher's background mirror of one collection: a pass at start, then one after
+    every DDL event (MongoDB 6.0+), or every `index_poll_seconds` where there are none. It
+    runs beside the stream, so a long build never stalls the applies."""
+
+    def __init__(self, mirror: IndexMirror, stop: threading.Event, poll_seconds: float,
+                 events: bool, active: Callable[[], bool] | None = None) -> None:
+        self.mirror = mirror
+        self.stop = stop
+        self.poll_seconds = poll_seconds
+        self.events = events
+        # False while the watcher stands by (another one owns the collection and mirrors).
+        self.active = active or (lambda: True)
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @classmethod
+    def for_watcher(cls, settings: Settings, collection: CollectionSettings,
+                    production: ProductionReader, state_db: Database[Document],
+                    stop: threading.Event, active: Callable[[], bool] | None = None
+                    ) -> IndexFollower | None:
+        if collection.indexes != "mirror":
+            return None
+        mirror = IndexMirror(collection, production.collection(collection), state_db.client,
+                             IndexMirrorRecords(state_db, collection.name))
+        events = settings.watcher.index_follow == "auto"
+        if events:
+            try:
+                events = production.server_version()[:2] >= EXPANDED_EVENTS_SINCE
+            except PyMongoError:
+                events = False  # asked again never; polling works everywhere
+        return cls(mirror, stop, settings.watcher.index_poll_seconds, events, active)
+
+    @property
+    def mode(self) -> str:
+        return "events" if self.events else "poll"
+
+    def stream_options(self) -> dict[str, Any]:
+        return {"show_expanded_events": True} if self.events else {}
+
+    def events_refused(self, error: OperationFailure) -> bool:
+        """The server refused `showExpandedEvents` (older than it said): poll from now on."""
+        if self.events and "showExpandedEvents" in str(error):
+            log.warning("change stream without DDL events here; polling listIndexes instead",
+                        extra={"collection": self.mirror.collection.name})
+            self.events = False
+            self._wake.set()
+            return True
+        return False
+
+    def poke(self) -> None:
+        """A DDL event arrived: a pass soon (several events in a row make one pass)."""
+        self._wake.set()
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=self._run, name=f"indexes-{self.mirror.collection.name}", daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            self._wake.clear()
+            failed = False
+            try:
+                if self.active():
+                    self.mirror.run()
+            except Exception as error:  # the thread must outlive any one failed pass
+                failed = True
+                log.error("index mirror pass failed; trying again at the next one",
+                          extra={"collection": self.mirror.collection.name,
+                                 "error": f"{type(error).__name__}: {str(error)[:200]}"})
+            # After a failed pass the next comes at the poll interval even in event mode:
+            # the events that woke it are behind the checkpoint already.
+            wait = self.poll_seconds if failed or not self.events else EVENT_MODE_SAFETY_SECONDS
+            woken = False
+            deadline = wait
+            while deadline > 0 and not self.stop.is_set():
+                step = min(0.5, deadline)
+                if self._wake.wait(step):
+                    woken = True
+                    break
+                deadline -= step
+            if woken:
+                self.stop.wait(0.2)  # let a burst of DDL events settle into one pass
