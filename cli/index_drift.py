@@ -20,10 +20,11 @@ def drift_of(settings: Settings, collection: CollectionSettings, production: Pro
                                                  collection.name))
 
 
-def drift_warnings(name: str, drift: Mapping[str, Any], problems_only: bool = False
-                   ) -> list[str]:
+def drift_warnings(name: str, drift: Mapping[str, Any], problems_only: bool = False,
+                   notes: bool = False) -> list[str]:
     """One line per drift item, for `check` and `status` (which shows problems only:
-    missing, extra, changed, failed)."""
+    missing, extra, changed, failed, demoted, and one note naming the unique indexes
+    mirrored non-unique when `notes`)."""
     if drift.get("error"):
         return [f"{name}: index drift unknown: {drift['error']}"]
     if drift.get("mode") != "mirror":
@@ -37,6 +38,15 @@ def drift_warnings(name: str, drift: Mapping[str, Any], problems_only: bool = Fa
     lines += [f"{name}: mirrored index {f['staging']!r} (production {f['production']!r}) "
               f"failed to build: {f['error']} (retried when production's definition changes "
               "or at the next resync)" for f in drift.get("failed", [])]
+    lines += [f"{name}: mirrored index {d['staging']!r} (production {d['production']!r}) "
+              f"refused sync writes ({d['error']}) and was demoted: staging keeps it "
+              "non-unique or not at all until production's definition changes"
+              for d in drift.get("demoted", [])]
+    relaxed = [t["production"] for t in drift.get("translated", [])
+               if any(str(how).startswith("non-unique") for how in t.get("how", []))]
+    if relaxed and (notes or not problems_only):
+        lines.append(f"{name}: unique in production, mirrored non-unique in staging (values "
+                     f"production moves must not be refused): {', '.join(relaxed)}")
     if problems_only:
         return lines
     lines += [f"{name}: production index {s['production']!r} {s['reason']}"

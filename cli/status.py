@@ -330,8 +330,10 @@ def run_status(settings: Settings, json_output: bool, watch_live: bool, interval
 
 
 def _index_notes(row: dict[str, Any]) -> list[str]:
-    """Index drift worth a line: missing, extra, changed, failed (the JSON has it all)."""
-    return drift_warnings(row["collection"], row.get("indexes") or {}, problems_only=True)
+    """Index drift worth a line: missing, extra, changed, failed, demoted, and which unique
+    indexes staging holds non-unique (the JSON has it all)."""
+    return drift_warnings(row["collection"], row.get("indexes") or {}, problems_only=True,
+                          notes=True)
 
 
 def _queues(depths: dict[str, int]) -> str:

@@ -39,6 +39,7 @@ from stagesync.rules.index_translation import (
     Mirrored,
     MirrorPlan,
     Skipped,
+    _plain,
     plan_mirror,
     translate_all,
 )
@@ -57,6 +58,7 @@ class MirrorRecords(Protocol):
 
     def owned(self) -> dict[str, Document]: ...
     def failed(self) -> dict[str, Document]: ...
+    def demoted(self) -> dict[str, Document]: ...
     def last_pass(self) -> Document: ...
     def building(self, name: str, production: str, spec: Mapping[str, Any]) -> None: ...
     def built(self, name: str) -> None: ...
@@ -65,6 +67,7 @@ class MirrorRecords(Protocol):
                 code: int | None, message: str) -> None: ...
     def succeeded(self, production: str) -> None: ...
     def keep_failures_of(self, production_names: Iterable[str]) -> None: ...
+    def keep_demotions_of(self, production_names: Iterable[str]) -> None: ...
     def save_pass(self, created: list[str], dropped: list[str], modified: list[str],
                   failed: list[str], production: int) -> None: ...
 
@@ -96,9 +99,11 @@ class IndexMirror:
         return self.collection.indexes == "mirror"
 
     # -- reading ------------------------------------------------------------------------------
-    def wanted(self) -> list[Mirrored | Skipped]:
+    def wanted(self, demoted: dict[str, Document] | None = None) -> list[Mirrored | Skipped]:
+        """Production's indexes translated, the safety net's demotions applied."""
         return translate_all(self.source.list_indexes(), self.collection,
-                             self.collection.mirror_ttl)
+                             self.collection.mirror_ttl,
+                             self.records.demoted() if demoted is None else demoted)
 
     def staging_indexes(self) -> list[Document]:
         try:
@@ -131,6 +136,12 @@ class IndexMirror:
                     continue
             self.records.keep_failures_of(
                 item.production_name for item in wanted if isinstance(item, Mirrored))
+            # A demotion stays while production's definition is the one that refused.
+            undemoted = {item.production_name: item for item in self.wanted({})}
+            self.records.keep_demotions_of(
+                name for name, record in self.records.demoted().items()
+                if isinstance(undemoted.get(name), Mirrored)
+                and _plain(undemoted[name].spec) == _plain(record.get("spec")))
             self.records.save_pass(report.created, report.dropped, report.modified,
                                    sorted(report.failed), len(wanted))
         if report.created or report.dropped or report.modified or report.failed:
@@ -214,9 +225,16 @@ class IndexMirror:
                       for item in wanted if isinstance(item, Mirrored) and item.translated]
         skipped = [{"production": item.production_name, "reason": item.reason}
                    for item in wanted if isinstance(item, Skipped)]
+        wanted_names = {item.production_name for item in wanted}
+        demoted = [{"production": production, "staging": record.get("name"),
+                    "code": record.get("code"), "error": record.get("error"),
+                    "refusals": record.get("refusals"), "at": _iso(record.get("at"))}
+                   for production, record in sorted(self.records.demoted().items())
+                   if production in wanted_names]
         return {
             "mode": "mirror",
             "in_step": not (missing or plan.drops or plan.modifies or failed),
+            "demoted": demoted,
             "missing": missing,
             "extra": list(plan.drops),
             "changed": [{"staging": m.name, "production": m.production_name,
@@ -248,13 +266,21 @@ def collection_drift(collection: CollectionSettings, source: ReadOnlyCollection,
 
 
 def _message(error: OperationFailure) -> str:
-    """Code, name and message; duplicate values cut out (they can be personal data)."""
+    """Code, name and message; duplicate values and documents cut out (they can be personal
+    data: a refused geo build quotes the document)."""
     details = error.details or {}
-    text = str(details.get("errmsg") or error)
-    text = re.sub(r"dup key: \{.*\}", "dup key: {…}", text)
+    text = cut_values(str(details.get("errmsg") or error))
     name = details.get("codeName")
     prefix = f"{error.code} {name}" if name else f"code {error.code}"
     return f"{prefix}: {text}"[:MESSAGE_MAX]
+
+
+def cut_values(text: str) -> str:
+    """A server's message without the values it quotes (they can be personal data): duplicate
+    keys, documents (a refused geo key quotes it) and quoted strings."""
+    text = re.sub(r"dup key: \{.*\}", "dup key: {…}", text)
+    text = re.sub(r"\{.*\}", "{…}", text)
+    return re.sub(r"(?<!\w)(['\"]).*?\1(?!\w)", r"\1…\1", text)
 
 
 def _key_text(spec: Mapping[str, Any]) -> str:

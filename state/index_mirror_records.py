@@ -7,6 +7,9 @@ Three kinds of record, each keyed so that a replay of the same step writes the s
 - `failed|<collection>|<production name>`: a build or `collMod` staging refused, with the
   server's code and message (duplicate values already cut out by the caller), retried when
   production's definition changes or at the next resync.
+- `demoted|<collection>|<production name>`: a mirrored index that refused sync writes and
+  that the apply's safety net demoted (dropped, then mirrored non-unique or not at all while
+  production's definition stays the one recorded), with the server's code and message.
 - `pass|<collection>`: what the collection's last mirror pass did.
 
 The engine that reads and writes staging's indexes is `deployments.index_mirror.IndexMirror`;
@@ -34,6 +37,10 @@ def _failed_id(collection: str, production: str) -> str:
     return f"failed|{collection}|{production}"
 
 
+def _demoted_id(collection: str, production: str) -> str:
+    return f"demoted|{collection}|{production}"
+
+
 def _pass_id(collection: str) -> str:
     return f"pass|{collection}"
 
@@ -55,6 +62,11 @@ class IndexMirrorRecords:
         """Production index name -> failure record."""
         return {str(r["production"]): r for r in self.records.find(
             {"collection": self.collection, "kind": "failed"})}
+
+    def demoted(self) -> dict[str, Document]:
+        """Production index name -> demotion record."""
+        return {str(r["production"]): r for r in self.records.find(
+            {"collection": self.collection, "kind": "demoted"})}
 
     def last_pass(self) -> Document:
         return self.records.find_one({"_id": _pass_id(self.collection)}) or {}
@@ -93,6 +105,23 @@ class IndexMirrorRecords:
     def keep_failures_of(self, production_names: Iterable[str]) -> None:
         """Failures of indexes production no longer has (or that are skipped now) go."""
         self.records.delete_many({"collection": self.collection, "kind": "failed",
+                                  "production": {"$nin": sorted(production_names)}})
+
+    # -- demotions (the apply's safety net) ---------------------------------------------------
+    def demotion(self, production: str, name: str, spec: Mapping[str, Any] | None,
+                 code: int | None, message: str) -> None:
+        """Recorded before the index is dropped, so that no mirror pass builds it again."""
+        self.records.update_one({"_id": _demoted_id(self.collection, production)}, {
+            "$set": {"collection": self.collection, "kind": "demoted",
+                     "production": production, "name": name,
+                     "spec": dict(spec) if spec is not None else None,
+                     "code": code, "error": message, "at": datetime.now(UTC)},
+            "$inc": {"refusals": 1},
+        }, upsert=True)
+
+    def keep_demotions_of(self, production_names: Iterable[str]) -> None:
+        """Demotions of indexes production no longer has (or defines otherwise) go."""
+        self.records.delete_many({"collection": self.collection, "kind": "demoted",
                                   "production": {"$nin": sorted(production_names)}})
 
     # -- passes -------------------------------------------------------------------------------

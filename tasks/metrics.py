@@ -79,6 +79,10 @@ UNCLASSIFIED_PATHS = Gauge(
     # Every child sets the collection's figure from the state database: the newest is right.
     multiprocess_mode="mostrecent",
 )
+INDEX_DEMOTIONS = Counter(
+    "stagesync_index_demotions_total", "Mirrored indexes the apply's safety net demoted "
+    "because staging refused sync writes on them", ["collection"],
+)
 LAST_APPLIED = Gauge(
     "stagesync_last_applied_timestamp_seconds", "Unix time at which a worker last finished "
     "applying a batch of the collection", ["collection"],

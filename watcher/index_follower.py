@@ -20,6 +20,7 @@ from stagesync.deployments.production import ProductionReader
 from stagesync.settings.collection import CollectionSettings
 from stagesync.settings.model import Settings
 from stagesync.state.index_mirror_records import IndexMirrorRecords
+from stagesync.watcher.metrics import INDEX_DRIFT, INDEX_DRIFT_KINDS
 
 log = logging.getLogger("stagesync.indexes")
 
@@ -29,6 +30,9 @@ EXPANDED_EVENTS_SINCE = (6, 0)
 # How long a follower in event mode sleeps between passes without a DDL event: a pass costs
 # two `listIndexes` and catches anything an event could have missed (none should).
 EVENT_MODE_SAFETY_SECONDS = 3600.0
+# How often the follower measures the drift for `stagesync_index_drift` between passes (a
+# demotion by a worker shows, and its new form is built, within this time).
+DRIFT_SECONDS = 15.0
 
 Document = dict[str, Any]
 
@@ -108,13 +112,37 @@ class IndexFollower:
             # After a failed pass the next comes at the poll interval even in event mode:
             # the events that woke it are behind the checkpoint already.
             wait = self.poll_seconds if failed or not self.events else EVENT_MODE_SAFETY_SECONDS
-            woken = False
-            deadline = wait
-            while deadline > 0 and not self.stop.is_set():
-                step = min(0.5, deadline)
-                if self._wake.wait(step):
-                    woken = True
-                    break
-                deadline -= step
-            if woken:
+            if self._sleep(wait):
                 self.stop.wait(0.2)  # let a burst of DDL events settle into one pass
+
+    def _sleep(self, seconds: float) -> bool:
+        """Wait for the next pass, measuring the drift every DRIFT_SECONDS meanwhile; True when
+        woken early (a DDL event, or drift a pass can mend: a demotion's new form to build)."""
+        deadline = seconds
+        next_drift = 0.0
+        while deadline > 0 and not self.stop.is_set():
+            if next_drift <= 0:
+                next_drift = DRIFT_SECONDS
+                if self.report_drift():
+                    return True
+            step = min(0.5, deadline)
+            if self._wake.wait(step):
+                return True
+            deadline -= step
+            next_drift -= step
+        return False
+
+    def report_drift(self) -> bool:
+        """Set `stagesync_index_drift` from the drift now; True when a pass would mend some."""
+        if not self.active():
+            return False
+        name = self.mirror.collection.name
+        try:
+            drift = self.mirror.drift()
+        except Exception as error:  # reporting must never stop the follower
+            log.warning("index drift unknown", extra={
+                "collection": name, "error": f"{type(error).__name__}: {str(error)[:200]}"})
+            return False
+        for kind in INDEX_DRIFT_KINDS:
+            INDEX_DRIFT.labels(name, kind).set(len(drift.get(kind) or []))
+        return bool(drift.get("missing") or drift.get("extra") or drift.get("changed"))

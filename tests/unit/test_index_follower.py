@@ -11,6 +11,7 @@ import pytest
 from pymongo.errors import OperationFailure, PyMongoError
 from stagesync.deployments.index_mirror import _message
 from stagesync.settings.model import Settings
+from stagesync.tasks.apply.index_guard import refusing_index
 from stagesync.watcher.index_follower import IndexFollower
 
 
@@ -90,3 +91,28 @@ def test_failure_messages_never_carry_the_duplicate_values() -> None:
     message = _message(error)
     assert message.startswith("11000 DuplicateKey: ")
     assert "email_unique" in message and "ann@corp.test" not in message
+
+
+@pytest.mark.parametrize("errmsg", [
+    "Can't extract geo keys: { _id: 1, home: \"12 rue de la Paix\" }  Point must be an array",
+    "Can't extract geo keys: value '12 rue de la Paix' is not a recognised geometry",
+])
+def test_failure_messages_never_carry_the_refused_document(errmsg: str) -> None:
+    message = _message(OperationFailure(errmsg, 16755, {"errmsg": errmsg}))
+    assert message.startswith("code 16755: Can't extract geo keys")
+    assert "rue de la Paix" not in message
+
+
+def test_the_safety_net_names_the_mirrored_index_that_refused() -> None:
+    owned = {"home_geo": {"production": "home_geo", "spec": {"key": {"home": "2dsphere"}}},
+             "office_geo": {"production": "office_geo", "spec": {"key": {"office": "2dsphere"}}},
+             "email_1": {"production": "email_1", "spec": {"key": {"email": 1}}}}
+    dup = "E11000 duplicate key error collection: s.u index: email_1 dup key: { email: 1 }"
+    assert refusing_index(owned, 11000, dup, None) == "email_1"
+    other = dup.replace("email_1", "qa_email")
+    assert refusing_index(owned, 11000, other, None) is None  # made by hand: not ours
+    geo = "Can't extract geo keys: {…}"
+    assert refusing_index(owned, 16755, geo, ["home"]) == "home_geo"
+    assert refusing_index(owned, 16755, geo, ["office.coordinates"]) == "office_geo"
+    assert refusing_index(owned, 16755, geo, None) is None  # two candidates: not sure
+    assert refusing_index(owned, 2, "BadValue", ["home"]) is None  # not an index's refusal
