@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -51,6 +52,8 @@ class IndexFollower:
         # False while the watcher stands by (another one owns the collection and mirrors).
         self.active = active or (lambda: True)
         self._wake = threading.Event()
+        self._drift_at = 0.0  # monotonic time of the next drift report
+        self._mendable = ""  # the drift a pass could mend, at the previous report
         self._thread: threading.Thread | None = None
 
     @classmethod
@@ -117,23 +120,23 @@ class IndexFollower:
 
     def _sleep(self, seconds: float) -> bool:
         """Wait for the next pass, measuring the drift every DRIFT_SECONDS meanwhile; True when
-        woken early (a DDL event, or drift a pass can mend: a demotion's new form to build)."""
-        deadline = seconds
-        next_drift = 0.0
-        while deadline > 0 and not self.stop.is_set():
-            if next_drift <= 0:
-                next_drift = DRIFT_SECONDS
+        woken early (a DDL event, or new drift a pass can mend: a demotion's new form)."""
+        deadline = time.monotonic() + seconds
+        while not self.stop.is_set():
+            now = time.monotonic()
+            if now >= deadline:
+                return False
+            if now >= self._drift_at:
+                self._drift_at = now + DRIFT_SECONDS
                 if self.report_drift():
                     return True
-            step = min(0.5, deadline)
-            if self._wake.wait(step):
+            if self._wake.wait(min(0.5, deadline - now)):
                 return True
-            deadline -= step
-            next_drift -= step
         return False
 
     def report_drift(self) -> bool:
-        """Set `stagesync_index_drift` from the drift now; True when a pass would mend some."""
+        """Set `stagesync_index_drift` from the drift now; True when a pass would mend drift
+        not seen at the previous report (what a pass could not mend does not wake it again)."""
         if not self.active():
             return False
         name = self.mirror.collection.name
@@ -145,4 +148,8 @@ class IndexFollower:
             return False
         for kind in INDEX_DRIFT_KINDS:
             INDEX_DRIFT.labels(name, kind).set(len(drift.get(kind) or []))
-        return bool(drift.get("missing") or drift.get("extra") or drift.get("changed"))
+        mendable = repr([drift.get(kind) for kind in ("missing", "extra", "changed")])
+        new = mendable != self._mendable and any(
+            drift.get(kind) for kind in ("missing", "extra", "changed"))
+        self._mendable = mendable
+        return new

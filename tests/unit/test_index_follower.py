@@ -8,6 +8,7 @@ import threading
 from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY
 from pymongo.errors import OperationFailure, PyMongoError
 from stagesync.deployments.index_mirror import _message
 from stagesync.settings.model import Settings
@@ -116,3 +117,35 @@ def test_the_safety_net_names_the_mirrored_index_that_refused() -> None:
     assert refusing_index(owned, 16755, geo, ["office.coordinates"]) == "office_geo"
     assert refusing_index(owned, 16755, geo, None) is None  # two candidates: not sure
     assert refusing_index(owned, 2, "BadValue", ["home"]) is None  # not an index's refusal
+
+
+class DriftMirror:
+    """A mirror whose drift the test sets."""
+
+    def __init__(self, name: str) -> None:
+        self.collection = type("C", (), {"name": name})()
+        self.now: dict[str, Any] = {}
+
+    def drift(self) -> dict[str, Any]:
+        return self.now
+
+
+def test_the_drift_is_exported_by_kind_and_new_mendable_drift_wakes_a_pass() -> None:
+    mirror = DriftMirror("drift_orders")
+    found = IndexFollower(mirror, threading.Event(), 1.0, False)  # type: ignore[arg-type]
+
+    def value(kind: str) -> float | None:
+        return REGISTRY.get_sample_value("stagesync_index_drift",
+                                         {"collection": "drift_orders", "kind": kind})
+
+    mirror.now = {"mode": "mirror", "missing": [], "failed": [{"production": "a"}],
+                  "demoted": [{"production": "geo"}, {"production": "b"}]}
+    assert found.report_drift() is False  # nothing a pass can mend
+    assert (value("failed"), value("demoted"), value("missing")) == (1, 2, 0)
+    mirror.now = {**mirror.now, "missing": [{"production": "geo", "staging": "geo"}]}
+    assert found.report_drift() is True  # a demotion's new form to build: a pass now
+    assert value("missing") == 1
+    assert found.report_drift() is False  # the same again: the pass could not mend it
+    inactive = IndexFollower(mirror, threading.Event(), 1.0, False,  # type: ignore[arg-type]
+                             active=lambda: False)
+    assert inactive.report_drift() is False
