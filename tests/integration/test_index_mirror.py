@@ -106,6 +106,10 @@ def test_start_up_mirrors_production_s_indexes_translated_and_status_says_how(
     assert drift["missing"] == [] and drift["failed"] == [] and drift["extra"] == []
     check = " ".join(pipeline.cli("check").stdout.split())
     assert "production index 'created_ttl' translated: TTL dropped" in check, check
+    assert "production index 'email_unique' translated: non-unique" in check, check
+    status = " ".join(pipeline.cli("status").stdout.split())
+    assert ("unique in production, mirrored non-unique in staging (values production moves "
+            "must not be refused): email_unique, sku_partial") in status, status
     verify = pipeline.cli("verify", pipeline.collections[0]["name"], "--json")
     reported = json.loads(verify.stdout)["indexes"]
     assert reported["in_step"] is True, reported
