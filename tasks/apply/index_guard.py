@@ -99,9 +99,12 @@ def refusing_index(owned: Mapping[str, Mapping[str, Any]], code: int, message: s
 
 
 def written_paths(write: PlannedWrite) -> list[str] | None:
-    """The paths a write sets (None: the whole document, an insert or a pipeline)."""
+    """The paths a write sets: an insert's fields, an update's `$set` and `$unset` (None: not
+    known, a pipeline)."""
+    if write.is_insert:
+        return [str(name) for name in write.document or {}] or None
     update = write.update
-    if write.is_insert or not isinstance(update, Mapping):
+    if not isinstance(update, Mapping):
         return None
     paths: list[str] = []
     for operator in ("$set", "$unset"):

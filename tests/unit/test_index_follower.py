@@ -11,8 +11,9 @@ import pytest
 from prometheus_client import REGISTRY
 from pymongo.errors import OperationFailure, PyMongoError
 from stagesync.deployments.index_mirror import _message
+from stagesync.rules.plan_types import PlannedWrite
 from stagesync.settings.model import Settings
-from stagesync.tasks.apply.index_guard import refusing_index
+from stagesync.tasks.apply.index_guard import refusing_index, written_paths
 from stagesync.watcher.index_follower import IndexFollower
 
 
@@ -117,6 +118,11 @@ def test_the_safety_net_names_the_mirrored_index_that_refused() -> None:
     assert refusing_index(owned, 16755, geo, ["office.coordinates"]) == "office_geo"
     assert refusing_index(owned, 16755, geo, None) is None  # two candidates: not sure
     assert refusing_index(owned, 2, "BadValue", ["home"]) is None  # not an index's refusal
+    insert = PlannedWrite("p1", 1, None, "created", document={"_id": 1, "home": "x", "a": 1})
+    assert written_paths(insert) == ["_id", "home", "a"]
+    update = PlannedWrite("p1", 1, 3, "updated", update={"$set": {"office.type": "x"},
+                                                          "$unset": {"b": ""}})
+    assert refusing_index(owned, 16755, geo, written_paths(update)) == "office_geo"
 
 
 class DriftMirror:
