@@ -325,6 +325,20 @@ def test_an_outdated_owned_index_is_rebuilt_under_its_name() -> None:
     assert plan.drops == ["a_1"] and [c.name for c in plan.creates] == ["a_1"]
 
 
+def test_a_unique_index_an_earlier_version_mirrored_is_rebuilt_non_unique() -> None:
+    """Upgrading: the owned unique index over live synced copies is dropped and built again
+    non-unique under its name at the first pass; a hand-made unique one is left alone."""
+    wanted = mirrored({"key": {"email": 1}, "name": "email_1", "unique": True})
+    old = existing("email_1", {"key": {"email": 1}, "unique": True, "collation": SIMPLE,
+                               "partialFilterExpression": {"deleted": False,
+                                                           "_sync.pid": {"$exists": True}}})
+    plan = plan_mirror([wanted], [old], {"email_1": {"production": "email_1"}}, {}, serves)
+    assert plan.drops == ["email_1"] and [c.name for c in plan.creates] == ["email_1"]
+    assert "unique" not in plan.creates[0].spec
+    by_hand = plan_mirror([wanted], [old], {}, {}, serves)
+    assert by_hand.drops == [] and [c.name for c in by_hand.creates] == ["email_1_mirror"]
+
+
 def test_hidden_changes_in_place_on_owned_indexes_only() -> None:
     wanted = mirrored({"key": {"a": 1}, "name": "a_1", "hidden": True})
     staging = [existing("a_1", {"key": {"a": 1}, "collation": SIMPLE})]
