@@ -16,13 +16,13 @@ from typing import Any
 import redis
 from pymongo.errors import PyMongoError
 from rich.console import Console
+from stagesync.cli.index_drift import drift_of, drift_warnings
 from stagesync.cli.pii_checks import unclassified_problems, unique_index_warnings
 from stagesync.deployments.guard import (
     SameDeploymentError,
     assert_distinct_deployments,
     assert_distinct_uris,
 )
-from stagesync.deployments.index_mirror import collection_drift, drift_warnings
 from stagesync.deployments.production import ProductionReader
 from stagesync.deployments.staging import connect_staging
 from stagesync.rules.identity import business_key, key_paths
@@ -114,7 +114,7 @@ def _index_drift_warnings(settings: Settings, production: ProductionReader, stag
     """Production's indexes against staging's: missing, extra, failed builds, and each
     translation with how (README, "Indexes in staging"). Warnings: the sync goes on."""
     return drift_warnings(collection.name,
-                          collection_drift(settings, collection, production, staging))
+                          drift_of(settings, collection, production, staging))
 
 
 def _reach(ping: Any, name: str, problems: list[str]) -> bool:

@@ -32,8 +32,8 @@ from pymongo.errors import PyMongoError
 from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
+from stagesync.cli.index_drift import drift_of, drift_warnings
 from stagesync.deployments.broker import queue_depth
-from stagesync.deployments.index_mirror import collection_drift, drift_warnings
 from stagesync.deployments.production import OplogWindow, ProductionReader
 from stagesync.deployments.staging import connect_staging
 from stagesync.protocol.names import RESYNCS, VERIFICATIONS, stats_key, watcher_key
@@ -176,8 +176,8 @@ class StatusReader:
 
     def _indexes(self, collection: CollectionSettings) -> dict[str, Any]:
         """Index drift against production: missing, extra, changed, failed, translated,
-        skipped (deployments.index_mirror)."""
-        return collection_drift(self.settings, collection, self.production, self.staging)
+        skipped (cli.index_drift)."""
+        return drift_of(self.settings, collection, self.production, self.staging)
 
     def _resync(self, resync_id: str) -> dict[str, Any]:
         record = self.state_db[RESYNCS].find_one({"_id": resync_id}) or {}
@@ -362,8 +362,10 @@ def run_status(settings: Settings, json_output: bool, watch_live: bool, interval
 
 
 def _index_notes(row: dict[str, Any]) -> list[str]:
-    """Index drift worth a line: missing, extra, changed, failed (the JSON has it all)."""
-    return drift_warnings(row["collection"], row.get("indexes") or {}, problems_only=True)
+    """Index drift worth a line: missing, extra, changed, failed, demoted, and which unique
+    indexes staging holds non-unique (the JSON has it all)."""
+    return drift_warnings(row["collection"], row.get("indexes") or {}, problems_only=True,
+                          notes=True)
 
 
 def _queues(depths: dict[str, int]) -> str:

@@ -31,7 +31,6 @@ from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
 from pymongo.errors import NetworkTimeout
 from stagesync.deployments.failures import describe_error, is_transient
-from stagesync.deployments.index_mirror import IndexMirror, run_in_background
 from stagesync.protocol.names import RESYNC, RESYNC_CHUNK, RESYNC_SWEEP
 from stagesync.protocol.routing import queues_of
 from stagesync.rules.id_ranges import type_bracket
@@ -79,6 +78,7 @@ from stagesync.tasks.full_resync.walk import (
     first_id,
     plan_chunk,
 )
+from stagesync.tasks.index_mirror_runs import mirror_for_resync
 from stagesync.tasks.instrumented import stagesync_task
 from stagesync.tasks.runtime import Runtime, get_runtime
 
@@ -177,17 +177,7 @@ def _set_up(runtime: Runtime, collection: str, resync_id: str) -> None:
     log.info("resync started", extra={"collection": collection, "resync": resync_id,
                                       "estimate": estimate, "chunk_docs": span,
                                       "inflight": inflight, "empty_staging": empty})
-    _mirror_indexes(runtime, collection)
-
-
-def _mirror_indexes(runtime: Runtime, collection: str) -> None:
-    """Every resync makes staging's indexes match production's again, failed builds
-    included; in a thread of this worker, so neither the resync nor any apply waits for a
-    build."""
-    context = runtime.context(collection)
-    if context.settings.indexes == "mirror":
-        run_in_background(IndexMirror(context.settings, context.production, runtime.staging,
-                                      runtime.state_db), retry_failed=True)
+    mirror_for_resync(runtime, collection)
 
 
 def advance(runtime: Runtime, collection: str, resync_id: str, revive: bool = False) -> None:

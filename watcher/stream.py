@@ -34,7 +34,6 @@ from celery import Celery
 from pymongo.database import Database
 from pymongo.errors import OperationFailure, PyMongoError
 from stagesync.deployments.broker import queue_depth
-from stagesync.deployments.index_mirror import IndexFollower
 from stagesync.deployments.production import ProductionReader, ReadOnlyCollection
 from stagesync.protocol.names import (
     done_key,
@@ -59,6 +58,7 @@ from stagesync.watcher.events import (
     Malformed,
     classify,
 )
+from stagesync.watcher.index_follower import IndexFollower
 from stagesync.watcher.inflight import InflightWindow
 from stagesync.watcher.resyncs import ResyncSupervisor
 

@@ -19,7 +19,9 @@ from stagesync.rules.plan_types import CollectionRules, DeadLetter, PlannedWrite
 from stagesync.rules.subset import in_sample
 from stagesync.settings.collection import CollectionSettings
 from stagesync.state.dead_letters import DeadLetterStore
+from stagesync.state.index_mirror_records import IndexMirrorRecords
 from stagesync.state.unclassified_paths import held_count, record_unclassified
+from stagesync.tasks.apply.index_guard import MirroredIndexGuard
 from stagesync.tasks.apply.references import ReferenceResolver
 from stagesync.tasks.apply.staging_io import TargetCollection, WriteReport
 from stagesync.tasks.metrics import UNCLASSIFIED_PATHS
@@ -76,6 +78,8 @@ class ApplyContext:
     dead_letters: DeadLetterStore
     references: ReferenceResolver | None = None
     secret: bytes = b""  # keys the `subset: {percent}` sample
+    # The safety net under mirrored indexes (None: `indexes: none`).
+    index_guard: MirroredIndexGuard | None = None
 
     @classmethod
     def build(
@@ -89,9 +93,12 @@ class ApplyContext:
         secret: bytes = b"",
     ) -> ApplyContext:
         rules = CollectionRules.from_settings(settings)
-        return cls(settings, rules, masker, production,
-                   TargetCollection(staging, settings, rules), state_db,
-                   DeadLetterStore(state_db), references, secret)
+        target = TargetCollection(staging, settings, rules)
+        guard = MirroredIndexGuard(settings.name, target.collection,
+                                   IndexMirrorRecords(state_db, settings.name)) \
+            if settings.indexes == "mirror" else None
+        return cls(settings, rules, masker, production, target, state_db,
+                   DeadLetterStore(state_db), references, secret, guard)
 
     @property
     def name(self) -> str:

@@ -40,6 +40,7 @@ from stagesync.rules.sync_meta import PID_FIELD, SYNC, read_meta
 from stagesync.settings.collection import CollectionSettings
 from stagesync.settings.model import Settings
 from stagesync.state.dead_letters import DeadLetterStore
+from stagesync.state.index_mirror_records import index_mirror_records
 from stagesync.tasks.apply.references import ReferenceResolver, SubsetLinks, Target
 
 CHUNK = 1000
@@ -334,8 +335,11 @@ def _existing(collection: Any, values: list[Any]) -> set[str]:
 
 
 def _index_drift(settings: Settings, verifier: Verifier) -> dict[str, Any]:
-    return collection_drift(settings, verifier.collection, verifier.production,
-                            verifier.staging_client)
+    collection = verifier.collection
+    return collection_drift(collection, verifier.production.collection(collection),
+                            verifier.staging_client,
+                            index_mirror_records(verifier.staging_client,
+                                                 settings.staging.state_db, collection.name))
 
 
 def verify_collection(settings: Settings, name: str, sample: int, settle: float
