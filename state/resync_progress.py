@@ -41,6 +41,15 @@ RECORD_TTL = timedelta(days=30)
 # A chunk record outlives any realistic resync; refreshed at every checkpoint.
 CHUNK_TTL = timedelta(days=14)
 MIN_BATCH = 10  # the smallest `resync_chunk_size` accepted
+# Fields of a resync record that other rooms read (`status`, the watcher's figures).
+KIND = "kind"  # "resync" for a resync record, "chunk" for a chunk record
+COLLECTION_FIELD = "collection"
+STATE = "state"  # planning, applying, sweeping, done, failed
+REASON = "reason"
+STARTED_AT = "startedAt"
+DOCS = "docs"  # production documents done so far
+TOTAL = "total"  # production documents read by the copy, once done
+FINISHED = ("done", "failed")
 
 
 
@@ -69,8 +78,8 @@ def now() -> datetime:
 def new_resync(state_db: Database[Document], collection: str, reason: str) -> str:
     resync_id = f"{collection}-{now():%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
     resyncs(state_db).insert_one({
-        "_id": resync_id, "kind": "resync", "collection": collection, "state": "planning",
-        "reason": reason, "startedAt": now(), "docs": 0, "chunksDone": 0,
+        "_id": resync_id, KIND: "resync", COLLECTION_FIELD: collection, STATE: "planning",
+        REASON: reason, STARTED_AT: now(), DOCS: 0, "chunksDone": 0,
         "counts": dict.fromkeys(SUMMARY_OUTCOMES, 0),
     })
     return resync_id
@@ -81,6 +90,17 @@ def resync_ids_of(collection: str) -> str:
     resync records (not their chunk records), anchored, so that a query by it walks only the
     collection's part of the `_id` index."""
     return f"^{re.escape(collection)}-[0-9]{{8}}T[0-9]{{6}}-[0-9a-f]{{6}}$"
+
+
+def resync_records(state_db: Database[Document], collection: str) -> list[Document]:
+    """The collection's resync records (not their chunks), with the fields `STATE`,
+    `STARTED_AT`, `DOCS` and `TOTAL`. The `_id`s start with the collection's name, so the
+    `_id` index bounds the scan (chunk records share the prefix but fail the anchored pattern
+    on the index key)."""
+    return list(resyncs(state_db).find(
+        {"_id": {"$regex": resync_ids_of(collection)}, KIND: "resync",
+         COLLECTION_FIELD: collection},
+        {STATE: 1, STARTED_AT: 1, DOCS: 1, TOTAL: 1}))
 
 
 def load(state_db: Database[Document], resync_id: str) -> Document | None:

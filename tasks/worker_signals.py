@@ -21,6 +21,8 @@ from stagesync.deployments.staging import connect_staging
 from stagesync.deployments.staging_indexes import IndexConflictError, ensure_indexes
 from stagesync.settings import load_settings
 from stagesync.settings.logs import configure_logging
+from stagesync.state.database import ensure_state_indexes, state_database
+from stagesync.state.guard_markers import GuardMarkers
 from stagesync.tasks import metrics
 from stagesync.tasks.runtime import reset_runtime
 
@@ -40,8 +42,10 @@ def _check_deployments(**_: Any) -> None:
         production = ProductionReader(settings.prod)
         staging = connect_staging(settings.staging)
         try:
-            assert_distinct_deployments(production, staging, settings)
+            state_db = state_database(staging, settings.staging)
+            assert_distinct_deployments(production, staging, settings, GuardMarkers(state_db))
             ensure_indexes(staging, settings)
+            ensure_state_indexes(state_db)
         finally:
             production.close()
             staging.close()

@@ -26,6 +26,8 @@ from stagesync.deployments.production import ProductionReader
 from stagesync.deployments.staging import connect_staging
 from stagesync.deployments.staging_indexes import ensure_indexes
 from stagesync.settings.model import Settings
+from stagesync.state.database import ensure_state_indexes, state_database
+from stagesync.state.guard_markers import GuardMarkers
 from stagesync.tasks.celery_app import app as celery_app
 from stagesync.watcher.stream import CollectionWatcher, WatcherLinks
 
@@ -52,7 +54,7 @@ def run_watcher(settings: Settings, names: Sequence[str] = ()) -> int:
         if settings.metrics.watcher_port:
             start_http_server(settings.metrics.watcher_port, addr="0.0.0.0")
         run_id = uuid.uuid4().hex[:12]
-        links = WatcherLinks(production, staging[settings.staging.state_db], redis_client,
+        links = WatcherLinks(production, state_database(staging, settings.staging), redis_client,
                              celery_app, run_id, stop)
         threads = []
         for collection in collections:
@@ -84,8 +86,10 @@ def _prepare(
     attempt = 0
     while not stop.is_set():
         try:
-            assert_distinct_deployments(production, staging, settings)
+            state_db = state_database(staging, settings.staging)
+            assert_distinct_deployments(production, staging, settings, GuardMarkers(state_db))
             ensure_indexes(staging, settings)
+            ensure_state_indexes(state_db)
             return True
         except PyMongoError as error:
             attempt += 1
