@@ -11,18 +11,13 @@ import os
 from typing import Any
 
 from celery import signals
-from stagesync.deployments.guard import (
-    SameDeploymentError,
-    assert_distinct_deployments,
-    assert_distinct_uris,
-)
+from stagesync.deployments.guard import SameDeploymentError, assert_distinct_uris
 from stagesync.deployments.production import ProductionReader
 from stagesync.deployments.staging import connect_staging
-from stagesync.deployments.staging_indexes import IndexConflictError, ensure_indexes
+from stagesync.deployments.staging_indexes import IndexConflictError
 from stagesync.settings import load_settings
 from stagesync.settings.logs import configure_logging
-from stagesync.state.database import ensure_state_indexes, state_database
-from stagesync.state.guard_markers import GuardMarkers
+from stagesync.state.start_up import prepare_staging
 from stagesync.tasks import metrics
 from stagesync.tasks.runtime import reset_runtime
 
@@ -42,10 +37,7 @@ def _check_deployments(**_: Any) -> None:
         production = ProductionReader(settings.prod)
         staging = connect_staging(settings.staging)
         try:
-            state_db = state_database(staging, settings.staging)
-            assert_distinct_deployments(production, staging, settings, GuardMarkers(state_db))
-            ensure_indexes(staging, settings)
-            ensure_state_indexes(state_db)
+            prepare_staging(production, staging, settings)
         finally:
             production.close()
             staging.close()

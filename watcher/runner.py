@@ -21,13 +21,12 @@ from prometheus_client import start_http_server
 from pymongo import MongoClient
 from pymongo.errors import PyMongoError
 from stagesync.deployments.failures import describe_error
-from stagesync.deployments.guard import assert_distinct_deployments, assert_distinct_uris
+from stagesync.deployments.guard import assert_distinct_uris
 from stagesync.deployments.production import ProductionReader
 from stagesync.deployments.staging import connect_staging
-from stagesync.deployments.staging_indexes import ensure_indexes
 from stagesync.settings.model import Settings
-from stagesync.state.database import ensure_state_indexes, state_database
-from stagesync.state.guard_markers import GuardMarkers
+from stagesync.state.database import state_database
+from stagesync.state.start_up import prepare_staging
 from stagesync.tasks.celery_app import app as celery_app
 from stagesync.watcher.stream import CollectionWatcher, WatcherLinks
 
@@ -86,10 +85,7 @@ def _prepare(
     attempt = 0
     while not stop.is_set():
         try:
-            state_db = state_database(staging, settings.staging)
-            assert_distinct_deployments(production, staging, settings, GuardMarkers(state_db))
-            ensure_indexes(staging, settings)
-            ensure_state_indexes(state_db)
+            prepare_staging(production, staging, settings)
             return True
         except PyMongoError as error:
             attempt += 1
