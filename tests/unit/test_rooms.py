@@ -145,7 +145,9 @@ def test_the_pure_rooms_import_no_io_library(room: str) -> None:
 #   imported or as `names.X`;
 # - names one by a string literal on a database: `client[...]["watchers"]`, `state_db[...]`
 #   (a name holding `db` or `state`) or `get_collection("watchers")`; a literal on anything
-#   else is some other mapping (`row["counters"]` of a status row).
+#   else is some other mapping (`row["counters"]` of a status row);
+# - picks any collection out of the state `Database` it was handed: `state_db[...]` or
+#   `x.state_db.get_collection(...)`, whatever the key (the handle is only passed on to stores).
 # `settings/` declares the name (and checks no target uses it), `protocol/` declares the
 # collection names; neither opens anything.
 STATE_OWNERS = {"state", "settings", "protocol"}
@@ -186,7 +188,17 @@ def _opens_state(tree: ast.Module, constants: dict[str, str]) -> list[str]:
                 node.func.attr == "get_collection" and node.args and \
                 isinstance(node.args[0], ast.Constant) and node.args[0].value in collections:
             found.append(f"{node.lineno}: get_collection({node.args[0].value!r})")
+        if (isinstance(node, ast.Subscript) and _the_state_database(node.value)) or \
+                (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and \
+                node.func.attr == "get_collection" and _the_state_database(node.func.value)):
+            found.append(f"{node.lineno}: picks a collection of the state database")
     return found
+
+
+def _the_state_database(node: ast.expr) -> bool:
+    """`state_db`, or `something.state_db`: the handle every process passes to the stores."""
+    return (isinstance(node, ast.Name) and node.id == "state_db") or \
+        (isinstance(node, ast.Attribute) and node.attr == "state_db")
 
 
 def _a_database(node: ast.expr) -> bool:
@@ -212,7 +224,9 @@ def test_the_rule_sees_each_way_of_opening_the_state_database() -> None:
                  "from stagesync.protocol import names\nnames.WATCHERS",
                  "records = state_db['watchers']",
                  "records = client[name]['resyncs']",
-                 "db.get_collection('dead_letters')"):
+                 "db.get_collection('dead_letters')",
+                 "state_db[name]",
+                 "runtime.state_db.get_collection(name)"):
         assert _opens_state(ast.parse(code), constants), code
     assert _opens_state(ast.parse("from stagesync.protocol.names import APPLY_BATCH\n"
                                   "x = counts['created']"), constants) == []
