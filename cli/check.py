@@ -31,6 +31,8 @@ from stagesync.rules.pii import paths_matched
 from stagesync.settings.collection import CollectionSettings
 from stagesync.settings.logs import redact_uri
 from stagesync.settings.model import Settings
+from stagesync.state.database import state_database
+from stagesync.state.guard_markers import GuardMarkers
 from stagesync.state.pii_state import masking_drift
 
 SAMPLE = 20
@@ -65,18 +67,19 @@ def run_check(settings: Settings, console: Console) -> int:
         if ok:
             console.print(f"{name}: reachable")
     if all(reached.values()):
+        state_db = state_database(staging, settings.staging)
         try:
-            assert_distinct_deployments(production, staging, settings)
+            assert_distinct_deployments(production, staging, settings, GuardMarkers(state_db))
             console.print("deployments: production and staging are distinct")
         except SameDeploymentError as error:
             problems.append(str(error))
         for collection in settings.collections:
             warnings.extend(_sample_warnings(production, collection))
-            drift = masking_drift(staging[settings.staging.state_db], settings, collection)
+            drift = masking_drift(state_db, settings, collection)
             if drift:
                 warnings.append(f"{collection.name}: {drift}")
             problems.extend(unclassified_problems(
-                production, staging[settings.staging.state_db], collection))
+                production, state_db, collection))
             warnings.extend(unique_index_warnings(staging, collection))
             warnings.extend(_follow_index_warnings(production, collection))
             warnings.extend(_index_drift_warnings(settings, production, staging, collection))

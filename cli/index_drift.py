@@ -16,8 +16,7 @@ def drift_of(settings: Settings, collection: CollectionSettings, production: Pro
              staging: Any) -> dict[str, Any]:
     """The drift of one collection (read-only), or why it could not be read."""
     return collection_drift(collection, production.collection(collection), staging,
-                            index_mirror_records(staging, settings.staging.state_db,
-                                                 collection.name))
+                            index_mirror_records(staging, settings.staging, collection.name))
 
 
 def drift_warnings(name: str, drift: Mapping[str, Any], problems_only: bool = False,

@@ -25,6 +25,8 @@ from typing import Any
 from pymongo.collection import Collection
 from pymongo.database import Database
 from stagesync.protocol.names import INDEX_MIRROR
+from stagesync.settings.model import StagingSettings
+from stagesync.state.database import state_database
 
 Document = dict[str, Any]
 
@@ -134,7 +136,7 @@ class IndexMirrorRecords:
         }, upsert=True)
 
 
-def index_mirror_records(staging: Any, state_db_name: str, collection: str
+def index_mirror_records(staging: Any, settings: StagingSettings, collection: str
                          ) -> IndexMirrorRecords:
     """The store of one collection, on a staging client."""
-    return IndexMirrorRecords(staging[state_db_name], collection)
+    return IndexMirrorRecords(state_database(staging, settings), collection)

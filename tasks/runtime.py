@@ -21,6 +21,7 @@ from stagesync.rules.pii import Masker
 from stagesync.rules.references import Reference, references_of
 from stagesync.settings import Settings, load_settings
 from stagesync.settings.collection import CollectionSettings
+from stagesync.state.database import state_database
 from stagesync.state.dead_letters import DeadLetterStore
 from stagesync.state.pii_state import record_masking
 from stagesync.state.unclassified_paths import forget_classified, held_count
@@ -40,7 +41,7 @@ class Runtime:
         self.settings = settings
         self.production = ProductionReader(settings.prod)
         self.staging = connect_staging(settings.staging)
-        self.state_db = self.staging[settings.staging.state_db]
+        self.state_db = state_database(self.staging, settings.staging)
         self.dead_letters = DeadLetterStore(self.state_db)
         self.redis = redis.Redis.from_url(settings.redis_url, socket_timeout=30)
         self.rate_limiter = QueueRateLimiter(settings, self.redis, self.state_db)

@@ -45,11 +45,11 @@ from stagesync.protocol.names import (
 from stagesync.protocol.routing import partition_of, queues_of
 from stagesync.settings.collection import CollectionSettings
 from stagesync.settings.model import Settings
+from stagesync.state.checkpoints import LeaseLost, WatcherRecord
 from stagesync.state.dead_letters import DeadLetterStore
 from stagesync.tasks.enqueue import publish_apply
 from stagesync.watcher import metrics
 from stagesync.watcher.batcher import MicroBatcher
-from stagesync.watcher.checkpoint import LeaseLost, WatcherRecord
 from stagesync.watcher.events import (
     STREAM_PROJECTION,
     Change,
@@ -192,7 +192,7 @@ class CollectionWatcher:
     # -- the stream ---------------------------------------------------------------------------
     def _stream(self) -> None:
         config = self.settings.watcher
-        token = None if self._fresh_start else self.record.load().get("token")
+        token = None if self._fresh_start else self.record.token()
         try:
             stream = self.source.watch(
                 STREAM_PROJECTION, resume_after=token, batch_size=config.batch_max_size,
