@@ -16,13 +16,13 @@ from typing import Any
 import redis
 from pymongo.errors import PyMongoError
 from rich.console import Console
+from stagesync.cli.index_drift import drift_of, drift_warnings
 from stagesync.cli.pii_checks import unclassified_problems, unique_index_warnings
 from stagesync.deployments.guard import (
     SameDeploymentError,
     assert_distinct_deployments,
     assert_distinct_uris,
 )
-from stagesync.deployments.index_mirror import collection_drift, drift_warnings
 from stagesync.deployments.production import ProductionReader
 from stagesync.deployments.staging import connect_staging
 from stagesync.rules.identity import business_key, key_paths
@@ -31,6 +31,8 @@ from stagesync.rules.pii import paths_matched
 from stagesync.settings.collection import CollectionSettings
 from stagesync.settings.logs import redact_uri
 from stagesync.settings.model import Settings
+from stagesync.state.database import state_database
+from stagesync.state.guard_markers import GuardMarkers
 from stagesync.state.pii_state import masking_drift
 
 SAMPLE = 20
@@ -65,18 +67,19 @@ def run_check(settings: Settings, console: Console) -> int:
         if ok:
             console.print(f"{name}: reachable")
     if all(reached.values()):
+        state_db = state_database(staging, settings.staging)
         try:
-            assert_distinct_deployments(production, staging, settings)
+            assert_distinct_deployments(production, staging, settings, GuardMarkers(state_db))
             console.print("deployments: production and staging are distinct")
         except SameDeploymentError as error:
             problems.append(str(error))
         for collection in settings.collections:
             warnings.extend(_sample_warnings(production, collection))
-            drift = masking_drift(staging[settings.staging.state_db], settings, collection)
+            drift = masking_drift(state_db, settings, collection)
             if drift:
                 warnings.append(f"{collection.name}: {drift}")
             problems.extend(unclassified_problems(
-                production, staging[settings.staging.state_db], collection))
+                production, state_db, collection))
             warnings.extend(unique_index_warnings(staging, collection))
             warnings.extend(_follow_index_warnings(production, collection))
             warnings.extend(_index_drift_warnings(settings, production, staging, collection))
@@ -114,7 +117,7 @@ def _index_drift_warnings(settings: Settings, production: ProductionReader, stag
     """Production's indexes against staging's: missing, extra, failed builds, and each
     translation with how (README, "Indexes in staging"). Warnings: the sync goes on."""
     return drift_warnings(collection.name,
-                          collection_drift(settings, collection, production, staging))
+                          drift_of(settings, collection, production, staging))
 
 
 def _reach(ping: Any, name: str, problems: list[str]) -> bool:

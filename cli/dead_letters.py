@@ -9,10 +9,13 @@ from rich.console import Console
 from rich.table import Table
 from stagesync.cli.jobs import follow
 from stagesync.deployments.staging import connect_staging
-from stagesync.protocol.names import RESYNCS, split_scope
+from stagesync.protocol.names import split_scope
 from stagesync.protocol.routing import home_queue
 from stagesync.settings.model import Settings
+from stagesync.state import dead_letters as dl
+from stagesync.state.database import state_database
 from stagesync.state.dead_letters import DeadLetterStore, summarize
+from stagesync.state.replay_jobs import replay_progress
 from stagesync.tasks.enqueue import broker_app, start_replay
 
 REPLAY_TIMEOUT = 300.0
@@ -20,7 +23,7 @@ REPLAY_TIMEOUT = 300.0
 
 def _store(settings: Settings) -> tuple[Any, DeadLetterStore]:
     client = connect_staging(settings.staging, serverSelectionTimeoutMS=10_000)
-    return client, DeadLetterStore(client[settings.staging.state_db])
+    return client, DeadLetterStore(state_database(client, settings.staging))
 
 
 def _plain(entry: dict[str, Any]) -> dict[str, Any]:
@@ -44,9 +47,10 @@ def list_entries(settings: Settings, collection: str | None, reason: str | None,
         table.add_column(column)
     for entry in entries:
         table.add_row(
-            entry.get("collection"), entry.get("pid"), entry.get("op"), entry.get("reason"),
-            str(entry.get("attempts")), f"{entry.get('firstSeen'):%Y-%m-%d %H:%M:%S}",
-            f"{entry.get('lastSeen'):%Y-%m-%d %H:%M:%S}", str(entry.get("error"))[:60],
+            entry.get(dl.COLLECTION_FIELD), entry.get(dl.PID), entry.get(dl.OP),
+            entry.get(dl.REASON), str(entry.get(dl.ATTEMPTS)),
+            f"{entry.get(dl.FIRST_SEEN):%Y-%m-%d %H:%M:%S}",
+            f"{entry.get(dl.LAST_SEEN):%Y-%m-%d %H:%M:%S}", str(entry.get(dl.ERROR))[:60],
         )
     console.print(table)
     console.print(", ".join(f"{reason}: {n}" for reason, n in summarize(entries).items()))
@@ -69,7 +73,7 @@ def show_entry(settings: Settings, collection: str | None, pid: str, console: Co
 def replay_entries(settings: Settings, collection: str | None, reason: str | None,
                    pids: list[str], console: Console) -> int:
     client, store = _store(settings)
-    state_db = client[settings.staging.state_db]
+    state_db = state_database(client, settings.staging)
     names = [collection] if collection else [c.name for c in settings.collections]
     failing = 0
     for name in names:
@@ -78,7 +82,7 @@ def replay_entries(settings: Settings, collection: str | None, reason: str | Non
         job = start_replay(broker_app(settings), state_db, name,
                            home_queue(settings.collection(split_scope(name)[0])),
                            pids or None, reason)
-        final = follow(console, lambda job=job: _job(state_db, job), f"replay {name}",
+        final = follow(console, lambda job=job: replay_progress(state_db, job), f"replay {name}",
                        REPLAY_TIMEOUT)
         if final is None:
             console.print(f"[red]replay of {name} did not finish (are workers running?)[/red]")
@@ -90,13 +94,6 @@ def replay_entries(settings: Settings, collection: str | None, reason: str | Non
         failing += int(summary.get("still_failing", 0))
     client.close()
     return 1 if failing else 0
-
-
-def _job(state_db: Any, job_id: str) -> dict[str, Any]:
-    record = state_db[RESYNCS].find_one({"_id": job_id}) or {}
-    summary = record.get("summary") or {}
-    return {"state": record.get("state"), "total": summary.get("entries"),
-            "done": summary.get("entries", 0), "summary": summary}
 
 
 def purge_entries(settings: Settings, collection: str | None, pids: list[str] | None,

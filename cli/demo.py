@@ -45,6 +45,8 @@ from stagesync.cli.local_servers import LocalServer, start_mongo_test_server, st
 from stagesync.cli.status import StatusPoller
 from stagesync.settings import load_settings
 from stagesync.settings.model import Settings
+from stagesync.state.checkpoints import bootstrapped, read_all
+from stagesync.state.database import state_database
 from stagesync.tasks.verification.verifier import verify_collection
 
 CITIES = ["Oslo", "Lyon", "Porto", "Turku", "Ghent", "Graz", "Malmo", "Cork"]
@@ -416,13 +418,12 @@ def _wait(check: Callable[[], bool], timeout: float, what: str, demo: Demo) -> N
 def _bootstrapped(settings: Settings) -> bool:
     client: MongoClient[Any] = MongoClient(settings.staging.uri, timeoutMS=2000)
     try:
-        records = {d["_id"]: d for d in client[settings.staging.state_db]["watchers"].find({})}
+        records = read_all(state_database(client, settings.staging))
     except Exception:  # a slow answer is "not yet"
         return False
     finally:
         client.close()
-    return all(records.get(c.name, {}).get("lastResync") and
-               not records[c.name].get("resyncPending") for c in settings.collections)
+    return all(bootstrapped(records.get(c.name, {})) for c in settings.collections)
 
 
 def _caught_up(poller: StatusPoller, since: float) -> bool:

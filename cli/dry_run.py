@@ -29,6 +29,7 @@ from stagesync.rules.plan_types import PlannedWrite
 from stagesync.rules.sync_meta import SYNC, read_meta
 from stagesync.settings.collection import CollectionSettings
 from stagesync.settings.model import Settings
+from stagesync.state.database import state_database
 from stagesync.tasks.apply.applier import apply_changes
 from stagesync.tasks.apply.context import ApplyContext, PlanOnly
 from stagesync.watcher.events import STREAM_PROJECTION, Change, classify
@@ -43,7 +44,7 @@ def run_dry(settings: Settings, names: Sequence[str], console: Console) -> int:
     collections = [settings.collection(n) for n in names] if names else settings.collections
     production = ProductionReader(settings.prod)
     staging = connect_staging(settings.staging)
-    state_db = staging[settings.staging.state_db]
+    state_db = state_database(staging, settings.staging)
     stop = threading.Event()
 
     def request_stop(_signum: int, _frame: FrameType | None) -> None:

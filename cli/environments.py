@@ -25,6 +25,7 @@ from stagesync.rules.document import Document
 from stagesync.settings.durations import parse_duration
 from stagesync.settings.environments import check_environment_name
 from stagesync.settings.model import Settings
+from stagesync.state.database import state_database
 from stagesync.state.environments import (
     CREATE_SETTLE_SECONDS,
     CREATING,
@@ -59,7 +60,7 @@ class Environments:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.staging = connect_staging(settings.staging, serverSelectionTimeoutMS=10_000)
-        self.state_db = self.staging[settings.staging.state_db]
+        self.state_db = state_database(self.staging, settings.staging)
         self.store = EnvironmentStore(self.state_db)
         self.store.ensure_indexes()
         uri = settings.environments.uri

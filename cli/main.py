@@ -206,7 +206,8 @@ def rate_limit(
     """Show or change a collection's rate limit for all its workers, at run time."""
     from stagesync.deployments.staging import connect_staging
     from stagesync.settings.values import parse_rate_limit
-    from stagesync.tasks.apply.rate_limit import effective_rate, set_rate_override
+    from stagesync.state.database import state_database
+    from stagesync.state.rate_limits import effective_rate, set_rate_override
 
     settings = settings_from(config)
     _known(settings, name)
@@ -216,7 +217,7 @@ def rate_limit(
         except ValueError as error:
             raise fail(str(error), 2) from None
     client = connect_staging(settings.staging, serverSelectionTimeoutMS=10_000)
-    state_db = client[settings.staging.state_db]
+    state_db = state_database(client, settings.staging)
     if clear or rate is not None:
         set_rate_override(state_db, name, None if clear else rate)
     current, source = effective_rate(settings, state_db, name)

@@ -8,6 +8,7 @@ from stagesync.cli.jobs import follow
 from stagesync.deployments.staging import connect_staging
 from stagesync.protocol.routing import home_queue
 from stagesync.settings.model import Settings
+from stagesync.state.database import state_database
 from stagesync.state.resync_progress import progress
 from stagesync.tasks.enqueue import broker_app, start_resync
 
@@ -15,7 +16,7 @@ from stagesync.tasks.enqueue import broker_app, start_resync
 def run_resync(settings: Settings, name: str, wait: bool, timeout: float,
                console: Console) -> int:
     staging = connect_staging(settings.staging, serverSelectionTimeoutMS=10_000)
-    state_db = staging[settings.staging.state_db]
+    state_db = state_database(staging, settings.staging)
     queue = home_queue(settings.collection(name))
     resync_id = start_resync(broker_app(settings), state_db, name, queue,
                              "requested by stagesync resync")

@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -32,20 +32,23 @@ from pymongo.errors import PyMongoError
 from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
+from stagesync.cli.index_drift import drift_of, drift_warnings
 from stagesync.deployments.broker import queue_depth
-from stagesync.deployments.index_mirror import collection_drift, drift_warnings
 from stagesync.deployments.production import OplogWindow, ProductionReader
 from stagesync.deployments.staging import connect_staging
-from stagesync.protocol.names import RESYNCS, VERIFICATIONS, stats_key, watcher_key
+from stagesync.protocol.names import stats_key, watcher_key
 from stagesync.protocol.routing import queues_of
 from stagesync.settings.collection import CollectionSettings
 from stagesync.settings.model import Settings
+from stagesync.state.checkpoints import CHECKPOINT_AT, HOST, OWNER, RESYNC_PENDING, read_all
+from stagesync.state.database import state_database
 from stagesync.state.dead_letters import DeadLetterStore
+from stagesync.state.pending_references import pending_count
 from stagesync.state.pii_state import masking_drift
+from stagesync.state.rate_limits import effective_rate
+from stagesync.state.resync_progress import REASON, STATE, load
 from stagesync.state.unclassified_paths import unclassified_report, unclassified_warning
-from stagesync.tasks.apply.rate_limit import effective_rate
-from stagesync.tasks.apply.references import pending_count
-from stagesync.watcher.checkpoint import read_all
+from stagesync.state.verifications import last_verification
 
 HEARTBEAT_FRESH_SECONDS = 10.0
 STREAM_COUNTERS = ("read", "enqueued", "created", "updated", "unchanged", "soft_deleted",
@@ -69,7 +72,7 @@ class StatusReader:
         bounded = {"serverSelectionTimeoutMS": int(timeout_seconds * 1000),
                    "timeoutMS": int(timeout_seconds * 1000)}
         self.staging = connect_staging(settings.staging, **bounded)
-        self.state_db = self.staging[settings.staging.state_db]
+        self.state_db = state_database(self.staging, settings.staging)
         self.production = ProductionReader(settings.prod, **bounded)
 
     def close(self) -> None:
@@ -94,20 +97,19 @@ class StatusReader:
         oldest = _float(heartbeat.get("oldest_pending"))
         lag = max(0.0, now - oldest) if (alive and oldest) else 0.0
         last_applied = _float(stats.get("last_applied_at")) or None
-        checkpoint_at = record.get("checkpointAt")
+        checkpoint_at = record.get(CHECKPOINT_AT)
         checkpoint_age = (datetime.now(UTC) - _aware(checkpoint_at)).total_seconds() \
             if isinstance(checkpoint_at, datetime) else None
         rate, rate_source = effective_rate(self.settings, self.state_db, collection.name)
         queues = {q: queue_depth(self.redis, q) for q in queues_of(collection)}
         pending = int(_float(heartbeat.get("unapplied")))
-        resync = record.get("resyncPending")
-        verified = self.state_db[VERIFICATIONS].find_one({"_id": collection.name})
+        resync = record.get(RESYNC_PENDING)
         unclassified = unclassified_report(self.state_db, collection)
         return {
             "collection": collection.name,
             "health": self._health(alive, pending, lag, last_applied, now),
             "watcher": {"alive": alive, "state": heartbeat.get("state") if alive else "down",
-                        "owner": record.get("owner"), "host": record.get("host"),
+                        "owner": record.get(OWNER), "host": record.get(HOST),
                         "idle_at": _float(heartbeat.get("idle_at")) or None},
             "lag_seconds": round(lag, 3),
             "pending_changes": pending,
@@ -125,7 +127,7 @@ class StatusReader:
             if checkpoint_age is not None else None,
             **_oplog_fields(oplog, checkpoint_age),
             "resync": self._resync(resync) if resync else None,
-            "last_verify": _last_verify(verified),
+            "last_verify": last_verification(self.state_db, collection.name),
             "last_error": heartbeat.get("last_error") or None,
             "pii_mode": collection.pii_mode,
             # References written with production's value until their copy arrives.
@@ -176,12 +178,12 @@ class StatusReader:
 
     def _indexes(self, collection: CollectionSettings) -> dict[str, Any]:
         """Index drift against production: missing, extra, changed, failed, translated,
-        skipped (deployments.index_mirror)."""
-        return collection_drift(self.settings, collection, self.production, self.staging)
+        skipped (cli.index_drift)."""
+        return drift_of(self.settings, collection, self.production, self.staging)
 
     def _resync(self, resync_id: str) -> dict[str, Any]:
-        record = self.state_db[RESYNCS].find_one({"_id": resync_id}) or {}
-        return {"id": resync_id, "state": record.get("state"), "reason": record.get("reason")}
+        record = load(self.state_db, resync_id) or {}
+        return {"id": resync_id, "state": record.get(STATE), "reason": record.get(REASON)}
 
 
 @dataclass(frozen=True)
@@ -362,8 +364,10 @@ def run_status(settings: Settings, json_output: bool, watch_live: bool, interval
 
 
 def _index_notes(row: dict[str, Any]) -> list[str]:
-    """Index drift worth a line: missing, extra, changed, failed (the JSON has it all)."""
-    return drift_warnings(row["collection"], row.get("indexes") or {}, problems_only=True)
+    """Index drift worth a line: missing, extra, changed, failed, demoted, and which unique
+    indexes staging holds non-unique (the JSON has it all)."""
+    return drift_warnings(row["collection"], row.get("indexes") or {}, problems_only=True,
+                          notes=True)
 
 
 def _queues(depths: dict[str, int]) -> str:
@@ -424,9 +428,3 @@ def _oplog_fields(oplog: OplogWindow, checkpoint_age: float | None) -> dict[str,
     }
 
 
-def _last_verify(verified: Mapping[str, Any] | None) -> dict[str, Any] | None:
-    if not verified:
-        return None
-    at = verified.get("at")
-    return {"at": at.isoformat() if isinstance(at, datetime) else None,
-            "equal": verified.get("equal"), "mismatched": verified.get("mismatched")}

@@ -6,7 +6,7 @@ import json
 
 from rich.console import Console
 from rich.table import Table
-from stagesync.deployments.index_mirror import drift_warnings
+from stagesync.cli.index_drift import drift_warnings
 from stagesync.settings.model import Settings
 from stagesync.tasks.verification.verifier import Report, verify_collection
 

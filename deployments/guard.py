@@ -10,26 +10,22 @@ In order, cheapest and safest first:
    needed. It needs the `clusterMonitor` role; a refusal is not an answer.
 4. Last resort, when nothing above could tell: a random marker written to staging and looked
    for through the read-only production connection (a write into production if they are one;
-   hence the last resort, and it is removed at once).
+   hence the last resort, and it is removed at once). The marker lives in the state database,
+   whose stores sit above this room: the caller hands the guard that store (`MarkerStore`,
+   `state.guard_markers.GuardMarkers`).
 """
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from pymongo import MongoClient
 from pymongo.errors import OperationFailure
 from stagesync.deployments.identity import compare, from_hello, shared_hosts, with_status
 from stagesync.deployments.production import ProductionReader
-from stagesync.protocol.names import GUARD_MARKERS
 from stagesync.settings.model import Settings
-
-# In the staging state database, beside the names in protocol.names (which import nothing
-# from here: this package sits below tasks).
-MARKERS = GUARD_MARKERS
 
 REFUSAL = (
     "refusing to run: the staging URI reaches the production deployment ({how}). Point "
@@ -41,6 +37,18 @@ class SameDeploymentError(RuntimeError):
     pass
 
 
+class MarkerStore(Protocol):
+    """Where the last-resort marker is written in staging, and where production must look for
+    it (`database`, `collection`)."""
+
+    database: str
+    collection: str
+
+    def write(self, marker: str) -> None: ...
+
+    def remove(self, marker: str) -> None: ...
+
+
 def assert_distinct_uris(settings: Settings) -> None:
     """Step 1: the connection strings alone, before any client exists."""
     common = shared_hosts(settings.prod.uri, settings.staging.uri)
@@ -50,7 +58,8 @@ def assert_distinct_uris(settings: Settings) -> None:
 
 
 def assert_distinct_deployments(
-    production: ProductionReader, staging: MongoClient[dict[str, Any]], settings: Settings
+    production: ProductionReader, staging: MongoClient[dict[str, Any]], settings: Settings,
+    markers: MarkerStore,
 ) -> None:
     assert_distinct_uris(settings)
     prod = from_hello(production.hello(), production.load_balanced)
@@ -64,7 +73,7 @@ def assert_distinct_deployments(
         prod = with_status(prod, _status(production.server_status))
         verdict = compare(prod, stag)
     if verdict is None:
-        _marker_check(production, staging, settings.staging.state_db)
+        _marker_check(production, markers)
     elif verdict.same:
         raise SameDeploymentError(REFUSAL.format(how=verdict.reason))
 
@@ -76,16 +85,13 @@ def _status(read: Callable[[], dict[str, Any]]) -> dict[str, Any] | None:
         return None
 
 
-def _marker_check(
-    production: ProductionReader, staging: MongoClient[dict[str, Any]], state_db: str
-) -> None:
+def _marker_check(production: ProductionReader, markers: MarkerStore) -> None:
     marker = f"guard-{uuid.uuid4().hex}"
-    markers = staging[state_db][MARKERS]
-    markers.insert_one({"_id": marker, "at": datetime.now(UTC)})
+    markers.write(marker)
     try:
-        if production.find_marker(state_db, MARKERS, marker):
+        if production.find_marker(markers.database, markers.collection, marker):
             raise SameDeploymentError(REFUSAL.format(
                 how="a marker written to staging was read back through the production "
                     "connection"))
     finally:
-        markers.delete_one({"_id": marker})
+        markers.remove(marker)

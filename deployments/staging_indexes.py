@@ -46,16 +46,10 @@ from pymongo.collection import Collection
 from pymongo.errors import OperationFailure
 from stagesync.protocol.names import (
     BUSINESS_KEY_INDEX,
-    DEAD_LETTERS,
-    DEAD_LETTERS_INDEX,
     DELETED_AT_INDEX,
     KEY_INDEX,
     OWN_INDEX_PREFIX,
-    PENDING_BY_COLLECTION_INDEX,
-    PENDING_INDEX,
-    PENDING_REFERENCES,
     PID_INDEX,
-    RESOLVED_TTL_INDEX,
     TOMBSTONE_TTL_INDEX,
 )
 from stagesync.rules.sync_meta import DELETED_AT_FIELD, EXPIRE_AT_FIELD, KEY_FIELD, PID_FIELD
@@ -91,29 +85,12 @@ def target_indexes(collection: CollectionSettings) -> list[IndexModel]:
     ]
 
 
-def state_indexes() -> dict[str, list[IndexModel]]:
-    return {DEAD_LETTERS: [
-        IndexModel([("collection", ASCENDING), ("state", ASCENDING), ("reason", ASCENDING),
-                    ("key", ASCENDING)], name=DEAD_LETTERS_INDEX,
-                   collation=SIMPLE_COLLATION),
-        IndexModel([("expireAt", ASCENDING)], name=RESOLVED_TTL_INDEX,
-                   expireAfterSeconds=0, collation=SIMPLE_COLLATION),
-    ], PENDING_REFERENCES: [
-        # Read by the referenced collection's applies, counted per referencing collection.
-        IndexModel([("target", ASCENDING), ("tpid", ASCENDING)], name=PENDING_INDEX,
-                   collation=SIMPLE_COLLATION),
-        IndexModel([("coll", ASCENDING)], name=PENDING_BY_COLLECTION_INDEX,
-                   collation=SIMPLE_COLLATION),
-    ]}
-
-
 def ensure_indexes(client: MongoClient[dict[str, Any]], settings: Settings) -> None:
+    """The target collections' indexes. The state database's are its stores' business
+    (`state.database.ensure_state_indexes`): this room sits below them."""
     for collection in settings.collections:
         target = client[collection.target_db][collection.target_collection]
         ensure(target, target_indexes(collection))
-    state = client[settings.staging.state_db]
-    for name, indexes in state_indexes().items():
-        ensure(state[name], indexes)
 
 
 # -- deciding, without I/O ------------------------------------------------------------------

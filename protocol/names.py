@@ -33,6 +33,14 @@ UNCLASSIFIED = "unclassified_paths"  # paths a strict collection left out (no va
 INDEX_MIRROR = "index_mirror"
 GUARD_MARKERS = "guard"  # markers of the same-deployment check (deployments.guard)
 ENVIRONMENTS = "environments"  # one document per environment: state, lifetime, its databases
+# Dead-letter replay jobs, one document per `stagesync dlq replay` (or schema-version replay).
+# Until this collection existed they were kept in `resyncs` with `kind: "replay"`.
+REPLAY_JOBS = "replay_jobs"
+# Every collection of the state database. Only the stores in `state/` open them (see
+# tests/unit/test_rooms.py, which recognises a state collection by this list).
+STATE_COLLECTIONS = (WATCHERS, COUNTERS, DEAD_LETTERS, RESYNCS, REPLAY_JOBS, PENDING_REFERENCES,
+                     RUNTIME, VERIFICATIONS, UNCLASSIFIED, INDEX_MIRROR, GUARD_MARKERS,
+                     ENVIRONMENTS)
 
 # Indexes stagesync creates; only names with this prefix are ever dropped by it.
 OWN_INDEX_PREFIX = "stagesync_"

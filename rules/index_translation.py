@@ -1,25 +1,61 @@
 """Production's secondary indexes, translated into indexes staging can carry without ever
 breaking the sync; and the plan that makes staging's indexes match them. No I/O.
 
-Copying an index as is works for a plain replica, not for staging, which holds more than
-production (soft-deleted copies, revived documents, QA fixtures) and less (dropped PII):
-- **unique**: unique over live synced copies only. Production's partial filter, if any, is
-  ANDed with `{<soft_delete_field>: false, "_sync.pid": {$exists: true}}`, so a value that
-  production re-creates never collides with its soft-deleted predecessor and QA fixtures stay
-  free. Where that cannot be written as a partial filter (production's filter uses an operator
-  that cannot stand inside a top-level `$and` on every server, or a compound sparse index),
-  the index is mirrored non-unique, and the note says so;
+The principle: **a mirrored index never refuses a write the sync makes.** Production already
+enforced its constraints when it accepted a write; staging's job is to hold production's
+current state. Copying an index as is works for a plain replica, not for staging, which holds
+more than production (soft-deleted copies, revived documents, QA fixtures), less (dropped PII,
+paths in `staging_fields`), other values (masked PII), and receives production's state one
+document at a time, in no particular order across documents. So:
+
+- **unique**: mirrored **non-unique**, with a note (`status` and `check` show it). Why, of the
+  two routes issue 28 offered: staging applies each document's *current* state, so a value
+  production moves between documents (a swap through a temporary value, a rotation, a
+  hand-over, a value released by a delete) reaches the copy that takes it while the copy that
+  gave it up may not have been applied yet (another batch, a backlog, the watcher's hold-back,
+  a retry). A unique index then refuses a write of production's current, valid state. Keeping
+  the index unique and resolving in the apply (refresh the stale holder from production in
+  the same round, break cycles by a temporary release as the business key's hand-over does)
+  is possible for one collection's applies, but every path that writes staging would need it
+  (stream, resync chunks, replays, every environment), the holder is found only through the
+  server's error (one query and one production read per collision), and a cycle needs a
+  staging write of a value production never held. Production's unique index has already
+  checked every value staging receives, so the only thing a unique staging index adds is
+  refusing a *QA* write that production would refuse: that is the cost of this route (a QA
+  fixture may duplicate a production value; QA tooling that relied on E11000 in staging
+  must check itself). Queries are planned on the same keys: a non-unique index serves every
+  query the unique one serves. stagesync's own business key stays unique (`stagesync_key`,
+  with its hand-over in the planner);
 - **TTL**: mirrored without `expireAfterSeconds` (expiry would hard-delete synced documents
   behind the soft deletes' back), unless `mirror_ttl: true`;
-- **PII**: an index on a field under `drop` (or inside a value masked as a whole) is not
-  built; one that mixes such a field with others is skipped with the reason. Under `hash`,
-  `fake`, `redact` and `null` the index is built on the masked values with production's keys;
-  but only `hash` is one-to-one, so a unique index over a field another rule masks is mirrored
-  non-unique (two masked values may be equal);
+- **fields staging does not have**: an index on a field under `drop` (or inside a value
+  masked as a whole), on a path in `staging_fields` (the sync never writes it: every copy
+  lacks it), or one `pii_mode: strict` leaves out, is not built; one that mixes such a field
+  with others is skipped with the reason;
+- **masked fields** (`hash`, `fake`, `redact`, `null`): the index is built on the masked
+  values with production's keys, except where a masked value is something the index refuses:
+  - geo (`2dsphere`, `2d`, `geoHaystack`) on a field masked by `hash`, `fake` or `redact`
+    (or with such a part): the masked value is a string (or an array of strings), never a
+    geometry or a coordinate pair, so every copy would be refused. Skipped, with the reason.
+    `null` is harmless (a null geo field is not indexed);
+  - text: any value may sit in a text field (non-strings are not indexed), but the language
+    override field (`language_override`, default `language`) must name a language: masked
+    by `hash`, `fake` or `redact` it does not, so the index is skipped. Masked text fields
+    are indexed as masked strings (noted);
+  - hashed: refuses only arrays, and masking keeps a value's shape (an array stays an array
+    of masked elements), so production already refused what staging would: built, noted;
+  - wildcard: takes any value: built, noted (it also indexes staging's own fields);
+  - collation: compares the masked strings, never refuses: built, noted;
+- **partial filters** on fields staging does not have, or on masked fields (other than
+  `{$exists: true}`, which masking keeps), would make the index cover other documents than
+  production's (a masked value never equals production's literal): skipped, with the reason;
 - everything else is copied (compound, multikey, sparse, partial, hidden, collation, wildcard,
   text weights and language, 2dsphere, hashed), and an index without a collation gets the
   simple one explicitly (a staging collection with another default collation must not give it
   that one).
+
+What this does not foresee, the apply's safety net catches: an index that refuses sync writes
+anyway is demoted (`demote`: non-unique, or skipped and recorded) and reported.
 
 Equivalence decides reuse: an existing staging index with the same definition serves,
 whatever its name. `serves` (keys, collation, partial filter, sparseness, TTL) is the one
@@ -37,7 +73,6 @@ from typing import Any
 from stagesync.rules.pii_strict import Classification
 from stagesync.settings.collection import CollectionSettings
 
-PID_PATH = "_sync.pid"
 SIMPLE_COLLATION = {"locale": "simple"}
 # Never copied: the index version and namespace are the server's, `background` is ignored
 # since MongoDB 4.2, `prepareUnique` is a passing state of a conversion to unique.
@@ -45,9 +80,15 @@ NOT_COPIED = frozenset({"v", "ns", "name", "background", "prepareUnique"})
 # Compared beside `serves` for equivalence; a change in any of them needs a new index.
 COMPARED = ("weights", "default_language", "language_override", "wildcardProjection", "bits",
             "min", "max", "bucketSize")
-# Operators a partial filter accepts inside a top-level `$and` on every MongoDB since 3.2.
-FIELD_OPERATORS = frozenset({"$eq", "$gt", "$gte", "$lt", "$lte", "$type", "$exists"})
 TEXT_KEYS = ("_fts", "_ftsx")
+DUPLICATE_KEY_CODE = 11000
+GEO_KINDS = frozenset({"2dsphere", "2d", "geoHaystack"})
+# Masking rules whose values are strings whatever production held (`null` gives null).
+RETYPING = frozenset({"hash", "fake", "redact"})
+UNIQUE_NOTE = ("non-unique: production's unique index already checked every value staging "
+               "receives, and a value production moves between documents (a swap, a "
+               "hand-over, a value freed by a delete) would collide with a copy not yet "
+               "updated; a QA write that duplicates a value is not refused in staging")
 
 Spec = dict[str, Any]
 Serves = Callable[..., bool]
@@ -87,9 +128,8 @@ def translate(index: Mapping[str, Any], collection: CollectionSettings, mirror_t
     spec.update({k: v for k, v in index.items() if k not in NOT_COPIED and k != "key"})
     if "collation" not in spec:
         spec["collation"] = dict(SIMPLE_COLLATION)
-    notes: list[str] = []
     fields = index_fields(index)
-    gone, many_to_one = _pii_effects(fields, collection)
+    gone = _pii_effects(fields, collection)
     if gone:
         kept = [f for f in fields if f not in gone]
         why = "; ".join(f"{f}: {reason}" for f, reason in gone.items())
@@ -98,19 +138,44 @@ def translate(index: Mapping[str, Any], collection: CollectionSettings, mirror_t
                                  f"with {', '.join(kept)}; a partial copy would plan queries "
                                  "unlike production's")
         return Skipped(name, f"not indexed: {why}")
+    refused = _refuses_masked(index, collection) or _filter_unlike(index, collection)
+    if refused:
+        return Skipped(name, f"skipped: {refused}")
+    notes: list[str] = []
     if "expireAfterSeconds" in spec and not mirror_ttl:
         seconds = spec.pop("expireAfterSeconds")
         notes.append(f"TTL dropped (expireAfterSeconds {_number(seconds)} would hard-delete "
                      "synced documents behind the soft deletes; mirror_ttl: true keeps it)")
-    if spec.get("unique"):
-        notes.extend(_unique(spec, collection, many_to_one))
+    if spec.pop("unique", False):
+        notes.append(UNIQUE_NOTE)
+    notes.extend(_masked_notes(index, collection))
     return Mirrored(name, spec, tuple(notes))
 
 
 def translate_all(indexes: Iterable[Mapping[str, Any]], collection: CollectionSettings,
-                  mirror_ttl: bool) -> list[Mirrored | Skipped]:
+                  mirror_ttl: bool, demoted: Mapping[str, Mapping[str, Any]] | None = None
+                  ) -> list[Mirrored | Skipped]:
+    """Every production index as staging carries it; `demoted` (production name -> record
+    with the `spec` it refused under, `code` and `error`) applies the safety net's
+    demotions while production's definition stays the one that refused."""
     found = (translate(index, collection, mirror_ttl) for index in indexes)
-    return [item for item in found if item is not None]
+    return [demote(item, demoted or {}) for item in found if item is not None]
+
+
+def demote(item: Mirrored | Skipped, demoted: Mapping[str, Mapping[str, Any]]
+           ) -> Mirrored | Skipped:
+    """A mirrored index staging refused sync writes on: non-unique if uniqueness refused,
+    else not built; as long as production's definition is the one it refused under."""
+    record = demoted.get(item.production_name)
+    if not isinstance(item, Mirrored) or record is None or \
+            _plain(record.get("spec")) != _plain(item.spec):
+        return item
+    why = (f"staging refused sync writes on it ({record.get('error') or record.get('code')}); "
+           "demoted by the safety net until production's definition changes")
+    if item.spec.get("unique") and record.get("code") == DUPLICATE_KEY_CODE:
+        spec = {k: v for k, v in item.spec.items() if k != "unique"}
+        return Mirrored(item.production_name, spec, (*item.notes, f"non-unique: {why}"))
+    return Skipped(item.production_name, f"skipped: {why}")
 
 
 def index_fields(index: Mapping[str, Any]) -> list[str]:
@@ -131,14 +196,16 @@ def index_fields(index: Mapping[str, Any]) -> list[str]:
     return list(dict.fromkeys(found))
 
 
-def _pii_effects(fields: Sequence[str], collection: CollectionSettings
-                 ) -> tuple[dict[str, str], list[str]]:
-    """Fields staging does not have (with why), and fields whose masked values may be equal
-    where production's differ."""
+def _pii_effects(fields: Sequence[str], collection: CollectionSettings) -> dict[str, str]:
+    """Fields staging does not have, with why."""
     gone: dict[str, str] = {}
-    many: list[str] = []
     strict = Classification.from_settings(collection)
     for path in fields:
+        staging_only = _staging_field(path, collection)
+        if staging_only is not None:
+            gone[path] = (f"staging_fields lists {staging_only!r}: the sync never writes it, "
+                          "so no synced copy has it")
+            continue
         for rule_path, rule in collection.pii.items():
             if path == rule_path or path.startswith(rule_path + "."):
                 keeps_keys = rule.kind == "fake" and rule.fake_kind == "address"
@@ -147,96 +214,105 @@ def _pii_effects(fields: Sequence[str], collection: CollectionSettings
                 elif path != rule_path and not keeps_keys:
                     gone[path] = (f"pii rule '{rule_path}: {rule}' replaces the whole value, "
                                   "so staging has no such field")
-                elif rule.kind != "hash":
-                    many.append(path)
-            elif rule_path.startswith(path + ".") and rule.kind != "hash":
-                many.append(path)  # a sub-document with masked or dropped parts
         if path in gone or strict is None or strict.covers(path):
             continue
-        if any(p.startswith(path + ".") for p in strict.paths):
-            many.append(path)  # only its classified parts reach staging
-        else:
+        if not any(p.startswith(path + ".") for p in strict.paths):
             gone[path] = "pii_mode strict leaves it out (no pii rule or allow entry)"
-    return gone, list(dict.fromkeys(many))
+    return gone
 
 
-def _unique(spec: Spec, collection: CollectionSettings, many_to_one: Sequence[str]
-            ) -> list[str]:
-    """Make a unique spec unique over live synced copies, or non-unique; the notes."""
-    if many_to_one:
-        del spec["unique"]
-        rules = ", ".join(many_to_one)
-        return [f"non-unique: PII masking of {rules} can make different production values "
-                "equal in staging (only hash keeps them apart)"]
-    conjuncts = _conjuncts(spec.get("partialFilterExpression"))
-    why_not = None
-    was_sparse = False
-    if conjuncts is None:
-        why_not = ("production's partial filter uses an operator that cannot stand next to "
-                   "stagesync's conditions in a partial filter")
-    elif spec.get("sparse"):
-        key_fields = [p for p, _ in _items(spec["key"])]
-        if len(key_fields) != 1:
-            why_not = ("a compound sparse index cannot also be partial, and a partial filter "
-                       "cannot say 'any of these fields exists'")
-        else:
-            conjuncts.insert(0, {key_fields[0]: {"$exists": True}})
-            del spec["sparse"]
-            was_sparse = True
-    if why_not is not None or conjuncts is None:
-        del spec["unique"]
-        return [f"non-unique: {why_not}; production's uniqueness is not enforced in staging"]
-    ours = live_synced_filter(collection)
-    spec["partialFilterExpression"] = combine([*conjuncts, *({k: v} for k, v in ours.items())])
-    notes = [f"unique over live synced copies only: partial filter ANDed with "
-             f"{_show(ours)}"]
-    if was_sparse:
-        notes.append("sparse written as {<field>: {$exists: true}} in the partial filter (an "
-                     "index cannot be both)")
-    return notes
+def _staging_field(path: str, collection: CollectionSettings) -> str | None:
+    """The `staging_fields` entry that holds `path` (the path itself or a parent of it)."""
+    return next((f for f in collection.staging_fields
+                 if path == f or path.startswith(f + ".")), None)
 
 
-def live_synced_filter(collection: CollectionSettings) -> Spec:
-    """Live documents that came from production: not soft-deleted, with a production `_id`."""
-    return {collection.soft_delete_field: False, PID_PATH: {"$exists": True}}
+def _masks(path: str, collection: CollectionSettings, kinds: frozenset[str]) -> str | None:
+    """The PII rule (as `path: rule`) of one of `kinds` that changes the value at `path`: on
+    the path, on a parent, or on a part of it."""
+    for rule_path, rule in collection.pii.items():
+        if rule.kind in kinds and (path == rule_path or path.startswith(rule_path + ".")
+                                   or rule_path.startswith(path + ".")):
+            return f"'{rule_path}: {rule}'"
+    return None
 
 
-def _conjuncts(expression: Any) -> list[Spec] | None:
-    """The filter as a list of one-field conditions, or None when it holds something that
-    cannot stand inside a top-level `$and` of a partial filter ($or, $in, $not, nested $and,
-    `$exists: false`, ...)."""
+def _refuses_masked(index: Mapping[str, Any], collection: CollectionSettings) -> str | None:
+    """Why staging would refuse the masked values of a geo or text index, or None."""
+    for path, kind in _items(index.get("key") or {}):
+        if kind in GEO_KINDS:
+            rule = _masks(path, collection, RETYPING)
+            if rule is not None:
+                return (f"a {kind} index on {path}, which pii rule {rule} turns into a string: "
+                        "staging would refuse every copy (no geo keys can be extracted)")
+    if any(kind == "text" for _, kind in _items(index.get("key") or {})):
+        override = str(index.get("language_override") or "language")
+        rule = _masks(override, collection, RETYPING)
+        if rule is not None:
+            return (f"a text index whose language override field {override!r} pii rule {rule} "
+                    "masks: a masked value names no language, and staging would refuse it")
+    return None
+
+
+def _filter_unlike(index: Mapping[str, Any], collection: CollectionSettings) -> str | None:
+    """Why the partial filter would select other documents in staging than in production."""
+    expression = index.get("partialFilterExpression")
     if not expression:
-        return []
-    if not isinstance(expression, Mapping):
         return None
-    found: list[Spec] = []
+    strict = Classification.from_settings(collection)
+    for path, condition in filter_conditions(expression):
+        if _staging_field(path, collection) is not None:
+            return (f"its partial filter reads {path!r}, which staging_fields lists (no synced "
+                    "copy has it): the index would cover other documents than production's")
+        dropped = _masks(path, collection, frozenset({"drop"}))
+        if dropped is not None or (strict is not None and not strict.covers(path)
+                                   and not any(p.startswith(path + ".") for p in strict.paths)):
+            why = f"pii rule {dropped} removes it" if dropped else "pii_mode strict leaves it out"
+            return (f"its partial filter reads {path!r} ({why}): the index would cover other "
+                    "documents than production's")
+        masked = _masks(path, collection, frozenset({"hash", "fake", "redact", "null"}))
+        if masked is not None and condition != {"$exists": True}:
+            return (f"its partial filter reads {path!r}, which pii rule {masked} masks: a "
+                    "masked value never matches production's condition, so the index would "
+                    "cover other documents than production's")
+    return None
+
+
+def filter_conditions(expression: Any) -> list[tuple[str, Any]]:
+    """Each (field, condition) of a filter, through `$and`, `$or` and `$nor`."""
+    found: list[tuple[str, Any]] = []
+    if not isinstance(expression, Mapping):
+        return found
     for name, value in expression.items():
-        if name == "$and":
-            if not isinstance(value, list | tuple):
-                return None
+        if str(name) in ("$and", "$or", "$nor") and isinstance(value, list | tuple):
             for item in value:
-                if not isinstance(item, Mapping) or any(str(k).startswith("$") for k in item):
-                    return None
-                inner = _conjuncts(item)
-                if inner is None:
-                    return None
-                found += inner
-        elif str(name).startswith("$") or not _field_condition(value):
-            return None
-        else:
-            found.append({str(name): value})
+                found += filter_conditions(item)
+        elif not str(name).startswith("$"):
+            found.append((str(name), value))
     return found
 
 
-def _field_condition(value: Any) -> bool:
-    if not isinstance(value, Mapping) or not value:
-        return True  # equality with a literal (a document without operators too)
-    operators = [str(k) for k in value]
-    if not all(k.startswith("$") for k in operators):
-        return not any(k.startswith("$") for k in operators)  # a literal sub-document
-    if any(k not in FIELD_OPERATORS for k in operators):
-        return False
-    return "$exists" not in value or value["$exists"] is True
+def _masked_notes(index: Mapping[str, Any], collection: CollectionSettings) -> list[str]:
+    """How an index of a kind that takes masked values as they are differs from production's."""
+    masked = [f for f in index_fields(index)
+              if _masks(f, collection, frozenset({"hash", "fake", "redact", "null"}))]
+    if not masked:
+        return []
+    kinds = {str(kind) for _, kind in _items(index.get("key") or {})}
+    paths = ", ".join(masked)
+    if "text" in kinds:
+        what = "text index"
+    elif "hashed" in kinds:
+        what = "hashed index"
+    elif any(str(p).endswith("$**") for p, _ in _items(index.get("key") or {})):
+        what = "wildcard index"
+    else:
+        what = "index"
+    notes = [f"{what} built on masked values of {paths}"]
+    collation = index.get("collation") or {}
+    if collation and collation.get("locale") not in (None, "simple"):
+        notes.append("its collation compares the masked strings, not production's values")
+    return notes
 
 
 def combine(conjuncts: Sequence[Mapping[str, Any]]) -> Spec:
@@ -416,12 +492,3 @@ def _plain(value: Any) -> Any:
 def _number(value: Any) -> str:
     return str(int(value)) if isinstance(value, int | float) and float(value).is_integer() \
         else str(value)
-
-
-def _show(filter_: Mapping[str, Any]) -> str:
-    parts = []
-    for name, value in filter_.items():
-        shown = "false" if value is False else ("{$exists: true}" if value == {"$exists": True}
-                                                else repr(value))
-        parts.append(f"{name}: {shown}")
-    return "{" + ", ".join(parts) + "}"

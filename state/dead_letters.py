@@ -12,15 +12,43 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from pymongo import UpdateOne
+from pymongo import ASCENDING, IndexModel, UpdateOne
 from pymongo.database import Database
 from pymongo.errors import BulkWriteError
-from stagesync.protocol.names import DEAD_LETTERS, DUPLICATE_KEY
+from stagesync.protocol.names import (
+    DEAD_LETTERS,
+    DEAD_LETTERS_INDEX,
+    DUPLICATE_KEY,
+    RESOLVED_TTL_INDEX,
+)
 
+COLLECTION = DEAD_LETTERS
+# Fields of an entry (`_id`: `entry_id`).
+COLLECTION_FIELD = "collection"
+PID = "pid"  # the production `_id`, encoded
+OP = "op"  # the operation seen
+REASON = "reason"  # key_conflict, missing_key, schema_version, too_large, write_error, ...
+ERROR = "error"  # a short text, never a document's value
+KEY = "key"  # the business-key digest, for key conflicts
+VERSION = "version"  # of the apply that decided last
+STATE = "state"  # OPEN or RESOLVED
+ATTEMPTS = "attempts"
+FIRST_SEEN = "firstSeen"
+LAST_SEEN = "lastSeen"
+RESOLVED_AT = "resolvedAt"
+EXPIRE_AT = "expireAt"  # TTL of a resolved entry
 OPEN = "open"
 RESOLVED = "resolved"
 # A resolved entry only has to outlive applies that read production before the resolving one.
 RESOLVED_KEPT = timedelta(hours=1)
+
+_SIMPLE = {"locale": "simple"}
+INDEXES = [
+    IndexModel([(COLLECTION_FIELD, ASCENDING), (STATE, ASCENDING), (REASON, ASCENDING),
+                (KEY, ASCENDING)], name=DEAD_LETTERS_INDEX, collation=_SIMPLE),
+    IndexModel([(EXPIRE_AT, ASCENDING)], name=RESOLVED_TTL_INDEX, expireAfterSeconds=0,
+               collation=_SIMPLE),
+]
 
 
 @dataclass(frozen=True)
@@ -45,7 +73,7 @@ class DeadLetterStore:
     production earlier cannot re-open them with a stale reason."""
 
     def __init__(self, state_db: Database[dict[str, Any]]) -> None:
-        self.entries = state_db[DEAD_LETTERS]
+        self.entries = state_db[COLLECTION]
 
     def record(self, entries: Iterable[DeadLetterEntry]) -> int:
         """Open (or update) entries, unless a newer apply already decided about the document.
@@ -57,18 +85,18 @@ class DeadLetterStore:
         operations = [
             UpdateOne(
                 {"_id": entry_id(entry.collection, entry.pid),
-                 "version": {"$lt": entry.version}},
+                 VERSION: {"$lt": entry.version}},
                 {
                     "$set": {
-                        "state": OPEN, "op": entry.op, "reason": entry.reason,
-                        "error": entry.error[:1000], "key": entry.key,
-                        "version": entry.version,
+                        STATE: OPEN, OP: entry.op, REASON: entry.reason,
+                        ERROR: entry.error[:1000], KEY: entry.key,
+                        VERSION: entry.version,
                     },
-                    "$currentDate": {"lastSeen": True},
-                    "$unset": {"resolvedAt": "", "expireAt": ""},
-                    "$inc": {"attempts": 1},
+                    "$currentDate": {LAST_SEEN: True},
+                    "$unset": {RESOLVED_AT: "", EXPIRE_AT: ""},
+                    "$inc": {ATTEMPTS: 1},
                     "$setOnInsert": {
-                        "collection": entry.collection, "pid": entry.pid, "firstSeen": now,
+                        COLLECTION_FIELD: entry.collection, PID: entry.pid, FIRST_SEEN: now,
                     },
                 },
                 upsert=True,
@@ -98,10 +126,10 @@ class DeadLetterStore:
         ids = [entry_id(collection, pid) for pid in pids]
         if not ids:
             return 0
-        query = {"_id": {"$in": ids}, "version": {"$lt": older_than}}
-        update = {"$set": {"state": RESOLVED, "version": older_than,
-                           "expireAt": datetime.now(UTC) + RESOLVED_KEPT},
-                  "$currentDate": {"resolvedAt": True}}
+        query = {"_id": {"$in": ids}, VERSION: {"$lt": older_than}}
+        update = {"$set": {STATE: RESOLVED, VERSION: older_than,
+                           EXPIRE_AT: datetime.now(UTC) + RESOLVED_KEPT},
+                  "$currentDate": {RESOLVED_AT: True}}
         return int(self.entries.update_many(query, update).modified_count)
 
     def waiting_on_keys(self, collection: str, keys: Iterable[str]) -> list[str]:
@@ -109,35 +137,35 @@ class DeadLetterStore:
         wanted = list(keys)
         if not wanted:
             return []
-        query = {"collection": {"$eq": collection}, "state": {"$eq": OPEN},
-                 "reason": {"$eq": "key_conflict"}, "key": {"$in": wanted}}
-        return [doc["pid"] for doc in self.entries.find(query, {"pid": 1})]
+        query = {COLLECTION_FIELD: {"$eq": collection}, STATE: {"$eq": OPEN},
+                 REASON: {"$eq": "key_conflict"}, KEY: {"$in": wanted}}
+        return [doc[PID] for doc in self.entries.find(query, {PID: 1})]
 
     def list(
         self, collection: str | None = None, reason: str | None = None, limit: int = 0
     ) -> Iterator[dict[str, Any]]:
-        query: dict[str, Any] = {"state": {"$eq": OPEN}}
+        query: dict[str, Any] = {STATE: {"$eq": OPEN}}
         if collection:
-            query["collection"] = {"$eq": collection}
+            query[COLLECTION_FIELD] = {"$eq": collection}
         if reason:
-            query["reason"] = {"$eq": reason}
-        return iter(self.entries.find(query, limit=limit).sort("firstSeen", 1))
+            query[REASON] = {"$eq": reason}
+        return iter(self.entries.find(query, limit=limit).sort(FIRST_SEEN, 1))
 
     def get(self, collection: str, pid: str) -> dict[str, Any] | None:
         return self.entries.find_one(
-            {"_id": entry_id(collection, pid), "state": {"$eq": OPEN}}
+            {"_id": entry_id(collection, pid), STATE: {"$eq": OPEN}}
         )
 
     def count(self, collection: str | None = None) -> int:
-        query: dict[str, Any] = {"state": {"$eq": OPEN}}
+        query: dict[str, Any] = {STATE: {"$eq": OPEN}}
         if collection:
-            query["collection"] = {"$eq": collection}
+            query[COLLECTION_FIELD] = {"$eq": collection}
         return sum(1 for _ in self.entries.find(query, {"_id": 1}))
 
     def purge(self, collection: str | None = None, pids: Iterable[str] | None = None) -> int:
         query: dict[str, Any] = {}
         if collection:
-            query["collection"] = {"$eq": collection}
+            query[COLLECTION_FIELD] = {"$eq": collection}
         if pids is not None:
             if not collection:
                 raise ValueError("purging chosen entries needs their collection")
@@ -149,5 +177,5 @@ def summarize(entries: Iterable[Mapping[str, Any]]) -> dict[str, int]:
     """Entries per reason, for `status` and `dlq list`."""
     counts: dict[str, int] = {}
     for entry in entries:
-        counts[str(entry.get("reason"))] = counts.get(str(entry.get("reason")), 0) + 1
+        counts[str(entry.get(REASON))] = counts.get(str(entry.get(REASON)), 0) + 1
     return counts

@@ -41,6 +41,41 @@ RECORD_TTL = timedelta(days=30)
 # A chunk record outlives any realistic resync; refreshed at every checkpoint.
 CHUNK_TTL = timedelta(days=14)
 MIN_BATCH = 10  # the smallest `resync_chunk_size` accepted
+# Field names of the records (the resync's and its chunks'): every room reads them by these.
+KIND = "kind"  # "resync" for a resync record, "chunk" for a chunk record
+COLLECTION_FIELD = "collection"
+STATE = "state"  # a resync: planning, applying, sweeping, done, failed; a chunk: IN_FLIGHT, done
+REASON = "reason"
+STARTED_AT = "startedAt"
+FINISHED_AT = "finishedAt"
+DOCS = "docs"  # production documents done so far (a chunk: by its batches)
+TOTAL = "total"  # the production estimate, then the documents the copy read
+CHUNKS_DONE = "chunksDone"
+COUNTS = "counts"  # outcome -> documents, live
+SUMMARY = "summary"  # outcome -> documents, exact, once done
+ERROR = "error"
+EXPIRE_AT = "expireAt"  # TTL (`stagesync_resyncs_ttl`)
+# Fixed when the copy opens (`tasks.resync`):
+V0 = "v0"  # the version taken before the copy: the sweep's criterion
+EMPTY_START = "emptyStart"  # staging held nothing: batches insert without reading
+UNSYNCED_START = "unsyncedStart"  # staging held documents without `_sync`
+INFLIGHT = "inflight"  # most chunks in flight at once
+BATCH = "batch"  # documents per apply (a chunk may hold a smaller one of its own)
+# A phase's plan, under the phase's name (`copy`, `sweep`; see `phase_plan`):
+PLANNED = "planned"
+NEXT = "next"
+SPAN = "span"
+COMPLETE = "complete"
+# A chunk record:
+RESYNC = "resync"  # the resync's id
+PHASE = "phase"
+INDEX = "index"
+LO = "lo"
+HI = "hi"
+OWNER = "owner"  # the task holding it
+RESUME = "resume"  # the last `_id` done (encoded): where to go on
+BEAT_AT = "beatAt"
+FINISHED = ("done", "failed")
 
 
 
@@ -55,9 +90,9 @@ def resyncs(state_db: Database[Document]) -> Collection[Document]:
 def ensure_resync_indexes(state_db: Database[Document]) -> None:
     """Idempotent; both names are stagesync's own (nobody else creates them)."""
     resyncs(state_db).create_indexes([
-        IndexModel([("resync", ASCENDING), ("phase", ASCENDING), ("state", ASCENDING)],
+        IndexModel([(RESYNC, ASCENDING), (PHASE, ASCENDING), (STATE, ASCENDING)],
                    name=RESYNC_CHUNKS_INDEX),
-        IndexModel([("expireAt", ASCENDING)], name=RESYNCS_TTL_INDEX,
+        IndexModel([(EXPIRE_AT, ASCENDING)], name=RESYNCS_TTL_INDEX,
                    expireAfterSeconds=0),
     ])
 
@@ -69,9 +104,9 @@ def now() -> datetime:
 def new_resync(state_db: Database[Document], collection: str, reason: str) -> str:
     resync_id = f"{collection}-{now():%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
     resyncs(state_db).insert_one({
-        "_id": resync_id, "kind": "resync", "collection": collection, "state": "planning",
-        "reason": reason, "startedAt": now(), "docs": 0, "chunksDone": 0,
-        "counts": dict.fromkeys(SUMMARY_OUTCOMES, 0),
+        "_id": resync_id, KIND: "resync", COLLECTION_FIELD: collection, STATE: "planning",
+        REASON: reason, STARTED_AT: now(), DOCS: 0, CHUNKS_DONE: 0,
+        COUNTS: dict.fromkeys(SUMMARY_OUTCOMES, 0),
     })
     return resync_id
 
@@ -83,14 +118,30 @@ def resync_ids_of(collection: str) -> str:
     return f"^{re.escape(collection)}-[0-9]{{8}}T[0-9]{{6}}-[0-9a-f]{{6}}$"
 
 
+def resync_records(state_db: Database[Document], collection: str) -> list[Document]:
+    """The collection's resync records (not their chunks), with the fields `STATE`,
+    `STARTED_AT`, `DOCS` and `TOTAL`. The `_id`s start with the collection's name, so the
+    `_id` index bounds the scan (chunk records share the prefix but fail the anchored pattern
+    on the index key)."""
+    return list(resyncs(state_db).find(
+        {"_id": {"$regex": resync_ids_of(collection)}, KIND: "resync",
+         COLLECTION_FIELD: collection},
+        {STATE: 1, STARTED_AT: 1, DOCS: 1, TOTAL: 1}))
+
+
 def load(state_db: Database[Document], resync_id: str) -> Document | None:
     return resyncs(state_db).find_one({"_id": resync_id})
 
 
+def load_chunk(state_db: Database[Document], key: str) -> Document | None:
+    """A chunk record by its `chunk_id`."""
+    return resyncs(state_db).find_one({"_id": key})
+
+
 def phase_plan(span: int, first: list[Any], encode: Any) -> Document:
     """Where a phase's planning starts: its chunk size and the first chunk's lower bound."""
-    return {"span": span, "planned": 0, "next": encode(first[0]) if first else None,
-            "complete": not first}
+    return {SPAN: span, PLANNED: 0, NEXT: encode(first[0]) if first else None,
+            COMPLETE: not first}
 
 
 def begin_phase(
@@ -99,8 +150,8 @@ def begin_phase(
 ) -> bool:
     """Move the resync into a phase, exactly once however many tasks try."""
     moved = resyncs(state_db).update_one(
-        {"_id": resync_id, "state": from_state},
-        {"$set": {"state": PHASE_STATE[phase], phase: plan, **(extra or {})},
+        {"_id": resync_id, STATE: from_state},
+        {"$set": {STATE: PHASE_STATE[phase], phase: plan, **(extra or {})},
          "$currentDate": {f"{phase}StartedAt": True}},
     )
     return moved.modified_count == 1
@@ -119,10 +170,10 @@ def record_chunk(
     try:
         document = resyncs(state_db).find_one_and_update(
             {"_id": key},
-            {"$setOnInsert": {"kind": "chunk", "resync": resync_id, "phase": phase,
-                              "index": index, "lo": chunk.lo, "hi": chunk.hi,
-                              "state": "queued", "beatAt": now(), "docs": 0,
-                              "expireAt": now() + CHUNK_TTL}},
+            {"$setOnInsert": {KIND: "chunk", RESYNC: resync_id, PHASE: phase,
+                              INDEX: index, LO: chunk.lo, HI: chunk.hi,
+                              STATE: "queued", BEAT_AT: now(), DOCS: 0,
+                              EXPIRE_AT: now() + CHUNK_TTL}},
             upsert=True, return_document=ReturnDocument.AFTER,
         )
     except DuplicateKeyError:  # two planners upserted at once: the other one's stands
@@ -139,9 +190,9 @@ def advance_plan(
 ) -> bool:
     """Count chunk `index` as planned; False when another planner got there first."""
     moved = resyncs(state_db).update_one(
-        {"_id": resync_id, f"{phase}.planned": index},
-        {"$set": {f"{phase}.planned": index + 1, f"{phase}.next": next_lo,
-                  f"{phase}.complete": next_lo is None}},
+        {"_id": resync_id, f"{phase}.{PLANNED}": index},
+        {"$set": {f"{phase}.{PLANNED}": index + 1, f"{phase}.{NEXT}": next_lo,
+                  f"{phase}.{COMPLETE}": next_lo is None}},
     )
     return moved.modified_count == 1
 
@@ -150,7 +201,7 @@ def in_flight(state_db: Database[Document], resync_id: str, phase: str) -> int:
     """Chunks of the phase queued or running: at most the in-flight bound, so this stays
     a short index range whatever the collection's size."""
     return resyncs(state_db).count_documents(
-        {"resync": resync_id, "phase": phase, "state": {"$in": list(IN_FLIGHT)}}
+        {RESYNC: resync_id, PHASE: phase, STATE: {"$in": list(IN_FLIGHT)}}
     )
 
 
@@ -160,16 +211,16 @@ def stale_chunks(
     """In-flight chunks nobody has reported on lately (their message lost with a Redis)."""
     limit = now() - older_than
     return [chunk for chunk in resyncs(state_db).find(
-        {"resync": resync_id, "phase": phase, "state": {"$in": list(IN_FLIGHT)}},
-        {"index": 1, "beatAt": 1},
-    ) if chunk.get("beatAt") is None or _aware(chunk["beatAt"]) < limit]
+        {RESYNC: resync_id, PHASE: phase, STATE: {"$in": list(IN_FLIGHT)}},
+        {INDEX: 1, BEAT_AT: 1},
+    ) if chunk.get(BEAT_AT) is None or _aware(chunk[BEAT_AT]) < limit]
 
 
 def held_chunk(state_db: Database[Document], resync_id: str, owner: str) -> Document | None:
     """The chunk this task was working on (when its message comes back after a kill)."""
     for phase in PHASES:
         held = resyncs(state_db).find_one(
-            {"resync": resync_id, "phase": phase, "state": "running", "owner": owner})
+            {RESYNC: resync_id, PHASE: phase, STATE: "running", OWNER: owner})
         if held is not None:
             return held
     return None
@@ -179,7 +230,7 @@ def next_queued_chunk(state_db: Database[Document], resync_id: str, phase: str
                       ) -> Document | None:
     """The oldest chunk of the phase that nobody has started."""
     return resyncs(state_db).find_one(
-        {"resync": resync_id, "phase": phase, "state": "queued"}, sort=[("index", 1)])
+        {RESYNC: resync_id, PHASE: phase, STATE: "queued"}, sort=[(INDEX, 1)])
 
 
 def claim_chunk(
@@ -187,14 +238,14 @@ def claim_chunk(
 ) -> bool:
     """Take the chunk for this task: a redelivery of the same task (same id) takes it back;
     a duplicate message gives way unless the holder has gone quiet for `stale_after`."""
-    holder = chunk.get("owner")
-    beat = chunk.get("beatAt")
+    holder = chunk.get(OWNER)
+    beat = chunk.get(BEAT_AT)
     quiet = beat is None or _aware(beat) < now() - stale_after
     if holder not in (None, owner) and not quiet:
         return False
     taken = resyncs(state_db).update_one(
-        {"_id": chunk["_id"], "state": chunk["state"], "owner": holder},
-        {"$set": {"state": "running", "owner": owner, "beatAt": now()}},
+        {"_id": chunk["_id"], STATE: chunk[STATE], OWNER: holder},
+        {"$set": {STATE: "running", OWNER: owner, BEAT_AT: now()}},
     )
     return taken.modified_count == 1
 
@@ -205,15 +256,15 @@ def checkpoint(
 ) -> bool:
     """Record a batch as done (where to resume, what it did); False when this task no
     longer holds the chunk or the batch was already recorded."""
-    incs: dict[str, int] = {"docs": docs}
-    incs.update({f"counts.{k}": int(v) for k, v in counts.items() if v})
+    incs: dict[str, int] = {DOCS: docs}
+    incs.update({f"{COUNTS}.{k}": int(v) for k, v in counts.items() if v})
     moved = resyncs(state_db).update_one(
-        {"_id": chunk["_id"], "owner": owner, "resume": chunk.get("resume")},
-        {"$set": {"resume": resume, "beatAt": now(), "expireAt": now() + CHUNK_TTL},
+        {"_id": chunk["_id"], OWNER: owner, RESUME: chunk.get(RESUME)},
+        {"$set": {RESUME: resume, BEAT_AT: now(), EXPIRE_AT: now() + CHUNK_TTL},
          "$inc": incs},
     )
     if moved.modified_count == 1:
-        chunk["resume"] = resume
+        chunk[RESUME] = resume
         return True
     return False
 
@@ -223,12 +274,12 @@ def add_progress(
     chunks_done: int = 0,
 ) -> None:
     """The live counters `progress` shows (one `$inc` on the resync record)."""
-    incs: dict[str, int] = {f"counts.{k}": int(v) for k, v in counts.items()
+    incs: dict[str, int] = {f"{COUNTS}.{k}": int(v) for k, v in counts.items()
                             if v and k in SUMMARY_OUTCOMES}
     if docs:
-        incs["docs"] = docs
+        incs[DOCS] = docs
     if chunks_done:
-        incs["chunksDone"] = chunks_done
+        incs[CHUNKS_DONE] = chunks_done
     if incs:
         resyncs(state_db).update_one({"_id": resync_id}, {"$inc": incs})
 
@@ -236,20 +287,20 @@ def add_progress(
 def shrink_batch(state_db: Database[Document], chunk_key: str) -> int:
     """Halve a chunk's batch after one took too long for the task's time limit, so that a
     chunk always makes progress, however slow its applies are."""
-    chunk = resyncs(state_db).find_one({"_id": chunk_key}, {"batch": 1, "resync": 1}) or {}
-    batch = chunk.get("batch")
+    chunk = resyncs(state_db).find_one({"_id": chunk_key}, {BATCH: 1, RESYNC: 1}) or {}
+    batch = chunk.get(BATCH)
     if batch is None:
-        batch = (load(state_db, str(chunk.get("resync"))) or {}).get("batch") or MIN_BATCH * 2
+        batch = (load(state_db, str(chunk.get(RESYNC))) or {}).get(BATCH) or MIN_BATCH * 2
     smaller = max(MIN_BATCH, int(batch) // 2)
-    resyncs(state_db).update_one({"_id": chunk_key}, {"$set": {"batch": smaller}})
+    resyncs(state_db).update_one({"_id": chunk_key}, {"$set": {BATCH: smaller}})
     return smaller
 
 
 def finish_chunk(state_db: Database[Document], chunk: Document, owner: str) -> bool:
     finished = resyncs(state_db).update_one(
-        {"_id": chunk["_id"], "owner": owner, "state": "running"},
-        {"$set": {"state": "done", "finishedAt": now(), "expireAt": now() + CHUNK_TTL},
-         "$unset": {"owner": ""}},
+        {"_id": chunk["_id"], OWNER: owner, STATE: "running"},
+        {"$set": {STATE: "done", FINISHED_AT: now(), EXPIRE_AT: now() + CHUNK_TTL},
+         "$unset": {OWNER: ""}},
     )
     return finished.modified_count == 1
 
@@ -258,30 +309,30 @@ def summary(state_db: Database[Document], resync_id: str) -> tuple[dict[str, int
     """Exact outcome counts over every chunk of the resync, and production documents read."""
     totals: Counter[str] = Counter()
     copied = 0
-    for chunk in resyncs(state_db).find({"resync": resync_id}, {"counts": 1, "docs": 1,
-                                                                 "phase": 1}):
-        totals.update(chunk.get("counts") or {})
-        if chunk.get("phase") == "copy":
-            copied += int(chunk.get("docs") or 0)
+    for chunk in resyncs(state_db).find({RESYNC: resync_id}, {COUNTS: 1, DOCS: 1,
+                                                                 PHASE: 1}):
+        totals.update(chunk.get(COUNTS) or {})
+        if chunk.get(PHASE) == "copy":
+            copied += int(chunk.get(DOCS) or 0)
     return {k: int(totals.get(k, 0)) for k in SUMMARY_OUTCOMES}, copied
 
 
 def finish(state_db: Database[Document], resync_id: str, result: Mapping[str, int],
            total: int) -> bool:
     done = resyncs(state_db).update_one(
-        {"_id": resync_id, "state": "sweeping"},
-        {"$set": {"state": "done", "summary": dict(result), "total": total,
-                  "expireAt": now() + RECORD_TTL},
-         "$currentDate": {"finishedAt": True}},
+        {"_id": resync_id, STATE: "sweeping"},
+        {"$set": {STATE: "done", SUMMARY: dict(result), TOTAL: total,
+                  EXPIRE_AT: now() + RECORD_TTL},
+         "$currentDate": {FINISHED_AT: True}},
     )
     return done.modified_count == 1
 
 
 def fail(state_db: Database[Document], resync_id: str, error: str) -> None:
     resyncs(state_db).update_one(
-        {"_id": resync_id, "state": {"$in": ["planning", "applying", "sweeping"]}},
-        {"$set": {"state": "failed", "error": error, "expireAt": now() + RECORD_TTL},
-         "$currentDate": {"finishedAt": True}},
+        {"_id": resync_id, STATE: {"$in": ["planning", "applying", "sweeping"]}},
+        {"$set": {STATE: "failed", ERROR: error, EXPIRE_AT: now() + RECORD_TTL},
+         "$currentDate": {FINISHED_AT: True}},
     )
 
 
@@ -290,16 +341,16 @@ def progress(state_db: Database[Document], resync_id: str) -> dict[str, Any]:
     record = load(state_db, resync_id)
     if record is None:
         raise KeyError(f"no resync {resync_id!r}")
-    planned = sum(int((record.get(phase) or {}).get("planned") or 0) for phase in PHASES)
-    counts = record.get("counts") or {}
+    planned = sum(int((record.get(phase) or {}).get(PLANNED) or 0) for phase in PHASES)
+    counts = record.get(COUNTS) or {}
     return {
-        "id": resync_id, "collection": record.get("collection"), "state": record.get("state"),
-        "total": record.get("total"), "done": int(record.get("docs") or 0),
-        "chunks": planned, "chunks_done": int(record.get("chunksDone") or 0),
-        "summary": record.get("summary") or {k: int(counts.get(k, 0))
+        "id": resync_id, "collection": record.get(COLLECTION_FIELD), "state": record.get(STATE),
+        "total": record.get(TOTAL), "done": int(record.get(DOCS) or 0),
+        "chunks": planned, "chunks_done": int(record.get(CHUNKS_DONE) or 0),
+        "summary": record.get(SUMMARY) or {k: int(counts.get(k, 0))
                                              for k in SUMMARY_OUTCOMES},
-        "startedAt": record.get("startedAt"), "finishedAt": record.get("finishedAt"),
-        "error": record.get("error"),
+        "startedAt": record.get(STARTED_AT), "finishedAt": record.get(FINISHED_AT),
+        "error": record.get(ERROR),
     }
 
 

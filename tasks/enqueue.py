@@ -10,15 +10,14 @@ also deletes kombu's binding tables, still lands in the list the workers read.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from typing import Any
 
 from celery import Celery
 from pymongo.database import Database
-from stagesync.protocol.names import APPLY_BATCH, REPLAY_DEAD_LETTERS, RESYNC, RESYNCS
+from stagesync.protocol.names import APPLY_BATCH, REPLAY_DEAD_LETTERS, RESYNC
 from stagesync.settings.model import Settings
+from stagesync.state.replay_jobs import new_replay_job
 from stagesync.state.resync_progress import ensure_resync_indexes, new_resync
 from stagesync.tasks.celery_options import celery_options
 
@@ -66,11 +65,8 @@ def start_replay(
     app: Celery, state_db: Database[dict[str, Any]], collection: str, queue: str,
     pids: list[str] | None = None, reason: str | None = None,
 ) -> str:
-    """Record a dead-letter replay job and enqueue it; returns the job id."""
-    job_id = f"replay-{collection}-{uuid.uuid4().hex[:8]}"
-    state_db[RESYNCS].insert_one({
-        "_id": job_id, "kind": "replay", "collection": collection, "state": "queued",
-        "startedAt": datetime.now(UTC), "reason": reason,
-    })
+    """Record a dead-letter replay job (`state.replay_jobs`) and enqueue it; returns the job
+    id."""
+    job_id = new_replay_job(state_db, collection, reason)
     app.send_task(REPLAY_DEAD_LETTERS, args=[collection, job_id, pids, reason], queue=queue)
     return job_id

@@ -32,17 +32,11 @@ import redis
 from celery import Celery
 from pymongo import MongoClient
 from pymongo.database import Database
-from stagesync.protocol.names import (
-    DEAD_LETTERS,
-    INDEX_MIRROR,
-    PENDING_REFERENCES,
-    RESYNC,
-    scoped_name,
-    stats_key,
-)
+from stagesync.protocol.names import RESYNC, scoped_name, stats_key
 from stagesync.protocol.routing import home_queue
 from stagesync.rules.document import Document
 from stagesync.settings.model import Settings
+from stagesync.state.dead_letters import DeadLetterStore
 from stagesync.state.environments import (
     CREATING,
     DELETING,
@@ -51,7 +45,9 @@ from stagesync.state.environments import (
     Environment,
     EnvironmentStore,
 )
-from stagesync.state.resync_progress import ensure_resync_indexes, fail, load, new_resync
+from stagesync.state.index_mirror_records import IndexMirrorRecords
+from stagesync.state.pending_references import PendingReferences
+from stagesync.state.resync_progress import ensure_resync_indexes, fail, new_resync, progress
 
 log = logging.getLogger("stagesync.environments")
 
@@ -75,7 +71,7 @@ def continue_filling(settings: Settings, state_db: Database[Document], app: Cele
     environment = store.get(name)
     if environment is None or environment.state != CREATING:
         return environment.state if environment else None
-    states = {collection: (load(state_db, resync) or {}).get("state")
+    states = {collection: _resync_state(state_db, resync)
               for collection, resync in environment.resyncs.items()}
     ensure_resync_indexes(state_db)
     for collection, parent in fill_order(settings).items():
@@ -103,14 +99,22 @@ def _publish(settings: Settings, app: Celery, collection: str, environment: str,
                   queue=home_queue(settings.collection(collection)))
 
 
+def _resync_state(state_db: Database[Document], resync: str) -> str | None:
+    try:
+        return progress(state_db, resync)["state"]  # type: ignore[no-any-return]
+    except KeyError:
+        return None  # expired or never recorded: started again
+
+
 def fill_progress(state_db: Database[Document], environment: Environment
                   ) -> dict[str, dict[str, Any]]:
-    """Per collection with a resync: its state, documents done and expected."""
+    """Per collection with a resync: its state, documents done and expected, error."""
     found = {}
     for collection, resync in environment.resyncs.items():
-        record = load(state_db, resync) or {}
-        found[collection] = {"state": record.get("state"), "done": int(record.get("docs") or 0),
-                             "total": record.get("total"), "error": record.get("error")}
+        try:
+            found[collection] = progress(state_db, resync)
+        except KeyError:
+            found[collection] = {"state": None, "done": 0, "total": None, "error": None}
     return found
 
 
@@ -139,7 +143,8 @@ def delete_environment(settings: Settings, state_db: Database[Document],
 
 
 def _forget(state_db: Database[Document], scoped: Iterable[str]) -> None:
-    names = list(scoped)
-    state_db[DEAD_LETTERS].delete_many({"collection": {"$in": names}})
-    state_db[INDEX_MIRROR].delete_many({"collection": {"$in": names}})
-    state_db[PENDING_REFERENCES].delete_many({"coll": {"$in": names}})
+    dead_letters, pending = DeadLetterStore(state_db), PendingReferences(state_db)
+    for scope in scoped:
+        dead_letters.purge(scope)
+        pending.forget_collection(scope)
+        IndexMirrorRecords(state_db, scope).forget_all()

@@ -1,7 +1,7 @@
 """Scheduled jobs (Celery beat): verification reports and the erasure of old soft deletes.
 
 - `stagesync.verify` compares a collection (see tasks.verification.verifier) and keeps the latest
-  report in the state database, where `status` shows it.
+  report in the state database (`state.verifications`), where `status` shows it.
 - `stagesync.expire_environments` deletes the environments past their lifetime (`--ttl`),
   with their databases and records (`tasks.environment_ops.delete_environment`), and finishes
   deletes that a killed process left halfway. Beat runs it every EXPIRY_EVERY_SECONDS, so an
@@ -18,14 +18,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from celery import Task
-from stagesync.protocol.names import (
-    EXPIRE_ENVIRONMENTS,
-    PURGE_DELETED,
-    VERIFICATIONS,
-    VERIFY,
-)
+from stagesync.protocol.names import EXPIRE_ENVIRONMENTS, PURGE_DELETED, VERIFY
 from stagesync.rules.sync_meta import DELETED_AT_FIELD, PID_FIELD
 from stagesync.state.environments import NoSuchEnvironment
+from stagesync.state.verifications import record_verification
 from stagesync.tasks.environment_ops import delete_environment
 from stagesync.tasks.instrumented import stagesync_task
 from stagesync.tasks.runtime import get_runtime
@@ -39,14 +35,8 @@ def verify(self: Task, collection: str) -> dict[str, Any]:
     runtime = get_runtime()
     report = verify_collection(runtime.settings, collection, sample=0, settle=30)
     summary = report.as_dict()
-    runtime.state_db[VERIFICATIONS].replace_one(
-        {"_id": collection},
-        {"_id": collection, "at": datetime.now(UTC), "equal": report.equal,
-         "counts": summary["counts"],
-         "mismatched": len(report.mismatched()),
-         "sample": sorted(report.mismatched())[:20]},
-        upsert=True,
-    )
+    record_verification(runtime.state_db, collection, report.equal, summary["counts"],
+                        report.mismatched())
     log.info("verified", extra={"collection": collection, "equal": report.equal,
                                 "mismatched": len(report.mismatched())})
     return {"equal": report.equal, "mismatched": len(report.mismatched())}

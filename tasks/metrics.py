@@ -84,6 +84,10 @@ TASK_SECONDS = Histogram(
     "failed)", ["task", "outcome"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
 )
+INDEX_DEMOTIONS = Counter(
+    "stagesync_index_demotions_total", "Mirrored indexes the apply's safety net demoted "
+    "because staging refused sync writes on them", ["collection"],
+)
 LAST_APPLIED = Gauge(
     "stagesync_last_applied_timestamp_seconds", "Unix time at which a worker last finished "
     "applying a batch of the collection", ["collection"],

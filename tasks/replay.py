@@ -13,8 +13,9 @@ from collections import Counter
 
 from celery import Task
 from stagesync.deployments.failures import is_transient
-from stagesync.protocol.names import REPLAY_DEAD_LETTERS, RESYNCS
-from stagesync.state.dead_letters import DeadLetterEntry
+from stagesync.protocol.names import REPLAY_DEAD_LETTERS
+from stagesync.state.dead_letters import OP, PID, DeadLetterEntry
+from stagesync.state.replay_jobs import finish_replay_job
 from stagesync.state.versions import take_version
 from stagesync.tasks.apply.applier import apply_changes
 from stagesync.tasks.apply.context import WriteErrors
@@ -36,13 +37,13 @@ def replay_dead_letters(
     wanted = set(pids) if pids else None
     entries = [
         entry for entry in runtime.dead_letters.list(collection, reason)
-        if wanted is None or entry["pid"] in wanted
+        if wanted is None or entry[PID] in wanted
     ]
     counts: Counter[str] = Counter()
     try:
         for start in range(0, len(entries), REPLAY_BATCH):
             chunk = entries[start:start + REPLAY_BATCH]
-            ops = {entry["pid"]: str(entry.get("op") or "replay") for entry in chunk}
+            ops = {entry[PID]: str(entry.get(OP) or "replay") for entry in chunk}
             runtime.rate_limiter.acquire(context.name, len(ops))
             try:
                 result = apply_changes(context, ops)
@@ -70,9 +71,6 @@ def replay_dead_letters(
         "still_failing": counts.get("dead_lettered", 0),
     }
     if job_id:
-        runtime.state_db[RESYNCS].update_one({"_id": job_id}, {
-            "$set": {"state": "done", "summary": summary},
-            "$currentDate": {"finishedAt": True},
-        })
+        finish_replay_job(runtime.state_db, job_id, summary)
     log.info("dead letters replayed", extra={"collection": collection, **summary})
     return summary

@@ -31,7 +31,6 @@ from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
 from pymongo.errors import NetworkTimeout
 from stagesync.deployments.failures import describe_error, is_transient
-from stagesync.deployments.index_mirror import IndexMirror, run_in_background
 from stagesync.protocol.names import RESYNC, RESYNC_CHUNK, RESYNC_SWEEP
 from stagesync.protocol.routing import queues_of
 from stagesync.rules.id_ranges import type_bracket
@@ -39,7 +38,22 @@ from stagesync.rules.identity import decode_id, encode_id
 from stagesync.rules.sync_meta import SYNC
 from stagesync.state.pii_state import reset_after_resync
 from stagesync.state.resync_progress import (
+    BATCH,
+    COMPLETE,
+    EMPTY_START,
+    HI,
+    INDEX,
+    INFLIGHT,
+    NEXT,
+    OWNER,
+    PHASE,
     PHASES,
+    PLANNED,
+    SPAN,
+    STATE,
+    TOTAL,
+    UNSYNCED_START,
+    V0,
     RecordMissing,
     add_progress,
     advance_plan,
@@ -53,11 +67,11 @@ from stagesync.state.resync_progress import (
     held_chunk,
     in_flight,
     load,
+    load_chunk,
     new_resync,
     next_queued_chunk,
     phase_plan,
     record_chunk,
-    resyncs,
     shrink_batch,
     stale_chunks,
     summary,
@@ -80,6 +94,7 @@ from stagesync.tasks.full_resync.walk import (
     first_id,
     plan_chunk,
 )
+from stagesync.tasks.index_mirror_runs import mirror_for_resync
 from stagesync.tasks.instrumented import stagesync_task
 from stagesync.tasks.runtime import Runtime, get_runtime
 
@@ -100,8 +115,9 @@ MAX_PLAN_STEPS = 64
 
 def chunk_span(estimate: int, inflight: int, batch: int) -> int:
     """Documents per copy chunk: enough chunks to keep `inflight` workers busy, no chunk
-    longer than MAX_BATCHES_PER_CHUNK batches."""
-    wanted = math.ceil(max(estimate, 1) / (max(inflight, 1) * CHUNKS_PER_SLOT))
+    longer than MAX_BATCHES_PER_CHUNK batches. The span is rounded down: rounded up, 181
+    documents over 18 slots gave spans of 11 and only 17 chunks."""
+    wanted = max(estimate, 1) // (max(inflight, 1) * CHUNKS_PER_SLOT)
     return max(batch, min(wanted, batch * MAX_BATCHES_PER_CHUNK))
 
 
@@ -141,7 +157,7 @@ def resync(self: Task, collection: str, resync_id: str | None = None) -> str:
             log.warning("resync record missing", extra={"collection": collection,
                                                         "resync": resync_id})
             return resync_id
-        if record["state"] == "planning":
+        if record[STATE] == "planning":
             _set_up(runtime, collection, resync_id)
         advance(runtime, collection, resync_id, revive=True)
     except Exception as error:
@@ -174,28 +190,13 @@ def _set_up(runtime: Runtime, collection: str, resync_id: str) -> None:
     span = chunk_span(estimate, inflight, settings.resync_chunk_size)
     plan = phase_plan(span, first_id(production), encode_id)
     begin_phase(runtime.state_db, resync_id, "planning", "copy", plan, {
-        "v0": started_at_version, "emptyStart": empty, "unsyncedStart": unsynced,
-        "inflight": inflight, "batch": settings.resync_chunk_size, "total": estimate,
+        V0: started_at_version, EMPTY_START: empty, UNSYNCED_START: unsynced,
+        INFLIGHT: inflight, BATCH: settings.resync_chunk_size, TOTAL: estimate,
     })
     log.info("resync started", extra={"collection": collection, "resync": resync_id,
                                       "estimate": estimate, "chunk_docs": span,
                                       "inflight": inflight, "empty_staging": empty})
-    _mirror_indexes(runtime, collection)
-
-
-def _mirror_indexes(runtime: Runtime, collection: str) -> None:
-    """Every resync makes staging's indexes match production's again, failed builds
-    included; in a thread of this worker, so neither the resync nor any apply waits for a
-    build."""
-    context = runtime.context(collection)
-    if context.settings.indexes == "mirror":
-        # An environment's mirror records its indexes under the scoped name, apart from the
-        # main staging's, and builds them where the environment lives.
-        settings = context.settings.model_copy(update={"name": context.scope})
-        client = runtime.staging if context.environment is None else \
-            runtime.environment_client()
-        run_in_background(IndexMirror(settings, context.production, client,
-                                      runtime.state_db), retry_failed=True)
+    mirror_for_resync(runtime, collection)
 
 
 def advance(runtime: Runtime, collection: str, resync_id: str, revive: bool = False) -> None:
@@ -204,12 +205,12 @@ def advance(runtime: Runtime, collection: str, resync_id: str, revive: bool = Fa
     state_db = runtime.state_db
     for _ in range(MAX_PLAN_STEPS):
         record = load(state_db, resync_id)
-        if record is None or record.get("state") not in ("applying", "sweeping"):
+        if record is None or record.get(STATE) not in ("applying", "sweeping"):
             return
-        phase = "copy" if record["state"] == "applying" else "sweep"
+        phase = "copy" if record[STATE] == "applying" else "sweep"
         plan = record.get(phase) or {}
         busy = in_flight(state_db, resync_id, phase)
-        if plan.get("complete"):
+        if plan.get(COMPLETE):
             if busy:
                 break
             if phase == "copy":
@@ -218,7 +219,7 @@ def advance(runtime: Runtime, collection: str, resync_id: str, revive: bool = Fa
                 _finish(runtime, collection, resync_id)
                 return
             continue
-        if busy >= int(record.get("inflight") or 1):
+        if busy >= int(record.get(INFLIGHT) or 1):
             break
         _plan_one(runtime, collection, record, phase)
     if revive:
@@ -236,16 +237,16 @@ def _plan_one(runtime: Runtime, collection: str, record: dict[str, Any], phase: 
     """Find the next chunk's bounds, record it, publish it, then count it as planned."""
     state_db = runtime.state_db
     plan = record[phase]
-    index = int(plan["planned"])
+    index = int(plan[PLANNED])
     walk = _index_of(runtime, collection, phase)
-    lo = decode_id(plan["next"])
-    chunk_range, following = plan_chunk(walk, lo, int(plan["span"]))
+    lo = decode_id(plan[NEXT])
+    chunk_range, following = plan_chunk(walk, lo, int(plan[SPAN]))
     chunk = record_chunk(state_db, record["_id"], phase, index, chunk_range)
-    if chunk.get("hi") != chunk_range.hi:
+    if chunk.get(HI) != chunk_range.hi:
         # Recorded by a planner that died before counting it: its bounds stand.
-        following = ([decode_id(chunk["hi"])] if chunk.get("hi") is not None
+        following = ([decode_id(chunk[HI])] if chunk.get(HI) is not None
                      else first_id(walk, type_bracket(lo)))
-    if chunk["state"] != "done":
+    if chunk[STATE] != "done":
         _publish(runtime, collection, record["_id"], phase, index)
     advance_plan(state_db, record["_id"], phase, index,
                  encode_id(following[0]) if following else None)
@@ -259,14 +260,14 @@ def _publish(runtime: Runtime, collection: str, resync_id: str, phase: str, inde
 
 def _revive(runtime: Runtime, collection: str, resync_id: str) -> None:
     record = load(runtime.state_db, resync_id) or {}
-    phase = {"applying": "copy", "sweeping": "sweep"}.get(record.get("state", ""))
+    phase = {"applying": "copy", "sweeping": "sweep"}.get(record.get(STATE, ""))
     if phase is None:
         return
     for chunk in stale_chunks(runtime.state_db, resync_id, phase, stale_after(runtime)):
         log.warning("resync chunk re-published", extra={"collection": collection,
                                                         "resync": resync_id,
-                                                        "chunk": chunk["index"]})
-        _publish(runtime, collection, resync_id, phase, int(chunk["index"]))
+                                                        "chunk": chunk[INDEX]})
+        _publish(runtime, collection, resync_id, phase, int(chunk[INDEX]))
 
 
 def _open_sweep(runtime: Runtime, collection: str, record: dict[str, Any]) -> None:
@@ -274,10 +275,10 @@ def _open_sweep(runtime: Runtime, collection: str, record: dict[str, Any]) -> No
     document was then written by an apply that began after the resync did, so none can hold
     a version below the resync's first one (the sweep's criterion)."""
     target = StagingIds(runtime.context(collection).target.collection)
-    if record.get("emptyStart"):
+    if record.get(EMPTY_START):
         span, first = SWEEP_PAGE, []
     else:
-        span = sweep_span(target.estimated_count(), int(record.get("inflight") or 1))
+        span = sweep_span(target.estimated_count(), int(record.get(INFLIGHT) or 1))
         first = first_id(target)
     plan = phase_plan(span, first, encode_id)
     if begin_phase(runtime.state_db, record["_id"], "applying", "sweep", plan):
@@ -358,14 +359,14 @@ class ChunkWorker:
         state_db = self.runtime.state_db
         # A redelivered message first takes back what this task held when its worker died.
         chunk = held_chunk(state_db, self.resync_id, self.owner) or \
-            resyncs(state_db).find_one({"_id": self.current_key})
+            load_chunk(state_db, self.current_key)
         outcome: Outcome = "lost"
         while chunk is not None:
-            self.index, self.phase = int(chunk["index"]), str(chunk["phase"])
+            self.index, self.phase = int(chunk[INDEX]), str(chunk[PHASE])
             record = load(state_db, self.resync_id)
-            if record is None or record.get("state") in ("done", "failed"):
+            if record is None or record.get(STATE) in ("done", "failed"):
                 return "lost"  # expired, or a resync that has ended
-            if chunk["state"] == "done":
+            if chunk[STATE] == "done":
                 outcome = "exhausted"  # a redelivery after it finished
             elif not claim_chunk(state_db, chunk, self.owner, stale_after(self.runtime)):
                 outcome = "lost"  # a duplicate message: the chunk's holder is alive
@@ -377,13 +378,13 @@ class ChunkWorker:
             if time.monotonic() > self.deadline:
                 break
             # The copy may have ended meanwhile: go on with the sweep, same task.
-            current = (load(state_db, self.resync_id) or {}).get("state")
+            current = (load(state_db, self.resync_id) or {}).get(STATE)
             self.phase = "sweep" if current == "sweeping" else self.phase
             chunk = next_queued_chunk(state_db, self.resync_id, self.phase)
         return outcome
 
     def _run(self, record: dict[str, Any], chunk: dict[str, Any]) -> Outcome:
-        chunk["state"], chunk["owner"] = "running", self.owner
+        chunk[STATE], chunk[OWNER] = "running", self.owner
         run = ChunkRun(self.runtime, self.collection, record, chunk, self.owner, self.deadline,
                        self.budget)
         outcome = copy_chunk(run) if self.phase == "copy" else sweep_chunk(run)

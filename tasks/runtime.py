@@ -21,6 +21,7 @@ from stagesync.protocol.names import (
     deliveries_key,
     done_key,
     done_report,
+    scoped_name,
     split_scope,
     stats_key,
 )
@@ -30,6 +31,7 @@ from stagesync.rules.pii import Masker
 from stagesync.rules.references import Reference, references_of
 from stagesync.settings import Settings, load_settings
 from stagesync.settings.collection import CollectionSettings
+from stagesync.state.database import state_database
 from stagesync.state.dead_letters import DeadLetterStore
 from stagesync.state.environments import (
     STREAMED,
@@ -37,9 +39,11 @@ from stagesync.state.environments import (
     EnvironmentCache,
     EnvironmentStore,
 )
+from stagesync.state.index_mirror_records import IndexMirrorRecords
 from stagesync.state.pii_state import record_masking
 from stagesync.state.unclassified_paths import forget_classified, held_count
 from stagesync.tasks.apply.context import ApplyContext, ApplyResult
+from stagesync.tasks.apply.index_guard import MirroredIndexGuard
 from stagesync.tasks.apply.rate_limit import QueueRateLimiter
 from stagesync.tasks.apply.references import Follower, ReferenceResolver, SubsetLinks, Target
 from stagesync.tasks.apply.staging_io import TargetCollection
@@ -57,7 +61,7 @@ class Runtime:
         self.settings = settings
         self.production = ProductionReader(settings.prod)
         self.staging = connect_staging(settings.staging)
-        self.state_db = self.staging[settings.staging.state_db]
+        self.state_db = state_database(self.staging, settings.staging)
         self.dead_letters = DeadLetterStore(self.state_db)
         self.redis = redis.Redis.from_url(settings.redis_url, socket_timeout=30)
         self.rate_limiter = QueueRateLimiter(settings, self.redis, self.state_db)
@@ -83,11 +87,15 @@ class Runtime:
             main = self.context(name)
             settings = environment_settings(main.settings, environment)
             client = self.environment_client()
+            target = TargetCollection(client, settings, main.rules)
+            scope = scoped_name(name, environment.name)
+            guard = MirroredIndexGuard(scope, target.collection,
+                                       IndexMirrorRecords(self.state_db, scope)) \
+                if settings.indexes == "mirror" else None
             context = ApplyContext(
-                settings, main.rules, main.masker, main.production,
-                TargetCollection(client, settings, main.rules), self.state_db,
+                settings, main.rules, main.masker, main.production, target, self.state_db,
                 self.dead_letters, self._references(settings, client, environment),
-                self.settings.secret_bytes(), environment.name,
+                self.settings.secret_bytes(), index_guard=guard, environment=environment.name,
             )
             self._environment_contexts = {
                 k: v for k, v in self._environment_contexts.items()

@@ -11,16 +11,13 @@ import os
 from typing import Any
 
 from celery import signals
-from stagesync.deployments.guard import (
-    SameDeploymentError,
-    assert_distinct_deployments,
-    assert_distinct_uris,
-)
+from stagesync.deployments.guard import SameDeploymentError, assert_distinct_uris
 from stagesync.deployments.production import ProductionReader
 from stagesync.deployments.staging import connect_staging
-from stagesync.deployments.staging_indexes import IndexConflictError, ensure_indexes
+from stagesync.deployments.staging_indexes import IndexConflictError
 from stagesync.settings import load_settings
 from stagesync.settings.logs import configure_logging
+from stagesync.state.start_up import prepare_staging
 from stagesync.tasks import metrics
 from stagesync.tasks.runtime import reset_runtime
 
@@ -40,8 +37,7 @@ def _check_deployments(**_: Any) -> None:
         production = ProductionReader(settings.prod)
         staging = connect_staging(settings.staging)
         try:
-            assert_distinct_deployments(production, staging, settings)
-            ensure_indexes(staging, settings)
+            prepare_staging(production, staging, settings)
         finally:
             production.close()
             staging.close()

@@ -47,6 +47,12 @@ RESYNC_EXPECTED = Gauge("stagesync_resync_documents_expected",
                         "Documents the newest resync of the collection expects (production's "
                         "estimated count when it began, the exact count once done)",
                         ["collection"])
+INDEX_DRIFT = Gauge("stagesync_index_drift",
+                    "Production indexes not (yet) as they should be in staging, by kind: "
+                    "missing, extra, changed, failed (a build staging refused), demoted (the "
+                    "safety net took it down after staging refused sync writes on it)",
+                    ["collection", "kind"])
+INDEX_DRIFT_KINDS = ("missing", "extra", "changed", "failed", "demoted")
 
 # What only the active watcher of a collection keeps up to date.
 _ACTIVE_ONLY = (LAG, UNAPPLIED, CHECKPOINT_AGE, DEAD_LETTERS, OPLOG_HEADROOM, RESYNCS_RUNNING,
@@ -61,3 +67,5 @@ def forget_active(collection: str, queues: Iterable[str]) -> None:
         gauge.remove(collection)
     for queue in queues:
         QUEUE_DEPTH.remove(queue)
+    for kind in INDEX_DRIFT_KINDS:
+        INDEX_DRIFT.remove(collection, kind)

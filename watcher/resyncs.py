@@ -1,8 +1,9 @@
 """The resyncs a collection's watcher starts and minds: bootstrap and history-lost resyncs,
 restarted when their tasks vanish, and the replay of documents held for their schema version.
 
-The watcher's record in the state database holds the pending resync (`resyncPending`), so a
-restarted or standby watcher taking over goes on minding the same one.
+The watcher's record in the state database holds the pending resync
+(`state.checkpoints.RESYNC_PENDING`), so a restarted or standby watcher taking over goes on
+minding the same one.
 """
 
 from __future__ import annotations
@@ -15,15 +16,22 @@ from typing import Any
 
 from celery import Celery
 from pymongo.database import Database
-from stagesync.protocol.names import RESYNCS
 from stagesync.protocol.routing import home_queue
 from stagesync.settings.collection import CollectionSettings
 from stagesync.settings.model import Settings
+from stagesync.state.checkpoints import LeaseLost, WatcherRecord
 from stagesync.state.dead_letters import DeadLetterStore
-from stagesync.state.resync_progress import progress, resync_ids_of
+from stagesync.state.resync_progress import (
+    DOCS,
+    FINISHED,
+    STARTED_AT,
+    STATE,
+    TOTAL,
+    progress,
+    resync_records,
+)
 from stagesync.tasks.enqueue import start_replay, start_resync
 from stagesync.watcher import metrics
-from stagesync.watcher.checkpoint import LeaseLost, WatcherRecord
 
 log = logging.getLogger("stagesync.watcher")
 
@@ -45,14 +53,14 @@ class ResyncSupervisor:
         resync_id = start_resync(
             self.celery, self.state_db, self.name, home_queue(self.collection), reason
         )
-        if not self.record.save({"resyncPending": resync_id, "resyncReason": reason}):
+        if not self.record.save_pending_resync(resync_id, reason):
             raise LeaseLost()
         log.warning("full resync started",
                     extra={"collection": self.name, "resync": resync_id, "reason": reason})
 
     def watch_pending(self) -> None:
         """Clear a finished bootstrap/history-lost resync; restart one whose tasks vanished."""
-        pending = self.record.load().get("resyncPending")
+        pending = self.record.pending_resync()
         if not pending:
             return
         try:
@@ -61,7 +69,7 @@ class ResyncSupervisor:
             self.begin("previous resync record missing")
             return
         if state["state"] == "done":
-            self.record.save({"resyncPending": None, "lastResync": pending})
+            self.record.save_resync_done(pending)
             return
         if state["state"] == "failed":
             self.begin(f"resync {pending} failed: {state.get('error')}")
@@ -75,26 +83,22 @@ class ResyncSupervisor:
             self.begin(f"resync {pending} made no progress (tasks lost?)")
 
     def record_figures(self) -> None:
-        """Running resyncs and the newest one's progress, from the resync records alone: the
-        `_id`s start with the collection's name, so the `_id` index bounds the scan (chunk
-        records share the prefix but fail the anchored pattern on the index key)."""
-        records = list(self.state_db[RESYNCS].find(
-            {"_id": {"$regex": resync_ids_of(self.name)}, "kind": "resync",
-             "collection": self.name},
-            {"state": 1, "startedAt": 1, "docs": 1, "total": 1}))
+        """Running resyncs and the newest one's progress, from the resync records alone
+        (a bounded scan: see `resync_records`)."""
+        records = resync_records(self.state_db, self.name)
         now = datetime.now(UTC)
 
         def started(record: Mapping[str, Any]) -> datetime:
-            moment = record.get("startedAt") or now
+            moment = record.get(STARTED_AT) or now
             return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
-        running = [r for r in records if r.get("state") not in ("done", "failed")]
+        running = [r for r in records if r.get(STATE) not in FINISHED]
         metrics.RESYNCS_RUNNING.labels(self.name).set(len(running))
         metrics.RESYNC_RUNNING_SECONDS.labels(self.name).set(
             max(((now - started(r)).total_seconds() for r in running), default=0.0))
         newest = max(records, key=started, default={})
-        metrics.RESYNC_DONE.labels(self.name).set(int(newest.get("docs") or 0))
-        metrics.RESYNC_EXPECTED.labels(self.name).set(int(newest.get("total") or 0))
+        metrics.RESYNC_DONE.labels(self.name).set(int(newest.get(DOCS) or 0))
+        metrics.RESYNC_EXPECTED.labels(self.name).set(int(newest.get(TOTAL) or 0))
 
     def replay_held_schema_versions(self) -> None:
         """Documents held for their schema version get another chance whenever a watcher

@@ -21,11 +21,12 @@ from prometheus_client import start_http_server
 from pymongo import MongoClient
 from pymongo.errors import PyMongoError
 from stagesync.deployments.failures import describe_error
-from stagesync.deployments.guard import assert_distinct_deployments, assert_distinct_uris
+from stagesync.deployments.guard import assert_distinct_uris
 from stagesync.deployments.production import ProductionReader
 from stagesync.deployments.staging import connect_staging
-from stagesync.deployments.staging_indexes import ensure_indexes
 from stagesync.settings.model import Settings
+from stagesync.state.database import state_database
+from stagesync.state.start_up import prepare_staging
 from stagesync.tasks.enqueue import broker_app
 from stagesync.watcher.stream import CollectionWatcher, WatcherLinks
 
@@ -52,7 +53,7 @@ def run_watcher(settings: Settings, names: Sequence[str] = ()) -> int:
         if settings.metrics.watcher_port:
             start_http_server(settings.metrics.watcher_port, addr="0.0.0.0")
         run_id = uuid.uuid4().hex[:12]
-        links = WatcherLinks(production, staging[settings.staging.state_db], redis_client,
+        links = WatcherLinks(production, state_database(staging, settings.staging), redis_client,
                              broker_app(settings), run_id, stop)
         threads = []
         for collection in collections:
@@ -84,8 +85,7 @@ def _prepare(
     attempt = 0
     while not stop.is_set():
         try:
-            assert_distinct_deployments(production, staging, settings)
-            ensure_indexes(staging, settings)
+            prepare_staging(production, staging, settings)
             return True
         except PyMongoError as error:
             attempt += 1

@@ -34,7 +34,6 @@ from celery import Celery
 from pymongo.database import Database
 from pymongo.errors import OperationFailure, PyMongoError
 from stagesync.deployments.broker import queue_depth
-from stagesync.deployments.index_mirror import IndexFollower
 from stagesync.deployments.production import ProductionReader, ReadOnlyCollection
 from stagesync.protocol.names import (
     done_key,
@@ -46,11 +45,11 @@ from stagesync.protocol.names import (
 from stagesync.protocol.routing import partition_of, queues_of
 from stagesync.settings.collection import CollectionSettings
 from stagesync.settings.model import Settings
+from stagesync.state.checkpoints import LeaseLost, WatcherRecord
 from stagesync.state.dead_letters import DeadLetterStore
 from stagesync.tasks.enqueue import publish_apply
 from stagesync.watcher import metrics
 from stagesync.watcher.batcher import MicroBatcher
-from stagesync.watcher.checkpoint import LeaseLost, WatcherRecord
 from stagesync.watcher.events import (
     STREAM_PROJECTION,
     Change,
@@ -59,6 +58,7 @@ from stagesync.watcher.events import (
     Malformed,
     classify,
 )
+from stagesync.watcher.index_follower import IndexFollower
 from stagesync.watcher.inflight import InflightWindow
 from stagesync.watcher.resyncs import ResyncSupervisor
 
@@ -192,7 +192,7 @@ class CollectionWatcher:
     # -- the stream ---------------------------------------------------------------------------
     def _stream(self) -> None:
         config = self.settings.watcher
-        token = None if self._fresh_start else self.record.load().get("token")
+        token = None if self._fresh_start else self.record.token()
         try:
             stream = self.source.watch(
                 STREAM_PROJECTION, resume_after=token, batch_size=config.batch_max_size,

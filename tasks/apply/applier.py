@@ -263,6 +263,8 @@ def _execute(context: ApplyContext, state: ApplyRound, writes: list[PlannedWrite
             # its own copy then, or refuses again for good.
             state.retried.add(write.pid)
             lost.add(write.pid)
+        elif _demoted(context, code, message, write, plan_only):
+            lost.add(write.pid)  # the index that refused is gone: written again next round
         else:
             state.refused[write.pid] = f"code {code}: {message}"
     failed = {writes[index].pid for index in report.failed}
@@ -272,6 +274,15 @@ def _execute(context: ApplyContext, state: ApplyRound, writes: list[PlannedWrite
         if write.pid is not None and write.pid not in failed:
             _count_write(state, write, stored, unsure if not report.matched_all else (), lost)
     return lost
+
+
+def _demoted(context: ApplyContext, code: int, message: str, write: PlannedWrite,
+             plan_only: PlanOnly | None) -> bool:
+    """Whether a mirrored index refused the write and the safety net demoted it
+    (`tasks.apply.index_guard`: a mirrored index never refuses a write the sync makes)."""
+    guard = context.index_guard
+    return plan_only is None and guard is not None and \
+        guard.demote_refusing(code, message, write) is not None
 
 
 def _count_write(state: ApplyRound, write: PlannedWrite, stored: Mapping[str, int | None],

@@ -20,7 +20,9 @@ from stagesync.rules.plan_types import CollectionRules, DeadLetter, PlannedWrite
 from stagesync.rules.subset import in_sample
 from stagesync.settings.collection import CollectionSettings
 from stagesync.state.dead_letters import DeadLetterStore
+from stagesync.state.index_mirror_records import IndexMirrorRecords
 from stagesync.state.unclassified_paths import held_count, record_unclassified
+from stagesync.tasks.apply.index_guard import MirroredIndexGuard
 from stagesync.tasks.apply.references import ReferenceResolver
 from stagesync.tasks.apply.staging_io import TargetCollection, WriteReport
 from stagesync.tasks.metrics import UNCLASSIFIED_PATHS
@@ -77,9 +79,11 @@ class ApplyContext:
     dead_letters: DeadLetterStore
     references: ReferenceResolver | None = None
     secret: bytes = b""  # keys the `subset: {percent}` sample
+    # The safety net under mirrored indexes (None: `indexes: none`).
+    index_guard: MirroredIndexGuard | None = None
     # The environment whose copies `target` holds; None for the main staging. Versions and
     # masking belong to the collection (`name`); what the state database keeps per target
-    # (dead letters, pending references) is keyed by `scope`.
+    # (dead letters, pending references, index-mirror records) is keyed by `scope`.
     environment: str | None = None
 
     @classmethod
@@ -94,9 +98,12 @@ class ApplyContext:
         secret: bytes = b"",
     ) -> ApplyContext:
         rules = CollectionRules.from_settings(settings)
-        return cls(settings, rules, masker, production,
-                   TargetCollection(staging, settings, rules), state_db,
-                   DeadLetterStore(state_db), references, secret)
+        target = TargetCollection(staging, settings, rules)
+        guard = MirroredIndexGuard(settings.name, target.collection,
+                                   IndexMirrorRecords(state_db, settings.name)) \
+            if settings.indexes == "mirror" else None
+        return cls(settings, rules, masker, production, target, state_db,
+                   DeadLetterStore(state_db), references, secret, guard)
 
     @property
     def name(self) -> str:

@@ -3,8 +3,8 @@
 Celery's own `rate_limit` (and Flower's control of it) counts per worker process, so a queue
 consumed by N workers would run N times faster than configured. The limit here is one shared
 moving window in Redis, kept by the `limits` library. The effective rate is the runtime
-override stored in staging (`stagesync ratelimit NAME RATE`, read by every worker within a few
-seconds) or else the configured `rate_limit`.
+override stored in staging (`state.rate_limits`: `stagesync ratelimit NAME RATE`, read by
+every worker within a few seconds) or else the configured `rate_limit`.
 """
 
 from __future__ import annotations
@@ -17,38 +17,12 @@ from limits import RateLimitItem
 from limits.storage import RedisStorage
 from limits.strategies import MovingWindowRateLimiter
 from pymongo.database import Database
-from stagesync.protocol.names import RATE_LIMIT_KEY_PREFIX, RUNTIME, rate_limit_prefix
+from stagesync.protocol.names import RATE_LIMIT_KEY_PREFIX, rate_limit_prefix
 from stagesync.settings.model import Settings
 from stagesync.settings.values import parse_rate_limit
+from stagesync.state.rate_limits import effective_rate
 
 OVERRIDE_CACHE_SECONDS = 2.0
-
-
-def override_id(collection: str) -> str:
-    return f"rate_limit:{collection}"
-
-
-def set_rate_override(state_db: Database[dict[str, Any]], collection: str, rate: str | None
-                      ) -> None:
-    """Store (or with None, remove) the run-time rate of a collection's queues."""
-    if rate is None:
-        state_db[RUNTIME].delete_one({"_id": override_id(collection)})
-        return
-    parse_rate_limit(rate)
-    state_db[RUNTIME].update_one(
-        {"_id": override_id(collection)}, {"$set": {"rate": rate}}, upsert=True
-    )
-
-
-def effective_rate(
-    settings: Settings, state_db: Database[dict[str, Any]], collection: str
-) -> tuple[str | None, str]:
-    """(rate, source) where source is 'runtime', 'config' or 'none'."""
-    override = state_db[RUNTIME].find_one({"_id": override_id(collection)})
-    if override and override.get("rate"):
-        return str(override["rate"]), "runtime"
-    configured = settings.collection(collection).rate_limit
-    return (configured, "config") if configured else (None, "none")
 
 
 class QueueRateLimiter:

@@ -27,21 +27,20 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
-from pymongo import UpdateOne
 from pymongo.collection import Collection
 from pymongo.database import Database
 from stagesync.deployments.in_lists import in_lists
 from stagesync.deployments.production import ReadOnlyCollection
 from stagesync.deployments.staging import SIMPLE
-from stagesync.protocol.names import PENDING_REFERENCES, scoped_name, split_scope
+from stagesync.protocol.names import scoped_name, split_scope
 from stagesync.rules.document import Document
 from stagesync.rules.identity import decode_id, encode_id
 from stagesync.rules.paths import get_path, split_dotted
 from stagesync.rules.references import Reference, referenced_ids, translate
 from stagesync.rules.sync_meta import PID_FIELD, SYNC, read_meta
+from stagesync.state.pending_references import COLL, PID, TPID, PendingReferences, pending_id
 
 Republish = Callable[[str, list[str]], None]  # (referencing collection, its pids)
 
@@ -91,7 +90,7 @@ class ReferenceResolver:
         self.scope = scoped_name(name, environment)
         self.references = references
         self.targets = dict(targets)  # referenced collection name -> its staging copies
-        self.pending = state_db[PENDING_REFERENCES]
+        self.pending = PendingReferences(state_db)
         self.referenced_by = frozenset(referenced_by)
         self.republish = republish
         self.follow = subset.follow
@@ -117,20 +116,17 @@ class ReferenceResolver:
         missing = [key for key, pids in wanted.items() if key not in lookup and pids & members]
         if missing:
             # Record first, then look again: see the module docstring.
-            now = datetime.now(UTC)
-            self.pending.bulk_write([
-                UpdateOne({"_id": _pending_id(self.scope, pid, self._scoped(target), tpid)},
-                          {"$set": {"coll": self.scope, "pid": pid,
-                                    "target": self._scoped(target), "tpid": tpid, "at": now}},
-                          upsert=True)
+            self.pending.record(self.scope, [
+                (pid, self._scoped(target), tpid)
                 for target, tpid in missing for pid in sorted(wanted[(target, tpid)] & members)
-            ], ordered=False)
+            ])
             found, found_live = self._lookup(missing)
             live |= found_live
             if found:
                 lookup.update(found)
-                self._forget(_pending_id(self.scope, pid, self._scoped(target), tpid)
-                             for target, tpid in found for pid in wanted[(target, tpid)] & members)
+                self.pending.forget(pending_id(self.scope, pid, self._scoped(target), tpid)
+                                    for target, tpid in found
+                                    for pid in wanted[(target, tpid)] & members)
         return {pid: translate(document, self.references, lookup)
                 if document and self._member(document, live) else None
                 for pid, document in documents.items()}
@@ -167,20 +163,19 @@ class ReferenceResolver:
         self._followers_again(set(changed))
         if not self.referenced_by or not staging_ids:
             return
-        entries = [entry for some in in_lists(staging_ids)
-                   for entry in self.pending.find({"target": self.scope, "tpid": {"$in": some}})]
+        entries = self.pending.waiting_for(self.scope, staging_ids)
         if not entries:
             return
         again: dict[str, set[str]] = defaultdict(set)
         for entry in entries:
-            if encode_id(staging_ids[entry["tpid"]]) != entry["tpid"]:
+            if encode_id(staging_ids[entry[TPID]]) != entry[TPID]:
                 # Applied again in every target (the apply fans out): harmless where the
                 # reference was already translated.
-                again[split_scope(entry["coll"])[0]].add(entry["pid"])
+                again[split_scope(entry[COLL])[0]].add(entry[PID])
         if self.republish is not None:
             for collection, pids in again.items():
                 self.republish(collection, sorted(pids))
-        self._forget(entry["_id"] for entry in entries)
+        self.pending.forget(entry["_id"] for entry in entries)
 
     def _followers_again(self, changed: set[str]) -> None:
         if not changed or not self.followers or self.republish is None:
@@ -219,15 +214,3 @@ class ReferenceResolver:
                 if not read_meta(document).deleted and get_path(document, flag) is not True:
                     live.add(key)
         return found, live
-
-    def _forget(self, ids: Iterable[str]) -> None:
-        for some in in_lists(ids):
-            self.pending.delete_many({"_id": {"$in": some}})
-
-
-def pending_count(state_db: Database[Document], collection: str) -> int:
-    return state_db[PENDING_REFERENCES].count_documents({"coll": collection})
-
-
-def _pending_id(collection: str, pid: str, target: str, tpid: str) -> str:
-    return "|".join((collection, target, tpid, pid))

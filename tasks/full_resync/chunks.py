@@ -44,7 +44,18 @@ from stagesync.rules.id_ranges import IdRange, with_filter
 from stagesync.rules.identity import decode_id, encode_id
 from stagesync.rules.sync_meta import DELETED_AT_FIELD, PID_FIELD, SYNC, VERSION_FIELD
 from stagesync.state.dead_letters import DeadLetterEntry
-from stagesync.state.resync_progress import add_progress, checkpoint, shrink_batch
+from stagesync.state.resync_progress import (
+    BATCH,
+    EMPTY_START,
+    HI,
+    LO,
+    RESUME,
+    UNSYNCED_START,
+    V0,
+    add_progress,
+    checkpoint,
+    shrink_batch,
+)
 from stagesync.state.versions import take_version
 from stagesync.tasks.apply.applier import ApplyOptions, apply_changes, apply_documents
 from stagesync.tasks.apply.context import ApplyContext, ApplyResult, WriteErrors
@@ -70,7 +81,7 @@ class ChunkRun:
 
     @property
     def range(self) -> IdRange:
-        return IdRange(self.chunk["lo"], self.chunk.get("hi"))
+        return IdRange(self.chunk[LO], self.chunk.get(HI))
 
     @property
     def context(self) -> ApplyContext:
@@ -106,9 +117,9 @@ class EmptinessProbe:
     @classmethod
     def for_resync(cls, record: Mapping[str, Any], target: Collection[Document]
                    ) -> EmptinessProbe:
-        if record.get("emptyStart"):
+        if record.get(EMPTY_START):
             return cls("all", target)
-        return cls("never" if record.get("unsyncedStart", True) else "probe", target)
+        return cls("never" if record.get(UNSYNCED_START, True) else "probe", target)
 
     def known_empty(self, pids: list[str]) -> bool:
         if self.mode == "all":
@@ -129,11 +140,11 @@ class EmptinessProbe:
 
 def copy_chunk(run: ChunkRun) -> Outcome:
     context = run.context
-    batch_size = int(run.chunk.get("batch") or run.record.get("batch")
+    batch_size = int(run.chunk.get(BATCH) or run.record.get(BATCH)
                      or context.settings.resync_chunk_size)
     probe = EmptinessProbe.for_resync(run.record, context.target.collection)
     version = take_version(run.runtime.state_db, context.name)
-    query = with_filter(run.range.query(after=run.chunk.get("resume")), context.settings.filter)
+    query = with_filter(run.range.query(after=run.chunk.get(RESUME)), context.settings.filter)
     cursor = context.production.find(query, sort=BY_ID, batch_size=batch_size, hint=BY_ID)
     try:
         batch: dict[str, Document | None] = {}
@@ -193,10 +204,10 @@ def sweep_chunk(run: ChunkRun) -> Outcome:
     context = run.context
     target = context.target.collection
     query = {
-        **run.range.query(after=run.chunk.get("resume")),
+        **run.range.query(after=run.chunk.get(RESUME)),
         PID_FIELD: {"$exists": True},
         DELETED_AT_FIELD: {"$exists": False},
-        VERSION_FIELD: {"$lt": int(run.record["v0"])},
+        VERSION_FIELD: {"$lt": int(run.record[V0])},
     }
     # One query per turn rather than one per page: a query costs a setup of its own, and on
     # SecantusDB an `_id` range query costs time in proportion to the whole collection (6 s

@@ -39,7 +39,9 @@ from stagesync.rules.subset import in_sample
 from stagesync.rules.sync_meta import PID_FIELD, SYNC, read_meta
 from stagesync.settings.collection import CollectionSettings
 from stagesync.settings.model import Settings
-from stagesync.state.dead_letters import DeadLetterStore
+from stagesync.state.database import state_database
+from stagesync.state.dead_letters import PID, REASON, DeadLetterStore
+from stagesync.state.index_mirror_records import index_mirror_records
 from stagesync.tasks.apply.references import ReferenceResolver, SubsetLinks, Target
 
 CHUNK = 1000
@@ -107,7 +109,8 @@ class Verifier:
         self.source = self.production.collection(collection)
         self.staging_client = connect_staging(settings.staging, serverSelectionTimeoutMS=10_000)
         self.target = self.staging_client[collection.target_db][collection.target_collection]
-        self.dead_letters = DeadLetterStore(self.staging_client[settings.staging.state_db])
+        state_db = state_database(self.staging_client, settings.staging)
+        self.dead_letters = DeadLetterStore(state_db)
         self.references = references_of(collection.references)
         targets = {}
         self.referenced_sources = {}
@@ -120,7 +123,7 @@ class Verifier:
         self.follow = Reference(follow, collection.references[follow]) if follow else None
         self.resolver = ReferenceResolver(
             collection.name, self.references, targets,
-            self.staging_client[settings.staging.state_db], subset=SubsetLinks(self.follow),
+            state_db, subset=SubsetLinks(self.follow),
         )
         self.secret = settings.secret_bytes()
 
@@ -175,7 +178,7 @@ class Verifier:
         collection's subset (all of them without one)."""
         members: set[str] = set()
         # Open dead letters, read once for the whole comparison (not once per chunk).
-        dead = {entry["pid"]: entry["reason"]
+        dead = {entry[PID]: entry[REASON]
                 for entry in self.dead_letters.list(self.collection.name)}
         for start in range(0, len(ids), CHUNK):
             chunk = ids[start:start + CHUNK]
@@ -334,8 +337,11 @@ def _existing(collection: Any, values: list[Any]) -> set[str]:
 
 
 def _index_drift(settings: Settings, verifier: Verifier) -> dict[str, Any]:
-    return collection_drift(settings, verifier.collection, verifier.production,
-                            verifier.staging_client)
+    collection = verifier.collection
+    return collection_drift(collection, verifier.production.collection(collection),
+                            verifier.staging_client,
+                            index_mirror_records(verifier.staging_client, settings.staging,
+                                                 collection.name))
 
 
 def verify_collection(settings: Settings, name: str, sample: int, settle: float

@@ -14,9 +14,11 @@ import pytest
 from bson import ObjectId
 from pymongo import MongoClient
 from pymongo.errors import OperationFailure
-from stagesync.deployments.guard import MARKERS, SameDeploymentError, assert_distinct_deployments
+from stagesync.deployments.guard import SameDeploymentError, assert_distinct_deployments
 from stagesync.deployments.production import ProductionReader
 from stagesync.deployments.staging import connect_staging
+from stagesync.state.database import state_database
+from stagesync.state.guard_markers import GuardMarkers
 
 from tests.support.pipeline import Pipeline, collection_config
 
@@ -49,6 +51,12 @@ class ScriptedStaging:
 
     def __getitem__(self, name: str) -> Any:
         return self._real[name]
+
+
+def markers(staging: MongoClient[dict[str, Any]], pipeline: Pipeline) -> GuardMarkers:
+    """The guard's marker store, through the staging client the guard is given (as the
+    watcher and the worker do)."""
+    return GuardMarkers(state_database(staging, pipeline.settings.staging))
 
 
 def mongos_hello() -> dict[str, Any]:
@@ -95,7 +103,8 @@ def test_two_mongos_of_one_cluster_are_refused(
     monkeypatch.setattr(production, "server_status", mongos_status)
     scripted = ScriptedStaging(staging, {"hello": mongos_hello, "serverStatus": mongos_status})
     with pytest.raises(SameDeploymentError, match="cfgRS"):
-        assert_distinct_deployments(production, scripted, pipeline.settings)  # type: ignore[arg-type]
+        assert_distinct_deployments(production, scripted,  # type: ignore[arg-type]
+                                    pipeline.settings, markers(staging, pipeline))
 
 
 def test_mongos_of_different_clusters_pass(
@@ -106,8 +115,9 @@ def test_mongos_of_different_clusters_pass(
     monkeypatch.setattr(production, "server_status", mongos_status)
     other = {**mongos_status(), "sharding": {"configsvrConnectionString": "cfgRS/other:27019"}}
     scripted = ScriptedStaging(staging, {"hello": mongos_hello, "serverStatus": lambda: other})
-    assert_distinct_deployments(production, scripted, pipeline.settings)  # type: ignore[arg-type]
-    assert not list(pipeline.state()[MARKERS].find())  # decided without the marker
+    assert_distinct_deployments(production, scripted,  # type: ignore[arg-type]
+                                pipeline.settings, markers(staging, pipeline))
+    assert not markers(staging, pipeline).leftovers()  # decided without the marker
 
 
 @pytest.mark.parametrize("clients", ["production-under-another-name"], indirect=True)
@@ -121,8 +131,9 @@ def test_mongos_without_cluster_monitor_falls_back_to_the_marker(
     monkeypatch.setattr(production, "server_status", unauthorized)
     scripted = ScriptedStaging(staging, {"hello": mongos_hello, "serverStatus": unauthorized})
     with pytest.raises(SameDeploymentError, match="marker"):
-        assert_distinct_deployments(production, scripted, pipeline.settings)  # type: ignore[arg-type]
-    assert not list(staging[pipeline.state_db][MARKERS].find())  # removed at once
+        assert_distinct_deployments(production, scripted,  # type: ignore[arg-type]
+                                    pipeline.settings, markers(staging, pipeline))
+    assert not markers(staging, pipeline).leftovers()  # removed at once
 
 
 def test_two_members_of_one_replica_set_are_refused(
@@ -141,7 +152,8 @@ def test_two_members_of_one_replica_set_are_refused(
     monkeypatch.setattr(production, "hello", member(hosts[1]))
     scripted = ScriptedStaging(staging, {"hello": member(hosts[0])})
     with pytest.raises(SameDeploymentError, match="rs0"):
-        assert_distinct_deployments(production, scripted, pipeline.settings)  # type: ignore[arg-type]
+        assert_distinct_deployments(production, scripted,  # type: ignore[arg-type]
+                                    pipeline.settings, markers(staging, pipeline))
 
 
 def test_hello_decides_two_replica_sets_and_production_never_sees_serverstatus(
@@ -151,7 +163,8 @@ def test_hello_decides_two_replica_sets_and_production_never_sees_serverstatus(
     different members): distinct by hello alone."""
     pipeline, production, staging = clients
     scripted = ScriptedStaging(staging, {})
-    assert_distinct_deployments(production, scripted, pipeline.settings)  # type: ignore[arg-type]
+    assert_distinct_deployments(production, scripted,  # type: ignore[arg-type]
+                                pipeline.settings, markers(staging, pipeline))
     assert "serverStatus" not in production.commands.names
     assert "serverStatus" not in scripted.admin.asked
     assert production.commands.writes == set()

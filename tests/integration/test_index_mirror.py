@@ -14,8 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from bson import ObjectId
-from pymongo.errors import DuplicateKeyError, OperationFailure
+from pymongo.errors import OperationFailure
 from stagesync.rules.identity import encode_id
 
 from tests.support.pipeline import Pipeline, collection_config, wait_for
@@ -88,10 +87,11 @@ def test_start_up_mirrors_production_s_indexes_translated_and_status_says_how(
     found = wait_for(lambda: (lambda got: got if wanted <= set(got) else None)(
         indexes(pipeline)), TIMEOUT, "production's indexes in staging", pipeline)
     assert list(found["plan_region"]["key"].items()) == [("plan", 1), ("region", -1)]
-    assert found["email_unique"]["unique"] is True
-    assert plain(found["email_unique"]["partialFilterExpression"]) == LIVE
-    assert found["sku_partial"]["unique"] is True
-    assert plain(found["sku_partial"]["partialFilterExpression"]) == {"qty": {"$gt": 0}, **LIVE}
+    # Unique in production, non-unique in staging (issue 28: values production moves).
+    assert not found["email_unique"].get("unique")
+    assert "partialFilterExpression" not in found["email_unique"]
+    assert not found["sku_partial"].get("unique")
+    assert plain(found["sku_partial"]["partialFilterExpression"]) == {"qty": {"$gt": 0}}
     assert "expireAfterSeconds" not in found["created_ttl"]
     assert plain(found["name_fr"]["collation"])["locale"] == "fr"
     assert plain(found["name_fr"]["collation"])["strength"] == 2
@@ -101,11 +101,15 @@ def test_start_up_mirrors_production_s_indexes_translated_and_status_says_how(
     drift = status_indexes(pipeline)
     translated = {t["production"]: t["how"] for t in drift["translated"]}
     assert set(translated) == {"email_unique", "sku_partial", "created_ttl"}
-    assert "live synced" in translated["email_unique"][0]
+    assert translated["email_unique"][0].startswith("non-unique")
     assert "TTL dropped" in translated["created_ttl"][0]
     assert drift["missing"] == [] and drift["failed"] == [] and drift["extra"] == []
     check = " ".join(pipeline.cli("check").stdout.split())
     assert "production index 'created_ttl' translated: TTL dropped" in check, check
+    assert "production index 'email_unique' translated: non-unique" in check, check
+    status = " ".join(pipeline.cli("status").stdout.split())
+    assert ("unique in production, mirrored non-unique in staging (values production moves "
+            "must not be refused): email_unique, sku_partial") in status, status
     verify = pipeline.cli("verify", pipeline.collections[0]["name"], "--json")
     reported = json.loads(verify.stdout)["indexes"]
     assert reported["in_step"] is True, reported
@@ -199,43 +203,38 @@ def test_a_value_production_re_creates_never_collides_with_its_soft_deleted_copy
     wait_for(lambda: (synced(pipeline, first) or {}).get("deleted") is True, TIMEOUT,
              "the first user soft-deleted", pipeline)
     assert open_dead_letters(pipeline) == 0
-    staging = pipeline.staging()
-    with pytest.raises(DuplicateKeyError):  # still unique over live synced copies
-        staging.insert_one({"email": "same@corp.test", "deleted": False,
-                            "_sync": {"pid": encode_id(ObjectId())}})
-    staging.insert_one({"email": "same@corp.test", "qaNotes": "fixture"})  # QA stays free
+    assert not indexes(pipeline)["email_unique"].get("unique")  # mirrored non-unique
+    pipeline.staging().insert_one({"email": "same@corp.test", "qaNotes": "fixture"})
 
 
-def test_a_qa_fixture_that_violates_a_mirrored_unique_index_leaves_the_sync_running(
+def test_a_qa_fixture_that_fails_a_mirrored_index_build_leaves_the_sync_running(
     pipeline_factory: Any,
 ) -> None:
     pipeline: Pipeline = pipeline_factory([collection_config("users",
                                                              business_key=["accountId"])])
     prod = pipeline.prod()
-    prod.insert_one({"accountId": 1, "email": "one@corp.test"})
-    prod.create_index("email", unique=True, name="email_unique")
-    # Two QA fixtures cloned from synced copies (production `_id`s production does not have):
-    # to the unique index they are live synced documents with the same email.
+    point = {"type": "Point", "coordinates": [2.35, 48.85]}
+    prod.insert_one({"accountId": 1, "home": point})
+    prod.create_index([("home", "2dsphere")], name="home_geo")
+    # A QA fixture whose `home` is no geometry: staging refuses to build the geo index.
     staging = pipeline.staging()
-    clones = [{"email": "dup@corp.test", "deleted": False,
-               "_sync": {"pid": encode_id(ObjectId())}} for _ in range(2)]
-    staging.insert_many(clones)
+    staging.insert_one({"home": "somewhere in Paris", "qaNotes": "fixture"})
     pipeline.start_worker(concurrency=1)
     pipeline.start_watcher()
     pipeline.wait_streaming()
     failed = wait_for(lambda: status_indexes(pipeline)["failed"], TIMEOUT,
                       "the failed build in status", pipeline)
-    assert failed[0]["staging"] == "email_unique" and failed[0]["code"] == 11000
-    assert "dup@corp.test" not in json.dumps(failed)  # values are cut out of the message
-    later = prod.insert_one({"accountId": 2, "email": "two@corp.test"}).inserted_id
+    assert failed[0]["staging"] == "home_geo" and failed[0]["code"] in (16755, 16572)
+    assert "somewhere" not in json.dumps(failed)  # documents are cut out of the message
+    later = prod.insert_one({"accountId": 2, "home": point}).inserted_id
     wait_for(lambda: synced(pipeline, later), TIMEOUT, "a change after the failure", pipeline)
     text = " ".join(pipeline.cli("status").stdout.split())  # rich wraps long notes
-    assert "mirrored index 'email_unique'" in text and "failed to build" in text, text
-    # QA removes one clone; the next resync tries the build again.
-    staging.delete_one({"_id": staging.find_one({"email": "dup@corp.test"})["_id"]})
+    assert "mirrored index 'home_geo'" in text and "failed to build" in text, text
+    # QA removes the fixture; the next resync tries the build again.
+    staging.delete_one({"qaNotes": "fixture"})
     resync = pipeline.cli("resync", pipeline.collections[0]["name"], "--wait")
     assert resync.returncode == 0, resync.stdout + resync.stderr
-    wait_for(lambda: "email_unique" in indexes(pipeline), TIMEOUT,
+    wait_for(lambda: "home_geo" in indexes(pipeline), TIMEOUT,
              "the build retried at the resync", pipeline)
     wait_for(lambda: not status_indexes(pipeline)["failed"], TIMEOUT, "no failure left",
              pipeline)

@@ -13,7 +13,7 @@ from typing import Any
 from bson import ObjectId
 from stagesync.rules.identity import decode_id, encode_id
 from stagesync.rules.subset import in_sample
-from stagesync.tasks.apply.references import pending_count
+from stagesync.state.pending_references import pending_count
 
 from tests.support.pipeline import Pipeline, collection_config, wait_for
 

@@ -36,7 +36,8 @@ def test_shared_hosts_are_refused_before_any_server_is_asked(staging_uri: str) -
     config = settings("mongodb://reader:pw@prod-1.corp.test:27017,prod-2.corp.test/"
                       "?replicaSet=rs0", staging_uri)
     with pytest.raises(SameDeploymentError, match=re.escape("prod-2.corp.test:27017")):
-        assert_distinct_deployments(Untouchable(), Untouchable(), config)  # type: ignore[arg-type]
+        assert_distinct_deployments(Untouchable(), Untouchable(), config,  # type: ignore[arg-type]
+                                    Untouchable())
 
 
 def test_check_refuses_shared_hosts_without_connecting() -> None:

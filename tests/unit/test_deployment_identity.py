@@ -111,7 +111,15 @@ def test_two_mongos_of_one_cluster_are_one_deployment_once_serverstatus_answers(
 def test_load_balanced_connections_are_treated_as_a_cluster_even_without_isdbgrid() -> None:
     hello = standalone()
     assert from_hello(hello, load_balanced=True).kind == "sharded"
-    assert compare(from_hello(hello, load_balanced=True), from_hello(standalone())) is not None
+    # A cluster behind a load balancer and another server process, a standalone: never one
+    # deployment (a standalone belongs to no cluster). Asserting only "a verdict" would pass
+    # the wrong one too.
+    verdict = compare(from_hello(hello, load_balanced=True), from_hello(standalone()))
+    assert verdict is not None and not verdict.same
+    assert "standalone" in verdict.reason
+    # The same server process, reached once through the load balancer: one deployment.
+    verdict = compare(from_hello(hello, load_balanced=True), from_hello(hello))
+    assert verdict is not None and verdict.same
 
 
 def test_clusters_with_different_config_servers_are_distinct() -> None:

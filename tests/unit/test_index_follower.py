@@ -8,9 +8,13 @@ import threading
 from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY
 from pymongo.errors import OperationFailure, PyMongoError
-from stagesync.deployments.index_mirror import IndexFollower, _message
+from stagesync.deployments.index_mirror import _message
+from stagesync.rules.plan_types import PlannedWrite
 from stagesync.settings.model import Settings
+from stagesync.tasks.apply.index_guard import refusing_index, written_paths
+from stagesync.watcher.index_follower import IndexFollower
 
 
 class FakeReader:
@@ -89,3 +93,65 @@ def test_failure_messages_never_carry_the_duplicate_values() -> None:
     message = _message(error)
     assert message.startswith("11000 DuplicateKey: ")
     assert "email_unique" in message and "ann@corp.test" not in message
+
+
+@pytest.mark.parametrize("errmsg", [
+    "Can't extract geo keys: { _id: 1, home: \"12 rue de la Paix\" }  Point must be an array",
+    "Can't extract geo keys: value '12 rue de la Paix' is not a recognised geometry",
+])
+def test_failure_messages_never_carry_the_refused_document(errmsg: str) -> None:
+    message = _message(OperationFailure(errmsg, 16755, {"errmsg": errmsg}))
+    assert message.startswith("code 16755: Can't extract geo keys")
+    assert "rue de la Paix" not in message
+
+
+def test_the_safety_net_names_the_mirrored_index_that_refused() -> None:
+    owned = {"home_geo": {"production": "home_geo", "spec": {"key": {"home": "2dsphere"}}},
+             "office_geo": {"production": "office_geo", "spec": {"key": {"office": "2dsphere"}}},
+             "email_1": {"production": "email_1", "spec": {"key": {"email": 1}}}}
+    dup = "E11000 duplicate key error collection: s.u index: email_1 dup key: { email: 1 }"
+    assert refusing_index(owned, 11000, dup, None) == "email_1"
+    other = dup.replace("email_1", "qa_email")
+    assert refusing_index(owned, 11000, other, None) is None  # made by hand: not ours
+    geo = "Can't extract geo keys: {…}"
+    assert refusing_index(owned, 16755, geo, ["home"]) == "home_geo"
+    assert refusing_index(owned, 16755, geo, ["office.coordinates"]) == "office_geo"
+    assert refusing_index(owned, 16755, geo, None) is None  # two candidates: not sure
+    assert refusing_index(owned, 2, "BadValue", ["home"]) is None  # not an index's refusal
+    insert = PlannedWrite("p1", 1, None, "created", document={"_id": 1, "home": "x", "a": 1})
+    assert written_paths(insert) == ["_id", "home", "a"]
+    update = PlannedWrite("p1", 1, 3, "updated", update={"$set": {"office.type": "x"},
+                                                          "$unset": {"b": ""}})
+    assert refusing_index(owned, 16755, geo, written_paths(update)) == "office_geo"
+
+
+class DriftMirror:
+    """A mirror whose drift the test sets."""
+
+    def __init__(self, name: str) -> None:
+        self.collection = type("C", (), {"name": name})()
+        self.now: dict[str, Any] = {}
+
+    def drift(self) -> dict[str, Any]:
+        return self.now
+
+
+def test_the_drift_is_exported_by_kind_and_new_mendable_drift_wakes_a_pass() -> None:
+    mirror = DriftMirror("drift_orders")
+    found = IndexFollower(mirror, threading.Event(), 1.0, False)  # type: ignore[arg-type]
+
+    def value(kind: str) -> float | None:
+        return REGISTRY.get_sample_value("stagesync_index_drift",
+                                         {"collection": "drift_orders", "kind": kind})
+
+    mirror.now = {"mode": "mirror", "missing": [], "failed": [{"production": "a"}],
+                  "demoted": [{"production": "geo"}, {"production": "b"}]}
+    assert found.report_drift() is False  # nothing a pass can mend
+    assert (value("failed"), value("demoted"), value("missing")) == (1, 2, 0)
+    mirror.now = {**mirror.now, "missing": [{"production": "geo", "staging": "geo"}]}
+    assert found.report_drift() is True  # a demotion's new form to build: a pass now
+    assert value("missing") == 1
+    assert found.report_drift() is False  # the same again: the pass could not mend it
+    inactive = IndexFollower(mirror, threading.Event(), 1.0, False,  # type: ignore[arg-type]
+                             active=lambda: False)
+    assert inactive.report_drift() is False

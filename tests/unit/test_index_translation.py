@@ -13,6 +13,7 @@ from stagesync.rules.index_translation import (
     Mirrored,
     Skipped,
     combine,
+    demote,
     equivalent,
     free_name,
     index_fields,
@@ -21,7 +22,6 @@ from stagesync.rules.index_translation import (
 )
 from stagesync.settings.collection import CollectionSettings
 
-LIVE = {"deleted": False, "_sync.pid": {"$exists": True}}
 SIMPLE = {"locale": "simple"}
 
 
@@ -86,60 +86,28 @@ def test_background_and_the_version_are_the_servers_not_copied() -> None:
 # -- unique -----------------------------------------------------------------------------------
 
 
-def test_unique_is_unique_over_live_synced_copies_only() -> None:
-    result = mirrored({"key": {"email": 1}, "name": "email_1", "unique": True})
-    assert result.spec["unique"] is True
-    assert result.spec["partialFilterExpression"] == LIVE
-    assert "live synced" in result.notes[0]
-
-
-def test_the_soft_delete_field_of_the_collection_is_used() -> None:
-    result = mirrored({"key": {"email": 1}, "name": "e", "unique": True},
-                      users(soft_delete_field="meta.gone"))
-    assert result.spec["partialFilterExpression"] == {"meta.gone": False,
-                                                      "_sync.pid": {"$exists": True}}
-
-
-def test_a_partial_unique_index_keeps_its_filter_and_gets_ours() -> None:
-    production = {"sku": {"$exists": True}, "qty": {"$gt": 0}}
-    result = mirrored({"key": {"sku": 1}, "name": "sku", "unique": True,
-                       "partialFilterExpression": production})
-    assert result.spec["partialFilterExpression"] == {**production, **LIVE}
-
-
-def test_a_filter_on_the_soft_delete_field_is_kept_apart_in_an_and() -> None:
-    result = mirrored({"key": {"sku": 1}, "name": "sku", "unique": True,
-                       "partialFilterExpression": {"$and": [{"deleted": {"$exists": True}}]}})
-    assert result.spec["partialFilterExpression"] == {"$and": [
-        {"deleted": {"$exists": True}}, {"deleted": False}, {"_sync.pid": {"$exists": True}}]}
-
-
-@pytest.mark.parametrize("production", [
-    {"$or": [{"a": 1}, {"b": 2}]},
-    {"a": {"$in": [1, 2]}},
-    {"a": {"$exists": False}},
-    {"a": {"$not": {"$gt": 1}}},
+@pytest.mark.parametrize("options", [
+    {}, {"sparse": True}, {"partialFilterExpression": {"qty": {"$gt": 0}}},
+    {"partialFilterExpression": {"$or": [{"a": 1}, {"b": 2}]}},
+    {"collation": {"locale": "en", "strength": 2}},
 ])
-def test_a_filter_that_cannot_be_anded_gives_a_non_unique_mirror_and_says_so(
-    production: dict[str, Any],
-) -> None:
-    result = mirrored({"key": {"sku": 1}, "name": "sku", "unique": True,
-                       "partialFilterExpression": production})
+def test_unique_is_mirrored_non_unique_and_says_why(options: dict[str, Any]) -> None:
+    """Issue 28's route: staging applies each document's current state, so a value production
+    moves would collide with a copy not yet updated; production checked every value."""
+    result = mirrored({"key": {"email": 1}, "name": "email_1", "unique": True, **options})
     assert "unique" not in result.spec
-    assert result.spec["partialFilterExpression"] == production
-    assert result.notes and result.notes[0].startswith("non-unique")
+    for name, value in options.items():
+        assert result.spec[name] == value  # production's own options, nothing of ours added
+    assert result.notes[0].startswith("non-unique")
+    assert "QA write" in result.notes[0]
 
 
-def test_a_sparse_unique_field_becomes_an_exists_condition() -> None:
-    result = mirrored({"key": {"code": 1}, "name": "code", "unique": True, "sparse": True})
-    assert "sparse" not in result.spec
-    assert result.spec["partialFilterExpression"] == {"code": {"$exists": True}, **LIVE}
-
-
-def test_a_compound_sparse_unique_index_is_mirrored_non_unique() -> None:
-    result = mirrored({"key": {"a": 1, "b": 1}, "name": "ab", "unique": True, "sparse": True})
-    assert "unique" not in result.spec and result.spec["sparse"] is True
-    assert "non-unique" in result.notes[0]
+@pytest.mark.parametrize("rule", ["hash", "fake:email", "redact", "null"])
+def test_a_unique_index_on_masked_values_is_non_unique_too(rule: str) -> None:
+    result = mirrored({"key": {"email": 1}, "name": "email", "unique": True},
+                      users(pii={"email": rule}))
+    assert "unique" not in result.spec
+    assert any("masked values of email" in note for note in result.notes)
 
 
 # -- TTL --------------------------------------------------------------------------------------
@@ -181,13 +149,114 @@ def test_masked_fields_keep_production_keys(rule: str) -> None:
     assert result.spec["key"] == {"email": 1, "plan": 1}
 
 
-def test_hash_keeps_uniqueness_other_masks_do_not() -> None:
-    index = {"key": {"email": 1}, "name": "email", "unique": True}
-    assert mirrored(index, users(pii={"email": "hash"})).spec["unique"] is True
-    for rule in ("redact", "null", "fake:email"):
-        result = mirrored(index, users(pii={"email": rule}))
-        assert "unique" not in result.spec
-        assert "PII masking" in result.notes[0]
+# -- what staging would refuse or plan otherwise (issue 28) -------------------------------
+
+
+@pytest.mark.parametrize("path", ["qaNotes", "qa.flag"])
+def test_a_path_in_staging_fields_is_treated_like_a_dropped_field(path: str) -> None:
+    config = users(staging_fields=["qaNotes", "qa"])
+    alone = skipped({"key": {path: 1}, "name": "qa", "unique": True}, config)
+    assert alone.reason.startswith("not indexed") and "staging_fields" in alone.reason
+    mixed = skipped({"key": {"plan": 1, path: 1}, "name": "mixed"}, config)
+    assert mixed.reason.startswith("skipped") and "staging_fields" in mixed.reason
+    assert mirrored({"key": {"plan": 1}, "name": "plan"}, config).spec["key"] == {"plan": 1}
+
+
+@pytest.mark.parametrize("kind", ["2dsphere", "2d"])
+@pytest.mark.parametrize(("rule", "path"), [
+    ("hash", "loc"), ("redact", "loc"), ("fake:address", "loc"), ("redact", "loc.coordinates"),
+])
+def test_a_geo_index_on_a_field_masking_turns_into_a_string_is_skipped(
+    kind: str, rule: str, path: str,
+) -> None:
+    key = {"loc": kind, "plan": 1}
+    result = skipped({"key": key, "name": "geo"}, users(pii={path: rule}))
+    assert f"a {kind} index" in result.reason and "refuse every copy" in result.reason
+
+
+def test_a_geo_index_on_a_nulled_or_unmasked_field_is_mirrored() -> None:
+    assert mirrored({"key": {"loc": "2dsphere"}, "name": "geo"},
+                    users(pii={"loc": "null"})).spec["key"] == {"loc": "2dsphere"}
+    assert mirrored({"key": {"loc": "2dsphere"}, "name": "geo"},
+                    users(pii={"email": "redact"})).notes == ()
+
+
+TEXT = {"key": {"_fts": "text", "_ftsx": 1}, "name": "search",
+        "weights": {"title": 1, "body": 1}}
+
+
+@pytest.mark.parametrize(("override", "rule"), [
+    (None, "redact"), (None, "hash"), ("lang", "fake:name"),
+])
+def test_a_text_index_whose_language_override_is_masked_is_skipped(
+    override: str | None, rule: str,
+) -> None:
+    index = {**TEXT, **({"language_override": override} if override else {})}
+    result = skipped(index, users(pii={override or "language": rule}))
+    assert "language override" in result.reason
+
+
+def test_a_text_index_on_masked_text_is_built_on_the_masked_strings() -> None:
+    result = mirrored(TEXT, users(pii={"title": "redact", "language": "null"}))
+    assert result.notes == ("text index built on masked values of title",)
+
+
+def test_hashed_and_wildcard_indexes_take_masked_values_with_a_note() -> None:
+    hashed = mirrored({"key": {"email": "hashed"}, "name": "h"}, users(pii={"email": "hash"}))
+    assert hashed.notes == ("hashed index built on masked values of email",)
+    wildcard = mirrored({"key": {"profile.$**": 1}, "name": "w"},
+                        users(pii={"profile.phone": "redact"}))
+    assert wildcard.notes == ("wildcard index built on masked values of profile",)
+    dropped = skipped({"key": {"profile.$**": 1}, "name": "w"}, users(pii={"profile": "drop"}))
+    assert dropped.reason.startswith("not indexed")
+
+
+def test_a_collation_on_masked_values_is_noted() -> None:
+    result = mirrored({"key": {"name": 1}, "name": "n", "collation": {"locale": "fr"}},
+                      users(pii={"name": "fake:name"}))
+    assert result.spec["collation"] == {"locale": "fr"}
+    assert "collation compares the masked strings" in result.notes[-1]
+
+
+@pytest.mark.parametrize(("filter_", "config", "why"), [
+    ({"phone": {"$exists": True}}, {"pii": {"phone": "drop"}}, "removes it"),
+    ({"$or": [{"plan": "pro"}, {"phone": {"$gt": ""}}]}, {"pii": {"phone": "drop"}},
+     "removes it"),
+    ({"qaNotes": {"$exists": True}}, {"staging_fields": ["qaNotes"]}, "staging_fields"),
+    ({"status": "active"}, {"pii": {"status": "hash"}}, "masks"),
+    ({"email": {"$type": "string"}}, {"pii": {"email": "null"}}, "masks"),
+    ({"plan": "pro"}, {"pii_mode": "strict", "allow": ["sku"]}, "strict"),
+])
+def test_a_partial_filter_on_a_dropped_masked_or_staging_field_is_skipped(
+    filter_: dict[str, Any], config: dict[str, Any], why: str,
+) -> None:
+    result = skipped({"key": {"sku": 1}, "name": "p", "partialFilterExpression": filter_},
+                     users(**config))
+    assert "partial filter" in result.reason and why in result.reason, result.reason
+
+
+def test_a_partial_filter_that_masking_keeps_is_mirrored() -> None:
+    """`$exists: true` is kept by every masking but drop: a masked value exists where
+    production's does."""
+    result = mirrored({"key": {"sku": 1}, "name": "p",
+                       "partialFilterExpression": {"email": {"$exists": True}}},
+                      users(pii={"email": "hash"}))
+    assert result.spec["partialFilterExpression"] == {"email": {"$exists": True}}
+
+
+def test_a_demoted_index_stays_demoted_while_production_s_definition_is_the_same() -> None:
+    geo = mirrored({"key": {"loc": "2dsphere"}, "name": "geo"})
+    record = {"spec": dict(geo.spec), "code": 16755, "error": "16755: Can't extract geo keys"}
+    result = demote(geo, {"geo": record})
+    assert isinstance(result, Skipped) and "refused sync writes" in result.reason
+    changed = mirrored({"key": {"loc": "2dsphere", "plan": 1}, "name": "geo"})
+    assert demote(changed, {"geo": record}) is changed  # a new definition is tried again
+    assert demote(geo, {}) is geo
+    unique = Mirrored("u", {"key": {"a": 1}, "unique": True, "collation": SIMPLE})
+    record = {"spec": dict(unique.spec), "code": 11000, "error": "11000: dup key: {…}"}
+    made = demote(unique, {"u": record})
+    assert isinstance(made, Mirrored) and "unique" not in made.spec
+    assert made.notes[-1].startswith("non-unique: staging refused sync writes")
 
 
 def test_a_faked_address_keeps_its_keys() -> None:
@@ -256,6 +325,20 @@ def test_an_outdated_owned_index_is_rebuilt_under_its_name() -> None:
     assert plan.drops == ["a_1"] and [c.name for c in plan.creates] == ["a_1"]
 
 
+def test_a_unique_index_an_earlier_version_mirrored_is_rebuilt_non_unique() -> None:
+    """Upgrading: the owned unique index over live synced copies is dropped and built again
+    non-unique under its name at the first pass; a hand-made unique one is left alone."""
+    wanted = mirrored({"key": {"email": 1}, "name": "email_1", "unique": True})
+    old = existing("email_1", {"key": {"email": 1}, "unique": True, "collation": SIMPLE,
+                               "partialFilterExpression": {"deleted": False,
+                                                           "_sync.pid": {"$exists": True}}})
+    plan = plan_mirror([wanted], [old], {"email_1": {"production": "email_1"}}, {}, serves)
+    assert plan.drops == ["email_1"] and [c.name for c in plan.creates] == ["email_1"]
+    assert "unique" not in plan.creates[0].spec
+    by_hand = plan_mirror([wanted], [old], {}, {}, serves)
+    assert by_hand.drops == [] and [c.name for c in by_hand.creates] == ["email_1_mirror"]
+
+
 def test_hidden_changes_in_place_on_owned_indexes_only() -> None:
     wanted = mirrored({"key": {"a": 1}, "name": "a_1", "hidden": True})
     staging = [existing("a_1", {"key": {"a": 1}, "collation": SIMPLE})]
@@ -304,7 +387,7 @@ CONJUNCTS = st.lists(st.dictionaries(FIELDS, CONDITIONS, min_size=1, max_size=1)
 
 @settings(max_examples=200, deadline=None)
 @given(CONJUNCTS, st.booleans())
-def test_a_unique_partial_filter_keeps_production_s_conditions_and_adds_ours(
+def test_a_unique_partial_index_keeps_production_s_filter_as_it_is(
     conjuncts: list[dict[str, Any]], wrapped: bool,
 ) -> None:
     production = {"$and": conjuncts} if wrapped and conjuncts else combine(conjuncts)
@@ -312,12 +395,8 @@ def test_a_unique_partial_filter_keeps_production_s_conditions_and_adds_ours(
     if production:
         index["partialFilterExpression"] = production
     result = mirrored(index)
-    got = result.spec["partialFilterExpression"]
-    flat = got["$and"] if "$and" in got else [{k: v} for k, v in got.items()]
-    assert all(item in flat for item in conjuncts)
-    assert {"deleted": False} in flat and {"_sync.pid": {"$exists": True}} in flat
-    assert len(flat) == len(conjuncts) + 2
-    assert result.spec["unique"] is True
+    assert result.spec.get("partialFilterExpression") == (production or None)
+    assert "unique" not in result.spec
 
 
 INDEXES = st.lists(st.fixed_dictionaries({

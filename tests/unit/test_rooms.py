@@ -166,3 +166,107 @@ def test_the_pure_rooms_import_no_io_library(room: str) -> None:
     wrong = {name: sorted(i for i in _imported(tree) if i.split(".")[0] in IO_LIBRARIES)
              for name, tree in _modules(room)}
     assert {name: found for name, found in wrong.items() if found} == {}
+
+
+# -- only `state/` opens the state database ------------------------------------------------
+# Every collection of the staging state database has its store in `state/`, which owns the
+# collections' names and their fields; every other room goes through those stores (DESIGN,
+# "Where state lives"; issue 27). A module "opens" the state database when it does any of:
+# - reads the state database's name from the settings (`<settings>.staging.state_db`): the
+#   only way to reach the database from a client (`state.database.state_database` does it);
+# - names a state collection by its constant in `protocol.names` (one of `STATE_COLLECTIONS`),
+#   imported or as `names.X`;
+# - names one by a string literal on a database: `client[...]["watchers"]`, `state_db[...]`
+#   (a name holding `db` or `state`) or `get_collection("watchers")`; a literal on anything
+#   else is some other mapping (`row["counters"]` of a status row);
+# - picks any collection out of the state `Database` it was handed: `state_db[...]` or
+#   `x.state_db.get_collection(...)`, whatever the key (the handle is only passed on to stores).
+# `settings/` declares the name (and checks no target uses it), `protocol/` declares the
+# collection names; neither opens anything.
+STATE_OWNERS = {"state", "settings", "protocol"}
+STATE_ACCESS_ALLOWED: set[str] = set()
+
+
+def _state_collection_constants() -> dict[str, str]:
+    """`protocol.names` constants naming a state collection: {constant: collection}."""
+    from stagesync.protocol import names
+
+    return {constant: value for constant, value in vars(names).items()
+            if constant.isupper() and isinstance(value, str)
+            and value in names.STATE_COLLECTIONS}
+
+
+def _opens_state(tree: ast.Module, constants: dict[str, str]) -> list[str]:
+    """How a module opens the state database (see above), one line each."""
+    found = []
+    collections = set(constants.values())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and node.attr == "state_db" and \
+                isinstance(node.value, ast.Attribute) and node.value.attr == "staging":
+            found.append(f"{node.lineno}: reads staging.state_db")
+        elif isinstance(node, ast.ImportFrom) and node.module == "stagesync.protocol.names":
+            found += [f"{node.lineno}: imports {alias.name}" for alias in node.names
+                      if alias.name in constants]
+        elif isinstance(node, ast.Attribute) and node.attr in constants and \
+                isinstance(node.value, ast.Name) and node.value.id == "names":
+            found.append(f"{node.lineno}: uses names.{node.attr}")
+        elif isinstance(node, ast.Subscript) and isinstance(node.slice, ast.Constant) and \
+                node.slice.value in collections and _a_database(node.value):
+            found.append(f"{node.lineno}: [{node.slice.value!r}]")
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and \
+                node.func.attr == "get_collection" and node.args and \
+                isinstance(node.args[0], ast.Constant) and node.args[0].value in collections:
+            found.append(f"{node.lineno}: get_collection({node.args[0].value!r})")
+        if (isinstance(node, ast.Subscript) and _the_state_database(node.value)) or \
+                (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and \
+                node.func.attr == "get_collection" and _the_state_database(node.func.value)):
+            found.append(f"{node.lineno}: picks a collection of the state database")
+    return found
+
+
+def _the_state_database(node: ast.expr) -> bool:
+    """`state_db`, or `something.state_db`: the handle every process passes to the stores."""
+    return (isinstance(node, ast.Name) and node.id == "state_db") or \
+        (isinstance(node, ast.Attribute) and node.attr == "state_db")
+
+
+def _a_database(node: ast.expr) -> bool:
+    """Whether a subscripted expression looks like a database: `client[name]`, or a name or
+    attribute that says so (`state_db`, `self.state`, `database`)."""
+    if isinstance(node, ast.Subscript):
+        return True
+    name = node.id if isinstance(node, ast.Name) else \
+        node.attr if isinstance(node, ast.Attribute) else ""
+    return any(word in name.lower() for word in ("db", "state", "database"))
+
+
+def test_the_state_collections_are_known() -> None:
+    assert {"WATCHERS", "RESYNCS", "REPLAY_JOBS", "DEAD_LETTERS", "RUNTIME",
+            "PENDING_REFERENCES", "GUARD_MARKERS", "INDEX_MIRROR"} <= \
+        set(_state_collection_constants())
+
+
+def test_the_rule_sees_each_way_of_opening_the_state_database() -> None:
+    constants = _state_collection_constants()
+    for code in ("db = client[settings.staging.state_db]",
+                 "from stagesync.protocol.names import RESYNCS",
+                 "from stagesync.protocol import names\nnames.WATCHERS",
+                 "records = state_db['watchers']",
+                 "records = client[name]['resyncs']",
+                 "db.get_collection('dead_letters')",
+                 "state_db[name]",
+                 "runtime.state_db.get_collection(name)"):
+        assert _opens_state(ast.parse(code), constants), code
+    assert _opens_state(ast.parse("from stagesync.protocol.names import APPLY_BATCH\n"
+                                  "x = counts['created']"), constants) == []
+
+
+def test_only_the_state_room_opens_the_state_database() -> None:
+    constants = _state_collection_constants()
+    opening = {name: found for room in PRODUCT if room not in STATE_OWNERS
+               for name, tree in _modules(room)
+               if (found := _opens_state(tree, constants))}
+    assert set(opening) - STATE_ACCESS_ALLOWED == set(), \
+        {name: found for name, found in opening.items() if name not in STATE_ACCESS_ALLOWED}
+    assert set(opening) >= STATE_ACCESS_ALLOWED, "an allowed exception no longer opens it: " \
+        "remove it from STATE_ACCESS_ALLOWED"
