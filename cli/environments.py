@@ -16,7 +16,11 @@ import redis
 from pymongo import MongoClient
 from rich.console import Console
 from rich.table import Table
-from stagesync.deployments.guard import SameDeploymentError, assert_distinct_deployments
+from stagesync.deployments.guard import (
+    SameDeploymentError,
+    assert_distinct_deployments,
+    assert_distinct_uris,
+)
 from stagesync.deployments.production import ProductionReader
 from stagesync.deployments.staging import connect_staging
 from stagesync.deployments.staging_indexes import ensure, target_indexes
@@ -34,6 +38,7 @@ from stagesync.state.environments import (
     EnvironmentRefused,
     EnvironmentStore,
 )
+from stagesync.state.guard_markers import GuardMarkers
 from stagesync.tasks.apply.targets import environment_settings
 from stagesync.tasks.enqueue import broker_app
 from stagesync.tasks.environment_ops import (
@@ -77,10 +82,13 @@ class Environments:
         uri = self.settings.environments.uri
         if uri is None:
             return  # the staging deployment, which every process already guards
+        settings = self.settings.model_copy(
+            update={"staging": self.settings.staging.model_copy(update={"uri": uri})})
+        assert_distinct_uris(settings)  # before asking any server
         production = ProductionReader(self.settings.prod, serverSelectionTimeoutMS=10_000)
         try:
-            assert_distinct_deployments(production, self.client, self.settings.model_copy(
-                update={"staging": self.settings.staging.model_copy(update={"uri": uri})}))
+            assert_distinct_deployments(production, self.client, settings, GuardMarkers(
+                state_database(self.client, settings.staging)))
         finally:
             production.close()
 
@@ -233,7 +241,7 @@ def run_create(settings: Settings, name: str, sample: float | None, ttl: str | N
         console.print(f"environment {name}: live")
         return 0
     except SameDeploymentError as error:
-        raise Refused(str(error), 3) from None
+        raise Refused(f"environments.uri: {error}", 3) from None
     finally:
         environments.close()
 

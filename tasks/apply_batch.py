@@ -25,7 +25,7 @@ from stagesync.protocol.routing import home_queue
 from stagesync.state.dead_letters import DeadLetterEntry
 from stagesync.state.versions import take_version
 from stagesync.tasks import metrics
-from stagesync.tasks.apply.context import WriteErrors
+from stagesync.tasks.apply.context import ApplyContext, WriteErrors
 from stagesync.tasks.apply.targets import TargetBatch
 from stagesync.tasks.celery_app import app
 from stagesync.tasks.enqueue import QueuedChange, publish_apply
@@ -58,8 +58,9 @@ def apply_batch(
         waited = runtime.rate_limiter.acquire(collection, len(ops))
         # The main staging, then every environment, from one production read
         # (tasks.apply.targets); the environments are applied once the batch is reported.
-        targets = runtime.targets(collection)
-        fanout = TargetBatch(targets[0], targets[1:], ops)
+        main, *environments = runtime.targets(collection)
+        assert isinstance(main, ApplyContext)  # the main staging's is never a BrokenTarget
+        fanout = TargetBatch(main, environments, ops)
         result = fanout.apply_main()
     except Exception as error:
         if fanout is not None and isinstance(error, WriteErrors):

@@ -14,6 +14,7 @@ from datetime import datetime
 
 import redis
 from pymongo import MongoClient
+from stagesync.deployments.guard import assert_distinct_deployments, assert_distinct_uris
 from stagesync.deployments.in_lists import configure as configure_in_lists
 from stagesync.deployments.production import ProductionReader
 from stagesync.deployments.staging import connect_staging
@@ -39,6 +40,7 @@ from stagesync.state.environments import (
     EnvironmentCache,
     EnvironmentStore,
 )
+from stagesync.state.guard_markers import GuardMarkers
 from stagesync.state.index_mirror_records import IndexMirrorRecords
 from stagesync.state.pii_state import record_masking
 from stagesync.state.unclassified_paths import forget_classified, held_count
@@ -47,7 +49,7 @@ from stagesync.tasks.apply.index_guard import MirroredIndexGuard
 from stagesync.tasks.apply.rate_limit import QueueRateLimiter
 from stagesync.tasks.apply.references import Follower, ReferenceResolver, SubsetLinks, Target
 from stagesync.tasks.apply.staging_io import TargetCollection
-from stagesync.tasks.apply.targets import environment_settings
+from stagesync.tasks.apply.targets import BrokenTarget, environment_settings
 from stagesync.tasks.celery_app import app
 from stagesync.tasks.enqueue import publish_apply
 from stagesync.tasks.metrics import UNCLASSIFIED_PATHS
@@ -74,11 +76,19 @@ class Runtime:
         # created again gets a context of its own.
         self._environment_contexts: dict[tuple[str, str, datetime], ApplyContext] = {}
 
-    def targets(self, name: str) -> list[ApplyContext]:
+    def targets(self, name: str) -> list[ApplyContext | BrokenTarget]:
         """The main staging's context of the collection, then one per environment the
-        stream writes into (as this process last read them: at most CACHE_SECONDS old)."""
-        return [self.context(name), *(self.environment_context(name, environment)
-                                      for environment in self.environments.current())]
+        stream writes into (as this process last read them: at most CACHE_SECONDS old). An
+        environment whose context cannot be built is a BrokenTarget: contained, never
+        failing the main staging's batch."""
+        found: list[ApplyContext | BrokenTarget] = [self.context(name)]
+        for environment in self.environments.current():
+            try:
+                found.append(self.environment_context(name, environment))
+            except Exception as error:
+                found.append(BrokenTarget(name, environment.name, self.state_db,
+                                          self.dead_letters, error))
+        return found
 
     def environment_context(self, name: str, environment: Environment) -> ApplyContext:
         key = (name, environment.name, environment.created_at)
@@ -109,8 +119,19 @@ class Runtime:
         if uri is None:
             return self.staging
         if self._environment_client is None:
-            self._environment_client = connect_staging(
-                self.settings.staging.model_copy(update={"uri": uri}))
+            # Never production: the same-deployment guard, as for staging (a refusal fails
+            # the environments' applies, which are contained, never the main staging's).
+            staging = self.settings.staging.model_copy(update={"uri": uri})
+            settings = self.settings.model_copy(update={"staging": staging})
+            assert_distinct_uris(settings)
+            client = connect_staging(staging)
+            try:
+                assert_distinct_deployments(self.production, client, settings, GuardMarkers(
+                    state_database(client, staging)))
+            except Exception:
+                client.close()
+                raise
+            self._environment_client = client
         return self._environment_client
 
     def context(self, name: str) -> ApplyContext:

@@ -43,10 +43,12 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from pymongo.database import Database
 from stagesync.deployments.failures import describe_error
+from stagesync.protocol.names import scoped_name
 from stagesync.rules.document import Document
 from stagesync.settings.collection import CollectionSettings, SubsetSettings
-from stagesync.state.dead_letters import DeadLetterEntry
+from stagesync.state.dead_letters import DeadLetterEntry, DeadLetterStore
 from stagesync.state.environments import Environment
 from stagesync.state.versions import take_version
 from stagesync.tasks.apply.applier import apply_changes_read, apply_documents
@@ -68,13 +70,29 @@ def environment_settings(collection: CollectionSettings, environment: Environmen
     })
 
 
+@dataclass(frozen=True)
+class BrokenTarget:
+    """An environment whose apply context could not be built (its deployment refused by the
+    same-deployment guard, or unreachable): its changes are contained like a failed apply."""
+
+    name: str  # the collection
+    environment: str
+    state_db: Database[Document]
+    dead_letters: DeadLetterStore
+    error: Exception
+
+    @property
+    def scope(self) -> str:
+        return scoped_name(self.name, self.environment)
+
+
 @dataclass
 class TargetBatch:
     """One batch of one collection, applied to the main staging and then to every
     environment, from one version and one production read."""
 
     main: ApplyContext
-    environments: Sequence[ApplyContext]
+    environments: Sequence[ApplyContext | BrokenTarget]
     ops: Mapping[str, str]
     version: int | None = None
     production: dict[str, Document | None] = field(default_factory=dict)
@@ -84,7 +102,8 @@ class TargetBatch:
         """Version, the one production read, and the main staging's apply. Raises as the
         main apply does; the version and the documents read stay for the environments."""
         self.version = take_version(self.main.state_db, self.main.name)
-        targets = (self.main, *self.environments)
+        targets = (self.main, *(target for target in self.environments
+                                if isinstance(target, ApplyContext)))
         self.production = self.main.read_production(
             self.ops, keep=lambda pid: any(target.sampled(pid) for target in targets))
         return apply_changes_read(self.main, self.version, self.production, self.ops)
@@ -97,6 +116,10 @@ class TargetBatch:
         self.applied = True
         done: dict[str, ApplyResult | None] = {}
         for target in self.environments:
+            if isinstance(target, BrokenTarget):
+                done[target.scope] = None
+                _contain(target, self.ops, target.error)
+                continue
             try:
                 done[target.scope] = apply_documents(
                     target, self.version, dict(self.production), self.ops)
@@ -106,7 +129,7 @@ class TargetBatch:
         return done
 
 
-def _contain(target: ApplyContext, ops: Mapping[str, str], error: Exception) -> None:
+def _contain(target: ApplyContext | BrokenTarget, ops: Mapping[str, str], error: Exception) -> None:
     refused = error.errors if isinstance(error, WriteErrors) else {}
     log.warning("environment apply failed", exc_info=not refused,
                 extra={"collection": target.scope, "changes": len(ops),

@@ -9,12 +9,13 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from stagesync.deployments.guard import SameDeploymentError
 from stagesync.deployments.production import ReadOnlyCollection
 from stagesync.deployments.staging_indexes import ensure, ensure_indexes, target_indexes
 from stagesync.rules.identity import encode_id
 from stagesync.rules.subset import in_sample
 from stagesync.state.environments import CREATING, LIVE, EnvironmentStore
-from stagesync.tasks.apply.targets import TargetBatch, environment_settings
+from stagesync.tasks.apply.targets import BrokenTarget, TargetBatch, environment_settings
 from stagesync.tasks.runtime import Runtime
 
 from tests.support.pipeline import Pipeline, wait_for
@@ -150,3 +151,29 @@ def test_the_stream_reaches_a_live_environment(pipeline: Pipeline) -> None:
         {"_sync.pid": encode_id(pid), "deleted": True}), TIMEOUT, "main soft delete", pipeline)
     assert env_doc["qaNotes"] == "env only" and "qaNotes" not in main_doc
     assert env_doc["_sync"]["v"] == main_doc["_sync"]["v"]  # one version serves every target
+
+
+def test_an_environment_on_production_is_refused_and_contained(pipeline_factory: Any) -> None:
+    probe: Pipeline = pipeline_factory()
+    pipeline: Pipeline = pipeline_factory(environments={"uri": probe.pair.prod_uri})
+    name = pipeline.collections[0]["name"]
+    store = EnvironmentStore(pipeline.state())
+    settings = pipeline.settings
+    store.create("p", settings.environment_databases("p"), ttl=None, sample=None, limit=5)
+    assert store.transition("p", [CREATING], LIVE)
+    runtime = Runtime(settings)
+    try:
+        ensure_indexes(runtime.staging, settings)
+        main, broken = runtime.targets(name)
+        assert isinstance(broken, BrokenTarget)
+        assert isinstance(broken.error, SameDeploymentError)
+        ops = seed(pipeline, 10)
+        batch = TargetBatch(main, [broken], ops)  # type: ignore[arg-type]
+        assert batch.apply_main().outcomes["created"] == 10
+        assert batch.apply_environments() == {f"{name}@p": None}
+    finally:
+        runtime.close()
+    assert pipeline.state()["dead_letters"].count_documents(
+        {"collection": f"{name}@p", "reason": "environment_error"}) == 10
+    database = settings.environment_databases("p")[settings.collections[0].target_db]
+    assert database not in pipeline.prod_client.list_database_names()  # nothing written there

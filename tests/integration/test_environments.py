@@ -126,6 +126,15 @@ def test_errors_say_which(pipeline_factory: Any) -> None:
     assert pipeline.cli("env", "delete", "a").returncode == 0
 
 
+def test_environments_never_on_production(pipeline_factory: Any) -> None:
+    probe: Pipeline = pipeline_factory()
+    pipeline: Pipeline = pipeline_factory(environments={"uri": probe.pair.prod_uri})
+    refused = pipeline.cli("env", "create", "pr-1")
+    assert refused.returncode == 3, refused.stdout + refused.stderr
+    assert "environments.uri" in refused.stderr and "production" in refused.stderr
+    assert EnvironmentStore(pipeline.state()).get("pr-1") is None  # nothing recorded
+
+
 def test_a_sampled_environment_keeps_its_references_whole(pipeline_factory: Any) -> None:
     tag = str(ObjectId())[-8:]
     users = collection_config("users", tag, business_key=["email"])
