@@ -25,6 +25,7 @@ by the next delete or expiry pass.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -38,6 +39,7 @@ from stagesync.rules.document import Document
 from stagesync.settings.model import Settings
 from stagesync.state.dead_letters import DeadLetterStore
 from stagesync.state.environments import (
+    CREATE_SETTLE_SECONDS,
     CREATING,
     DELETING,
     LISTED,
@@ -52,6 +54,11 @@ from stagesync.state.resync_progress import ensure_resync_indexes, fail, new_res
 log = logging.getLogger("stagesync.environments")
 
 RUNNING = ("planning", "applying", "sweeping")
+# Between marking an environment `deleting` and dropping its databases: the workers' cache
+# (CACHE_SECONDS) and an apply already under way (its environments written after the main
+# staging's) end first. An environment apply that outlives it could create a database again;
+# the next expiry pass does not see it (the record is gone): see README, "Environments".
+DELETE_SETTLE_SECONDS = CREATE_SETTLE_SECONDS
 
 
 def fill_order(settings: Settings) -> dict[str, str | None]:
@@ -127,13 +134,16 @@ def delete_environment(settings: Settings, state_db: Database[Document],
     environment = store.require(name)
     if not store.transition(name, [*LISTED, DELETING], DELETING):
         environment = store.require(name)  # raced with another delete: it is gone, or not
+    for resync in environment.resyncs.values():
+        fail(state_db, resync, f"environment {name} deleted")  # its chunks stop
+    # Workers stop writing into it once they re-read the list (at most CACHE_SECONDS):
+    # a write after the drop would create the database again, unrecorded.
+    time.sleep(DELETE_SETTLE_SECONDS)
     dropped = []
     for database in sorted(set(environment.databases.values())):
         client.drop_database(database)
         dropped.append(database)
     scoped = [scoped_name(collection.name, name) for collection in settings.collections]
-    for resync in environment.resyncs.values():
-        fail(state_db, resync, f"environment {name} deleted")  # its chunks stop
     _forget(state_db, scoped)
     if broker is not None:
         broker.delete(*(stats_key(scope) for scope in scoped))

@@ -35,10 +35,12 @@ from stagesync.settings.collection import CollectionSettings
 from stagesync.state.database import state_database
 from stagesync.state.dead_letters import DeadLetterStore
 from stagesync.state.environments import (
+    DELETING,
     STREAMED,
     Environment,
     EnvironmentCache,
     EnvironmentStore,
+    NoSuchEnvironment,
 )
 from stagesync.state.guard_markers import GuardMarkers
 from stagesync.state.index_mirror_records import IndexMirrorRecords
@@ -141,6 +143,9 @@ class Runtime:
         collection_name, environment_name = split_scope(name)
         if environment_name is not None:
             environment = self.environment_store.require(environment_name)
+            if environment.state == DELETING:
+                # Its copy, replays and such stop writing at their next batch.
+                raise NoSuchEnvironment(f"environment {environment_name!r} is being deleted")
             return self.environment_context(collection_name, environment)
         context = self._contexts.get(name)
         if context is None:

@@ -82,10 +82,10 @@ def test_create_stream_list_expire_and_delete(pipeline: Pipeline) -> None:
     settings = pipeline.settings
     broker_app(settings).send_task(EXPIRE_ENVIRONMENTS,
                                    queue=home_queue(settings.collections[0]))
-    wait_for(lambda: [e["name"] for e in listed(pipeline)] == ["pr-1"], TIMEOUT,
+    wait_for(lambda: EnvironmentStore(pipeline.state()).get("short") is None, TIMEOUT,
              "the expired environment gone", pipeline)
+    assert [e["name"] for e in listed(pipeline)] == ["pr-1"]
     assert f"{database}__short" not in pipeline.staging_client.list_database_names()
-    assert EnvironmentStore(pipeline.state()).get("short") is None
 
     # Delete drops only the databases recorded for it.
     neighbour = pipeline.staging_client[f"{database}__pr-10"]["orders"]
