@@ -126,6 +126,23 @@ def test_errors_say_which(pipeline_factory: Any) -> None:
     assert pipeline.cli("env", "delete", "a").returncode == 0
 
 
+def test_create_run_again_finishes_an_environment_stuck_in_creating(pipeline: Pipeline) -> None:
+    pipeline.prod().insert_many([{"userEmail": f"u{n}@x", "accountId": n} for n in range(50)])
+    pipeline.start_watcher()
+    pipeline.start_worker()
+    pipeline.wait_bootstrapped()
+    # What a create killed right after recording leaves: the record, no copy started.
+    settings = pipeline.settings
+    store = EnvironmentStore(pipeline.state())
+    store.create("stuck", settings.environment_databases("stuck"), ttl=None, sample=None,
+                 limit=settings.environments.max)
+    assert [(e["name"], e["state"]) for e in listed(pipeline)] == [("stuck", CREATING)]
+    again = pipeline.cli("env", "create", "stuck", "--wait", "--timeout", "60")
+    assert again.returncode == 0, again.stdout + again.stderr + pipeline.logs()
+    assert store.require("stuck").state == LIVE
+    assert len(live_pids(env_collection(pipeline, "stuck"))) == 50
+
+
 def test_environments_never_on_production(pipeline_factory: Any) -> None:
     probe: Pipeline = pipeline_factory()
     pipeline: Pipeline = pipeline_factory(environments={"uri": probe.pair.prod_uri})
