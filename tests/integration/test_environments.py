@@ -12,7 +12,7 @@ from stagesync.protocol.names import EXPIRE_ENVIRONMENTS
 from stagesync.protocol.routing import home_queue
 from stagesync.rules.identity import encode_id
 from stagesync.rules.subset import in_sample
-from stagesync.state.environments import CREATING, LIVE, EnvironmentStore
+from stagesync.state.environments import CREATING, DELETING, LIVE, EnvironmentStore
 from stagesync.tasks.enqueue import broker_app
 
 from tests.support.pipeline import Pipeline, collection_config, wait_for
@@ -80,10 +80,18 @@ def test_create_stream_list_expire_and_delete(pipeline: Pipeline) -> None:
     assert "short" in pipeline.staging_client.list_database_names() or \
         f"{database}__short" in pipeline.staging_client.list_database_names()
     settings = pipeline.settings
+    # And what a delete killed halfway leaves (`deleting`, a database not yet dropped): the
+    # same pass finishes it.
+    store = EnvironmentStore(pipeline.state())
+    store.create("half", settings.environment_databases("half"), ttl=None, sample=None,
+                 limit=settings.environments.max)
+    pipeline.staging_client[f"{database}__half"]["orders"].insert_one({"x": 1})
+    assert store.transition("half", [CREATING], DELETING)
     broker_app(settings).send_task(EXPIRE_ENVIRONMENTS,
                                    queue=home_queue(settings.collections[0]))
-    wait_for(lambda: EnvironmentStore(pipeline.state()).get("short") is None, TIMEOUT,
-             "the expired environment gone", pipeline)
+    wait_for(lambda: store.get("short") is None and store.get("half") is None, TIMEOUT,
+             "the expired environment and the half-deleted one gone", pipeline)
+    assert f"{database}__half" not in pipeline.staging_client.list_database_names()
     assert [e["name"] for e in listed(pipeline)] == ["pr-1"]
     assert f"{database}__short" not in pipeline.staging_client.list_database_names()
 
