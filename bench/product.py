@@ -16,7 +16,7 @@ Celery tasks; prepare waits until the watcher records the resync as finished (`w
 leaves is where the measured watcher resumes.
 
 `start` returns once every worker logged "ready" and the new watcher owns the collection (its
-pid in the `watchers` doc), holds a checkpoint (`token`) and reports `streaming` in its Redis
+process id in the `watchers` doc), holds a checkpoint (`token`) and reports `streaming` in its Redis
 heartbeat — i.e. its change stream is open. In the resync scenario only workers are started.
 
 The product cannot watch its parent, so its processes get `PR_SET_PDEATHSIG` (SIGTERM when the
@@ -456,7 +456,7 @@ def wait_streaming(
     try:
         def one_streaming(name: str) -> bool:
             doc = watcher_doc(client, name)
-            if doc.get("pid") != pid or not doc.get("owner") or not doc.get("token"):
+            if doc.get("processId") != pid or not doc.get("owner") or not doc.get("token"):
                 return False
             state = heartbeat.hgetall(watcher_key(name))
             return (state.get(b"owner") == str(doc["owner"]).encode()

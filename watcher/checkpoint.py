@@ -5,7 +5,8 @@ has not been renewed for `lease_seconds`. Every checkpoint write is conditional 
 holding the lease, so a watcher that lost it (paused, partitioned) can never move the
 checkpoint of its successor (fencing).
 
-Stored fields: owner, host, pid, leaseUntil (epoch seconds: compared numerically, the same on
+Stored fields: owner, host, processId (the watcher's OS process id; `pid` means a production
+`_id` everywhere else), leaseUntil (epoch seconds: compared numerically, the same on
 every server), token (resume token), checkpointAt, resyncPending (id of a bootstrap or
 history-lost resync not finished yet).
 """
@@ -46,7 +47,7 @@ class WatcherRecord:
         }
         update = {
             "$set": {"owner": self.owner, "leaseUntil": now + self.lease,
-                     "host": socket.gethostname(), "pid": os.getpid()},
+                     "host": socket.gethostname(), "processId": os.getpid()},
             "$currentDate": {"acquiredAt": True},
         }
         try:
