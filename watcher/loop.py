@@ -30,7 +30,7 @@ from stagesync.protocol.parts import WHOLE
 from stagesync.protocol.routing import queue_for, queues_of
 from stagesync.tasks.enqueue import publish_apply
 from stagesync.watcher import metrics
-from stagesync.watcher.batcher import MicroBatcher
+from stagesync.watcher.batcher import MicroBatcher, least_batch
 from stagesync.watcher.checkpoint import LeaseLost
 from stagesync.watcher.events import Change, HistoryEnded, IndexChanged, Malformed, classify
 from stagesync.watcher.inflight import BatchInFlight, InflightWindow
@@ -71,6 +71,9 @@ class StreamLoop:
         self.previous: Mapping[str, Any] | None = stream.resume_token
         # When the collection's queues were last seen holding messages (see `_republish_lost`).
         self.queues_busy_at = 0.0
+        # Whether messages wait in the collection's queues: read at housekeeping while the
+        # workers are busy, set by every publish (see `batcher.least_batch`).
+        self.queue_waiting = False
 
     def run(self) -> None:
         self._start()
@@ -92,7 +95,7 @@ class StreamLoop:
         if self.timers.due("housekeeping", now):
             self._housekeeping(now)
         busy = self.window.batches_in_flight >= self.config.max_inflight_batches
-        if self.window.unapplied + self.batcher.size >= self.config.max_unapplied:
+        if self._window_full():
             self._backpressure(now, busy)
             return
         self.watcher.state = "streaming"
@@ -101,9 +104,16 @@ class StreamLoop:
         else:
             self._read_one(now, busy)
 
+    def _window_full(self) -> bool:
+        """Too many changes, or too many groups, in flight (or buffered)."""
+        return (self.window.unapplied + self.batcher.size >= self.config.max_unapplied
+                or self.window.groups >= self.config.max_inflight_groups)
+
     def _backpressure(self, now: float, busy: bool) -> None:
-        """Too much in flight: read nothing; the stream waits in the oplog."""
-        self._flush_if_due(now, busy, stream_idle=True)
+        """Too much in flight: read nothing; the stream waits in the oplog. Publish only
+        while the window has room for another group."""
+        if self.window.groups < self.config.max_inflight_groups:
+            self._flush_if_due(now, busy, stream_idle=True)
         self.watcher.state = "backpressure"
         self.stop.wait(self.idle_sleep)
 
@@ -163,13 +173,16 @@ class StreamLoop:
         wait would be lag: two applies of one document then rarely overlap, and the later one
         re-plans."""
         hold = busy and self.config.hold_changes_in_flight
+        least = least_batch(not busy, self.queue_waiting, self.config.batch_max_size)
         drained = self.batcher.drain(self.stream.resume_token,
-                                     held=self.window.holds if hold else None, now=now)
+                                     held=self.window.holds if hold else None, now=now,
+                                     least=least)
         seq_prefix = f"{self.watcher.run_id}:{time.monotonic_ns()}"
-        batches = {f"{seq_prefix}:{i}": (queue, changes)
-                   for i, (queue, changes) in enumerate(drained.per_queue.items())}
+        batches = {f"{seq_prefix}:{i}": (queue, changes) for i, (queue, changes)
+                   in enumerate(drained.batches(self.config.batch_max_size))}
         if batches:
             self.window.open_group(drained.token, batches, time.monotonic(), drained.oldest)
+            self.queue_waiting = True
         for batch_id, (queue, changes) in batches.items():
             publish_apply(self.watcher.celery, queue, self.name, batch_id, WHOLE, changes)
         enqueued = sum(len(changes) for _, changes in batches.values())
@@ -196,6 +209,7 @@ class StreamLoop:
     # -- housekeeping ------------------------------------------------------------------------
     def _housekeeping(self, now: float) -> None:
         self._drain_done_reports()
+        self._look_at_queues()
         self.checkpoints.save()
         if self.timers.due("lease", now) and not self.watcher.record.renew():
             raise LeaseLost()
@@ -214,6 +228,13 @@ class StreamLoop:
             self.window.part_done(*parse_done_report(report))
         self.checkpoints.note(self.window.advance())
         return len(reports)
+
+    def _look_at_queues(self) -> None:
+        """Whether messages wait in the queues; asked only while the workers are busy (with
+        room, every batch is published whatever it holds)."""
+        if self.window.batches_in_flight >= self.config.max_inflight_batches:
+            self.queue_waiting = any(queue_depth(self.redis, queue)
+                                     for queue in queues_of(self.watcher.collection))
 
     def _notice_wiped_redis(self) -> None:
         """Our epoch key gone: Redis was wiped, with the queues and the done reports."""
