@@ -214,6 +214,22 @@ def apply_rounds(logs: Iterable[Path]) -> dict[str, int]:
             "changes": changes}
 
 
+def batch_sizes(logs: Iterable[Path]) -> list[int]:
+    """The number of changes of every apply the workers logged, in log order per worker: the
+    published batch sizes (a message is one batch; a split batch logs its parts)."""
+    sizes: list[int] = []
+    for path in logs:
+        with contextlib.suppress(OSError):
+            for line in path.read_text(errors="replace").splitlines():
+                if '"applied"' not in line:
+                    continue
+                with contextlib.suppress(ValueError):
+                    record = json.loads(line[line.index("{"):])
+                    if record.get("message") == "applied":
+                        sizes.append(int(record.get("changes") or 0))
+    return sizes
+
+
 # -- the figures ------------------------------------------------------------------------------
 def per_k(value: float | None, units: int) -> float | None:
     """`value` per 1,000 units (changes or documents); None without units or value."""
@@ -245,6 +261,7 @@ class Costs:
     staging_ops: dict[str, int] = field(default_factory=dict)  # opcounters delta (writes)
     prod_ops: dict[str, int] = field(default_factory=dict)  # opcounters delta (reads)
     rounds: dict[str, int] = field(default_factory=dict)  # `apply_rounds` (stagesync only)
+    batches: list[int] = field(default_factory=list)  # `batch_sizes` (stagesync only)
     seconds: float = 0.0  # wall time between the two readings
     # CPU seconds per second the system's own processes burnt idle just before (heartbeats,
     # polling, leases): a run made long by a slow server charges that to every change.

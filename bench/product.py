@@ -16,7 +16,7 @@ Celery tasks; prepare waits until the watcher records the resync as finished (`w
 leaves is where the measured watcher resumes.
 
 `start` returns once every worker logged "ready" and the new watcher owns the collection (its
-pid in the `watchers` doc), holds a checkpoint (`token`) and reports `streaming` in its Redis
+process id in the `watchers` doc), holds a checkpoint (`token`) and reports `streaming` in its Redis
 heartbeat — i.e. its change stream is open. In the resync scenario only workers are started.
 
 The product cannot watch its parent, so its processes get `PR_SET_PDEATHSIG` (SIGTERM when the
@@ -252,6 +252,7 @@ class ProductProcesses:
     _baseline: dict[str, int] | None = None
     _counters: dict[str, Any] | None = None
     _timer: threading.Timer | None = None
+    _window: WindowSampler | None = None
 
     def __post_init__(self) -> None:
         self._timer = threading.Timer(self.max_seconds, self._expire)
@@ -300,6 +301,8 @@ class ProductProcesses:
     def snapshot_redis(self) -> None:
         """Start counting Redis commands from here (`INFO commandstats` deltas)."""
         self._baseline = redis_command_calls(self.redis_url)
+        if "watcher" in self.procs:
+            self._window = WindowSampler(self.redis_url)
 
     def processes(self) -> dict[str, int]:
         return {role: proc.pid for role, proc in self.procs.items()}
@@ -311,6 +314,8 @@ class ProductProcesses:
         if self._baseline is not None:
             with contextlib.suppress(redis.RedisError):
                 counters = redis_counters(self._baseline, redis_command_calls(self.redis_url))
+        if self._window is not None:
+            counters["window"] = self._window.stop()
         self._terminate()
         if self._timer is not None:
             self._timer.cancel()
@@ -368,6 +373,45 @@ def wait_until(
     raise RuntimeError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
+class WindowSampler:
+    """Samples, twice a second while a row is measured, what the watcher reports in its Redis
+    heartbeat (groups and changes in flight, its state) and the depth of the queue: the groups
+    in flight and the time under backpressure of the bench's notes."""
+
+    def __init__(self, redis_url: str, name: str = COLLECTION, interval: float = 0.5) -> None:
+        self._client = redis.Redis.from_url(redis_url, socket_timeout=10, decode_responses=True)
+        self._name, self._interval = name, interval
+        self._done = threading.Event()
+        self.samples: list[tuple[int, int, int, str]] = []  # groups, unapplied, queue, state
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        from stagesync.deployments.broker import queue_depth
+        from stagesync.protocol.names import queue_names
+
+        queue = queue_names(self._name, 1)[0]
+        while not self._done.wait(self._interval):
+            with contextlib.suppress(redis.RedisError, ValueError):
+                state = self._client.hgetall(watcher_key(self._name))
+                self.samples.append((int(state.get("groups") or 0),
+                                     int(state.get("unapplied") or 0),
+                                     queue_depth(self._client, queue), state.get("state", "")))
+
+    def stop(self) -> dict[str, Any]:
+        self._done.set()
+        self._thread.join(5)
+        self._client.close()
+        busy = [s for s in self.samples if s[0]]
+        if not busy:
+            return {}
+        groups = sorted(s[0] for s in busy)
+        return {"groups_p50": groups[(len(groups) - 1) // 2], "groups_max": groups[-1],
+                "unapplied_max": max(s[1] for s in busy), "queue_max": max(s[2] for s in busy),
+                "backpressure_s": self._interval * sum(s[3] == "backpressure" for s in busy),
+                "samples": len(self.samples)}
+
+
 # -- Redis accounting ------------------------------------------------------------------------------
 def redis_command_calls(url: str) -> dict[str, int]:
     client = redis.Redis.from_url(url, socket_timeout=10)
@@ -412,7 +456,7 @@ def wait_streaming(
     try:
         def one_streaming(name: str) -> bool:
             doc = watcher_doc(client, name)
-            if doc.get("pid") != pid or not doc.get("owner") or not doc.get("token"):
+            if doc.get("processId") != pid or not doc.get("owner") or not doc.get("token"):
                 return False
             state = heartbeat.hgetall(watcher_key(name))
             return (state.get(b"owner") == str(doc["owner"]).encode()

@@ -134,7 +134,7 @@ def cost_table(rows: Sequence[CostRow]) -> Table:
             "/".join(_num(per_k(staging_ops.get(k), units)) for k in ("insert", "update",
                                                                        "delete"))
             if staging_ops else "—",
-            _replans(costs), ratios(row, rows),
+            _replans(costs), _batches(costs), ratios(row, rows),
         )
     return table
 
@@ -145,6 +145,16 @@ def _replans(costs: Costs) -> str:
         return "—"
     return (f"{rounds['replanned']}/{rounds['applies']} applies "
             f"(+{rounds['extra_rounds']} rounds)")
+
+
+def _batches(costs: Costs) -> str:
+    """Median and p99 of the changes per applied message (the published batch sizes)."""
+    if not costs.batches:
+        return "—"
+    ordered = sorted(costs.batches)
+    p50 = ordered[(len(ordered) - 1) // 2]
+    p99 = ordered[min(len(ordered) - 1, round(0.99 * len(ordered) + 0.5) - 1)]
+    return f"{p50}/{p99} ({len(ordered):,} applies)"
 
 
 def cost_notes(rows: Sequence[Any]) -> list[str]:

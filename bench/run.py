@@ -46,6 +46,7 @@ from bench.costs import (
     STAGING_WRITE_COUNTERS,
     Costs,
     apply_rounds,
+    batch_sizes,
     counter_delta,
     opcounters,
     oplog_position,
@@ -143,11 +144,13 @@ def _docs(count: int, seed: int) -> list[dict[str, Any]]:
 
 
 @cache
-def _ops(docs: int, seed: int, count: int, stream: str) -> Burst:
+def _ops(docs: int, seed: int, count: int, stream: str, hot_share: float = 0.05,
+         delete_share: float = 0.05) -> Burst:
     """Operations on `_docs(docs, seed)`. The op seed does not depend on `count`, so a smaller
     burst is exactly the first `count` operations of the full one."""
     return make_ops(_docs(docs, seed), count, seed=seed * 1000 + SCENARIOS.index(stream),
-                    customers=[u["_id"] for u in _users(docs, seed)])
+                    customers=[u["_id"] for u in _users(docs, seed)], hot_share=hot_share,
+                    delete_share=delete_share)
 
 
 # -- one measured run -------------------------------------------------------------------------
@@ -226,6 +229,7 @@ def run_one(scenario: str, network: str, spec: SystemSpec, opts: RunOptions, roo
         worker_logs = sorted(workdir.glob("worker-*.log"))
         if worker_logs:
             row.costs.rounds = apply_rounds(worker_logs)
+            row.costs.batches = batch_sizes(worker_logs)
         row.verify = spec.verify(ctx)
     return row
 
@@ -293,7 +297,7 @@ def _measure_burst(
     staging: Collection[Any], budget: float,
 ) -> None:
     count = min(opts.changes, spec.max_changes or opts.changes)
-    burst = _ops(opts.docs, opts.seed, count, "burst")
+    burst = _ops(opts.docs, opts.seed, count, "burst", opts.hot_share, opts.delete_share)
     row.changes, row.extrapolated = count, count < opts.changes
     started, written = apply_burst(prod, burst.ops)
     row.writer_rate = count / max(written - started, 1e-9)
@@ -390,6 +394,11 @@ def reproduce(scenario: str, network: str, spec: SystemSpec, opts: RunOptions) -
         argv += ["--seed", str(opts.seed)]
     if scenario == "burst":
         argv += ["--changes", str(opts.changes)]
+        for flag, value, default in (("--hot-share", opts.hot_share, RunOptions.hot_share),
+                                     ("--delete-share", opts.delete_share,
+                                      RunOptions.delete_share)):
+            if value != default:
+                argv += [flag, f"{value:g}"]
         if spec.max_changes is not None and spec.max_changes < opts.changes:
             argv += ["--naive-changes", str(spec.max_changes)]
     elif scenario == "steady":
@@ -544,6 +553,15 @@ def _notes(rows: Sequence[Row], opts: RunOptions, root: Path) -> list[str]:
                      "when each measurement began -> ended: " + "; ".join(
                          f"{r.scenario}/{r.network}/{r.label} {r.load[0]:.1f} -> {r.load[1]:.1f}"
                          for r in loads if r.load))
+    windows = [r for r in rows if r.counters.get("window")]
+    if windows:
+        notes.append("in flight (watcher heartbeat and queue sampled every 0.5 s while "
+                     "measured, samples with work in flight): " + "; ".join(
+                         f"{r.scenario}/{r.network}/{r.label}: groups p50 "
+                         f"{w['groups_p50']:,} max {w['groups_max']:,}, changes in flight max "
+                         f"{w['unapplied_max']:,}, queue max {w['queue_max']:,} messages, "
+                         f"backpressure ~{w['backpressure_s']:.0f} s"
+                         for r in windows if (w := r.counters["window"])))
     resyncs = [r for r in rows if r.resync is not None]
     if resyncs:
         notes.append(
@@ -588,6 +606,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--rate", type=float, help="steady changes/s (default 300)")
     parser.add_argument("--duration", type=float, help="steady seconds (default 60)")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--hot-share", type=float,
+                        help="burst: share of documents that is hot, 30%% of the updates go to "
+                             "them (default 0.05; issue 30's burst: 0.1)")
+    parser.add_argument("--delete-share", type=float,
+                        help="burst: share of deletes (default 0.05; issue 30's burst: 0.03)")
     parser.add_argument("--timeout", type=float, help="per measurement, seconds")
     parser.add_argument("--profile-staging", action="store_true",
                         help="profile every staging operation and print where the time went "
@@ -602,7 +625,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def options_from(args: argparse.Namespace) -> RunOptions:
     base = QUICK if args.quick else RunOptions()
     given = {k: getattr(args, k) for k in ("docs", "changes", "naive_changes", "rate",
-                                            "duration", "timeout") if getattr(args, k)}
+                                            "duration", "timeout", "hot_share",
+                                            "delete_share") if getattr(args, k)}
     return RunOptions(**{**base.__dict__, **given, "seed": args.seed,
                          "profile_staging": args.profile_staging, "py_spy": args.py_spy})
 
@@ -623,7 +647,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if unknown:
             print(f"unknown systems {sorted(unknown)}; known: {[s.name for s in specs]}")
             return 2
-        specs = [s for s in specs if s.name in wanted]
+        # In the order given: a run that must start one system first (before code changes
+        # under it, say) can.
+        specs = sorted((s for s in specs if s.name in wanted), key=lambda s: wanted.index(s.name))
     else:
         specs = [s for s in specs if not s.opt_in]
     _spec_notes[:] = [note for spec in specs for note in spec.notes]

@@ -58,6 +58,10 @@ class RunOptions:
     timeout: float | None = None  # per measurement; None = derived from the sizes
     profile_staging: bool = False  # the staging server's profiler on (bench.staging_profile)
     py_spy: bool = False  # py-spy on the system's processes while measured (bench.pyspy)
+    # The burst's mix (bench.workload.make_ops): the share of documents that is hot (30 % of
+    # the updates go to them) and the share of deletes. Issue 30's burst: 0.10 and 0.03.
+    hot_share: float = 0.05
+    delete_share: float = 0.05
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,8 @@ counters restart). What must survive lives in the staging state database (`stagi
 
 from __future__ import annotations
 
+from stagesync.protocol.parts import BatchPart
+
 # Celery task names.
 APPLY_BATCH = "stagesync.apply_batch"
 RESYNC = "stagesync.resync"
@@ -95,21 +97,22 @@ def version_counter_id(collection: str) -> str:
 
 
 def done_key(collection: str) -> str:
-    """List of `batch_id|part` strings pushed by workers once a part of a batch is done."""
+    """List of `batch_id|part` strings (`done_report`) pushed by workers once a part of a
+    batch is done."""
     return f"{PREFIX}:{collection}:done"
 
 
-def done_report(batch: str, part: str) -> str:
+def done_report(batch: str, part: BatchPart) -> str:
     """One entry of the done list: the watcher's batch id and the part of it that is done
-    (empty for a whole batch; a split batch reports its halves)."""
-    return f"{batch}|{part}"
+    (`protocol.parts`: the whole batch, or a half of a split one)."""
+    return f"{batch}|{part.wire}"
 
 
-def parse_done_report(report: bytes | str) -> tuple[str, str]:
+def parse_done_report(report: bytes | str) -> tuple[str, BatchPart]:
     """(batch, part) of a done report; parts never hold `|`."""
     text = report.decode() if isinstance(report, bytes) else report
     batch, _, part = text.rpartition("|")
-    return batch, part
+    return batch, BatchPart.from_wire(part)
 
 
 def stats_key(collection: str) -> str:

@@ -76,6 +76,11 @@ class WatcherSettings(StrictModel):
     max_inflight_batches: Annotated[int, Field(ge=1, le=1_000)] = 4
     busy_batch_wait_ms: Annotated[int, Field(ge=0, le=10_000)] = 250
     max_unapplied: Annotated[int, Field(ge=10)] = 20_000
+    # The window's bound in flush groups, beside max_unapplied's in changes: past it the
+    # watcher neither reads nor publishes until a group is done, so a queue can never fill
+    # with thousands of small messages. Batching keeps far fewer in flight (while the workers
+    # are busy only full batches join a queue that holds messages): a bound, not a target.
+    max_inflight_groups: Annotated[int, Field(ge=1, le=10_000)] = 64
     inflight_timeout_seconds: Annotated[float, Field(gt=0)] = 600.0
     checkpoint_interval_seconds: Annotated[float, Field(gt=0)] = 1.0
     lease_seconds: Annotated[float, Field(ge=2)] = 15.0

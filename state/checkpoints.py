@@ -26,7 +26,7 @@ COLLECTION = WATCHERS
 # Fields of a watcher record (`_id`: the collection's configured name).
 OWNER = "owner"  # the run holding the lease, None once released
 HOST = "host"
-PID = "pid"
+PROCESS_ID = "processId"  # the watcher's OS process id (`pid` means a production `_id`)
 LEASE_UNTIL = "leaseUntil"  # epoch seconds: compared numerically, the same on every server
 ACQUIRED_AT = "acquiredAt"
 TOKEN = "token"  # the resume token checkpointed
@@ -61,7 +61,7 @@ class WatcherRecord:
         }
         update = {
             "$set": {OWNER: self.owner, LEASE_UNTIL: now + self.lease,
-                     HOST: socket.gethostname(), PID: os.getpid()},
+                     HOST: socket.gethostname(), PROCESS_ID: os.getpid()},
             "$currentDate": {ACQUIRED_AT: True},
         }
         try:

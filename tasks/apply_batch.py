@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from celery import Task
 from stagesync.deployments.failures import describe_error, is_transient
 from stagesync.protocol.names import APPLY_BATCH
+from stagesync.protocol.parts import BatchPart
 from stagesync.protocol.routing import home_queue
 from stagesync.state.dead_letters import DeadLetterEntry
 from stagesync.state.versions import take_version
@@ -37,9 +38,11 @@ log = logging.getLogger("stagesync.apply")
 
 @stagesync_task(APPLY_BATCH)
 def apply_batch(
-    self: Task, collection: str, batch: str | None, part: str, changes: list[list[str]]
+    self: Task, collection: str, batch: str | None, part_path: str, changes: list[list[str]]
 ) -> None:
+    """`part_path` is the wire spelling of the part of the batch this message carries."""
     runtime = get_runtime()
+    part = BatchPart.from_wire(part_path)
     settings = runtime.settings.worker
     pairs: list[QueuedChange] = [(pid, op) for pid, op in changes]
     started = runtime.count_delivery(self.request.id, self.request.retries)
@@ -79,11 +82,13 @@ def apply_batch(
                 exc=error, countdown=_backoff(self.request.retries, 5.0), max_retries=None
             ) from None
         if isinstance(error, WriteErrors) and 0 < len(error.errors) < len(pairs):
-            # The rest of the batch is done: report it, retry only the refused changes.
+            # The rest of the batch is done: report it as one half, and publish only the
+            # refused changes, as the other half, to be retried.
             refused = [pair for pair in pairs if pair[0] in error.errors]
-            runtime.report_done(collection, batch, part + "1", None, {})
+            refused_half, done_half = part.halves
+            runtime.report_done(collection, batch, done_half, None, {})
             publish_apply(app, _queue(runtime, self, collection), collection, batch,
-                          part + "0", refused)
+                          refused_half, refused)
             metrics.FAILURES.labels(collection, "split").inc()
             return
         log.warning("apply failed", exc_info=not isinstance(error, WriteErrors),
@@ -114,7 +119,7 @@ class _Part:
 
     collection: str
     batch: str | None
-    part: str
+    part: BatchPart
     pairs: Sequence[QueuedChange]
 
 
@@ -126,8 +131,9 @@ def _isolate(runtime: Runtime, task: Task, message: _Part, reason: str, error: s
     metrics.FAILURES.labels(collection, reason).inc()
     if len(pairs) > 1:
         middle = len(pairs) // 2
-        publish_apply(app, queue, collection, batch, part + "0", pairs[:middle])
-        publish_apply(app, queue, collection, batch, part + "1", pairs[middle:])
+        first, second = part.halves
+        publish_apply(app, queue, collection, batch, first, pairs[:middle])
+        publish_apply(app, queue, collection, batch, second, pairs[middle:])
         return
     pid, op = pairs[0]
     # A version of its own: any apply that reads production after this verdict outranks it.

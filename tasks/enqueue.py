@@ -16,6 +16,7 @@ from typing import Any
 from celery import Celery
 from pymongo.database import Database
 from stagesync.protocol.names import APPLY_BATCH, REPLAY_DEAD_LETTERS, RESYNC
+from stagesync.protocol.parts import BatchPart
 from stagesync.settings.model import Settings
 from stagesync.state.replay_jobs import new_replay_job
 from stagesync.state.resync_progress import ensure_resync_indexes, new_resync
@@ -36,18 +37,19 @@ def broker_app(settings: Settings) -> Celery:
 
 
 def publish_apply(
-    app: Celery, queue: str, collection: str, batch: str | None, part: str,
+    app: Celery, queue: str, collection: str, batch: str | None, part: BatchPart,
     changes: Sequence[QueuedChange],
 ) -> None:
-    """`batch` identifies the watcher's batch for its done reports; None for replays."""
+    """`batch` identifies the watcher's batch for its done reports, None for work the watcher
+    does not track (replays, references); `part` is the part of it the message carries."""
     app.send_task(
         APPLY_BATCH,
-        args=[collection, batch, part, [list(change) for change in changes]],
+        args=[collection, batch, part.wire, [list(change) for change in changes]],
         queue=queue,
         # What Flower and the worker's logs show for the arguments. Celery's default, a
         # `saferepr` of up to 1 KiB of the change list, was 40 % of a publish's CPU and says
         # less than a count.
-        argsrepr=f"[{collection!r}, {batch!r}, {part!r}, <{len(changes)} changes>]",
+        argsrepr=f"[{collection!r}, {batch!r}, {part.wire!r}, <{len(changes)} changes>]",
     )
 
 

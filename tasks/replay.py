@@ -14,6 +14,7 @@ from collections import Counter
 from celery import Task
 from stagesync.deployments.failures import is_transient
 from stagesync.protocol.names import REPLAY_DEAD_LETTERS
+from stagesync.protocol.parts import WHOLE
 from stagesync.state.dead_letters import OP, PID, DeadLetterEntry
 from stagesync.state.replay_jobs import finish_replay_job
 from stagesync.state.versions import take_version
@@ -60,7 +61,7 @@ def replay_dead_letters(
                 counts["dead_lettered"] += len(refused.errors)
                 continue
             counts.update(result.outcomes)
-            runtime.report_done(collection, None, "", result, source="replay")
+            runtime.report_done(collection, None, WHOLE, result, source="replay")
     except Exception as error:
         if is_transient(error):
             raise self.retry(exc=error, countdown=5, max_retries=None) from None

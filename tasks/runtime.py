@@ -26,6 +26,7 @@ from stagesync.protocol.names import (
     split_scope,
     stats_key,
 )
+from stagesync.protocol.parts import WHOLE, BatchPart
 from stagesync.protocol.routing import queue_for
 from stagesync.rules.document import Document
 from stagesync.rules.pii import Masker
@@ -198,7 +199,7 @@ class Runtime:
         for pid in pids:
             by_queue.setdefault(queue_for(settings, pid), []).append((pid, "reference"))
         for queue, changes in by_queue.items():
-            publish_apply(app, queue, collection, None, "", changes)
+            publish_apply(app, queue, collection, None, WHOLE, changes)
 
     def count_delivery(self, task_id: str, attempt: int) -> int:
         """How many times this message (this retry of this task) has been started."""
@@ -210,7 +211,7 @@ class Runtime:
         return int(count)
 
     def report_done(
-        self, collection: str, batch: str | None, part: str, result: ApplyResult | None,
+        self, collection: str, batch: str | None, part: BatchPart, result: ApplyResult | None,
         outcomes: Mapping[str, int] | None = None, source: str = "stream",
     ) -> None:
         """Tell the watcher a part of a batch is done, and count what happened (one trip).

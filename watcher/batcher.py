@@ -45,6 +45,35 @@ class Drained(NamedTuple):
     token: Token | None  # how far the checkpoint may move once these are applied
     oldest: datetime | None  # when the oldest published change happened
 
+    def batches(self, max_size: int) -> list[tuple[str, list[tuple[str, str]]]]:
+        """What to publish: (queue, changes), at most `max_size` changes each."""
+        return [(queue, changes[start:start + max_size])
+                for queue, changes in self.per_queue.items()
+                for start in range(0, len(changes), max_size)]
+
+
+def least_batch(room: bool, queue_waiting: bool, max_size: int) -> int:
+    """The fewest changes a batch may carry if it is published now (issue 30).
+
+    A message costs a whole apply whatever it carries (a version, the production read, the
+    staging reads, a bulk write, a done report), and a message behind others in a queue is
+    not applied any sooner for being small. So once the workers are busy (`room` False: the
+    collection has `max_inflight_batches` batches in flight) and messages already wait in its
+    queues, only full batches (`max_size`) are published; the rest stays in the buffer, where
+    later changes join it and changes to one document coalesce. Without that rule, a burst
+    that filled the window kept it full of tiny groups: under backpressure nothing is read, so
+    each flush carried only the few changes a completion released from hold-back, published
+    at once into a queue thousands deep, and each of those completions released the next few
+    (TCP's silly window syndrome; a sender that waits for a full segment or an empty pipe, as
+    Nagle's algorithm does, avoids it). Batches therefore grow with the backlog and never
+    shrink under it: whatever has gathered goes as soon as the workers have room or the
+    queues are empty (the very last changes of a burst, or a batch in flight whose message
+    was lost: nothing waits behind it then).
+    """
+    if room or not queue_waiting:
+        return 1
+    return max_size
+
 
 class MicroBatcher:
     def __init__(self, queue_for: Callable[[str], str], max_size: int, max_wait: float,
@@ -57,6 +86,10 @@ class MicroBatcher:
         self._buffered: dict[str, _Buffered] = {}
         self._seq = 0
         self._first_at: float | None = None
+        # Per queue, the changes a drain left in the buffer (held, or too few to publish): the
+        # size trigger counts only what came since, so a buffer of held changes does not make
+        # every later change a flush of its own.
+        self._kept: dict[str, int] = {}
         self.changes_seen = 0
 
     def add(self, change: Change, now: float, before: Token | None = None,
@@ -84,7 +117,8 @@ class MicroBatcher:
     def due(self, now: float, stream_idle: bool, busy: bool = False) -> bool:
         if not self._buffers:
             return False
-        if any(len(b) >= self.max_size for b in self._buffers.values()):
+        if any(len(b) - self._kept.get(q, 0) >= self.max_size
+               for q, b in self._buffers.items()):
             return True
         waited = now - self._first_at if self._first_at is not None else 0.0
         if busy:
@@ -92,18 +126,28 @@ class MicroBatcher:
         return stream_idle or waited >= self.max_wait
 
     def drain(self, position: Token | None = None, held: Callable[[str], bool] | None = None,
-              now: float = 0.0) -> Drained:
-        """The buffered changes per queue, less those `held` keeps back (their wait clock
-        restarts at `now`). `position` is the resume token after everything read so far."""
+              now: float = 0.0, least: int = 1) -> Drained:
+        """The buffered changes per queue, less those `held` keeps back and less a queue's
+        last batch if it would carry fewer than `least` changes (`least_batch`): those stay
+        buffered, and their wait clock restarts at `now`. `position` is the resume token
+        after everything read so far."""
         per_queue: dict[str, list[tuple[str, str]]] = {}
         kept: dict[str, dict[str, str]] = {}
         oldest: datetime | None = None
         for queue, buffer in self._buffers.items():
+            ready = []
             for pid, op in buffer.items():
                 if held is not None and held(pid):
                     kept.setdefault(queue, {})[pid] = op
-                    continue
-                per_queue.setdefault(queue, []).append((pid, op))
+                else:
+                    ready.append((pid, op))
+            short = len(ready) % self.max_size
+            if least > 1 and 0 < short < least:  # the newest changes wait for more
+                kept.setdefault(queue, {}).update(ready[-short:])
+                ready = ready[:-short]
+            if ready:
+                per_queue[queue] = ready
+            for pid, _ in ready:
                 happened = self._buffered.pop(pid).happened_at
                 if happened is not None and (oldest is None or happened < oldest):
                     oldest = happened
@@ -114,6 +158,7 @@ class MicroBatcher:
             token = first.before
         seen = self.changes_seen
         self._buffers = kept
+        self._kept = {queue: len(buffer) for queue, buffer in kept.items()}
         self._first_at = now if kept else None
         self.changes_seen = 0
         return Drained(per_queue, seen, token, oldest)

@@ -11,7 +11,7 @@ mean staging can only be trusted again after a full resync.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -34,14 +34,14 @@ STREAM_PROJECTION: list[dict[str, Any]] = [
 
 @dataclass(frozen=True)
 class Change:
+    """`pid`: the production `_id` (canonical Extended JSON). On a sharded collection
+    `documentKey` also holds the shard key fields; nothing uses them (workers read by `_id`),
+    and they may be personal data (a shard key on `userEmail`), so they are not kept."""
+
     pid: str
     op: str
     # When production made the change, where the event says so (for lag); else None.
     happened_at: datetime | None
-    # On a sharded collection `documentKey` also holds the shard key fields. They may be
-    # personal data (a shard key on `userEmail`), so they stay here, in the watcher's memory:
-    # never published (messages carry `pid` and `op` only), never in a repr or a log line.
-    shard_key: Mapping[str, Any] | None = field(default=None, repr=False, hash=False)
 
 
 @dataclass(frozen=True)
@@ -70,8 +70,7 @@ def classify(event: Mapping[str, Any]) -> Action:
         key = event.get("documentKey")
         if not isinstance(key, Mapping) or "_id" not in key:
             return Malformed(f"{operation} event without documentKey._id")
-        extra = {name: value for name, value in key.items() if name != "_id"}
-        return Change(encode_id(key["_id"]), str(operation), event_time(event), extra or None)
+        return Change(encode_id(key["_id"]), str(operation), event_time(event))
     if operation in HISTORY_ENDING_OPERATIONS:
         return HistoryEnded(f"{operation} event on {_namespace(event)}")
     if operation in INDEX_OPERATIONS:

@@ -5,9 +5,9 @@ and the resume token of the last event read before it. The checkpoint may move t
 token once that group and every group before it are done, so a restart from the checkpoint
 can never skip a change that was not applied.
 
-A batch is done when its done reports cover it. Workers split a failing batch in two (parts
-"0" and "1", then "00", "01", ...), and each part reports by itself; duplicate reports (a
-redelivered message) are harmless because coverage is a set, not a count.
+A batch is done when its done reports cover it. Workers split a failing batch in halves (and
+halves of halves: `protocol.parts.BatchPart`), and each part reports by itself; duplicate
+reports (a redelivered message) are harmless because coverage is a set, not a count.
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from stagesync.protocol.parts import WHOLE, BatchPart
+
 Changes = Sequence[tuple[str, str]]
 
 
@@ -27,14 +29,11 @@ class BatchInFlight:
     queue: str
     changes: Changes
     published_at: float
-    parts_done: set[str] = field(default_factory=set)
+    parts_done: set[BatchPart] = field(default_factory=set)
     complete: bool = False
 
-    def covered(self, part: str = "") -> bool:
-        if part in self.parts_done:
-            return True
-        deeper = any(len(p) > len(part) and p.startswith(part) for p in self.parts_done)
-        return deeper and self.covered(part + "0") and self.covered(part + "1")
+    def covered(self, part: BatchPart = WHOLE) -> bool:
+        return part.covered_by(self.parts_done)
 
 
 @dataclass
@@ -84,7 +83,7 @@ class InflightWindow:
         self.batches_in_flight += len(entries)
         return seq
 
-    def part_done(self, batch_id: str, part: str) -> bool:
+    def part_done(self, batch_id: str, part: BatchPart) -> bool:
         """Record a done report; True when it completed its batch. Unknown ids are ignored
         (reports addressed to an earlier run of the watcher)."""
         found = self._batches.get(batch_id)

@@ -42,7 +42,10 @@ from stagesync.rules.references import Reference, referenced_ids, translate
 from stagesync.rules.sync_meta import PID_FIELD, SYNC, read_meta
 from stagesync.state.pending_references import COLL, PID, TPID, PendingReferences, pending_id
 
-Republish = Callable[[str, list[str]], None]  # (referencing collection, its pids)
+# Enqueue applies again, of documents whose references can now be translated or whose subset
+# membership changed: (referencing collection, its pids). Not a re-publish (a lost message sent
+# again, `watcher.loop`): new work for documents already applied.
+ApplyAgain = Callable[[str, list[str]], None]
 
 
 @dataclass(frozen=True)
@@ -79,7 +82,7 @@ class ReferenceResolver:
         targets: Mapping[str, Target],
         state_db: Database[Document],
         referenced_by: Iterable[str] = (),
-        republish: Republish | None = None,
+        apply_again: ApplyAgain | None = None,
         subset: SubsetLinks = SubsetLinks(),
         environment: str | None = None,
     ) -> None:
@@ -92,7 +95,7 @@ class ReferenceResolver:
         self.targets = dict(targets)  # referenced collection name -> its staging copies
         self.pending = PendingReferences(state_db)
         self.referenced_by = frozenset(referenced_by)
-        self.republish = republish
+        self.apply_again = apply_again
         self.follow = subset.follow
         self.followers = tuple(subset.followers)
 
@@ -172,13 +175,13 @@ class ReferenceResolver:
                 # Applied again in every target (the apply fans out): harmless where the
                 # reference was already translated.
                 again[split_scope(entry[COLL])[0]].add(entry[PID])
-        if self.republish is not None:
+        if self.apply_again is not None:
             for collection, pids in again.items():
-                self.republish(collection, sorted(pids))
+                self.apply_again(collection, sorted(pids))
         self.pending.forget(entry["_id"] for entry in entries)
 
     def _followers_again(self, changed: set[str]) -> None:
-        if not changed or not self.followers or self.republish is None:
+        if not changed or not self.followers or self.apply_again is None:
             return
         parents = [decode_id(pid) for pid in sorted(changed)]
         for follower in self.followers:
@@ -189,7 +192,7 @@ class ReferenceResolver:
                 pids += [encode_id(doc["_id"])
                          for doc in follower.production.find(query, {"_id": 1})]
             if pids:
-                self.republish(follower.name, pids)
+                self.apply_again(follower.name, pids)
 
     def _lookup(self, keys: Iterable[tuple[str, str]]
                 ) -> tuple[dict[tuple[str, str], Any], set[tuple[str, str]]]:

@@ -39,6 +39,7 @@ from pymongo.collection import Collection
 from stagesync.deployments.in_lists import in_lists
 from stagesync.deployments.staging import SIMPLE
 from stagesync.protocol.names import split_scope
+from stagesync.protocol.parts import WHOLE
 from stagesync.rules.document import Document
 from stagesync.rules.id_ranges import IdRange, with_filter
 from stagesync.rules.identity import decode_id, encode_id
@@ -196,7 +197,7 @@ def _copy_batch(run: ChunkRun, version: int, batch: dict[str, Document | None], 
         result = dead_letter_refused(run.runtime, run.collection, refused, "resync")
     if not run.record_batch(last, len(batch), result.outcomes, copied=len(batch)):
         return False
-    run.runtime.report_done(run.collection, None, "", result, source="resync")
+    run.runtime.report_done(run.collection, None, WHOLE, result, source="resync")
     return True
 
 
@@ -253,7 +254,7 @@ def _sweep_page(run: ChunkRun, pids: list[str]) -> Counter[str]:
         result = apply_changes(context, dict.fromkeys(gone, "sweep"))
     except WriteErrors as refused:
         result = dead_letter_refused(run.runtime, run.collection, refused, "sweep")
-    run.runtime.report_done(run.collection, None, "", result, source="resync")
+    run.runtime.report_done(run.collection, None, WHOLE, result, source="resync")
     return result.outcomes
 
 

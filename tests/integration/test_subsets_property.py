@@ -59,13 +59,13 @@ def new_world(clients: tuple[ProductionReader, Any, Any]) -> World:
     state = staging[f"sst_{tag}"]
     again: dict[str, set[str]] = {"accounts": set(), "orders": set()}
 
-    def republish(collection: str, pids: list[str]) -> None:
+    def apply_again(collection: str, pids: list[str]) -> None:
         again["orders" if collection == orders.name else "accounts"].update(pids)
 
     follow = Reference("accountId", accounts.name)
     accounts_context = ApplyContext.build(
         accounts, Masker({}, b""), reader.collection(accounts), staging, state,
-        ReferenceResolver(accounts.name, (), {}, state, [orders.name], republish,
+        ReferenceResolver(accounts.name, (), {}, state, [orders.name], apply_again,
                           subset=SubsetLinks(followers=[
                               Follower(orders.name, follow, reader.collection(orders))])),
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from hypothesis import given
 from hypothesis import strategies as st
+from stagesync.protocol.parts import BatchPart
 from stagesync.watcher.inflight import InflightWindow
 
 # Each step: open a group of n batches, or report a part ("", "0", "1") of some batch id.
@@ -24,6 +25,6 @@ def test_batches_in_flight_is_the_number_of_incomplete_batches(steps: list[tuple
             window.open_group({"_data": str(opened)}, batches, 0.0, None)
             opened += step[1]
         else:
-            window.part_done(f"b{step[1]}", step[2])
+            window.part_done(f"b{step[1]}", BatchPart(step[2]))
         window.advance()
         assert window.batches_in_flight == len(window.incomplete())

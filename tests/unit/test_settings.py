@@ -259,6 +259,7 @@ def test_defaults(tmp_path: Path) -> None:
     assert orders.accepted_schema_versions is None
     assert (orders.indexes, orders.mirror_ttl) == ("mirror", False)
     assert (loaded.watcher.index_follow, loaded.watcher.index_poll_seconds) == ("auto", 45)
+    assert loaded.watcher.max_inflight_groups == 64
     # The worker defaults respect their own rule: backoff and time limit below visibility.
     assert loaded.worker.retry_backoff_max_seconds < loaded.worker.visibility_timeout_seconds
     assert loaded.worker.task_time_limit_seconds < loaded.worker.visibility_timeout_seconds
@@ -604,6 +605,10 @@ ERROR_CASES: list[tuple[str, Mutation, tuple[str, ...]]] = [
      ("watcher.batch_max_size",)),
     ("max_unapplied below 10", _set("watcher", value={"max_unapplied": 5}),
      ("watcher.max_unapplied",)),
+    ("no group in flight", _set("watcher", value={"max_inflight_groups": 0}),
+     ("watcher.max_inflight_groups",)),
+    ("groups in flight not a number", _set("watcher", value={"max_inflight_groups": "many"}),
+     ("watcher.max_inflight_groups",)),
     ("collection that is not a mapping", _set("collections", 0, value="orders"),
      ("collections[0]",)),
     ("unknown indexes mode", _set("collections", 0, "indexes", value="copy"),

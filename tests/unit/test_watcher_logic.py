@@ -3,15 +3,24 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
+from functools import partial
 from typing import Any
 
 import pytest
 from bson import Int64, ObjectId, Timestamp
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from stagesync.protocol.parts import BatchPart
+from stagesync.protocol.routing import partition_of, queue_for
 from stagesync.rules.identity import decode_id, encode_id
+from stagesync.settings.collection import CollectionSettings
 from stagesync.watcher.batcher import MicroBatcher
 from stagesync.watcher.events import (
     Change,
@@ -146,6 +155,52 @@ def test_same_document_always_lands_in_one_queue() -> None:
     assert seen == 3
 
 
+# --- routing: protocol.routing.partition_of and queue_for, the watcher's only router ---------
+ROUTED_IDS = [encode_id(ObjectId()) for _ in range(4000)] + [encode_id(n) for n in range(1000)]
+
+
+def test_partition_of_is_the_same_in_every_process() -> None:
+    """Not Python's `hash` (salted per process): another interpreter, another hash seed, gives
+    every id the partition this one gives."""
+    sample = ROUTED_IDS[::50]
+    script = ("import json, sys\n"
+              "from stagesync.protocol.routing import partition_of\n"
+              "ids = json.load(sys.stdin)\n"
+              "print(json.dumps([partition_of(pid, 7) for pid in ids]))\n")
+    for seed in ("1", "2"):
+        out = subprocess.run([sys.executable, "-c", script], input=json.dumps(sample),
+                             capture_output=True, text=True, check=True,
+                             env={**os.environ, "PYTHONHASHSEED": seed})
+        assert json.loads(out.stdout) == [partition_of(pid, 7) for pid in sample]
+
+
+@pytest.mark.parametrize("partitions", [2, 4, 7])
+def test_partition_of_spreads_ids_over_every_partition(partitions: int) -> None:
+    counts = Counter(partition_of(pid, partitions) for pid in ROUTED_IDS)
+    assert set(counts) == set(range(partitions))
+    expected = len(ROUTED_IDS) / partitions
+    assert all(0.85 * expected < count < 1.15 * expected for count in counts.values()), counts
+
+
+def test_one_partition_is_partition_zero() -> None:
+    assert {partition_of(pid, 1) for pid in ROUTED_IDS[:200]} == {0}
+
+
+def test_queue_for_routes_by_partition_of_and_the_batcher_uses_it() -> None:
+    orders = CollectionSettings(name="orders", source="p.orders", target="s.orders",
+                                business_key=["email"], partitions=3)
+    for pid in ROUTED_IDS[:300]:
+        assert queue_for(orders, pid) == f"stagesync.orders.{partition_of(pid, 3)}"
+    single = CollectionSettings(name="users", source="p.users", target="s.users",
+                                business_key=["email"])
+    assert {queue_for(single, pid) for pid in ROUTED_IDS[:50]} == {"stagesync.users"}
+    batcher = MicroBatcher(partial(queue_for, orders), max_size=10_000, max_wait=1.0)
+    for pid in ROUTED_IDS[:300]:
+        batcher.add(change(pid), 0.0)
+    for queue, entries in batcher.drain().per_queue.items():
+        assert all(queue_for(orders, pid) == queue for pid, _ in entries)
+
+
 def test_drain_empties_everything() -> None:
     batcher = MicroBatcher(one_queue, max_size=10, max_wait=1.0)
     assert batcher.drain()[:2] == ({}, 0)
@@ -190,16 +245,16 @@ def test_checkpoint_moves_only_past_complete_groups_in_order() -> None:
     window.open_group(token(3), {"b3": ("q", changes(1))}, 0.0, None)
     assert window.advance() is None
 
-    assert window.part_done("b2", "")  # out of order: group 2 completes first
+    assert window.part_done("b2", BatchPart(""))  # out of order: group 2 completes first
     assert window.advance() is None  # group 1 is still open
     assert window.groups == 3
 
-    assert window.part_done("b1", "")
+    assert window.part_done("b1", BatchPart(""))
     assert window.advance() == token(2)  # past groups 1 and 2 at once
     assert window.groups == 1
     assert window.advance() is None  # nothing new
 
-    assert window.part_done("b3", "")
+    assert window.part_done("b3", BatchPart(""))
     assert window.advance() == token(3)
     assert window.empty
 
@@ -207,9 +262,9 @@ def test_checkpoint_moves_only_past_complete_groups_in_order() -> None:
 def test_group_with_several_batches_needs_all_of_them() -> None:
     window = InflightWindow()
     window.open_group(token(1), {"a": ("q.0", changes(2)), "b": ("q.1", changes(3))}, 0.0, None)
-    window.part_done("a", "")
+    window.part_done("a", BatchPart(""))
     assert window.advance() is None
-    window.part_done("b", "")
+    window.part_done("b", BatchPart(""))
     assert window.advance() == token(1)
 
 
@@ -236,7 +291,7 @@ def test_split_parts_coverage(parts: list[str], complete: bool) -> None:
     window = InflightWindow()
     window.open_group(token(1), {"b": ("q", changes(4))}, 0.0, None)
     for part in parts:
-        window.part_done("b", part)
+        window.part_done("b", BatchPart(part))
     assert (window.advance() == token(1)) is complete
     assert (window.unapplied == 0) is complete
 
@@ -244,11 +299,11 @@ def test_split_parts_coverage(parts: list[str], complete: bool) -> None:
 def test_part_done_reports_completion_once() -> None:
     window = InflightWindow()
     window.open_group(token(1), {"b": ("q", changes(2))}, 0.0, None)
-    assert window.part_done("b", "0") is False
-    assert window.part_done("b", "0") is False  # duplicate, harmless
-    assert window.part_done("b", "1") is True
-    assert window.part_done("b", "1") is False
-    assert window.part_done("b", "") is False
+    assert window.part_done("b", BatchPart("0")) is False
+    assert window.part_done("b", BatchPart("0")) is False  # duplicate, harmless
+    assert window.part_done("b", BatchPart("1")) is True
+    assert window.part_done("b", BatchPart("1")) is False
+    assert window.part_done("b", BatchPart("")) is False
     assert window.unapplied == 0
 
 
@@ -258,10 +313,10 @@ def test_duplicate_reports_do_not_double_count() -> None:
     window.open_group(token(2), {"b2": ("q", changes(4))}, 0.0, None)
     assert window.unapplied == 7
     for _ in range(3):
-        window.part_done("b1", "")
+        window.part_done("b1", BatchPart(""))
     assert window.unapplied == 4
     assert window.advance() == token(1)
-    window.part_done("b1", "")  # its group is gone: a late duplicate
+    window.part_done("b1", BatchPart(""))  # its group is gone: a late duplicate
     assert window.unapplied == 4
     assert window.advance() is None
 
@@ -269,8 +324,8 @@ def test_duplicate_reports_do_not_double_count() -> None:
 def test_unknown_batch_ids_are_ignored() -> None:
     window = InflightWindow()
     window.open_group(token(1), {"b1": ("q", changes(1))}, 0.0, None)
-    assert window.part_done("from-an-earlier-run", "") is False
-    assert window.part_done("b1-", "") is False
+    assert window.part_done("from-an-earlier-run", BatchPart("")) is False
+    assert window.part_done("b1-", BatchPart("")) is False
     assert window.advance() is None
     assert window.unapplied == 1
     assert window.groups == 1
@@ -282,13 +337,13 @@ def test_unapplied_accounting() -> None:
     window.open_group(token(1), {"a": ("q.0", changes(5)), "b": ("q.1", changes(2))}, 0.0, None)
     window.open_group(token(2), {"c": ("q.0", changes(1))}, 0.0, None)
     assert window.unapplied == 8
-    window.part_done("a", "0")  # a part alone does not count
+    window.part_done("a", BatchPart("0"))  # a part alone does not count
     assert window.unapplied == 8
-    window.part_done("a", "1")
+    window.part_done("a", BatchPart("1"))
     assert window.unapplied == 3
-    window.part_done("c", "")
+    window.part_done("c", BatchPart(""))
     assert window.unapplied == 2
-    window.part_done("b", "")
+    window.part_done("b", BatchPart(""))
     assert window.unapplied == 0
     assert window.advance() == token(2)
     assert window.unapplied == 0
@@ -308,7 +363,7 @@ def test_empty_group_behind_an_incomplete_one_waits() -> None:
     window.open_group(token(1), {"b1": ("q", changes(1))}, 0.0, None)
     window.open_group(token(2), {}, 0.0, None)
     assert window.advance() is None
-    window.part_done("b1", "")
+    window.part_done("b1", BatchPart(""))
     assert window.advance() == token(2)
 
 
@@ -317,7 +372,7 @@ def test_batch_with_no_changes() -> None:
     window.open_group(token(1), {"b": ("q", [])}, 0.0, None)
     assert window.unapplied == 0
     assert window.advance() is None  # still needs its done report
-    assert window.part_done("b", "")
+    assert window.part_done("b", BatchPart(""))
     assert window.advance() == token(1)
 
 
@@ -325,7 +380,7 @@ def test_expired_returns_stale_incomplete_batches_and_restarts_their_clock() -> 
     window = InflightWindow()
     window.open_group(token(1), {"old": ("q", changes(1)), "done": ("q", changes(1))}, 0.0, None)
     window.open_group(token(2), {"new": ("q", changes(1))}, 50.0, None)
-    window.part_done("done", "")
+    window.part_done("done", BatchPart(""))
 
     assert window.expired(now=60.0, timeout=60.0) == []  # exactly the timeout: not yet
     stale = window.expired(now=61.0, timeout=60.0)
@@ -339,7 +394,7 @@ def test_expired_returns_stale_incomplete_batches_and_restarts_their_clock() -> 
 def test_incomplete_lists_pending_batches() -> None:
     window = InflightWindow()
     window.open_group(token(1), {"a": ("q", changes(1)), "b": ("q", changes(1))}, 0.0, None)
-    window.part_done("a", "")
+    window.part_done("a", BatchPart(""))
     assert [batch.batch_id for batch in window.incomplete()] == ["b"]
 
 
@@ -351,9 +406,9 @@ def test_oldest_pending_change() -> None:
     window.open_group(token(1), {"a": ("q", changes(1))}, 0.0, t1)
     window.open_group(token(2), {"b": ("q", changes(1))}, 0.0, t2)
     assert window.oldest_pending_change() == t1
-    window.part_done("a", "")
+    window.part_done("a", BatchPart(""))
     assert window.oldest_pending_change() == t2  # even before advance()
-    window.part_done("b", "")
+    window.part_done("b", BatchPart(""))
     assert window.oldest_pending_change() is None
 
 
@@ -423,7 +478,7 @@ def test_checkpoint_never_passes_an_incomplete_batch(
     checkpoint = -1
     for report in order:
         reported.add(report)
-        window.part_done(*report)
+        window.part_done(report[0], BatchPart(report[1]))
         moved = window.advance()
         if moved is not None:
             reached = int(moved["_data"][2:], 16)
@@ -618,12 +673,12 @@ def test_the_window_knows_which_documents_are_in_flight_until_their_batch_comple
     window.open_group(token(1), {"b1": ("q", [("p1", "update"), ("p2", "update")])}, 0.0, None)
     window.open_group(token(2), {"b2": ("q", [("p2", "update")])}, 0.0, None)
     assert window.holds("p1") and window.holds("p2") and not window.holds("p3")
-    window.part_done("b1", "0")
+    window.part_done("b1", BatchPart("0"))
     assert window.holds("p1")  # half of b1 reported: still in flight
-    window.part_done("b1", "1")
+    window.part_done("b1", BatchPart("1"))
     assert not window.holds("p1") and window.holds("p2")  # b2 holds p2 too
-    window.part_done("b2", "")
-    window.part_done("b2", "")  # a duplicate report changes nothing
+    window.part_done("b2", BatchPart(""))
+    window.part_done("b2", BatchPart(""))  # a duplicate report changes nothing
     assert not window.holds("p2")
 
 
