@@ -38,7 +38,7 @@ from tests.support.pipeline import Pipeline, collection_config, wait_for
 
 # On a quiet 2-core machine the whole test takes about 3 minutes; the suite's 300 s limit
 # per test would fail it on a loaded one, where every apply is several times slower.
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
+pytestmark = [pytest.mark.slow, pytest.mark.soak, pytest.mark.timeout(1800)]
 
 # The promised size. STAGESYNC_SOAK_DOCS / STAGESYNC_SOAK_CHANGES shrink it for a run on a
 # machine too loaded to write 100,000 changes in time (say so when quoting such a run).

@@ -133,7 +133,7 @@ def test_kept_demo_answers_status_verify_resync_and_stops_everything(
         pids |= {c.pid for c in psutil.Process(pid).children(recursive=True)}
     assert all(_running(pid) for pid in pids)
 
-    status = _run(["status"], cwd)
+    status = _run(["status", "--wide"], cwd)
     assert status.returncode == 0, status.stdout + status.stderr
     assert "unlimited" in status.stdout and "none (none)" not in status.stdout
     verify = _run(["verify", "orders"], cwd)
