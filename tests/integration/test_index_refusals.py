@@ -15,28 +15,23 @@ into staging first, then production's writes are applied in the order that hurt 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from pymongo import MongoClient
 from pymongo.errors import OperationFailure
 from stagesync.cli.index_drift import drift_warnings
 from stagesync.deployments.index_mirror import IndexMirror
-from stagesync.deployments.production import ProductionReader
 from stagesync.deployments.staging_indexes import ensure_indexes
 from stagesync.rules import index_translation
 from stagesync.rules.identity import encode_id
 from stagesync.rules.merge import production_view
 from stagesync.rules.pii import Masker
 from stagesync.rules.sync_meta import read_meta
-from stagesync.settings.model import ProductionSettings, Settings
+from stagesync.settings.model import Settings
 from stagesync.state.index_mirror_records import IndexMirrorRecords
 from stagesync.tasks.apply.applier import apply_changes
 from stagesync.tasks.apply.context import ApplyContext
-
-from tests.support.backends import MongoPair
 
 SECRET = b"index-refusals-secret"
 
@@ -49,17 +44,6 @@ class World:
     prod: Any
     staging: Any
     state: Any
-
-
-@pytest.fixture(scope="module")
-def clients(mongo_pair: MongoPair) -> Iterator[tuple[ProductionReader, Any, Any]]:
-    reader = ProductionReader(ProductionSettings(uri=mongo_pair.prod_uri))
-    staging: MongoClient[Any] = MongoClient(mongo_pair.staging_uri)
-    writer: MongoClient[Any] = MongoClient(mongo_pair.prod_uri)
-    yield reader, staging, writer
-    reader.close()
-    staging.close()
-    writer.close()
 
 
 def world(clients: Any, **config: Any) -> World:

@@ -24,29 +24,23 @@ from __future__ import annotations
 import os
 import uuid
 from collections import defaultdict
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
-from pymongo import MongoClient
 from pymongo.errors import DuplicateKeyError
 from stagesync.deployments.index_mirror import IndexMirror
-from stagesync.deployments.production import ProductionReader
 from stagesync.deployments.staging_indexes import ensure_indexes
 from stagesync.rules.identity import encode_id
 from stagesync.rules.merge import production_view
 from stagesync.rules.pii import Masker
 from stagesync.rules.sync_meta import read_meta
-from stagesync.settings.model import ProductionSettings, Settings
+from stagesync.settings.model import Settings
 from stagesync.state.index_mirror_records import IndexMirrorRecords
 from stagesync.state.versions import take_version
 from stagesync.tasks.apply.applier import apply_documents
 from stagesync.tasks.apply.context import ApplyContext
-
-from tests.support.backends import MongoPair
 
 PIDS = ["p0", "p1", "p2", "p3"]
 EMAILS = ["a@x.test", "b@x.test", "c@x.test", "d@x.test"]
@@ -69,17 +63,6 @@ class World:
     state: Any
     trace: list[str] = field(default_factory=list)
     refused: list[str] = field(default_factory=list)  # applies that raised (a task would retry)
-
-
-@pytest.fixture(scope="module")
-def clients(mongo_pair: MongoPair) -> Iterator[tuple[ProductionReader, Any, Any]]:
-    reader = ProductionReader(ProductionSettings(uri=mongo_pair.prod_uri))
-    staging: MongoClient[Any] = MongoClient(mongo_pair.staging_uri)
-    writer: MongoClient[Any] = MongoClient(mongo_pair.prod_uri)
-    yield reader, staging, writer
-    reader.close()
-    staging.close()
-    writer.close()
 
 
 def new_world(clients: Any) -> World:
