@@ -1,4 +1,5 @@
-"""`stagesync env create|list|delete`: environments, short-lived stagings beside the main one.
+"""`stagesync env create|list|freeze|thaw|reset|delete`: environments, short-lived stagings
+beside the main one.
 
 The commands record and change environments in the state database (`state.environments`),
 create their databases with stagesync's indexes, and fill them through the resync machinery
@@ -30,10 +31,14 @@ from stagesync.settings.durations import parse_duration
 from stagesync.settings.environments import check_environment_name
 from stagesync.settings.model import Settings
 from stagesync.state.database import state_database
+from stagesync.state.environment_backlog import EnvironmentBacklog
 from stagesync.state.environments import (
-    CREATE_SETTLE_SECONDS,
     CREATING,
+    FILLING,
+    FROZEN,
     LIVE,
+    RESYNC,
+    SETTLE_SECONDS,
     Environment,
     EnvironmentRefused,
     EnvironmentStore,
@@ -43,8 +48,11 @@ from stagesync.tasks.apply.targets import environment_settings
 from stagesync.tasks.enqueue import broker_app
 from stagesync.tasks.environment_ops import (
     continue_filling,
+    continue_thawing,
     delete_environment,
     fill_progress,
+    reset_environment,
+    thaw_mode,
 )
 
 POLL_SECONDS = 0.5
@@ -68,6 +76,7 @@ class Environments:
         self.state_db = state_database(self.staging, settings.staging)
         self.store = EnvironmentStore(self.state_db)
         self.store.ensure_indexes()
+        self.backlog = EnvironmentBacklog(self.state_db)
         uri = settings.environments.uri
         self.client: MongoClient[Document] = self.staging if uri is None else connect_staging(
             settings.staging.model_copy(update={"uri": uri}), serverSelectionTimeoutMS=10_000)
@@ -118,18 +127,19 @@ class Environments:
             ensure(self.client[copy.target_db][copy.target_collection], target_indexes(copy))
         # Every apply that reads production after the copy began must know the environment:
         # workers re-read the list at least every CACHE_SECONDS (state.environments).
-        settled = environment.created_at + timedelta(seconds=CREATE_SETTLE_SECONDS)
+        settled = environment.created_at + timedelta(seconds=SETTLE_SECONDS)
         time.sleep(max(0.0, (settled - datetime.now(UTC)).total_seconds()))
         continue_filling(self.settings, self.state_db, broker_app(self.settings), name)
         return self.store.require(name)
 
     def wait_live(self, name: str, timeout: float, console: Console) -> str:
-        """Follow the copy until the environment is live; its last state."""
+        """Follow the copy (a create's, a reset's, a resyncing thaw's) until the environment
+        is live and caught up; its last state."""
         deadline = time.monotonic() + timeout if timeout > 0 else float("inf")
         shown = ""
         while True:
             environment = self.store.require(name)
-            if environment.state != CREATING:
+            if environment.state not in FILLING and environment.thaw_mode != RESYNC:
                 return environment.state
             progress = fill_progress(self.state_db, environment)
             failed = {c: p["error"] for c, p in progress.items() if p["state"] == "failed"}
@@ -143,8 +153,72 @@ class Environments:
                 console.print(f"{name}: copying: {line}")
                 shown = line
             if time.monotonic() > deadline:
-                return CREATING
+                return environment.state
             time.sleep(POLL_SECONDS)
+
+    # -- freeze, thaw, reset --------------------------------------------------------------------
+    def freeze(self, name: str) -> Environment:
+        """`live` -> `frozen`; returns once no worker writes into it any more."""
+        environment = self.store.require(name)
+        if environment.state == FROZEN:
+            return environment
+        if environment.state != LIVE or environment.thaw is not None:
+            doing = "thawing" if environment.thaw is not None else environment.state
+            raise Refused(f"environment {name!r} is {doing}: only a live environment that "
+                          "is not thawing can be frozen (wait for it: stagesync env list)")
+        production = ProductionReader(self.settings.prod, serverSelectionTimeoutMS=10_000)
+        try:
+            cluster_time = production.cluster_time()
+        finally:
+            production.close()
+        if not self.store.freeze(name, cluster_time, self.backlog.count(name)):
+            raise Refused(f"environment {name!r} changed meanwhile; run the command again")
+        time.sleep(SETTLE_SECONDS)  # workers see it frozen; writes under way end
+        return self.store.require(name)
+
+    def thaw(self, name: str) -> str:
+        """`frozen` -> `live`, then start catching up (or continue a thaw left halfway);
+        the way it catches up: `drain` or `resync`."""
+        environment = self.store.require(name)
+        if environment.state == FROZEN:
+            mode = thaw_mode(self.settings, self.state_db, environment)
+            if mode == RESYNC:
+                self.backlog.clear(name)  # the copy covers it
+            if not self.store.begin_thaw(name, mode):
+                raise Refused(f"environment {name!r} changed meanwhile; run the command again")
+            time.sleep(SETTLE_SECONDS)  # workers write it again, and remember no more
+        elif environment.state != LIVE:
+            raise Refused(f"environment {name!r} is {environment.state}: only a frozen "
+                          "environment can be thawed")
+        continue_thawing(self.settings, self.state_db, broker_app(self.settings), name)
+        return self.store.require(name).thaw_mode or "none"
+
+    def wait_thawed(self, name: str, timeout: float, console: Console) -> bool:
+        """Follow a draining thaw until it ends; False when `timeout` ran out first."""
+        deadline = time.monotonic() + timeout if timeout > 0 else float("inf")
+        shown = -1
+        while True:
+            environment = self.store.require(name)
+            if environment.thaw is None:
+                return environment.state == LIVE
+            if environment.thaw_mode == RESYNC:
+                return self.wait_live(name, max(0.0, deadline - time.monotonic())
+                                      if timeout > 0 else 0.0, console) == LIVE \
+                    and self.store.require(name).thaw is None
+            waiting = self.backlog.count(name)
+            if waiting != shown:
+                console.print(f"{name}: thawing: {waiting} documents to apply")
+                shown = waiting
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(POLL_SECONDS)
+
+    def reset(self, name: str) -> None:
+        try:
+            reset_environment(self.settings, self.state_db, self.client,
+                              broker_app(self.settings), name)
+        except EnvironmentRefused as error:
+            raise Refused(str(error)) from None
 
     # -- list -----------------------------------------------------------------------------------
     def describe(self) -> list[dict[str, Any]]:
@@ -161,14 +235,33 @@ class Environments:
                         {collection.soft_delete_field: {"$ne": True}}),
                     "lag_seconds": lags.get(collection.name, 0.0),
                 }
+            if environment.frozen_at is not None:
+                # A frozen or thawing environment holds production as of its freeze.
+                behind = round((datetime.now(UTC) - environment.frozen_at).total_seconds(), 3)
+                for entry in collections.values():
+                    entry["lag_seconds"] = max(entry["lag_seconds"], behind)
             entries.append({
                 "name": environment.name, "state": environment.state,
                 "created_at": environment.created_at.isoformat(),
                 "expires_at": environment.expires_at.isoformat()
                 if environment.expires_at else None,
                 "sample": environment.sample, "collections": collections,
+                **self._freeze_entry(environment),
             })
         return entries
+
+    def _freeze_entry(self, environment: Environment) -> dict[str, Any]:
+        """When it froze (wall clock, production's cluster time), whether a thaw is under
+        way and how, and how many documents its backlog holds."""
+        moment = environment.frozen_cluster_time
+        entry: dict[str, Any] = {
+            "frozen_at": environment.frozen_at.isoformat() if environment.frozen_at else None,
+            "frozen_cluster_time": {"t": moment.time, "i": moment.inc} if moment else None,
+            "thawing": environment.thaw_mode,
+            "backlog": self.backlog.count(environment.name)
+            if environment.frozen_at else 0,
+        }
+        return entry
 
     def _lags(self) -> dict[str, float]:
         """The stream's lag per collection (environments are written by the same task, right
@@ -213,7 +306,8 @@ def print_table(console: Console, entries: list[dict[str, Any]]) -> None:
     for entry in entries:
         first = True
         for name, collection in entry["collections"].items():
-            table.add_row(entry["name"] if first else "", entry["state"] if first else "",
+            state = entry["state"] + (" (thawing)" if entry.get("thawing") else "")
+            table.add_row(entry["name"] if first else "", state if first else "",
                           (entry["expires_at"] or "never")[:19] if first else "", name,
                           collection["target"], str(collection["documents"]),
                           f"{collection['lag_seconds']:.1f}")
@@ -257,6 +351,61 @@ def run_list(settings: Settings, as_json: bool, console: Console) -> int:
     else:
         print_table(console, entries)
     return 0
+
+
+def run_freeze(settings: Settings, name: str, console: Console) -> int:
+    environments = Environments(settings)
+    try:
+        environment = environments.freeze(name)
+    finally:
+        environments.close()
+    moment = environment.frozen_cluster_time
+    at = f" (production cluster time {moment.time}.{moment.inc})" if moment else ""
+    console.print(f"environment {name}: frozen at "
+                  f"{environment.frozen_at:%Y-%m-%dT%H:%M:%S}Z{at}; thaw it with: "
+                  f"stagesync env thaw {name} --wait")
+    return 0
+
+
+def run_thaw(settings: Settings, name: str, wait: bool, timeout: float,
+             console: Console) -> int:
+    environments = Environments(settings)
+    try:
+        mode = environments.thaw(name)
+        how = {"drain": "applying the documents it missed", RESYNC: "copying it again "
+               "(its backlog overflowed, or production's history was lost)"}.get(mode)
+        console.print(f"environment {name}: live, " + (f"thawing: {how}" if how else
+                                                      "nothing to catch up"))
+        if not wait or how is None:
+            return 0
+        if not environments.wait_thawed(name, timeout, console):
+            console.print(f"[red]environment {name} has not caught up after {timeout:.0f}s; "
+                          "the thaw goes on[/red]")
+            return 1
+        console.print(f"environment {name}: live, caught up")
+        return 0
+    finally:
+        environments.close()
+
+
+def run_reset(settings: Settings, name: str, wait: bool, timeout: float,
+              console: Console) -> int:
+    environments = Environments(settings)
+    try:
+        environments.reset(name)
+        console.print(f"environment {name}: resetting: its documents are removed and copied "
+                      "again from production")
+        if not wait:
+            return 0
+        state = environments.wait_live(name, timeout, console)
+        if state != LIVE:
+            console.print(f"[red]environment {name} is still {state} after {timeout:.0f}s"
+                          "[/red]")
+            return 1
+        console.print(f"environment {name}: live")
+        return 0
+    finally:
+        environments.close()
 
 
 def run_delete(settings: Settings, name: str, console: Console) -> int:

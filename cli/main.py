@@ -34,7 +34,8 @@ app.add_typer(pii_app, name="pii")
 env_app = Typer(no_args_is_help=True, help="Environments: short-lived stagings beside the "
                 "main one (one per pull request or test run), fed by the same stream.",
                 epilog="Example: stagesync env create pr-1 --sample 10 --wait  |  stagesync "
-                "env list --json  |  stagesync env delete pr-1")
+                "env list --json  |  stagesync env freeze pr-1  |  stagesync env thaw pr-1 "
+                "--wait  |  stagesync env reset pr-1 --wait  |  stagesync env delete pr-1")
 app.add_typer(env_app, name="env")
 console = Console()
 errors = Console(stderr=True)
@@ -401,6 +402,64 @@ def env_list(
     from stagesync.cli.environments import run_list
 
     raise typer.Exit(run_list(settings_from(config), as_json, console))
+
+
+WaitTimeout = Annotated[float, typer.Option(help="With --wait: stop waiting after this many "
+                                             "seconds; the work goes on. 0: until done.")]
+
+
+@env_app.command("freeze", epilog="Example: stagesync env freeze pr-1")
+def env_freeze(name: EnvName, config: ConfigOption = None) -> None:
+    """Freeze an environment: it holds still (no write, no soft delete) while production
+    moves; what it misses is remembered per document for its thaw. Returns once no worker
+    writes into it."""
+    from stagesync.cli.environments import Refused, run_freeze
+
+    settings = settings_from(config)
+    try:
+        raise typer.Exit(run_freeze(settings, name, console))
+    except Refused as error:
+        raise fail(str(error), error.code) from None
+
+
+@env_app.command("thaw", epilog="Example: stagesync env thaw pr-1 --wait")
+def env_thaw(
+    name: EnvName,
+    config: ConfigOption = None,
+    wait: Annotated[bool, typer.Option("--wait", help="Follow the thaw until the environment "
+                                       "has caught up.")] = False,
+    timeout: WaitTimeout = 0.0,
+) -> None:
+    """Thaw a frozen environment: the stream writes it again, and it applies the documents
+    it missed (or is copied again, when it missed too many or production's history was
+    lost). Re-run on a thaw left halfway, it finishes the job."""
+    from stagesync.cli.environments import Refused, run_thaw
+
+    settings = settings_from(config)
+    try:
+        raise typer.Exit(run_thaw(settings, name, wait, timeout, console))
+    except Refused as error:
+        raise fail(str(error), error.code) from None
+
+
+@env_app.command("reset", epilog="Example: stagesync env reset pr-1 --wait")
+def env_reset(
+    name: EnvName,
+    config: ConfigOption = None,
+    wait: Annotated[bool, typer.Option("--wait", help="Follow the copy until the environment "
+                                       "is live.")] = False,
+    timeout: WaitTimeout = 0.0,
+) -> None:
+    """Reset an environment to production's state (masked, sampled): its QA edits,
+    staging-only fields and fixtures are removed and it is copied again. Re-run on a reset
+    left halfway, it finishes the job."""
+    from stagesync.cli.environments import Refused, run_reset
+
+    settings = settings_from(config)
+    try:
+        raise typer.Exit(run_reset(settings, name, wait, timeout, console))
+    except Refused as error:
+        raise fail(str(error), error.code) from None
 
 
 @env_app.command("delete", epilog="Example: stagesync env delete pr-1")

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from bson import Timestamp
 from pymongo import MongoClient, monitoring
 from pymongo.change_stream import CollectionChangeStream
 from pymongo.errors import OperationFailure, PyMongoError
@@ -176,6 +177,14 @@ class ProductionReader:
                 if not info["name"].startswith("system."):
                     found.append(f"{database}.{info['name']}")
         return sorted(found)
+
+    def cluster_time(self) -> Timestamp | None:
+        """Production's cluster time now (a `ping`'s `operationTime`); None where the
+        deployment keeps none (a standalone server)."""
+        reply = self._client.admin.command("ping")
+        moment = reply.get("operationTime") or (reply.get("$clusterTime") or {}).get(
+            "clusterTime")
+        return moment if isinstance(moment, Timestamp) else None
 
     def hello(self) -> dict[str, Any]:
         return dict(self._client.admin.command("hello"))

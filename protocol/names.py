@@ -20,6 +20,7 @@ REPLAY_DEAD_LETTERS = "stagesync.replay_dead_letters"
 PURGE_DELETED = "stagesync.purge_deleted"
 VERIFY = "stagesync.verify"
 EXPIRE_ENVIRONMENTS = "stagesync.expire_environments"
+THAW_ENVIRONMENT = "stagesync.thaw_environment"
 
 # Collections of the staging state database.
 WATCHERS = "watchers"  # one document per collection: lease, checkpoint, watcher figures
@@ -35,6 +36,9 @@ UNCLASSIFIED = "unclassified_paths"  # paths a strict collection left out (no va
 INDEX_MIRROR = "index_mirror"
 GUARD_MARKERS = "guard"  # markers of the same-deployment check (deployments.guard)
 ENVIRONMENTS = "environments"  # one document per environment: state, lifetime, its databases
+# What a frozen environment missed: one document per environment, collection and production
+# `_id` (not per event), drained by its thaw.
+ENVIRONMENT_BACKLOG = "environment_backlog"
 # Dead-letter replay jobs, one document per `stagesync dlq replay` (or schema-version replay).
 # Until this collection existed they were kept in `resyncs` with `kind: "replay"`.
 REPLAY_JOBS = "replay_jobs"
@@ -42,7 +46,7 @@ REPLAY_JOBS = "replay_jobs"
 # tests/unit/test_rooms.py, which recognises a state collection by this list).
 STATE_COLLECTIONS = (WATCHERS, COUNTERS, DEAD_LETTERS, RESYNCS, REPLAY_JOBS, PENDING_REFERENCES,
                      RUNTIME, VERIFICATIONS, UNCLASSIFIED, INDEX_MIRROR, GUARD_MARKERS,
-                     ENVIRONMENTS)
+                     ENVIRONMENTS, ENVIRONMENT_BACKLOG)
 
 # Indexes stagesync creates; only names with this prefix are ever dropped by it.
 OWN_INDEX_PREFIX = "stagesync_"

@@ -44,6 +44,9 @@ class EnvironmentsSettings(StrictModel):
     database: str = "{db}__{env}"
     max: Annotated[int, Field(ge=0, le=1_000)] = 20
     ttl: DurationText = "72h"  # lifetime when `env create` gives no --ttl
+    # The production documents a frozen environment remembers (per `_id`, all collections)
+    # before it stops remembering and its thaw becomes a resync.
+    freeze_backlog: Annotated[int, Field(ge=0)] = 100_000
     # A deployment of their own (default: the staging deployment). Never production: the
     # same-deployment guard applies to it as to staging.
     uri: str | None = None

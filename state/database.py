@@ -14,7 +14,7 @@ from pymongo import MongoClient
 from pymongo.database import Database
 from stagesync.deployments.staging_indexes import ensure
 from stagesync.settings.model import StagingSettings
-from stagesync.state import dead_letters, pending_references
+from stagesync.state import dead_letters, environment_backlog, pending_references
 
 
 def state_database(client: MongoClient[dict[str, Any]], staging: StagingSettings
@@ -29,3 +29,4 @@ def ensure_state_indexes(state_db: Database[dict[str, Any]]) -> None:
     Idempotent, and safe when several processes start at once (`ensure` reads first)."""
     ensure(state_db[dead_letters.COLLECTION], dead_letters.INDEXES)
     ensure(state_db[pending_references.COLLECTION], pending_references.INDEXES)
+    ensure(state_db[environment_backlog.COLLECTION], environment_backlog.INDEXES)

@@ -12,8 +12,25 @@ are being dropped; a record in it is finished by the next delete or expiry pass 
 listed). Every change of state is a conditional update on the current state (compare-and-set),
 so of two commands that race only one wins.
 
-The stream writes into the environments in STREAMED states; workers read them through
-`EnvironmentCache`, which asks the store at most once per `CACHE_SECONDS` per process.
+**Freeze and thaw.** `live` -> `frozen` records when it froze (wall clock and production's
+cluster time); the stream then remembers what the environment misses
+(`state.environment_backlog`) instead of writing it. `frozen` -> `live` starts a *thaw*,
+recorded in the environment (`thaw: {mode, startedAt, done}`) until it ends: `drain` applies
+the remembered documents, `resync` copies the collections again (the backlog overflowed, or
+production's history was lost while frozen: a resync of the main staging began). While a thaw
+runs the environment is `live` (the stream writes it again) but not yet caught up.
+
+**Reset.** `live`/`frozen` -> `resetting`: the environment's documents are removed and its
+collections copied again, as a create fills them; then `live`.
+
+Every command that changes what the stream does to an environment waits SETTLE_SECONDS before
+it acts on that change (create's copy, freeze's return, thaw's drain, reset's wipe): workers
+see the store at most CACHE_SECONDS late, and an environment's write follows its check by the
+time of one plan and one bulk write.
+
+The stream writes into the environments in STREAMED states and remembers for FROZEN ones;
+workers read them through `EnvironmentCache`, which asks the store at most once per
+`CACHE_SECONDS` per process.
 """
 
 from __future__ import annotations
@@ -25,7 +42,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from pymongo import ASCENDING, IndexModel
+from bson import Timestamp
+from pymongo import ASCENDING, IndexModel, ReturnDocument
 from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError
 from stagesync.protocol.names import ENVIRONMENTS
@@ -34,11 +52,15 @@ CREATING, LIVE, FROZEN, RESETTING, DELETING = "creating", "live", "frozen", "res
     "deleting"
 LISTED = (CREATING, LIVE, FROZEN, RESETTING)  # what `env list` shows
 STREAMED = (CREATING, LIVE, RESETTING)  # the stream writes into these
-# Workers learn which environments exist from the store, at most this old. `env create`
-# waits CREATE_SETTLE_SECONDS after recording an environment before its copy reads
-# production, so that every apply that reads production after the copy began knows it.
+FOLLOWED = (*STREAMED, FROZEN)  # what the workers need to know of: written or remembered
+FILLING = (CREATING, RESETTING)  # copied by resyncs, `live` once they are done
+DRAIN, RESYNC = "drain", "resync"  # the ways a thaw catches up
+# Workers learn which environments exist, and in which state, from the store, at most this
+# old; a command waits SETTLE_SECONDS after changing one before it relies on the workers
+# knowing (e.g. `env create` before its copy reads production, so that every apply that reads
+# production after the copy began knows the environment).
 CACHE_SECONDS = 1.0
-CREATE_SETTLE_SECONDS = 3 * CACHE_SECONDS
+SETTLE_SECONDS = 3 * CACHE_SECONDS
 EXPIRY_INDEX = "stagesync_environments_expiry"
 
 
@@ -67,6 +89,15 @@ class Environment:
     sample: float | None
     databases: dict[str, str]  # main staging's target database -> the environment's
     resyncs: dict[str, str]  # collection -> the resync that fills it
+    frozen_at: datetime | None = None
+    frozen_cluster_time: Timestamp | None = None  # production's, when it froze
+    thaw: dict[str, Any] | None = None  # a thaw under way: mode, startedAt, done
+    overflowed: bool = False  # frozen past `environments.freeze_backlog`: thaw resyncs
+    wiped: bool = True  # False while a reset has yet to remove the documents
+
+    @property
+    def thaw_mode(self) -> str | None:
+        return str(self.thaw["mode"]) if self.thaw else None
 
     @classmethod
     def from_record(cls, record: Mapping[str, Any]) -> Environment:
@@ -77,6 +108,11 @@ class Environment:
             sample=record.get("sample"),
             databases={str(k): str(v) for k, v in (record.get("databases") or {}).items()},
             resyncs={str(k): str(v) for k, v in (record.get("resyncs") or {}).items()},
+            frozen_at=_aware(record["frozenAt"]) if record.get("frozenAt") else None,
+            frozen_cluster_time=record.get("frozenClusterTime"),
+            thaw=dict(record["thaw"]) if record.get("thaw") else None,
+            overflowed=bool(record.get("overflowed")),
+            wiped=bool(record.get("wiped", True)),
         )
 
 
@@ -128,22 +164,83 @@ class EnvironmentStore:
                 self.records.find({"state": {"$in": list(states)}}, sort=[("_id", ASCENDING)])]
 
     def transition(self, name: str, before: Iterable[str], after: str,
-                   also: Mapping[str, Any] | None = None) -> bool:
+                   also: Mapping[str, Any] | None = None, unless_thawing: bool = False
+                   ) -> bool:
         """Compare-and-set: move `name` from one of `before` to `after`; False when it was in
         no such state (another command won, or it is gone)."""
+        query: dict[str, Any] = {"_id": name, "state": {"$in": list(before)}}
+        if unless_thawing:
+            query["thaw"] = None
         result = self.records.update_one(
-            {"_id": name, "state": {"$in": list(before)}},
+            query,
             {"$set": {"state": after, **(also or {})}, "$currentDate": {"changedAt": True}},
         )
         return result.matched_count == 1
 
     def set_resyncs(self, name: str, resyncs: Mapping[str, str]) -> None:
-        """The resyncs filling a `creating` environment, by collection."""
+        """The resyncs filling an environment (created, reset, or thawed by resync), by
+        collection."""
         self.records.update_one(
-            {"_id": name, "state": CREATING},
+            {"_id": name, "$or": [{"state": {"$in": list(FILLING)}}, {"thaw.mode": RESYNC}]},
             {"$set": {f"resyncs.{collection}": resync for collection, resync
                       in resyncs.items()}},
         )
+
+    def freeze(self, name: str, cluster_time: Timestamp | None, remembered: int) -> bool:
+        """`live` -> `frozen`, unless a thaw is still under way (its drain or resync would
+        write into the frozen environment). `remembered`: what the backlog already holds
+        (a drain interrupted by an earlier freeze), counted against its bound."""
+        return self.transition(name, [LIVE], FROZEN, {
+            "frozenAt": datetime.now(UTC), "frozenClusterTime": cluster_time,
+            "backlogged": remembered, "overflowed": False,
+        }, unless_thawing=True)
+
+    def begin_thaw(self, name: str, mode: str) -> bool:
+        """`frozen` -> `live` with a thaw of `mode` recorded (a resync thaw's resyncs start
+        afresh)."""
+        also: dict[str, Any] = {"thaw": {"mode": mode, "startedAt": datetime.now(UTC),
+                                         "done": []}}
+        if mode == RESYNC:
+            also["resyncs"] = {}
+        return self.transition(name, [FROZEN], LIVE, also)
+
+    def thawed(self, name: str, collection: str, collections: Iterable[str]) -> bool:
+        """Record that `collection` caught up; True when the thaw is over (every one has)."""
+        record = self.records.find_one_and_update(
+            {"_id": name, "state": LIVE, "thaw": {"$ne": None}},
+            {"$addToSet": {"thaw.done": collection}}, return_document=ReturnDocument.AFTER)
+        if record is None or not set(collections) <= set(record["thaw"].get("done") or []):
+            return False
+        return self.finish_thaw(name)
+
+    def finish_thaw(self, name: str) -> bool:
+        result = self.records.update_one({"_id": name, "state": LIVE, "thaw": {"$ne": None}},
+                                         {"$set": {"thaw": None, "frozenAt": None,
+                                                   "frozenClusterTime": None}})
+        return result.modified_count == 1
+
+    def begin_reset(self, name: str) -> bool:
+        """`live`, `frozen` or `resetting` (a reset run again) -> `resetting`, its copy to be
+        made afresh."""
+        return self.transition(name, [LIVE, FROZEN, RESETTING], RESETTING, {
+            "resyncs": {}, "wiped": False, "thaw": None, "frozenAt": None,
+            "frozenClusterTime": None, "backlogged": 0, "overflowed": False,
+        })
+
+    def wiped(self, name: str) -> None:
+        self.records.update_one({"_id": name, "state": RESETTING}, {"$set": {"wiped": True}})
+
+    def count_backlog(self, name: str, added: int, limit: int) -> None:
+        """Count documents newly remembered while frozen; past `limit` the environment
+        overflows: the stream stops remembering for it and its thaw resyncs."""
+        if added <= 0:
+            return
+        record = self.records.find_one_and_update(
+            {"_id": name, "state": FROZEN}, {"$inc": {"backlogged": added}},
+            return_document=ReturnDocument.AFTER)
+        if record is not None and int(record["backlogged"]) > limit:
+            self.records.update_one({"_id": name, "state": FROZEN},
+                                    {"$set": {"overflowed": True}})
 
     def remove(self, name: str) -> bool:
         """The record goes last, once its databases are dropped; only from `deleting`."""

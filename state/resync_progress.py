@@ -111,6 +111,14 @@ def new_resync(state_db: Database[Document], collection: str, reason: str) -> st
     return resync_id
 
 
+def started_since(state_db: Database[Document], collection: str, moment: datetime) -> bool:
+    """Whether a resync of `collection` began after `moment` (its history was lost since, or
+    someone asked for one)."""
+    return resyncs(state_db).find_one(
+        {KIND: "resync", COLLECTION_FIELD: collection, STARTED_AT: {"$gt": moment}},
+        {"_id": 1}) is not None
+
+
 def resync_ids_of(collection: str) -> str:
     """A regular expression matching exactly the `_id`s `new_resync` gives the collection's
     resync records (not their chunk records), anchored, so that a query by it walks only the

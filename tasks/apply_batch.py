@@ -63,7 +63,8 @@ def apply_batch(
         # (tasks.apply.targets); the environments are applied once the batch is reported.
         main, *environments = runtime.targets(collection)
         assert isinstance(main, ApplyContext)  # the main staging's is never a BrokenTarget
-        fanout = TargetBatch(main, environments, ops)
+        fanout = TargetBatch(main, environments, ops,
+                             refresh=lambda: runtime.environment_targets(collection))
         result = fanout.apply_main()
     except Exception as error:
         if fanout is not None and isinstance(error, WriteErrors):

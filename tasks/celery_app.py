@@ -17,6 +17,7 @@ TASK_MODULES = [
     "stagesync.tasks.resync",
     "stagesync.tasks.replay",
     "stagesync.tasks.maintenance",
+    "stagesync.tasks.environment_thaw",
 ]
 
 app = Celery("stagesync", include=TASK_MODULES)

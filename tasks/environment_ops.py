@@ -15,6 +15,18 @@ an environment stuck in `creating`) re-publishes the unfinished ones (idempotent
 failed ones, and starts what is missing. When every collection's copy is done the environment
 goes `creating` -> `live` (compare-and-set).
 
+**Thaw.** A thaw that drains publishes one `stagesync.thaw_environment` task per collection,
+which applies the remembered documents a chunk at a time (`tasks.environment_thaw`); a thaw
+that resyncs fills the collections again as a create does, into the live environment (its
+sweep soft-deletes what production lost meanwhile). Either is continued by running it again.
+
+**Reset.** The environment goes `resetting` (compare-and-set), its earlier copies stop, its
+backlog is cleared, and after SETTLE_SECONDS its documents are removed: every collection
+stagesync does not sync is dropped from its databases (fixtures), the synced ones are emptied
+with their indexes kept (so the stream, which writes into a resetting environment, never meets
+a collection without its unique indexes). Then it is filled as a create fills it. A reset run
+again before the removal is recorded starts over; after it, it continues the fill.
+
 **Delete.** The record goes to `deleting` first (so it is never listed or streamed again),
 then exactly the databases recorded for it are dropped, then what the state database keeps
 under its scoped names (dead letters, pending references, index-mirror records, its resyncs'
@@ -33,32 +45,40 @@ import redis
 from celery import Celery
 from pymongo import MongoClient
 from pymongo.database import Database
-from stagesync.protocol.names import RESYNC, scoped_name, stats_key
+from stagesync.protocol.names import RESYNC as RESYNC_TASK
+from stagesync.protocol.names import THAW_ENVIRONMENT, scoped_name, stats_key
 from stagesync.protocol.routing import home_queue
 from stagesync.rules.document import Document
 from stagesync.settings.model import Settings
 from stagesync.state.dead_letters import DeadLetterStore
+from stagesync.state.environment_backlog import EnvironmentBacklog
 from stagesync.state.environments import (
-    CREATE_SETTLE_SECONDS,
-    CREATING,
     DELETING,
+    DRAIN,
+    FILLING,
     LISTED,
     LIVE,
+    RESETTING,
+    RESYNC,
+    SETTLE_SECONDS,
     Environment,
+    EnvironmentRefused,
     EnvironmentStore,
 )
 from stagesync.state.index_mirror_records import IndexMirrorRecords
 from stagesync.state.pending_references import PendingReferences
-from stagesync.state.resync_progress import ensure_resync_indexes, fail, new_resync, progress
+from stagesync.state.resync_progress import (
+    ensure_resync_indexes,
+    fail,
+    new_resync,
+    progress,
+    started_since,
+)
+from stagesync.tasks.apply.targets import environment_settings
 
 log = logging.getLogger("stagesync.environments")
 
 RUNNING = ("planning", "applying", "sweeping")
-# Between marking an environment `deleting` and dropping its databases: the workers' cache
-# (CACHE_SECONDS) and an apply already under way (its environments written after the main
-# staging's) end first. An environment apply that outlives it could create a database again;
-# the next expiry pass does not see it (the record is gone): see README, "Environments".
-DELETE_SETTLE_SECONDS = CREATE_SETTLE_SECONDS
 
 
 def fill_order(settings: Settings) -> dict[str, str | None]:
@@ -76,8 +96,11 @@ def continue_filling(settings: Settings, state_db: Database[Document], app: Cele
     done. Returns the environment's state (None when it is gone)."""
     store = EnvironmentStore(state_db)
     environment = store.get(name)
-    if environment is None or environment.state != CREATING:
-        return environment.state if environment else None
+    if environment is None:
+        return None
+    filling = environment.state in FILLING and environment.wiped
+    if not filling and environment.thaw_mode != RESYNC:
+        return environment.state
     states = {collection: _resync_state(state_db, resync)
               for collection, resync in environment.resyncs.items()}
     ensure_resync_indexes(state_db)
@@ -92,17 +115,20 @@ def continue_filling(settings: Settings, state_db: Database[Document], app: Cele
             _publish(settings, app, collection, name, resync)
             states[collection] = "planning"
     if all(states.get(collection) == "done" for collection in fill_order(settings)):
-        store.transition(name, [CREATING], LIVE)
+        if filling:
+            store.transition(name, [environment.state], LIVE)
+        else:
+            store.finish_thaw(name)
         log.info("environment live", extra={"environment": name})
         return LIVE
-    return CREATING
+    return environment.state
 
 
 def _publish(settings: Settings, app: Celery, collection: str, environment: str,
              resync: str) -> None:
     """The resync's coordinator, on the collection's home queue (idempotent: run again on a
     resync in progress it re-publishes lost chunks and plans what is missing)."""
-    app.send_task(RESYNC, args=[scoped_name(collection, environment), resync],
+    app.send_task(RESYNC_TASK, args=[scoped_name(collection, environment), resync],
                   queue=home_queue(settings.collection(collection)))
 
 
@@ -125,6 +151,71 @@ def fill_progress(state_db: Database[Document], environment: Environment
     return found
 
 
+def thaw_mode(settings: Settings, state_db: Database[Document], environment: Environment
+              ) -> str:
+    """Drain the backlog, or resync when it overflowed or production's history was lost
+    while the environment was frozen (a resync of the main staging began: the changes it
+    caught up on never reached the stream, so the backlog does not hold them)."""
+    if environment.overflowed:
+        return RESYNC
+    frozen_at = environment.frozen_at or environment.created_at
+    if any(started_since(state_db, collection.name, frozen_at)
+           for collection in settings.collections):
+        return RESYNC
+    return DRAIN
+
+
+def continue_thawing(settings: Settings, state_db: Database[Document], app: Celery,
+                     name: str) -> str | None:
+    """Publish what the environment's thaw still needs: a drain per collection not caught
+    up, or the resyncs. Returns the environment's state (None when it is gone)."""
+    environment = EnvironmentStore(state_db).get(name)
+    if environment is None or environment.thaw is None:
+        return environment.state if environment else None
+    if environment.thaw_mode == RESYNC:
+        return continue_filling(settings, state_db, app, name)
+    done = set(environment.thaw.get("done") or [])
+    for collection in settings.collections:
+        if collection.name not in done:
+            app.send_task(THAW_ENVIRONMENT, args=[scoped_name(collection.name, name)],
+                          queue=home_queue(collection))
+    return environment.state
+
+
+def reset_environment(settings: Settings, state_db: Database[Document],
+                      client: MongoClient[Document], app: Celery, name: str) -> None:
+    """Return the environment to production's state (see the module docstring)."""
+    store = EnvironmentStore(state_db)
+    environment = store.require(name)
+    if not (environment.state == RESETTING and environment.wiped):
+        if not store.begin_reset(name):
+            raise EnvironmentRefused(
+                f"environment {name!r} is {environment.state}: only a live or frozen "
+                "environment can be reset")
+        for resync in environment.resyncs.values():
+            fail(state_db, resync, f"environment {name} reset")  # its chunks stop
+        EnvironmentBacklog(state_db).clear(name)
+        time.sleep(SETTLE_SECONDS)  # workers know it is resetting, not frozen
+        _wipe(settings, client, store.require(name))
+        _forget(state_db, [scoped_name(collection.name, name)
+                           for collection in settings.collections], keep_indexes=True)
+        store.wiped(name)
+    continue_filling(settings, state_db, app, name)
+
+
+def _wipe(settings: Settings, client: MongoClient[Document], environment: Environment) -> None:
+    synced: dict[str, set[str]] = {}
+    for collection in settings.collections:
+        copy = environment_settings(collection, environment)
+        synced.setdefault(copy.target_db, set()).add(copy.target_collection)
+    for database in sorted(set(environment.databases.values())):
+        for name in client[database].list_collection_names():
+            if name in synced.get(database, set()):
+                client[database][name].delete_many({})
+            elif not name.startswith("system."):
+                client[database].drop_collection(name)
+
+
 def delete_environment(settings: Settings, state_db: Database[Document],
                        client: MongoClient[Document], name: str,
                        broker: redis.Redis | None = None) -> list[str]:
@@ -136,15 +227,17 @@ def delete_environment(settings: Settings, state_db: Database[Document],
         environment = store.require(name)  # raced with another delete: it is gone, or not
     for resync in environment.resyncs.values():
         fail(state_db, resync, f"environment {name} deleted")  # its chunks stop
-    # Workers stop writing into it once they re-read the list (at most CACHE_SECONDS):
-    # a write after the drop would create the database again, unrecorded.
-    time.sleep(DELETE_SETTLE_SECONDS)
+    # Workers stop writing into it once they re-read the list (at most CACHE_SECONDS), and
+    # an apply already under way ends: a write after the drop would create the database
+    # again, unrecorded, and the next expiry pass would not see it (README, "Environments").
+    time.sleep(SETTLE_SECONDS)
     dropped = []
     for database in sorted(set(environment.databases.values())):
         client.drop_database(database)
         dropped.append(database)
     scoped = [scoped_name(collection.name, name) for collection in settings.collections]
     _forget(state_db, scoped)
+    EnvironmentBacklog(state_db).clear(name)
     if broker is not None:
         broker.delete(*(stats_key(scope) for scope in scoped))
     store.remove(name)
@@ -152,9 +245,13 @@ def delete_environment(settings: Settings, state_db: Database[Document],
     return dropped
 
 
-def _forget(state_db: Database[Document], scoped: Iterable[str]) -> None:
+def _forget(state_db: Database[Document], scoped: Iterable[str],
+            keep_indexes: bool = False) -> None:
+    """What the state database keeps under the environment's scoped names; `keep_indexes`:
+    its collections stay (a reset), and so do the records of their mirrored indexes."""
     dead_letters, pending = DeadLetterStore(state_db), PendingReferences(state_db)
     for scope in scoped:
         dead_letters.purge(scope)
         pending.forget_collection(scope)
-        IndexMirrorRecords(state_db, scope).forget_all()
+        if not keep_indexes:
+            IndexMirrorRecords(state_db, scope).forget_all()

@@ -35,9 +35,11 @@ from stagesync.settings import Settings, load_settings
 from stagesync.settings.collection import CollectionSettings
 from stagesync.state.database import state_database
 from stagesync.state.dead_letters import DeadLetterStore
+from stagesync.state.environment_backlog import EnvironmentBacklog
 from stagesync.state.environments import (
     DELETING,
-    STREAMED,
+    FOLLOWED,
+    FROZEN,
     Environment,
     EnvironmentCache,
     EnvironmentStore,
@@ -52,7 +54,12 @@ from stagesync.tasks.apply.index_guard import MirroredIndexGuard
 from stagesync.tasks.apply.rate_limit import QueueRateLimiter
 from stagesync.tasks.apply.references import Follower, ReferenceResolver, SubsetLinks, Target
 from stagesync.tasks.apply.staging_io import TargetCollection
-from stagesync.tasks.apply.targets import BrokenTarget, environment_settings
+from stagesync.tasks.apply.targets import (
+    BrokenTarget,
+    EnvironmentTarget,
+    FrozenTarget,
+    environment_settings,
+)
 from stagesync.tasks.celery_app import app
 from stagesync.tasks.enqueue import publish_apply
 from stagesync.tasks.metrics import UNCLASSIFIED_PATHS
@@ -72,20 +79,31 @@ class Runtime:
         self.rate_limiter = QueueRateLimiter(settings, self.redis, self.state_db)
         self._contexts: dict[str, ApplyContext] = {}
         self.environment_store = EnvironmentStore(self.state_db)
+        self.environment_backlog = EnvironmentBacklog(self.state_db)
         self.environments = EnvironmentCache(
-            lambda: self.environment_store.all(STREAMED))
+            lambda: self.environment_store.all(FOLLOWED))
         self._environment_client: MongoClient[Document] | None = None
         # (collection, environment, its creation time) -> context: a name deleted and
         # created again gets a context of its own.
         self._environment_contexts: dict[tuple[str, str, datetime], ApplyContext] = {}
 
-    def targets(self, name: str) -> list[ApplyContext | BrokenTarget]:
-        """The main staging's context of the collection, then one per environment the
-        stream writes into (as this process last read them: at most CACHE_SECONDS old). An
-        environment whose context cannot be built is a BrokenTarget: contained, never
-        failing the main staging's batch."""
-        found: list[ApplyContext | BrokenTarget] = [self.context(name)]
+    def targets(self, name: str) -> list[ApplyContext | EnvironmentTarget]:
+        """The main staging's context of the collection, then `environment_targets`."""
+        return [self.context(name), *self.environment_targets(name)]
+
+    def environment_targets(self, name: str) -> list[EnvironmentTarget]:
+        """One target per environment the stream follows (as this process last read them:
+        at most CACHE_SECONDS old): written, or remembered when frozen. An environment whose
+        context cannot be built is a BrokenTarget: contained, never failing the main
+        staging's batch."""
+        found: list[EnvironmentTarget] = []
         for environment in self.environments.current():
+            if environment.state == FROZEN:
+                found.append(FrozenTarget(
+                    name, environment.name, environment.overflowed, self.environment_backlog,
+                    self.environment_store, self.settings.environments.freeze_backlog,
+                    self.state_db, self.dead_letters))
+                continue
             try:
                 found.append(self.environment_context(name, environment))
             except Exception as error:

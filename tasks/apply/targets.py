@@ -27,6 +27,15 @@ pure and never changes its inputs). Only rare follow-ups read production per tar
 business key held by another document, a key conflict woken), as they do for the main
 staging.
 
+Frozen environments are targets too (`FrozenTarget`): the batch's documents are remembered for
+their thaw (`state.environment_backlog`), per production `_id`, and never written. Which
+environments are written, remembered or skipped is asked again just before they are applied
+(the workers' cache, at most CACHE_SECONDS old), not only when the batch began: an apply can
+take long, and a freeze must hold once its SETTLE_SECONDS have passed. An environment frozen
+since the batch began is remembered, not written; one thawed since is written from a read of
+its own (the batch's read kept only the documents of the targets written then); one created
+since is left to its copy, which reads production after it settled.
+
 Containment: the main staging is applied first, exactly as before (its failures retry, split
 and dead-letter as the task decides). The environments are applied after it, each in its own
 `try`: an environment that fails records dead letters scoped to it (reason
@@ -40,7 +49,7 @@ applied again, harmlessly.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from pymongo.database import Database
@@ -49,7 +58,8 @@ from stagesync.protocol.names import scoped_name
 from stagesync.rules.document import Document
 from stagesync.settings.collection import CollectionSettings, SubsetSettings
 from stagesync.state.dead_letters import DeadLetterEntry, DeadLetterStore
-from stagesync.state.environments import Environment
+from stagesync.state.environment_backlog import EnvironmentBacklog
+from stagesync.state.environments import Environment, EnvironmentStore
 from stagesync.state.versions import take_version
 from stagesync.tasks.apply.applier import apply_changes_read, apply_documents
 from stagesync.tasks.apply.context import ApplyContext, ApplyResult, WriteErrors
@@ -86,14 +96,48 @@ class BrokenTarget:
         return scoped_name(self.name, self.environment)
 
 
+@dataclass(frozen=True)
+class FrozenTarget:
+    """An environment that holds still: what the stream would write is remembered instead."""
+
+    name: str  # the collection
+    environment: str
+    overflowed: bool  # past `environments.freeze_backlog`: its thaw resyncs, nothing to keep
+    backlog: EnvironmentBacklog
+    store: EnvironmentStore
+    limit: int
+    state_db: Database[Document]
+    dead_letters: DeadLetterStore
+
+    @property
+    def scope(self) -> str:
+        return scoped_name(self.name, self.environment)
+
+    def remember(self, ops: Mapping[str, str]) -> None:
+        if not self.overflowed:
+            added = self.backlog.remember(self.environment, self.name, ops)
+            self.store.count_backlog(self.environment, added, self.limit)
+
+
+EnvironmentTarget = ApplyContext | BrokenTarget | FrozenTarget
+
+
+def environment_of(target: EnvironmentTarget) -> str:
+    return (target.environment or "") if isinstance(target, ApplyContext) else \
+        target.environment
+
+
 @dataclass
 class TargetBatch:
     """One batch of one collection, applied to the main staging and then to every
     environment, from one version and one production read."""
 
     main: ApplyContext
-    environments: Sequence[ApplyContext | BrokenTarget]
+    environments: Sequence[EnvironmentTarget]
     ops: Mapping[str, str]
+    # The environments' targets as the process sees them now (asked again before they are
+    # applied); None: those the batch began with.
+    refresh: Callable[[], Sequence[EnvironmentTarget]] | None = None
     version: int | None = None
     production: dict[str, Document | None] = field(default_factory=dict)
     applied: bool = False  # environments done (at most once per batch)
@@ -109,27 +153,38 @@ class TargetBatch:
         return apply_changes_read(self.main, self.version, self.production, self.ops)
 
     def apply_environments(self) -> dict[str, ApplyResult | None]:
-        """Each environment in turn; None for one that failed (its changes dead-lettered in
-        its scope). Never raises."""
+        """Each environment written in turn; None for one that failed (its changes
+        dead-lettered in its scope). Frozen ones remember the batch and are not in the
+        result. Never raises."""
         if self.applied or self.version is None:
             return {}
         self.applied = True
+        began = {environment_of(target): target for target in self.environments}
         done: dict[str, ApplyResult | None] = {}
-        for target in self.environments:
-            if isinstance(target, BrokenTarget):
-                done[target.scope] = None
-                _contain(target, self.ops, target.error)
-                continue
+        for target in self.refresh() if self.refresh is not None else self.environments:
+            before = began.get(environment_of(target))
+            if before is None:
+                continue  # created since this batch read production: its copy reads later
             try:
-                done[target.scope] = apply_documents(
-                    target, self.version, dict(self.production), self.ops)
+                if isinstance(target, FrozenTarget):
+                    target.remember(self.ops)
+                elif isinstance(target, BrokenTarget):
+                    done[target.scope] = None
+                    _contain(target, self.ops, target.error)
+                elif isinstance(before, ApplyContext):
+                    done[target.scope] = apply_documents(
+                        target, self.version, dict(self.production), self.ops)
+                else:  # thawed since the batch began: read for it, after a version of its own
+                    version = take_version(target.state_db, target.name)
+                    done[target.scope] = apply_documents(
+                        target, version, target.read_production(self.ops), self.ops)
             except Exception as error:  # contained: see the module docstring
                 done[target.scope] = None
                 _contain(target, self.ops, error)
         return done
 
 
-def _contain(target: ApplyContext | BrokenTarget, ops: Mapping[str, str], error: Exception) -> None:
+def _contain(target: EnvironmentTarget, ops: Mapping[str, str], error: Exception) -> None:
     refused = error.errors if isinstance(error, WriteErrors) else {}
     log.warning("environment apply failed", exc_info=not refused,
                 extra={"collection": target.scope, "changes": len(ops),
