@@ -12,12 +12,14 @@ When a collection's backlog is empty it is recorded as caught up; the last one e
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sequence
 
 from celery import Task
 from stagesync.deployments.failures import describe_error, is_transient
 from stagesync.protocol.names import THAW_ENVIRONMENT, split_scope
 from stagesync.protocol.routing import home_queue
-from stagesync.state.environments import DRAIN, LIVE
+from stagesync.state.environment_backlog import EnvironmentBacklog
+from stagesync.state.environments import DRAIN, LIVE, EnvironmentStore
 from stagesync.state.versions import take_version
 from stagesync.tasks.apply.applier import apply_changes_read
 from stagesync.tasks.celery_app import app
@@ -39,23 +41,40 @@ def thaw_environment(self: Task, scope: str) -> int:
     environment = runtime.environment_store.get(name)
     if environment is None or environment.state != LIVE or environment.thaw_mode != DRAIN:
         return 0  # frozen again, reset or deleted meanwhile: its backlog waits for them
-    chunk = runtime.environment_backlog.chunk(name, collection, THAW_CHUNK)
-    if not chunk.ops:
-        if runtime.environment_store.thawed(
-                name, collection, [c.name for c in runtime.settings.collections]):
-            log.info("environment thawed", extra={"environment": name})
-        return 0
     context = runtime.context(scope)
-    try:
+
+    def apply(ops: dict[str, str]) -> None:
         version = take_version(runtime.state_db, collection)
-        apply_changes_read(context, version, context.read_production(chunk.ops), chunk.ops)
+        apply_changes_read(context, version, context.read_production(ops), ops)
+
+    try:
+        applied = drain_chunk(runtime.environment_store, runtime.environment_backlog, name,
+                              collection, [c.name for c in runtime.settings.collections],
+                              apply)
     except Exception as error:
         if not is_transient(error):
             raise
         log.warning("thaw chunk failed, retrying",
                     extra={"collection": scope, "error": describe_error(error)})
         raise self.retry(exc=error, countdown=2, max_retries=None) from None
-    runtime.environment_backlog.forget(name, collection, chunk)
+    if applied is None:
+        return 0
     app.send_task(THAW_ENVIRONMENT, args=[scope],
                   queue=home_queue(runtime.settings.collection(collection)))
+    return applied
+
+
+def drain_chunk(store: EnvironmentStore, backlog: EnvironmentBacklog, name: str,
+                collection: str, collections: Sequence[str],
+                apply: Callable[[dict[str, str]], None], size: int = THAW_CHUNK) -> int | None:
+    """One round of a collection's drain: apply up to `size` remembered documents and forget
+    them; None once nothing is left (the collection is recorded caught up, and the thaw ends
+    with the last one). The entries are forgotten only after `apply` returned."""
+    chunk = backlog.chunk(name, collection, size)
+    if not chunk.ops:
+        if store.thawed(name, collection, collections):
+            log.info("environment thawed", extra={"environment": name})
+        return None
+    apply(chunk.ops)
+    backlog.forget(name, collection, chunk)
     return len(chunk.ops)
