@@ -56,7 +56,9 @@ def keep_running(console: Console, demo: Demo, orders: str, users: str) -> None:
     console.print("try:", highlight=False)
     for command in (
         "stagesync status --watch", f"stagesync verify {orders}",
-        f"stagesync resync {orders} --wait", "celery -A stagesync.tasks flower   (then http://localhost:5555)",
+        f"stagesync resync {orders} --wait",
+        "stagesync env create pr-1 --sample 10 --wait   (an environment: a masked 10 % copy)",
+        "celery -A stagesync.tasks flower   (then http://localhost:5555)",
         f"stagesync pii scan {users}", "stagesync demo --stop     (ends all of it)",
     ):
         console.print(f"  {prefix}{command}", highlight=False, markup=False)

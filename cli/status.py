@@ -10,6 +10,9 @@ the paths a strict collection leaves out
 (`unclassified_paths`, shown as a warning; they do not change health), and index drift against
 production (`indexes`: missing, extra, changed, failed, translated, skipped; problems shown as
 notes; they do not change health either).
+Environments (short-lived stagings beside the main one) follow in a table of their own
+(cli.environment_status), and under `environments` in --json; they do not change the exit
+code: the main staging's health is what status answers for.
 Health (exit code 1 when any is not "ok"):
 - down: no watcher has reported for this collection recently;
 - stalled: changes are pending and nothing was applied for `status.stalled_after_seconds`;
@@ -28,16 +31,19 @@ from datetime import UTC, datetime
 from typing import Any
 
 import redis
+from pymongo import MongoClient
 from pymongo.errors import PyMongoError
 from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
+from stagesync.cli.environment_status import environments_table, read_environments
 from stagesync.cli.index_drift import drift_of, drift_warnings
 from stagesync.deployments.broker import queue_depth
 from stagesync.deployments.production import OplogWindow, ProductionReader
 from stagesync.deployments.staging import connect_staging
 from stagesync.protocol.names import stats_key, watcher_key
 from stagesync.protocol.routing import queues_of
+from stagesync.rules.document import Document
 from stagesync.settings.collection import CollectionSettings
 from stagesync.settings.model import Settings
 from stagesync.state.checkpoints import CHECKPOINT_AT, HOST, OWNER, RESYNC_PENDING, read_all
@@ -74,9 +80,15 @@ class StatusReader:
         self.staging = connect_staging(settings.staging, **bounded)
         self.state_db = state_database(self.staging, settings.staging)
         self.production = ProductionReader(settings.prod, **bounded)
+        # Where the environments live: the staging deployment, or `environments.uri`.
+        uri = settings.environments.uri
+        self.environment_client: MongoClient[Document] = self.staging if uri is None else \
+            connect_staging(settings.staging.model_copy(update={"uri": uri}), **bounded)
 
     def close(self) -> None:
         self.redis.close()
+        if self.environment_client is not self.staging:
+            self.environment_client.close()
         self.staging.close()
         self.production.close()
 
@@ -87,6 +99,12 @@ class StatusReader:
         dead_letters = DeadLetterStore(self.state_db)
         return [self._one(c, records.get(c.name, {}), dead_letters, oplog, now)
                 for c in self.settings.collections]
+
+    def collect_environments(self, rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Every environment, with the lag of `rows` (the collections' rows just read)."""
+        return read_environments(self.settings, self.state_db, self.environment_client,
+                                 {row["collection"]: row["lag_seconds"] for row in rows},
+                                 self._slowly)
 
     def _one(self, collection: CollectionSettings, record: dict[str, Any],
              dead_letters: DeadLetterStore, oplog: OplogWindow, now: float
@@ -229,9 +247,11 @@ COLUMNS = (
 
 
 def render(rows: list[dict[str, Any]], unsafe_concerns: Sequence[str] = (),
-           stale: str | None = None, wide: bool = False) -> Group:
+           stale: str | None = None, wide: bool = False,
+           environments: Sequence[dict[str, Any]] = ()) -> Group:
     """The status table; its title carries the time it was drawn, and `stale` (why and
-    since when the rows are old) when the last read did not answer in time."""
+    since when the rows are old) when the last read did not answer in time. The
+    environments' table follows when there are any."""
     title = f"stagesync status  {datetime.now(UTC):%Y-%m-%d %H:%M:%S} UTC"
     if stale:
         title += f"  [yellow](stale: {stale})[/yellow]"
@@ -265,6 +285,8 @@ def render(rows: list[dict[str, Any]], unsafe_concerns: Sequence[str] = (),
     reasons = dict.fromkeys(r["oplog_unknown_because"] for r in rows if r["oplog_unknown_because"])
     notes.extend(f"oplog headroom unknown: {reason}" for reason in reasons)
     notes.extend(f"allow_unsafe_concerns is set: {concern}" for concern in unsafe_concerns)
+    if environments:
+        return Group(table, *notes, environments_table(environments, wide))
     return Group(table, *notes)
 
 
@@ -282,6 +304,7 @@ class StatusPoller:
         self.timeout_seconds = timeout_seconds
         self.unsafe_concerns = unsafe_concerns
         self._rows: list[dict[str, Any]] = []
+        self._environments: list[dict[str, Any]] = []
         self._read_at: float | None = None  # when the read behind `_rows` started
         self._error: str | None = None
         self._stop = threading.Event()
@@ -303,12 +326,14 @@ class StatusPoller:
                 started = time.time()
                 try:
                     rows = reader.collect()
+                    environments = reader.collect_environments(rows)
                 except Exception as error:  # shown as the reason it is stale
                     with self._lock:
                         self._error = _reason(error)
                 else:
                     with self._lock:
                         self._rows, self._read_at, self._error = rows, started, None
+                        self._environments = environments
                 self._stop.wait(max(0.0, self.interval - (time.time() - started)))
         finally:
             reader.close()
@@ -326,7 +351,9 @@ class StatusPoller:
 
     def renderable(self) -> Group:
         rows, stale = self.snapshot()
-        return render(rows, self.unsafe_concerns, stale, self.wide)
+        with self._lock:
+            environments = self._environments
+        return render(rows, self.unsafe_concerns, stale, self.wide, environments)
 
 
 def _reason(error: Exception) -> str:
@@ -354,12 +381,14 @@ def run_status(settings: Settings, json_output: bool, watch_live: bool, interval
     reader = StatusReader(settings)
     try:
         rows = reader.collect()
+        environments = reader.collect_environments(rows)
     finally:
         reader.close()
     if json_output:
-        console.print_json(json.dumps({"collections": rows, "unsafe_concerns": unsafe}))
+        console.print_json(json.dumps({"collections": rows, "environments": environments,
+                                       "unsafe_concerns": unsafe}))
     elif not watch_live:
-        console.print(render(rows, unsafe, wide=wide))
+        console.print(render(rows, unsafe, wide=wide, environments=environments))
     return 0 if all(row["health"] == "ok" for row in rows) else 1
 
 

@@ -68,7 +68,7 @@ def apply_batch(
         result = fanout.apply_main()
     except Exception as error:
         if fanout is not None and isinstance(error, WriteErrors):
-            fanout.apply_environments()  # the rest of the batch is done in the main staging
+            _fan_out(collection, fanout)  # the rest of the batch is done in the main staging
         if is_transient(error):
             metrics.FAILURES.labels(collection, "transient").inc()
             countdown = _backoff(self.request.retries, settings.retry_backoff_max_seconds)
@@ -100,7 +100,7 @@ def apply_batch(
                  describe_error(error))
         return
     runtime.report_done(collection, batch, part, result)
-    fanout.apply_environments()
+    _fan_out(collection, fanout)
     metrics.observe_apply(collection, len(ops), time.monotonic() - began, waited,
                           result.outcomes)
     log.info(
@@ -112,6 +112,13 @@ def apply_batch(
             "seconds": round(time.monotonic() - began, 4),
         },
     )
+
+
+def _fan_out(collection: str, fanout: TargetBatch) -> None:
+    """The environments' applies, and their metrics (labelled by environment)."""
+    began = time.monotonic()
+    results = fanout.apply_environments()
+    metrics.observe_environments(collection, results, time.monotonic() - began)
 
 
 @dataclass(frozen=True)

@@ -26,8 +26,10 @@ import os
 import re
 import tempfile
 import time
+import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 from wsgiref.simple_server import WSGIServer
 
 import psutil
@@ -42,6 +44,11 @@ from prometheus_client import (
 )
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
+from stagesync.protocol.names import split_scope
+from stagesync.tasks.environment_metrics import EnvironmentFigures
+
+if TYPE_CHECKING:  # tasks.apply.context imports this module
+    from stagesync.tasks.apply.context import ApplyResult
 
 log = logging.getLogger("stagesync.metrics")
 
@@ -118,6 +125,81 @@ def observe_apply(collection: str, changes: int, seconds: float, waited: float,
     LAST_APPLIED.labels(collection).set(time.time())
 
 
+# -- environments -----------------------------------------------------------------------------
+# Families of their own, labelled by environment: the main staging's series above keep their
+# names and labels exactly (monitoring/ and users' queries rely on them), and an environment
+# that comes and goes never adds a label value to them. Workers record these where the
+# fan-out's results come back (`observe_environments`); the environments' state and open dead
+# letters are read from the state database at scrape time (tasks.environment_metrics).
+ENV_APPLIED = Counter(
+    "stagesync_environment_applied_total", "Changes done in an environment by outcome (as "
+    "stagesync_applied_total for the main staging)", ["environment", "collection", "outcome"],
+)
+ENV_FAILURES = Counter(
+    "stagesync_environment_apply_failures_total", "Batches whose apply into the environment "
+    "failed and was contained: their changes are dead-lettered in its scope", ["environment",
+                                                                              "collection"],
+)
+ENV_LAST_APPLIED = Gauge(
+    "stagesync_environment_last_applied_timestamp_seconds", "Unix time at which a worker last "
+    "applied a batch of the collection into the environment", ["environment", "collection"],
+    multiprocess_mode="max",
+)
+# The fan-out returns one result per environment, not its time: the seconds are those of the
+# whole fan-out (every environment of the batch, after the main staging), by collection.
+ENV_FANOUT_SECONDS = Histogram(
+    "stagesync_environment_fanout_seconds", "Seconds applying one batch into every "
+    "environment, after the main staging (one production read shared)", ["collection"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+# The label values this process created, by environment: what `forget_environment` removes.
+_environment_series: dict[str, set[tuple[Counter | Gauge, tuple[str, ...]]]] = {}
+
+
+def _series(family: Counter | Gauge, environment: str, *labels: str) -> Counter | Gauge:
+    _environment_series.setdefault(environment, set()).add((family, (environment, *labels)))
+    return family.labels(environment, *labels)
+
+
+def observe_environments(collection: str, results: Mapping[str, ApplyResult | None],
+                         seconds: float) -> None:
+    """The fan-out's results, `{"orders@pr-1": ApplyResult | None}` (None: contained)."""
+    if not results:
+        return
+    ENV_FANOUT_SECONDS.labels(collection).observe(seconds)
+    now = time.time()
+    for scope, result in results.items():
+        name, environment = split_scope(scope)
+        if environment is None:
+            continue
+        failures = _series(ENV_FAILURES, environment, name)  # at 0 from the first apply
+        if result is None:
+            failures.inc()
+            continue
+        for outcome, count in result.outcomes.items():
+            if count:
+                _series(ENV_APPLIED, environment, name, outcome).inc(count)
+        _series(ENV_LAST_APPLIED, environment, name).set(now)
+
+
+def forget_environment(name: str) -> None:
+    """Drop a deleted environment's series from this process's metrics. Call it where the
+    environment is deleted, once its record is gone.
+
+    What it can and cannot do: prometheus_client keeps a series per process. Here it removes
+    this process's own; it cannot reach another process's. In a worker (multiprocess mode)
+    every pool child writes its series into files that the worker's main process sums at each
+    scrape, and prometheus_client cannot remove a series from those files (`remove()` only
+    drops the in-memory child and warns): there the scrape itself leaves out the series of
+    environments that the state database no longer lists (`environment_filter`), in every
+    worker at once, whichever process deleted the environment."""
+    with warnings.catch_warnings():
+        # "not implemented in multi-process mode": the scrape's filter does it there.
+        warnings.simplefilter("ignore", UserWarning)
+        for family, labels in _environment_series.pop(name, set()):
+            family.remove(*labels)
+
+
 # -- multiprocess mode ------------------------------------------------------------------------
 def worker_directory(base: str, node: str) -> Path:
     """The metrics directory of one worker (Celery node name) on this host."""
@@ -148,15 +230,21 @@ def enable_multiprocess(directory: Path) -> None:
 
 
 class _WorkerCollector(Collector):
-    """The worker's processes summed; first forgets the live gauges of children gone."""
+    """The worker's processes summed; first forgets the live gauges of children gone. With
+    `environments`, the environments' scrape-time figures are added, and the series of
+    environments deleted since are left out (tasks.environment_metrics)."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, environments: EnvironmentFigures | None = None) -> None:
         self.directory = directory
+        self.environments = environments
         self._merged = multiprocess.MultiProcessCollector(None, path=str(directory))
 
     def collect(self) -> Iterable[Metric]:
         mark_exited_children(self.directory)
-        return self._merged.collect()
+        merged = self._merged.collect()
+        if self.environments is None:
+            return merged
+        return [*self.environments.filter(merged), *self.environments.collect()]
 
 
 def mark_exited_children(directory: Path) -> list[int]:
@@ -180,12 +268,13 @@ def mark_this_process_dead() -> None:
 _server: WSGIServer | None = None
 
 
-def serve_worker(base_port: int, directory: Path) -> int | None:
+def serve_worker(base_port: int, directory: Path,
+                 environments: EnvironmentFigures | None = None) -> int | None:
     """Serve the whole worker's metrics (all its processes) from this, its main process, on
     the first free port from `base_port` (several workers may share a host)."""
     global _server
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_WorkerCollector(directory))
+    registry.register(_WorkerCollector(directory, environments))
     for attempt in range(PORT_ATTEMPTS):
         port = base_port + attempt
         try:

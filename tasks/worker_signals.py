@@ -19,6 +19,7 @@ from stagesync.settings import load_settings
 from stagesync.settings.logs import configure_logging
 from stagesync.state.start_up import prepare_staging
 from stagesync.tasks import metrics
+from stagesync.tasks.environment_metrics import EnvironmentFigures, state_database_reader
 from stagesync.tasks.runtime import reset_runtime
 
 log = logging.getLogger("stagesync.worker")
@@ -51,13 +52,15 @@ def _check_deployments(**_: Any) -> None:
 def _serve_metrics(sender: Any = None, **_: Any) -> None:
     """One metrics endpoint for the whole worker, served by its main process: multiprocess
     mode is switched on here, before the pool forks (see tasks.metrics)."""
-    config = load_settings().metrics
+    settings = load_settings()
+    config = settings.metrics
     if config.worker_port_base <= 0:
         return
     node = str(getattr(sender, "hostname", "") or f"pid{os.getpid()}")
     directory = metrics.worker_directory(config.worker_dir, node)
     metrics.enable_multiprocess(directory)
-    metrics.serve_worker(config.worker_port_base, directory)
+    metrics.serve_worker(config.worker_port_base, directory,
+                         EnvironmentFigures(state_database_reader(settings)))
 
 
 @signals.worker_process_init.connect

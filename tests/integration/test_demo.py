@@ -125,6 +125,7 @@ def test_kept_demo_answers_status_verify_resync_and_stops_everything(
     cwd = kept_demo.cwd
     assert kept_demo.returncode == 0, kept_demo.screen[-3000:].decode(errors="replace")
     assert b"stagesync demo --stop" in kept_demo.screen
+    assert b"stagesync env create pr-1 --sample 10 --wait" in kept_demo.screen
     state_file = cwd / ".stagesync-demo.json"
     state = json.loads(state_file.read_text())
     assert (cwd / "stagesync.yaml").exists()
@@ -140,6 +141,11 @@ def test_kept_demo_answers_status_verify_resync_and_stops_everything(
     assert verify.returncode == 0, verify.stdout + verify.stderr
     resync = _run(["resync", "orders", "--wait", "--timeout", "60"], cwd)
     assert resync.returncode == 0, resync.stdout + resync.stderr
+    # The environment the kept demo suggests, then seen by status.
+    created = _run(["env", "create", "pr-1", "--sample", "10", "--wait"], cwd)
+    assert created.returncode == 0, created.stdout + created.stderr
+    listed = json.loads(_run(["status", "--json"], cwd).stdout)["environments"]
+    assert [(e["name"], e["state"]) for e in listed] == [("pr-1", "live")]
 
     stopped = _run(["demo", "--stop"], cwd)
     assert stopped.returncode == 0, stopped.stdout + stopped.stderr

@@ -36,6 +36,7 @@ from tests.support.prometheus import (
 
 TIMEOUT = 40
 BATCH = 30  # documents each step inserts
+ENVIRONMENT = "ci-1"  # an environment beside the main staging, for the environment panels
 
 
 @dataclass
@@ -139,6 +140,8 @@ def live(mongo_pair: MongoPair, redis_base: str,
         # before that, no task reaches Flower's figures.
         wait_for(lambda: "Events of group {task} enabled" in worker.log(400), TIMEOUT,
                  "Flower enabling task events", pipeline)
+        created = pipeline.cli("env", "create", ENVIRONMENT, "--wait", "--timeout", "60")
+        assert created.returncode == 0, created.stdout + created.stderr + pipeline.logs()
         yield Live(pipeline, prometheus, worker, worker_port, metrics_dir,
                    pipeline.collections[0]["name"], standby_port)
     finally:
@@ -160,7 +163,9 @@ def _series_for(live: Live, expr: str) -> list[dict[str, Any]]:
                 if s["metric"].get("task", "stagesync.").startswith("stagesync.")]
     return [s for s in result
             if s["metric"].get("collection") == live.name
-            or s["metric"].get("queue", "").startswith(f"stagesync.{live.name}")]
+            or s["metric"].get("queue", "").startswith(f"stagesync.{live.name}")
+            or ("collection" not in s["metric"]
+                and s["metric"].get("environment") == ENVIRONMENT)]
 
 
 def test_every_dashboard_expression_returns_series_for_the_synced_collection(
@@ -170,7 +175,7 @@ def test_every_dashboard_expression_returns_series_for_the_synced_collection(
     wait_for(lambda: _all_targets_up(live), TIMEOUT,
              f"every target up: {live.prometheus.targets()}", live.pipeline)
     for title, expr in dashboard_expressions():
-        promql = grafana_to_promql(expr, live.name)
+        promql = grafana_to_promql(expr, live.name, ENVIRONMENT)
         series = wait_for(lambda promql=promql: _series_for(live, promql), TIMEOUT,
                           f"series for {live.name} from {title!r}: {promql}", live.pipeline)
         live.evaluated.append((title, promql, len(series)))

@@ -135,10 +135,13 @@ def dashboard_expressions() -> list[tuple[str, str]]:
     return found
 
 
-def grafana_to_promql(expr: str, collection: str, rate_interval: str = "20s",
-                      time_range: str = "10m") -> str:
-    """What Grafana sends for one selected collection: its variables replaced (collection
-    names are word characters, which need no regex escaping)."""
+def grafana_to_promql(expr: str, collection: str, environment: str = ".*",
+                      rate_interval: str = "20s", time_range: str = "10m") -> str:
+    """What Grafana sends for one selected collection and environment: its variables replaced
+    (collection names are word characters, environment names word characters and dashes,
+    which need no regex escaping)."""
     for name in ("${collection:regex}", "${collection}", "$collection"):
         expr = expr.replace(name, collection)
+    for name in ("${environment:regex}", "${environment}", "$environment"):
+        expr = expr.replace(name, environment)
     return expr.replace("$__rate_interval", rate_interval).replace("$__range", time_range)

@@ -114,14 +114,22 @@ def test_the_dashboard_has_its_variables_and_every_panel_queries_prometheus() ->
     assert variables["datasource"]["query"] == "prometheus"
     assert variables["collection"]["type"] == "query"
     assert variables["collection"]["multi"] and variables["collection"]["includeAll"]
+    assert variables["environment"]["type"] == "query"
+    assert variables["environment"]["multi"] and variables["environment"]["includeAll"]
+    assert "stagesync_environment_state" in variables["environment"]["definition"]
     for panel in dashboard["panels"]:
         assert panel["datasource"]["uid"] == "${datasource}", panel["title"]
         assert panel["targets"], panel["title"]
         for target in panel["targets"]:
             assert target["datasource"]["uid"] == "${datasource}", panel["title"]
-            stagesync = "stagesync_" in target["expr"]
-            # A stagesync series is always narrowed to the selected collections.
-            assert not stagesync or "$collection" in target["expr"], target["expr"]
+            expr = target["expr"]
+            # A stagesync series is always narrowed to the selected collections, and an
+            # environment's to the selected environments (its state has no collection).
+            per_environment = "stagesync_environment_" in expr
+            assert "stagesync_" not in expr or "$collection" in expr or \
+                "stagesync_environment_state" in expr, expr
+            assert not per_environment or "$environment" in expr or \
+                "stagesync_environment_fanout_seconds" in expr, expr
     ids = [panel["id"] for panel in dashboard["panels"]]
     assert len(ids) == len(set(ids))
     assert len(dashboard_expressions()) >= len(dashboard["panels"])
@@ -131,7 +139,8 @@ def test_the_dashboard_has_its_variables_and_every_panel_queries_prometheus() ->
     "Lag per collection", "Changes read, enqueued and applied by outcome",
     "Unapplied changes and queue depth per partition", "Apply duration (p50, p90, p99)",
     "Rate-limit wait", "Dead letters", "Resync progress", "Checkpoint age", "Oplog headroom",
-    "Celery task rates (Flower)",
+    "Celery task rates (Flower)", "Environment states", "Environment changes applied by outcome",
+    "Environment dead letters and failed applies",
 ])
 def test_the_dashboard_has_the_panels_operators_ask_for(panel: str) -> None:
     titles = {p["title"] for p in json.loads(DASHBOARD.read_text())["panels"]}
