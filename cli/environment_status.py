@@ -56,6 +56,8 @@ def read_environments(settings: Settings, state_db: Database[Document],
             "expires_at": environment.expires_at.isoformat() if environment.expires_at
             else None,
             "sample": environment.sample,
+            "frozen_at": environment.frozen_at.isoformat() if environment.frozen_at else None,
+            "thawing": environment.thaw_mode,
             "lag_seconds": max(lagging) if lagging else None,
             "documents_estimate": sum(c["documents_estimate"] for c in collections.values()),
             "dead_letters": sum(c["dead_letters"] for c in collections.values()),
@@ -75,7 +77,8 @@ def environments_table(entries: Sequence[dict[str, Any]], wide: bool = False) ->
                          justify="right" if header in ("documents", "lag s", "dead")
                          else "left")
     for entry in entries:
-        cells = [entry["name"], _state(entry["state"]), _moment(entry["expires_at"], "never"),
+        state = _state(entry["state"]) + (" thawing" if entry.get("thawing") else "")
+        cells = [entry["name"], state, _moment(entry["expires_at"], "never"),
                  str(entry["documents_estimate"]),
                  "-" if entry["lag_seconds"] is None else f"{entry['lag_seconds']:.1f}",
                  str(entry["dead_letters"])]

@@ -74,6 +74,7 @@ from stagesync.state.resync_progress import (
     progress,
     started_since,
 )
+from stagesync.tasks import metrics
 from stagesync.tasks.apply.targets import environment_settings
 
 log = logging.getLogger("stagesync.environments")
@@ -241,6 +242,7 @@ def delete_environment(settings: Settings, state_db: Database[Document],
     if broker is not None:
         broker.delete(*(stats_key(scope) for scope in scoped))
     store.remove(name)
+    metrics.forget_environment(name)  # this process's series (the workers' scrape: metrics)
     log.info("environment deleted", extra={"environment": name, "databases": dropped})
     return dropped
 
