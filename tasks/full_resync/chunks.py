@@ -9,6 +9,12 @@ path with that version. Every batch was read after its version was taken (later 
 later), which is all "Versions order reads" needs (DESIGN): a production write after the read
 produces a change whose apply takes a larger version and reads again.
 
+A small sample (`subset: {percent}` of at most SAMPLE_BY_ID_PERCENT, an environment's
+`--sample`) is not read whole: the range is walked on the `_id` index alone (a covered query
+on MongoDB: no document is fetched), the sample is decided from the `_id`s (it is a keyed hash
+of the `_id`), and only the sampled documents are read, by `_id`, in lists of `in_list_max`.
+Past that percent, looking the sampled ones up costs more than reading the range whole.
+
 Into a staging that was empty when the resync began, or where a probe finds no copy of a
 batch's production `_id`s, the batch skips the staging read (`staging_known_empty`): a copy
 that another apply creates meanwhile makes our insert fail on the unique `_sync.pid` index, and
@@ -64,6 +70,7 @@ from stagesync.tasks.runtime import Runtime
 
 BY_ID = [("_id", 1)]
 SWEEP_PAGE = 1000
+SAMPLE_BY_ID_PERCENT = 20.0
 
 Outcome = Literal["exhausted", "more", "lost"]  # range done | budget spent | chunk taken over
 
@@ -146,7 +153,9 @@ def copy_chunk(run: ChunkRun) -> Outcome:
     probe = EmptinessProbe.for_resync(run.record, context.target.collection)
     version = take_version(run.runtime.state_db, context.name)
     query = with_filter(run.range.query(after=run.chunk.get(RESUME)), context.settings.filter)
-    cursor = context.production.find(query, sort=BY_ID, batch_size=batch_size, hint=BY_ID)
+    ids_only = samples_by_id(context)
+    cursor = context.production.find(query, {"_id": 1} if ids_only else None, sort=BY_ID,
+                                     batch_size=batch_size, hint=BY_ID)
     try:
         batch: dict[str, Document | None] = {}
         last: Any = None
@@ -156,10 +165,12 @@ def copy_chunk(run: ChunkRun) -> Outcome:
             last = document["_id"]
             pid = encode_id(last)
             if context.sampled(pid):  # outside a `subset: {percent}` sample: as if absent
-                batch[pid] = context.masker.mask(document)
+                batch[pid] = document if ids_only else context.masker.mask(document)
             if len(batch) < batch_size:
                 continue
             started = time.monotonic()
+            if ids_only:
+                batch = read_sampled(context, batch)
             if not _copy_batch(run, version, batch, last, probe):
                 return "lost"
             batch = {}
@@ -169,6 +180,8 @@ def copy_chunk(run: ChunkRun) -> Outcome:
                 return "more"
             if run.over_budget():
                 return "more"
+        if ids_only:
+            batch = read_sampled(context, batch)
         if read_any and not _copy_batch(run, version, batch, last, probe):
             return "lost"
         return "exhausted"
@@ -176,6 +189,25 @@ def copy_chunk(run: ChunkRun) -> Outcome:
         close = getattr(cursor, "close", None)
         if close is not None:
             close()
+
+
+def samples_by_id(context: ApplyContext) -> bool:
+    """A sample small enough to be decided on the `_id` index and looked up (module doc)."""
+    subset = context.settings.subset
+    return subset is not None and subset.percent is not None and \
+        subset.percent <= SAMPLE_BY_ID_PERCENT
+
+
+def read_sampled(context: ApplyContext, batch: Mapping[str, Document | None]
+                 ) -> dict[str, Document | None]:
+    """The sampled documents whose `_id`s the walk found, read and masked; one deleted since
+    is left out, as a full read that came after its delete would have left it."""
+    found: dict[str, Document] = {}
+    ids = [document["_id"] for document in batch.values() if document is not None]
+    for values in in_lists(ids):
+        for document in context.production.find({"_id": {"$in": values}}):
+            found[encode_id(document["_id"])] = context.masker.mask(document)
+    return {pid: found[pid] for pid in batch if pid in found}
 
 
 def _copy_batch(run: ChunkRun, version: int, batch: dict[str, Document | None], last: Any,

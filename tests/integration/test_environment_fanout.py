@@ -12,10 +12,11 @@ import pytest
 from stagesync.deployments.guard import SameDeploymentError
 from stagesync.deployments.production import ReadOnlyCollection
 from stagesync.deployments.staging_indexes import ensure, ensure_indexes, target_indexes
-from stagesync.rules.identity import encode_id
+from stagesync.rules.identity import decode_id, encode_id
 from stagesync.rules.subset import in_sample
 from stagesync.state.environments import CREATING, LIVE, EnvironmentStore
 from stagesync.tasks.apply.targets import BrokenTarget, TargetBatch, environment_settings
+from stagesync.tasks.full_resync.chunks import read_sampled, samples_by_id
 from stagesync.tasks.runtime import Runtime
 
 from tests.support.pipeline import Pipeline, wait_for
@@ -177,3 +178,27 @@ def test_an_environment_on_production_is_refused_and_contained(pipeline_factory:
         {"collection": f"{name}@p", "reason": "environment_error"}) == 10
     database = settings.environment_databases("p")[settings.collections[0].target_db]
     assert database not in pipeline.prod_client.list_database_names()  # nothing written there
+
+
+def test_a_small_sample_is_decided_on_ids_and_only_its_documents_read(
+        pipeline: Pipeline, runtime: Runtime, production_finds: list[dict[str, Any]]) -> None:
+    name = pipeline.collections[0]["name"]
+    ops = seed(pipeline, 300)
+    add_environment(pipeline, "s5", 5.0)
+    add_environment(pipeline, "s50", 50.0)
+    small = runtime.context(f"{name}@s5")
+    assert samples_by_id(small)
+    assert not samples_by_id(runtime.context(f"{name}@s50"))  # cheaper read whole
+    assert not samples_by_id(runtime.context(name))
+    walked = {pid: {"_id": decode_id(pid)} for pid in ops if small.sampled(pid)}
+    assert 3 <= len(walked) <= 40
+    production_finds.clear()
+    documents = read_sampled(small, walked)
+    assert production_finds == [{"_id": {"$in": [doc["_id"] for doc in walked.values()]}}]
+    assert set(documents) == set(walked)
+    assert all(doc is not None and doc["accountId"] == int(doc["userEmail"][1:-2])
+               for doc in documents.values())  # whole documents
+    # One deleted since the walk is left out, as a later full read would leave it.
+    gone = next(iter(walked))
+    pipeline.prod().delete_one({"_id": decode_id(gone)})
+    assert gone not in read_sampled(small, walked)
