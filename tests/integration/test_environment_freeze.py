@@ -169,3 +169,31 @@ def test_create_and_reset_killed_are_finished_by_running_them_again(
     assert len(live_pids(copies)) == 300
     assert copies.count_documents({"qaNotes": {"$exists": True}}) == 0
     assert listed(pipeline)[0]["state"] == LIVE
+
+
+def test_a_thaw_killed_is_finished_by_running_it_again(pipeline: Pipeline) -> None:
+    started(pipeline, 200)
+    create(pipeline, "t1")
+    copies = env_collection(pipeline, "t1")
+    assert pipeline.cli("env", "freeze", "t1").returncode == 0
+    prod = pipeline.prod()
+    for n in range(0, 200, 2):
+        prod.update_one({"accountId": n}, {"$set": {"n": -n - 1}})
+    wait_for(lambda: environment_view(pipeline.staging()) == production_view(pipeline),
+             TIMEOUT, "the main staging caught up", pipeline)
+    store = EnvironmentStore(pipeline.state())
+    wait_for(lambda: listed(pipeline)[0]["backlog"] == 100, TIMEOUT, "the backlog", pipeline)
+
+    # Killed while it waits for the workers, before any drain was published.
+    thawing = pipeline.start("thaw", [str(VENV_BIN / "stagesync"), "env", "thaw", "t1"])
+    wait_for(lambda: store.require("t1").thaw is not None, 30, "the thaw recorded", pipeline)
+    thawing.kill()
+    time.sleep(2.0)
+    entry = listed(pipeline)[0]
+    assert (entry["state"], entry["thawing"], entry["backlog"]) == (LIVE, "drain", 100)
+    assert environment_view(copies) != production_view(pipeline)
+
+    again = pipeline.cli("env", "thaw", "t1", "--wait", "--timeout", "90")
+    assert again.returncode == 0, again.stdout + again.stderr + pipeline.logs()
+    assert environment_view(copies) == production_view(pipeline)
+    assert store.require("t1").thaw is None
