@@ -16,11 +16,13 @@ from typing import Any
 
 from celery import Celery
 from pymongo.database import Database
+from stagesync.protocol.names import scoped_name
 from stagesync.protocol.routing import home_queue
 from stagesync.settings.collection import CollectionSettings
 from stagesync.settings.model import Settings
 from stagesync.state.checkpoints import LeaseLost, WatcherRecord
 from stagesync.state.dead_letters import DeadLetterStore
+from stagesync.state.environments import STREAMED, EnvironmentStore
 from stagesync.state.resync_progress import (
     DOCS,
     FINISHED,
@@ -49,7 +51,10 @@ class ResyncSupervisor:
         self._marker: tuple[Any, ...] | None = None  # the pending resync's last progress
         self._moved_at = 0.0
 
-    def begin(self, reason: str) -> None:
+    def begin(self, reason: str, environments: bool = False) -> None:
+        """Resync the main staging; with `environments` (history lost), every environment the
+        stream writes into as well: they missed the same changes. A frozen one is not written
+        now; its thaw sees this resync (`environment_ops.thaw_mode`) and copies it again."""
         resync_id = start_resync(
             self.celery, self.state_db, self.name, home_queue(self.collection), reason
         )
@@ -57,6 +62,12 @@ class ResyncSupervisor:
             raise LeaseLost()
         log.warning("full resync started",
                     extra={"collection": self.name, "resync": resync_id, "reason": reason})
+        if not environments:
+            return
+        for environment in EnvironmentStore(self.state_db).all(STREAMED):
+            scope = scoped_name(self.name, environment.name)
+            start_resync(self.celery, self.state_db, scope, home_queue(self.collection), reason)
+            log.warning("full resync started", extra={"collection": scope, "reason": reason})
 
     def watch_pending(self) -> None:
         """Clear a finished bootstrap/history-lost resync; restart one whose tasks vanished."""

@@ -187,7 +187,7 @@ class CollectionWatcher:
                 reason = self._fresh_start or "bootstrap: no checkpoint yet"
                 self.checkpoints.note(stream.resume_token)
                 self.checkpoints.save(force=True)
-                self.resyncs.begin(reason)
+                self.resyncs.begin(reason, environments=self._fresh_start is not None)
                 self._fresh_start = None
             StreamLoop(self, stream).run()
         except OperationFailure as error:
