@@ -127,13 +127,16 @@ class TargetCollection:
         collation = None if field == "_id" else SIMPLE
         sort = [("_id", 1)] if in_id_order else None
         for some in in_lists(values):
-            # A first batch as long as the list: lookups by `_id`, pid and key find at most
-            # one document per value, and a list over 101 values (the server's default first
-            # batch) then costs no getMore. (The never-synced lookup may find more: the rest
-            # comes by getMore as usual.)
+            # A first batch one longer than the list: lookups by `_id`, pid and key find at
+            # most one document per value, so the first batch is never full, and the server
+            # closes a cursor whose first batch is not full (cursor id 0): no getMore follows.
+            # A batch exactly as long as the list can be full, and the server then keeps the
+            # cursor open without looking further; pymongo's next getMore finds it empty, a
+            # round trip for nothing on every apply (issue 31). (The never-synced lookup may
+            # find more: the rest comes by getMore as usual.)
             yield from self.collection.find({field: {"$in": some}, **query}, projection,
                                             collation=collation, sort=sort,
-                                            batch_size=len(some))
+                                            batch_size=len(some) + 1)
 
     def _unsynced_by_key(self, wanted: Mapping[str, Mapping[str, Any]]) -> dict[str, Document]:
         if not wanted:
