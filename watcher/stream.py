@@ -117,8 +117,7 @@ class CollectionWatcher:
         self.idle_at = 0.0  # wall-clock time everything read so far was last applied
         self._fresh_start: str | None = None  # why the next stream must start from now
         # The heartbeat's reads of MongoDB, off the stream loop's thread (watcher.background_read).
-        self._dead_letters = BackgroundRead(
-            f"dead-letters-{self.name}", lambda: DeadLetterStore(self.state_db).count(self.name))
+        self._dead_letters = BackgroundRead(f"dead-letters-{self.name}", self._count_dead_letters)
         self._oplog_seconds = BackgroundRead(
             f"oplog-window-{self.name}", lambda: self.production.oplog_window().seconds)
         # At 0 from the start, so that the first one is an increase an alert can see.
@@ -245,6 +244,14 @@ class CollectionWatcher:
         heartbeat.set_gauges(self.name, reading, now)
         heartbeat.set_oplog_headroom(self.name, self._oplog_seconds.last, reading.saved_at, now)
         heartbeat.set_queue_depths(self.redis, queues_of(self.collection))
+
+    def _count_dead_letters(self) -> int:
+        """The open dead letters, counted in the background; settling the signal first lets
+        the applies of a collection whose dead letters are all resolved skip their clear
+        (`state.dead_letters`)."""
+        store = DeadLetterStore(self.state_db)
+        store.settle(self.name)
+        return store.count(self.name)
 
     def _release_quietly(self) -> None:
         with contextlib.suppress(PyMongoError):
