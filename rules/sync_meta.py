@@ -9,6 +9,9 @@
     _sync.deletedAt  when production deleted it (soft delete); absent while live
     _sync.tombstone  true on a marker for a production document deleted before it was synced
     _sync.expireAt   when such a marker may go (TTL index)
+    _sync.dl         version of a dead letter recorded for it while an apply may have been
+                     about to skip the dead-letter clear (`state.dead_letters`); the next
+                     write of the document expects it as read, and drops it
 
 `owned` is stored compactly: the escaped dotted paths, each behind a NUL (a byte no field name
 can hold), zlib-compressed into one binary value. Listing every leaf path as its own string
@@ -39,6 +42,7 @@ FINGERPRINT = "fp"
 DELETED_AT = "deletedAt"
 TOMBSTONE = "tombstone"
 EXPIRE_AT = "expireAt"
+DEAD_LETTER = "dl"
 
 # Dotted names for queries, updates and indexes.
 PID_FIELD = f"{SYNC}.{PID}"
@@ -47,6 +51,7 @@ VERSION_FIELD = f"{SYNC}.{VERSION}"
 CHANGED_AT_FIELD = f"{SYNC}.{CHANGED_AT}"
 DELETED_AT_FIELD = f"{SYNC}.{DELETED_AT}"
 EXPIRE_AT_FIELD = f"{SYNC}.{EXPIRE_AT}"
+DEAD_LETTER_FIELD = f"{SYNC}.{DEAD_LETTER}"
 
 _SEPARATOR = "\x00"
 
@@ -109,3 +114,10 @@ def read_meta(document: Mapping[str, Any] | None) -> SyncMeta:
         tombstone=bool(raw.get(TOMBSTONE)),
         fingerprint=fingerprint if isinstance(fingerprint, str) else None,
     )
+
+
+def dead_letter_mark(document: Mapping[str, Any]) -> int | None:
+    """`_sync.dl` of a staging document as read (None: unmarked), without decoding the rest."""
+    raw = document.get(SYNC)
+    mark = raw.get(DEAD_LETTER) if isinstance(raw, Mapping) else None
+    return mark if isinstance(mark, int) else None

@@ -38,6 +38,7 @@ from stagesync.settings.model import Settings
 from stagesync.state.checkpoints import LeaseLost, WatcherRecord
 from stagesync.state.dead_letters import DeadLetterStore
 from stagesync.watcher import heartbeat, metrics
+from stagesync.watcher.background_read import BackgroundRead
 from stagesync.watcher.checkpoint_saver import CheckpointSaver
 from stagesync.watcher.events import STREAM_PROJECTION
 from stagesync.watcher.index_follower import IndexFollower
@@ -115,8 +116,10 @@ class CollectionWatcher:
         self.state = "starting"
         self.idle_at = 0.0  # wall-clock time everything read so far was last applied
         self._fresh_start: str | None = None  # why the next stream must start from now
-        self._dead_letters = 0
-        self._oplog_seconds: float | None = None
+        # The heartbeat's reads of MongoDB, off the stream loop's thread (watcher.background_read).
+        self._dead_letters = BackgroundRead(f"dead-letters-{self.name}", self._count_dead_letters)
+        self._oplog_seconds = BackgroundRead(
+            f"oplog-window-{self.name}", lambda: self.production.oplog_window().seconds)
         # At 0 from the start, so that the first one is an increase an alert can see.
         metrics.HISTORY_LOST.labels(self.name)
         metrics.REPUBLISHED.labels(self.name)
@@ -146,6 +149,8 @@ class CollectionWatcher:
                 failures += 1
                 self._failed(error, failures)
         metrics.ACTIVE.labels(self.name).set(0)
+        self._dead_letters.close()
+        self._oplog_seconds.close()
         self._release_quietly()
 
     def _history_lost(self, lost: HistoryLost) -> None:
@@ -220,22 +225,33 @@ class CollectionWatcher:
 
     def heartbeat(self, window: InflightWindow) -> None:
         """The heartbeat: the Redis record and the gauges, with the dead letters counted and the
-        oplog window read on their own periods."""
+        oplog window read on their own periods, in the background: this runs on the stream
+        loop, which must never wait for a slow read of MongoDB (it would stop reading and
+        flushing meanwhile), so it publishes the last values those reads returned."""
         monotonic, now = time.monotonic(), time.time()
         if self.timers.due("dead_letters", monotonic):
-            self._dead_letters = DeadLetterStore(self.state_db).count(self.name)
+            self._dead_letters.ask()
+        if self.timers.due("oplog", monotonic):
+            self._oplog_seconds.ask()
         reading = heartbeat.Reading(
             owner=self.run_id, state=self.state, unapplied=window.unapplied,
             groups=window.groups, oldest_pending=window.oldest_pending_change(),
-            last_error=self.last_error, dead_letters=self._dead_letters, idle_at=self.idle_at,
+            last_error=self.last_error, dead_letters=self._dead_letters.last or 0,
+            idle_at=self.idle_at,
             saved_at=self.checkpoints.saved_at,
         )
         heartbeat.write_record(self.redis, self.name, reading, now)
         heartbeat.set_gauges(self.name, reading, now)
-        if self.timers.due("oplog", monotonic):
-            self._oplog_seconds = self.production.oplog_window().seconds
-        heartbeat.set_oplog_headroom(self.name, self._oplog_seconds, reading.saved_at, now)
+        heartbeat.set_oplog_headroom(self.name, self._oplog_seconds.last, reading.saved_at, now)
         heartbeat.set_queue_depths(self.redis, queues_of(self.collection))
+
+    def _count_dead_letters(self) -> int:
+        """The open dead letters, counted in the background; settling the signal first lets
+        the applies of a collection whose dead letters are all resolved skip their clear
+        (`state.dead_letters`)."""
+        store = DeadLetterStore(self.state_db)
+        store.settle(self.name)
+        return store.count(self.name)
 
     def _release_quietly(self) -> None:
         with contextlib.suppress(PyMongoError):

@@ -17,14 +17,17 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from itertools import chain
+from typing import Any
 
 from stagesync.protocol.names import DUPLICATE_KEY
 from stagesync.rules.document import Document
 from stagesync.rules.identity import encode_id
 from stagesync.rules.plan import plan_batch
-from stagesync.rules.plan_types import BatchPlan, DeadLetter, PlannedWrite, StagingView
+from stagesync.rules.plan_types import UNSYNCED, BatchPlan, DeadLetter, PlannedWrite, StagingView
+from stagesync.rules.sync_meta import dead_letter_mark
 from stagesync.state.dead_letters import DeadLetterEntry
-from stagesync.state.versions import peek_version, take_version
+from stagesync.state.versions import dead_letters_possible, peek_version, take_version
 from stagesync.tasks.apply.context import (
     ApplyContext,
     ApplyResult,
@@ -75,6 +78,12 @@ class ApplyRound:
     whole: set[str] = field(default_factory=set)  # staging `_id`s to read in full
     taken: set[str] = field(default_factory=set)  # production `_id`s held in staging by others
     retried: set[str] = field(default_factory=set)  # inserts given one more round
+    # This round's view: the dead-letter marks read (encoded staging `_id` -> `_sync.dl`) and
+    # each pending pid's own copy (its `_id`), found by `_sync.pid`.
+    marks: dict[str, int] = field(default_factory=dict)
+    own: dict[str, Any] = field(default_factory=dict)
+    # Pids whose write landed on their own copy with the filter "no dead-letter mark".
+    unmarked: set[str] = field(default_factory=set)
 
 
 def apply_changes(context: ApplyContext, ops: Mapping[str, str],
@@ -162,6 +171,9 @@ def _one_round(context: ApplyContext, state: ApplyRound, options: ApplyOptions,
             sorted(state.pending), state.production,
             True if options.compare_content else state.whole,
         )
+    state.marks = _marks_of(view)
+    state.own = {pid: copy["_id"] for pid in state.pending
+                 if (copy := view.by_pid.get(pid)) is not None}
     plan = plan_batch(
         version=state.version, now=state.now, pids=state.pending, production=state.content,
         staging=replace(view, taken_ids=frozenset(state.taken)), rules=context.rules,
@@ -176,7 +188,7 @@ def _one_round(context: ApplyContext, state: ApplyRound, options: ApplyOptions,
         return False
     sink = options.plan_only or context.target
     if plan.releases:
-        sink.execute(plan.releases)
+        sink.execute(plan.releases, state.marks)
         state.result.staging_writes += len(plan.releases)
     state.lost = _execute(context, state, plan.writes, options.plan_only)
     _note_settled(state, plan)
@@ -193,6 +205,16 @@ def _one_round(context: ApplyContext, state: ApplyRound, options: ApplyOptions,
         _read_more(context, state, waiting, options.plan_only)
         state.pending |= waiting
     return not state.pending
+
+
+def _marks_of(view: StagingView) -> dict[str, int]:
+    """The dead-letter marks of the copies read, by encoded staging `_id` (mostly none)."""
+    marks: dict[str, int] = {}
+    for document in chain(view.by_pid.values(), view.by_key.values()):
+        mark = dead_letter_mark(document)
+        if mark is not None:
+            marks[encode_id(document["_id"])] = mark
+    return marks
 
 
 def _note_settled(state: ApplyRound, plan: BatchPlan) -> None:
@@ -244,7 +266,7 @@ def _execute(context: ApplyContext, state: ApplyRound, writes: list[PlannedWrite
     """Run one round's writes; return the pids whose write lost a race."""
     if not writes:
         return set()
-    report = (plan_only or context.target).execute(writes)
+    report = (plan_only or context.target).execute(writes, state.marks)
     state.result.staging_writes += len(writes)
     lost: set[str] = set()
     for index, (code, message) in report.failed.items():
@@ -303,6 +325,10 @@ def _count_write(state: ApplyRound, write: PlannedWrite, stored: Mapping[str, in
     result = state.result
     result.outcomes[write.outcome] += 1
     state.done.add(pid)
+    if (not write.is_insert and write.expect is not UNSYNCED
+            and write.staging_id is state.own.get(pid)
+            and not (state.marks and encode_id(write.staging_id) in state.marks)):
+        state.unmarked.add(pid)
     if write.outcome in ("created", "updated", "unchanged"):
         result.staging_ids[pid] = write.staging_id
     if write.enters:
@@ -345,5 +371,31 @@ def _settle_dead_letters(context: ApplyContext, state: ApplyRound,
         for letter in state.dead.values()
     )
     resolved = state.done - set(state.dead)
+    if not dead_letters_possible(context.state_db, context.name, state.version):
+        # The common path skips the clear. When this apply took its version, no entry of the
+        # collection was open (`state.dead_letters`: the signal), so any entry of these pids
+        # is recorded after that, in this order: signal, entry, then (when a version as new
+        # as ours was already handed out) mark the copy, then read the copy's `_sync.v`. Our
+        # write of a pid in `unmarked` required its own copy to be unmarked. If the mark came
+        # first, that write lost its race and was planned again, seeing the mark, so the pid
+        # is not in `unmarked` and is cleared below; if our write came first, the recorder's
+        # read after its mark finds our version and resolves its entry itself. Either way no
+        # entry of a document we landed outlives our write. A pid whose copy was not found by
+        # `_sync.pid` (created, adopted), was marked, or settled without a write is cleared.
+        resolved -= state.unmarked
     if resolved:
-        context.dead_letters.clear(context.scope, resolved, older_than=state.version)
+        _clear(context, state.version, resolved)
+
+
+def _clear(context: ApplyContext, version: int, pids: set[str]) -> None:
+    """Resolve the entries of these pids older than `version`; mark again the copies of the
+    open ones that are newer (a dead letter from a later read than ours): our write dropped
+    their mark, or created a copy that their marker could not find."""
+    entries = context.dead_letters.versions(context.scope, pids)
+    older = [pid for pid, (entry_version, _) in entries.items() if entry_version < version]
+    if older:
+        context.dead_letters.clear(context.scope, older, older_than=version)
+    newer = {pid: entry_version for pid, (entry_version, is_open) in entries.items()
+             if is_open and entry_version >= version}
+    if newer:
+        context.mark_dead_letters(newer)

@@ -19,7 +19,7 @@ from stagesync.rules.pii import Masker
 from stagesync.rules.plan_types import CollectionRules, DeadLetter, PlannedWrite
 from stagesync.rules.subset import in_sample
 from stagesync.settings.collection import CollectionSettings
-from stagesync.state.dead_letters import DeadLetterStore
+from stagesync.state.dead_letters import DeadLetterStore, register_marker
 from stagesync.state.index_mirror_records import IndexMirrorRecords
 from stagesync.state.unclassified_paths import held_count, record_unclassified
 from stagesync.tasks.apply.index_guard import MirroredIndexGuard
@@ -61,7 +61,9 @@ class PlanOnly:
     # What the writes were planned from: masked, references translated, by pid.
     content: dict[str, Document | None] = field(default_factory=dict)
 
-    def execute(self, writes: Sequence[PlannedWrite]) -> WriteReport:
+    def execute(self, writes: Sequence[PlannedWrite],
+                marks: Mapping[str, int] | None = None) -> WriteReport:
+        """Taken as landed; `marks` shape only real writes' filters."""
         self.writes.extend(writes)
         return WriteReport()
 
@@ -85,6 +87,11 @@ class ApplyContext:
     # masking belong to the collection (`name`); what the state database keeps per target
     # (dead letters, pending references, index-mirror records) is keyed by `scope`.
     environment: str | None = None
+
+    def __post_init__(self) -> None:
+        # Dead letters of this scope recorded in this process, whoever records them, mark
+        # their copies here (`state.dead_letters`: the signal).
+        register_marker(self.scope, self.mark_dead_letters)
 
     @classmethod
     def build(
@@ -113,6 +120,19 @@ class ApplyContext:
     def scope(self) -> str:
         """`orders` for the main staging, `orders@pr-1` for an environment's copies."""
         return scoped_name(self.settings.name, self.environment)
+
+    def mark_dead_letters(self, versions: Mapping[str, int]) -> None:
+        """Mark the copies of these dead-lettered pids (pid -> the entry's version), then
+        resolve the entries whose copy a newer apply has written meanwhile: that apply may have
+        skipped its clear, having taken its version before this dead letter was signalled."""
+        stored = self.target.mark_dead_lettered(versions)
+        newer: dict[int, list[str]] = {}
+        for pid, version in versions.items():
+            current = stored.get(pid)
+            if current is not None and current > version:
+                newer.setdefault(current, []).append(pid)
+        for current, pids in newer.items():
+            self.dead_letters.clear(self.scope, pids, older_than=current)
 
     def sampled(self, pid: str) -> bool:
         """In the `subset: {percent}` sample (always, without one)."""

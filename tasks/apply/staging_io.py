@@ -24,7 +24,14 @@ from stagesync.protocol.names import DUPLICATE_KEY, KEY_INDEX, PID_INDEX
 from stagesync.rules.document import Document
 from stagesync.rules.identity import business_key, decode_id, encode_id, key_digest
 from stagesync.rules.plan_types import UNSYNCED, CollectionRules, PlannedWrite, StagingView
-from stagesync.rules.sync_meta import KEY_FIELD, PID_FIELD, SYNC, VERSION_FIELD, read_meta
+from stagesync.rules.sync_meta import (
+    DEAD_LETTER_FIELD,
+    KEY_FIELD,
+    PID_FIELD,
+    SYNC,
+    VERSION_FIELD,
+    read_meta,
+)
 from stagesync.settings.collection import CollectionSettings
 
 # Unique indexes whose duplicate-key errors mean "another apply got there first" (re-plan),
@@ -127,13 +134,16 @@ class TargetCollection:
         collation = None if field == "_id" else SIMPLE
         sort = [("_id", 1)] if in_id_order else None
         for some in in_lists(values):
-            # A first batch as long as the list: lookups by `_id`, pid and key find at most
-            # one document per value, and a list over 101 values (the server's default first
-            # batch) then costs no getMore. (The never-synced lookup may find more: the rest
-            # comes by getMore as usual.)
+            # A first batch one longer than the list: lookups by `_id`, pid and key find at
+            # most one document per value, so the first batch is never full, and the server
+            # closes a cursor whose first batch is not full (cursor id 0): no getMore follows.
+            # A batch exactly as long as the list can be full, and the server then keeps the
+            # cursor open without looking further; pymongo's next getMore finds it empty, a
+            # round trip for nothing on every apply (issue 31). (The never-synced lookup may
+            # find more: the rest comes by getMore as usual.)
             yield from self.collection.find({field: {"$in": some}, **query}, projection,
                                             collation=collation, sort=sort,
-                                            batch_size=len(some))
+                                            batch_size=len(some) + 1)
 
     def _unsynced_by_key(self, wanted: Mapping[str, Mapping[str, Any]]) -> dict[str, Document]:
         if not wanted:
@@ -157,12 +167,14 @@ class TargetCollection:
                 found[key] = doc
         return found
 
-    def execute(self, writes: Sequence[PlannedWrite]) -> WriteReport:
-        """One unordered bulk write; per-operation failures come back by index."""
+    def execute(self, writes: Sequence[PlannedWrite],
+                marks: Mapping[str, int] | None = None) -> WriteReport:
+        """One unordered bulk write; per-operation failures come back by index. `marks`: the
+        `_sync.dl` each target copy was read with, by encoded staging `_id` (absent: none)."""
         report = WriteReport()
         if not writes:
             return report
-        operations = [_operation(write) for write in writes]
+        operations = [_operation(write, marks or {}) for write in writes]
         expected_matches = sum(1 for write in writes if not write.is_insert)
         try:
             result = self.collection.bulk_write(operations, ordered=False)
@@ -202,6 +214,17 @@ class TargetCollection:
             if not read_meta(doc).deleted
         }
 
+    def mark_dead_lettered(self, versions: Mapping[str, int]) -> dict[str, int | None]:
+        """Mark each pid's copy with its dead letter's version (`_sync.dl`, never lowered),
+        then read the `_sync.v` each copy holds now: a copy written by a newer apply makes the
+        dead letter obsolete (`state.dead_letters`: the marker)."""
+        self.collection.bulk_write([
+            UpdateOne({PID_FIELD: pid}, {"$max": {DEAD_LETTER_FIELD: version}},
+                      collation=SIMPLE)
+            for pid, version in versions.items()
+        ], ordered=False)
+        return self.versions_of(versions)
+
     def versions_of(self, pids: Iterable[str]) -> dict[str, int | None]:
         """The `_sync.v` now stored for each pid, to learn which writes of a round landed."""
         found: dict[str, int | None] = {}
@@ -235,18 +258,29 @@ def _on_id_index(failure: Mapping[str, Any]) -> bool:
     return bool(re.search(r"(index: _id_ |\._id\b)", str(failure.get("errmsg", ""))))
 
 
-def _operation(write: PlannedWrite) -> WriteOperation:
+def _operation(write: PlannedWrite, marks: Mapping[str, int]) -> WriteOperation:
     if write.is_insert:
         assert write.document is not None
         return InsertOne(write.document)
     query: dict[str, Any] = {"_id": write.staging_id}
+    mark = None
     if write.expect is UNSYNCED:
         query[SYNC] = {"$exists": False}
     else:
         query[VERSION_FIELD] = write.expect
+        # The dead-letter mark as read: a write never drops a mark it did not see, so a dead
+        # letter recorded meanwhile makes it lose its race and be planned again, clear
+        # included (`tasks.apply.applier._settle_dead_letters`).
+        mark = marks.get(encode_id(write.staging_id)) if marks else None
+        query[DEAD_LETTER_FIELD] = {"$exists": False} if mark is None else mark
     # No collation here: the filter's only string can be `_id`, unique under the collection's
     # own collation anyway, and only that collation lets a string `_id` use the `_id` index.
     if write.delete:
         return DeleteOne(query)
-    assert write.update is not None
-    return UpdateOne(query, write.update)
+    update = write.update
+    assert update is not None
+    if mark is not None and isinstance(update, Mapping) and SYNC not in update.get("$set", {}):
+        # A write that replaces `_sync` drops the mark anyway; the others drop it here. The
+        # apply's clear then re-marks what a newer dead letter still needs.
+        update = {**update, "$unset": {**update.get("$unset", {}), DEAD_LETTER_FIELD: ""}}
+    return UpdateOne(query, update)
