@@ -156,3 +156,37 @@ def test_an_idle_collection_keeps_its_place_in_a_short_history(
     wait_for(lambda: synced(pipeline, later), TIMEOUT, "a change after the restart", pipeline)
     reasons = resync_reasons(pipeline)
     assert len(reasons) == 1 and "bootstrap" in reasons[0], reasons
+
+
+def test_lost_history_resyncs_the_live_environments_too(own_servers: OwnServers) -> None:
+    production = own_servers.server("prod", oplog_max_entries=HISTORY)
+    pipeline = own_servers.pipeline([collection_config("orders")], prod=production)
+    prod = pipeline.prod()
+    ids = prod.insert_many([order(i) for i in range(20)]).inserted_ids
+    pipeline.start_worker(concurrency=2)
+    watcher = pipeline.start_watcher()
+    wait_for(lambda: len(pipeline.live_staging()) == 20, TIMEOUT, "bootstrap copy", pipeline)
+    created = pipeline.cli("env", "create", "h1", "--wait", "--timeout", "60")
+    assert created.returncode == 0, created.stdout + created.stderr + pipeline.logs()
+    database, _, name = pipeline.collections[0]["target"].partition(".")
+    copies = pipeline.staging_client[f"{database}__h1"][name]
+    watcher.terminate()
+
+    for _id in ids[:10]:
+        prod.update_one({"_id": _id}, {"$set": {"status": "changed"}})
+    prod.delete_many({"_id": {"$in": ids[10:15]}})
+    prod.insert_many([order(i) for i in range(100, 100 + PAST_HISTORY)])
+    assert not resumable(prod, checkpoint(pipeline))
+
+    pipeline.start_watcher()
+
+    def environment_equal() -> bool:
+        held = {doc["_sync"]["pid"]: doc.get("status") for doc in copies.find(
+            {"deleted": False}, {"_sync.pid": 1, "status": 1})}
+        return held == {encode_id(doc["_id"]): doc["status"] for doc in prod.find({})}
+
+    wait_for(environment_equal, 3 * TIMEOUT, "the environment equal to production after "
+             "the history-lost resync", pipeline, interval=2)
+    scoped = f"{pipeline.collections[0]['name']}@h1"
+    assert any(doc.get("reason", "").startswith("history lost") for doc in
+               pipeline.state()[RESYNCS].find({"kind": "resync", "collection": scoped}))
