@@ -23,8 +23,7 @@ from stagesync.protocol.names import scoped_name
 from stagesync.rules.document import Document
 from stagesync.settings.model import Settings
 from stagesync.state.dead_letters import DeadLetterStore
-from stagesync.state.environments import FROZEN, EnvironmentStore
-from stagesync.tasks.apply.targets import environment_settings
+from stagesync.state.environments import FROZEN, EnvironmentStore, environment_settings
 
 
 def read_environments(settings: Settings, state_db: Database[Document],

@@ -42,9 +42,9 @@ from stagesync.state.environments import (
     Environment,
     EnvironmentRefused,
     EnvironmentStore,
+    environment_settings,
 )
 from stagesync.state.guard_markers import GuardMarkers
-from stagesync.tasks.apply.targets import environment_settings
 from stagesync.tasks.enqueue import broker_app
 from stagesync.tasks.environment_ops import (
     continue_filling,

@@ -47,6 +47,7 @@ from pymongo import ASCENDING, IndexModel, ReturnDocument
 from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError
 from stagesync.protocol.names import ENVIRONMENTS
+from stagesync.settings.collection import CollectionSettings, SubsetSettings
 
 CREATING, LIVE, FROZEN, RESETTING, DELETING = "creating", "live", "frozen", "resetting", \
     "deleting"
@@ -252,6 +253,19 @@ class EnvironmentStore:
         moment = now or datetime.now(UTC)
         return [Environment.from_record(record) for record in self.records.find(
             {"$or": [{"expiresAt": {"$lte": moment}}, {"state": DELETING}]})]
+
+
+def environment_settings(collection: CollectionSettings, environment: Environment
+                         ) -> CollectionSettings:
+    """The collection as the environment holds it: its target database, its sample."""
+    database = environment.databases[collection.target_db]
+    subset = collection.subset
+    if environment.sample is not None and (subset is None or subset.follow is None):
+        own = subset.percent if subset is not None and subset.percent is not None else 100.0
+        subset = SubsetSettings(percent=min(own, environment.sample))
+    return collection.model_copy(update={
+        "target": f"{database}.{collection.target_collection}", "subset": subset,
+    })
 
 
 class EnvironmentCache:

@@ -64,6 +64,7 @@ from stagesync.state.environments import (
     Environment,
     EnvironmentRefused,
     EnvironmentStore,
+    environment_settings,
 )
 from stagesync.state.index_mirror_records import IndexMirrorRecords
 from stagesync.state.pending_references import PendingReferences
@@ -75,7 +76,6 @@ from stagesync.state.resync_progress import (
     started_since,
 )
 from stagesync.tasks import metrics
-from stagesync.tasks.apply.targets import environment_settings
 
 log = logging.getLogger("stagesync.environments")
 

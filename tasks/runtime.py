@@ -44,6 +44,7 @@ from stagesync.state.environments import (
     EnvironmentCache,
     EnvironmentStore,
     NoSuchEnvironment,
+    environment_settings,
 )
 from stagesync.state.guard_markers import GuardMarkers
 from stagesync.state.index_mirror_records import IndexMirrorRecords
@@ -58,7 +59,6 @@ from stagesync.tasks.apply.targets import (
     BrokenTarget,
     EnvironmentTarget,
     FrozenTarget,
-    environment_settings,
 )
 from stagesync.tasks.celery_app import app
 from stagesync.tasks.enqueue import publish_apply

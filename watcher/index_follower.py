@@ -3,7 +3,9 @@
 A pass of the mirror (`deployments.index_mirror.IndexMirror`) at start, then one after every
 DDL event the change stream carries (MongoDB 6.0+, `showExpandedEvents`), or every
 `watcher.index_poll_seconds` where there are none. It runs beside the stream, so a long build
-never stalls the applies.
+never stalls the applies. Each pass is made in the main staging, then in every environment on
+the staging deployment that the stream writes into (one on a deployment of its own,
+`environments.uri`, gets production's indexes from each resync into it).
 """
 
 from __future__ import annotations
@@ -18,8 +20,10 @@ from pymongo.database import Database
 from pymongo.errors import OperationFailure, PyMongoError
 from stagesync.deployments.index_mirror import IndexMirror
 from stagesync.deployments.production import ProductionReader
+from stagesync.protocol.names import scoped_name
 from stagesync.settings.collection import CollectionSettings
 from stagesync.settings.model import Settings
+from stagesync.state.environments import STREAMED, EnvironmentStore, environment_settings
 from stagesync.state.index_mirror_records import IndexMirrorRecords
 from stagesync.watcher.metrics import INDEX_DRIFT, INDEX_DRIFT_KINDS
 
@@ -44,8 +48,11 @@ class IndexFollower:
     runs beside the stream, so a long build never stalls the applies."""
 
     def __init__(self, mirror: IndexMirror, stop: threading.Event, poll_seconds: float,
-                 events: bool, active: Callable[[], bool] | None = None) -> None:
+                 events: bool, active: Callable[[], bool] | None = None,
+                 environments: Callable[[], list[IndexMirror]] | None = None) -> None:
         self.mirror = mirror
+        # The same collection in every environment the stream writes into, read at each pass.
+        self.environments = environments or (lambda: [])
         self.stop = stop
         self.poll_seconds = poll_seconds
         self.events = events
@@ -71,7 +78,18 @@ class IndexFollower:
                 events = production.server_version()[:2] >= EXPANDED_EVENTS_SINCE
             except PyMongoError:
                 events = False  # asked again never; polling works everywhere
-        return cls(mirror, stop, settings.watcher.index_poll_seconds, events, active)
+        source = production.collection(collection)
+
+        def environments() -> list[IndexMirror]:
+            if settings.environments.uri is not None:
+                return []  # a deployment of their own: mirrored by each resync into it
+            return [IndexMirror(environment_settings(collection, environment), source,
+                                state_db.client, IndexMirrorRecords(
+                                    state_db, scoped_name(collection.name, environment.name)))
+                    for environment in EnvironmentStore(state_db).all(STREAMED)]
+
+        return cls(mirror, stop, settings.watcher.index_poll_seconds, events, active,
+                   environments)
 
     @property
     def mode(self) -> str:
@@ -107,6 +125,7 @@ class IndexFollower:
             try:
                 if self.active():
                     self.mirror.run()
+                    self._mirror_environments()
             except Exception as error:  # the thread must outlive any one failed pass
                 failed = True
                 log.error("index mirror pass failed; trying again at the next one",
@@ -117,6 +136,18 @@ class IndexFollower:
             wait = self.poll_seconds if failed or not self.events else EVENT_MODE_SAFETY_SECONDS
             if self._sleep(wait):
                 self.stop.wait(0.2)  # let a burst of DDL events settle into one pass
+
+    def _mirror_environments(self) -> None:
+        """The same pass in each environment, with records of its own (its scoped name); one
+        that fails is logged and tried again at the next pass, never failing the main
+        staging's."""
+        for mirror in self.environments():
+            try:
+                mirror.run()
+            except Exception as error:
+                log.warning("index mirror pass failed in an environment", extra={
+                    "collection": mirror.collection.name, "target": mirror.collection.target,
+                    "error": f"{type(error).__name__}: {str(error)[:200]}"})
 
     def _sleep(self, seconds: float) -> bool:
         """Wait for the next pass, measuring the drift every DRIFT_SECONDS meanwhile; True when

@@ -56,28 +56,14 @@ from pymongo.database import Database
 from stagesync.deployments.failures import describe_error
 from stagesync.protocol.names import scoped_name
 from stagesync.rules.document import Document
-from stagesync.settings.collection import CollectionSettings, SubsetSettings
 from stagesync.state.dead_letters import DeadLetterEntry, DeadLetterStore
 from stagesync.state.environment_backlog import EnvironmentBacklog
-from stagesync.state.environments import Environment, EnvironmentStore
+from stagesync.state.environments import EnvironmentStore
 from stagesync.state.versions import take_version
 from stagesync.tasks.apply.applier import apply_changes_read, apply_documents
 from stagesync.tasks.apply.context import ApplyContext, ApplyResult, WriteErrors
 
 log = logging.getLogger("stagesync.apply")
-
-
-def environment_settings(collection: CollectionSettings, environment: Environment
-                         ) -> CollectionSettings:
-    """The collection as the environment holds it: its target database, its sample."""
-    database = environment.databases[collection.target_db]
-    subset = collection.subset
-    if environment.sample is not None and (subset is None or subset.follow is None):
-        own = subset.percent if subset is not None and subset.percent is not None else 100.0
-        subset = SubsetSettings(percent=min(own, environment.sample))
-    return collection.model_copy(update={
-        "target": f"{database}.{collection.target_collection}", "subset": subset,
-    })
 
 
 @dataclass(frozen=True)

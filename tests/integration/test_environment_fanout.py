@@ -14,8 +14,8 @@ from stagesync.deployments.production import ReadOnlyCollection
 from stagesync.deployments.staging_indexes import ensure, ensure_indexes, target_indexes
 from stagesync.rules.identity import decode_id, encode_id
 from stagesync.rules.subset import in_sample
-from stagesync.state.environments import CREATING, LIVE, EnvironmentStore
-from stagesync.tasks.apply.targets import BrokenTarget, TargetBatch, environment_settings
+from stagesync.state.environments import CREATING, LIVE, EnvironmentStore, environment_settings
+from stagesync.tasks.apply.targets import BrokenTarget, TargetBatch
 from stagesync.tasks.full_resync.chunks import read_sampled, samples_by_id
 from stagesync.tasks.runtime import Runtime
 

@@ -238,3 +238,31 @@ def test_a_qa_fixture_that_fails_a_mirrored_index_build_leaves_the_sync_running(
              "the build retried at the resync", pipeline)
     wait_for(lambda: not status_indexes(pipeline)["failed"], TIMEOUT, "no failure left",
              pipeline)
+
+
+def test_production_s_index_changes_reach_the_live_environments(pipeline_factory: Any) -> None:
+    watcher = {"index_follow": "poll", "index_poll_seconds": 1}
+    pipeline: Pipeline = pipeline_factory([collection_config("orders")], watcher=watcher)
+    prod = pipeline.prod()
+    prod.insert_many([{"userEmail": f"u{n}@corp.test", "accountId": n, "total": n}
+                      for n in range(20)])
+    prod.create_index("accountId", name="account_1")
+    pipeline.start_worker(concurrency=1)
+    pipeline.start_watcher()
+    pipeline.wait_streaming()
+    created = pipeline.cli("env", "create", "ix", "--wait", "--timeout", "60")
+    assert created.returncode == 0, created.stdout + created.stderr + pipeline.logs()
+    database, _, name = pipeline.collections[0]["target"].partition(".")
+    copies = pipeline.staging_client[f"{database}__ix"][name]
+
+    def environment_indexes() -> set[str]:
+        return {index["name"] for index in copies.list_indexes()}
+
+    assert "account_1" in environment_indexes()  # from its copy
+    prod.create_index([("total", -1)], name="total_desc")
+    wait_for(lambda: "total_desc" in environment_indexes(), TIMEOUT,
+             "a new production index in the environment", pipeline)
+    prod.drop_index("account_1")
+    wait_for(lambda: "account_1" not in environment_indexes(), TIMEOUT,
+             "a dropped production index gone from the environment", pipeline)
+    assert "total_desc" in indexes(pipeline)  # and in the main staging
