@@ -27,9 +27,9 @@ from stagesync.state.dead_letters import DeadLetterEntry
 from stagesync.state.versions import take_version
 from stagesync.tasks import metrics
 from stagesync.tasks.apply.context import ApplyContext, WriteErrors
-from stagesync.tasks.apply.targets import TargetBatch
+from stagesync.tasks.apply.targets import EnvironmentsUnrecorded, TargetBatch
 from stagesync.tasks.celery_app import app
-from stagesync.tasks.enqueue import QueuedChange, publish_apply
+from stagesync.tasks.enqueue import QueuedChange, publish_apply, start_replay
 from stagesync.tasks.instrumented import stagesync_task
 from stagesync.tasks.runtime import Runtime, get_runtime
 
@@ -63,12 +63,15 @@ def apply_batch(
         # (tasks.apply.targets); the environments are applied once the batch is reported.
         main, *environments = runtime.targets(collection)
         assert isinstance(main, ApplyContext)  # the main staging's is never a BrokenTarget
-        fanout = TargetBatch(main, environments, ops,
-                             refresh=lambda: runtime.environment_targets(collection))
+        home = home_queue(runtime.settings.collection(collection))
+        fanout = TargetBatch(
+            main, environments, ops, refresh=lambda: runtime.environment_targets(collection),
+            replay=lambda scope, pids: start_replay(app, runtime.state_db, scope, home, pids,
+                                                    "environment_error"))
         result = fanout.apply_main()
     except Exception as error:
         if fanout is not None and isinstance(error, WriteErrors):
-            _fan_out(collection, fanout)  # the rest of the batch is done in the main staging
+            _fan_out(self, collection, fanout)  # the rest of the batch is done in the main
         if is_transient(error):
             metrics.FAILURES.labels(collection, "transient").inc()
             countdown = _backoff(self.request.retries, settings.retry_backoff_max_seconds)
@@ -100,7 +103,7 @@ def apply_batch(
                  describe_error(error))
         return
     runtime.report_done(collection, batch, part, result)
-    _fan_out(collection, fanout)
+    _fan_out(self, collection, fanout)
     metrics.observe_apply(collection, len(ops), time.monotonic() - began, waited,
                           result.outcomes)
     log.info(
@@ -114,10 +117,18 @@ def apply_batch(
     )
 
 
-def _fan_out(collection: str, fanout: TargetBatch) -> None:
-    """The environments' applies, and their metrics (labelled by environment)."""
+def _fan_out(task: Task, collection: str, fanout: TargetBatch) -> None:
+    """The environments' applies, and their metrics (labelled by environment). Where an
+    environment's failed changes could not be recorded, the whole message is retried (the
+    main staging's part again is superseded or a no-op)."""
     began = time.monotonic()
-    results = fanout.apply_environments()
+    try:
+        results = fanout.apply_environments()
+    except EnvironmentsUnrecorded as error:
+        log.warning("environment changes not recorded, retrying",
+                    extra={"collection": collection, "error": str(error)})
+        raise task.retry(exc=error, countdown=_backoff(task.request.retries, 5.0),
+                         max_retries=None) from None
     metrics.observe_environments(collection, results, time.monotonic() - began)
 
 

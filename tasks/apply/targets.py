@@ -39,7 +39,9 @@ since is left to its copy, which reads production after it settled.
 Containment: the main staging is applied first, exactly as before (its failures retry, split
 and dead-letter as the task decides). The environments are applied after it, each in its own
 `try`: an environment that fails records dead letters scoped to it (reason
-`environment_error`, or the refused writes as `write_error`) and never fails the batch; the
+`environment_error`, or the refused writes as `write_error`; after a passing failure their
+replay starts at once and retries until the environment takes them) and never fails the batch
+(unless even its dead letters cannot be recorded: then the message is retried whole); the
 task reports the batch done before it applies the environments, so a slow environment never
 holds back the watcher's checkpoint. A worker that dies between the report and the
 environments' writes leaves the message unacknowledged (acks_late): it is delivered again and
@@ -53,7 +55,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from pymongo.database import Database
-from stagesync.deployments.failures import describe_error
+from stagesync.deployments.failures import describe_error, is_transient
 from stagesync.protocol.names import scoped_name
 from stagesync.rules.document import Document
 from stagesync.state.dead_letters import DeadLetterEntry, DeadLetterStore
@@ -124,6 +126,9 @@ class TargetBatch:
     # The environments' targets as the process sees them now (asked again before they are
     # applied); None: those the batch began with.
     refresh: Callable[[], Sequence[EnvironmentTarget]] | None = None
+    # Starts the replay of an environment's dead letters (scope, pids) after a passing
+    # failure; None: they wait for `stagesync dlq replay`.
+    replay: Callable[[str, list[str]], None] | None = None
     version: int | None = None
     production: dict[str, Document | None] = field(default_factory=dict)
     applied: bool = False  # environments done (at most once per batch)
@@ -141,7 +146,7 @@ class TargetBatch:
     def apply_environments(self) -> dict[str, ApplyResult | None]:
         """Each environment written in turn; None for one that failed (its changes
         dead-lettered in its scope). Frozen ones remember the batch and are not in the
-        result. Never raises."""
+        result. Raises only EnvironmentsUnrecorded."""
         if self.applied or self.version is None:
             return {}
         self.applied = True
@@ -156,7 +161,7 @@ class TargetBatch:
                     target.remember(self.ops)
                 elif isinstance(target, BrokenTarget):
                     done[target.scope] = None
-                    _contain(target, self.ops, target.error)
+                    _contain(target, self.ops, target.error, self.replay)
                 elif isinstance(before, ApplyContext):
                     done[target.scope] = apply_documents(
                         target, self.version, dict(self.production), self.ops)
@@ -166,15 +171,25 @@ class TargetBatch:
                         target, version, target.read_production(self.ops), self.ops)
             except Exception as error:  # contained: see the module docstring
                 done[target.scope] = None
-                _contain(target, self.ops, error)
+                _contain(target, self.ops, error, self.replay)
         return done
 
 
-def _contain(target: EnvironmentTarget, ops: Mapping[str, str], error: Exception) -> None:
+class EnvironmentsUnrecorded(RuntimeError):
+    """An environment's failed changes could not even be recorded (the state database is
+    unreachable too): the task must retry the whole message rather than lose them."""
+
+
+def _contain(target: EnvironmentTarget, ops: Mapping[str, str], error: Exception,
+             replay: Callable[[str, list[str]], None] | None) -> None:
+    """Record the changes as the environment's dead letters; after a passing failure (its
+    server unreachable, a step-down) also start their replay, which retries until the
+    environment takes them: an outage must not leave an environment behind for good."""
     refused = error.errors if isinstance(error, WriteErrors) else {}
     log.warning("environment apply failed", exc_info=not refused,
                 extra={"collection": target.scope, "changes": len(ops),
                        "error": describe_error(error)})
+    pids = list(refused or ops)
     try:
         version = take_version(target.state_db, target.name)
         target.dead_letters.record(
@@ -184,8 +199,11 @@ def _contain(target: EnvironmentTarget, ops: Mapping[str, str], error: Exception
                 error=refused.get(pid, describe_error(error)) if refused else
                 describe_error(error), version=version,
             )
-            for pid in (refused or ops)
+            for pid in pids
         )
-    except Exception:  # the state database is down too: the main apply will tell
-        log.exception("environment dead letters not recorded",
-                      extra={"collection": target.scope})
+        if replay is not None and not refused and is_transient(error):
+            replay(target.scope, pids)
+    except Exception as unrecorded:
+        raise EnvironmentsUnrecorded(
+            f"{target.scope}: {describe_error(error)}; not recorded: "
+            f"{describe_error(unrecorded)}") from unrecorded

@@ -9,13 +9,16 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from pymongo.errors import AutoReconnect
 from stagesync.deployments.guard import SameDeploymentError
 from stagesync.deployments.production import ReadOnlyCollection
 from stagesync.deployments.staging_indexes import ensure, ensure_indexes, target_indexes
+from stagesync.protocol.routing import home_queue
 from stagesync.rules.identity import decode_id, encode_id
 from stagesync.rules.subset import in_sample
 from stagesync.state.environments import CREATING, LIVE, EnvironmentStore, environment_settings
-from stagesync.tasks.apply.targets import BrokenTarget, TargetBatch
+from stagesync.tasks.apply.targets import BrokenTarget, EnvironmentsUnrecorded, TargetBatch
+from stagesync.tasks.enqueue import broker_app, start_replay
 from stagesync.tasks.full_resync.chunks import read_sampled, samples_by_id
 from stagesync.tasks.runtime import Runtime
 
@@ -202,3 +205,45 @@ def test_a_small_sample_is_decided_on_ids_and_only_its_documents_read(
     gone = next(iter(walked))
     pipeline.prod().delete_one({"_id": decode_id(gone)})
     assert gone not in read_sampled(small, walked)
+
+
+def test_a_passing_environment_failure_is_replayed_until_it_takes(
+        pipeline: Pipeline, runtime: Runtime) -> None:
+    name = pipeline.collections[0]["name"]
+    flaky = add_environment(pipeline, "flaky")
+    targets = runtime.targets(name)
+    bad = next(t for t in targets if t.environment == "flaky")
+
+    def outage(*_: Any, **__: Any) -> Any:
+        raise AutoReconnect("environment server restarting")
+
+    bad.target.execute = outage  # type: ignore[method-assign]
+    ops = seed(pipeline, 20)
+    app, queue = broker_app(pipeline.settings), home_queue(pipeline.settings.collections[0])
+    replayed: list[tuple[str, list[str]]] = []
+
+    def replay(scope: str, pids: list[str]) -> None:
+        replayed.append((scope, sorted(pids)))
+        start_replay(app, runtime.state_db, scope, queue, pids, "environment_error")
+
+    batch = TargetBatch(targets[0], targets[1:], ops, replay=replay)
+    batch.apply_main()
+    assert batch.apply_environments() == {f"{name}@flaky": None}
+    assert replayed == [(f"{name}@flaky", sorted(ops))]
+    letters = pipeline.state()["dead_letters"]
+    # A worker (whose environment's server answers) takes the replay: nothing left behind.
+    pipeline.start_worker(concurrency=1)
+    wait_for(lambda: env_copies(pipeline, flaky).count_documents({"deleted": False}) == 20
+             and letters.count_documents({"collection": f"{name}@flaky",
+                                          "state": "open"}) == 0,
+             TIMEOUT, "the replayed environment", pipeline)
+
+    # Where not even the dead letters can be recorded, the message must be retried whole.
+    def unreachable(*_: Any, **__: Any) -> Any:
+        raise AutoReconnect("state database unreachable")
+
+    bad.dead_letters.record = unreachable  # type: ignore[method-assign]
+    again = TargetBatch(targets[0], targets[1:], seed(pipeline, 3), replay=replay)
+    again.apply_main()
+    with pytest.raises(EnvironmentsUnrecorded):
+        again.apply_environments()
