@@ -243,6 +243,13 @@ class DeadLetterStore:
             query[REASON] = {"$eq": reason}
         return iter(self.entries.find(query, limit=limit).sort(FIRST_SEEN, 1))
 
+    def waiting_scopes(self, collection: str, reason: str, before: datetime) -> list[str]:
+        """The environments' scopes of `collection` (`orders@pr-1`) that hold open entries
+        of `reason` no apply has touched since `before`."""
+        return sorted(self.entries.distinct(COLLECTION_FIELD, {
+            COLLECTION_FIELD: {"$regex": f"^{re.escape(collection)}@"}, STATE: {"$eq": OPEN},
+            REASON: {"$eq": reason}, LAST_SEEN: {"$lt": before}}))
+
     def get(self, collection: str, pid: str) -> dict[str, Any] | None:
         return self.entries.find_one(
             {"_id": entry_id(collection, pid), STATE: {"$eq": OPEN}}

@@ -12,6 +12,7 @@ import logging
 from collections import Counter
 
 from celery import Task
+from celery.exceptions import SoftTimeLimitExceeded
 from stagesync.deployments.failures import is_transient
 from stagesync.protocol.names import REPLAY_DEAD_LETTERS
 from stagesync.protocol.parts import WHOLE
@@ -34,14 +35,14 @@ def replay_dead_letters(
     reason: str | None = None,
 ) -> dict[str, int]:
     runtime = get_runtime()
-    context = runtime.context(collection)
     wanted = set(pids) if pids else None
-    entries = [
-        entry for entry in runtime.dead_letters.list(collection, reason)
-        if wanted is None or entry[PID] in wanted
-    ]
     counts: Counter[str] = Counter()
     try:
+        context = runtime.context(collection)
+        entries = [
+            entry for entry in runtime.dead_letters.list(collection, reason)
+            if wanted is None or entry[PID] in wanted
+        ]
         for start in range(0, len(entries), REPLAY_BATCH):
             chunk = entries[start:start + REPLAY_BATCH]
             ops = {entry[PID]: str(entry.get(OP) or "replay") for entry in chunk}
@@ -63,7 +64,8 @@ def replay_dead_letters(
             counts.update(result.outcomes)
             runtime.report_done(collection, None, WHOLE, result, source="replay")
     except Exception as error:
-        if is_transient(error):
+        # Out of time is passing too: what this turn resolved is gone from the next one.
+        if is_transient(error) or isinstance(error, SoftTimeLimitExceeded):
             raise self.retry(exc=error, countdown=5, max_retries=None) from None
         raise
     summary = {

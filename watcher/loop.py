@@ -220,6 +220,7 @@ class StreamLoop:
         if self.timers.due("resync", now):
             self.watcher.resyncs.watch_pending()
             self.watcher.resyncs.record_figures()
+            self.watcher.resyncs.replay_waiting_environment_letters()
 
     def _drain_done_reports(self) -> int:
         """Read the workers' done reports, move the low watermark; how many were read."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from celery import Celery
@@ -37,6 +37,9 @@ from stagesync.watcher import metrics
 
 log = logging.getLogger("stagesync.watcher")
 
+# How long an environment's failed changes wait before the watcher replays them again.
+ENVIRONMENT_REPLAY_SECONDS = 30
+
 
 class ResyncSupervisor:
     def __init__(self, settings: Settings, collection: CollectionSettings,
@@ -50,6 +53,7 @@ class ResyncSupervisor:
         self.celery = celery
         self._marker: tuple[Any, ...] | None = None  # the pending resync's last progress
         self._moved_at = 0.0
+        self._environment_replay_at = datetime.min.replace(tzinfo=UTC)
 
     def begin(self, reason: str, environments: bool = False) -> None:
         """Resync the main staging; with `environments` (history lost), every environment the
@@ -110,6 +114,23 @@ class ResyncSupervisor:
         newest = max(records, key=started, default={})
         metrics.RESYNC_DONE.labels(self.name).set(int(newest.get(DOCS) or 0))
         metrics.RESYNC_EXPECTED.labels(self.name).set(int(newest.get(TOTAL) or 0))
+
+    def replay_waiting_environment_letters(self, now: datetime | None = None) -> None:
+        """An environment's changes that failed in passing (`environment_error`) are replayed
+        at once by the worker that failed them; where that replay was lost (a Redis wipe, a
+        worker killed while it waited to retry) or failed again, the watcher starts another,
+        at most every ENVIRONMENT_REPLAY_SECONDS, so no environment stays behind unattended."""
+        moment = now or datetime.now(UTC)
+        if moment < self._environment_replay_at:
+            return
+        self._environment_replay_at = moment + timedelta(seconds=ENVIRONMENT_REPLAY_SECONDS)
+        before = moment - timedelta(seconds=ENVIRONMENT_REPLAY_SECONDS)
+        for scope in DeadLetterStore(self.state_db).waiting_scopes(
+                self.name, "environment_error", before):
+            job = start_replay(self.celery, self.state_db, scope, home_queue(self.collection),
+                               reason="environment_error")
+            log.info("replaying an environment's failed changes",
+                     extra={"collection": scope, "job": job})
 
     def replay_held_schema_versions(self) -> None:
         """Documents held for their schema version get another chance whenever a watcher

@@ -54,6 +54,7 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from celery.exceptions import SoftTimeLimitExceeded
 from pymongo.database import Database
 from stagesync.deployments.failures import describe_error, is_transient
 from stagesync.protocol.names import scoped_name
@@ -183,8 +184,8 @@ class EnvironmentsUnrecorded(RuntimeError):
 def _contain(target: EnvironmentTarget, ops: Mapping[str, str], error: Exception,
              replay: Callable[[str, list[str]], None] | None) -> None:
     """Record the changes as the environment's dead letters; after a passing failure (its
-    server unreachable, a step-down) also start their replay, which retries until the
-    environment takes them: an outage must not leave an environment behind for good."""
+    server unreachable, a step-down, the task out of time) also start their replay, which
+    retries until the environment takes them: an outage must not leave it behind for good."""
     refused = error.errors if isinstance(error, WriteErrors) else {}
     log.warning("environment apply failed", exc_info=not refused,
                 extra={"collection": target.scope, "changes": len(ops),
@@ -201,8 +202,9 @@ def _contain(target: EnvironmentTarget, ops: Mapping[str, str], error: Exception
             )
             for pid in pids
         )
-        if replay is not None and not refused and is_transient(error):
-            replay(target.scope, pids)
+        if replay is not None and not refused and (
+                is_transient(error) or isinstance(error, SoftTimeLimitExceeded)):
+            replay(target.scope, pids)  # out of time passes too: a replay has time of its own
     except Exception as unrecorded:
         raise EnvironmentsUnrecorded(
             f"{target.scope}: {describe_error(error)}; not recorded: "

@@ -3,7 +3,8 @@
 During a continuous stream of mixed changes over a few hundred keys: SIGKILL a worker,
 SIGKILL the watcher and restart it, FLUSHALL Redis, stop and restart the staging server,
 SIGKILL another worker. Afterwards staging must converge to exactly what production holds
-(`stagesync verify`), staging-only fields intact, dead-letter store empty.
+(`stagesync verify`), staging-only fields intact, dead-letter store empty; an environment
+created before the chaos holds what the main staging holds.
 
 Uses its own Redis (FLUSHALL must not touch anyone else's) and, with the SecantusDB backend,
 its own staging server on a storage directory, so it can be restarted with its data (other
@@ -123,6 +124,11 @@ def test_kills_wipes_and_restarts_lose_nothing(chaos_pipeline: tuple[Pipeline, A
     qa = [doc["_id"] for doc in pipeline.staging().find({}).limit(30)]
     pipeline.staging().update_many({"_id": {"$in": qa}},
                                    {"$set": {"qaNotes": "keep", "qaTag": "chaos"}})
+    # An environment lives through the same chaos and must lose nothing either.
+    created = pipeline.cli("env", "create", "ch", "--wait", "--timeout", "120")
+    assert created.returncode == 0, created.stdout + created.stderr + pipeline.logs()
+    database, _, collection = pipeline.collections[0]["target"].partition(".")
+    copies = pipeline.staging_client[f"{database}__ch"][collection]
 
     started = time.monotonic()
     load.start()
@@ -156,10 +162,26 @@ def test_kills_wipes_and_restarts_lose_nothing(chaos_pipeline: tuple[Pipeline, A
 
     def converged() -> bool:
         result = pipeline.cli("verify", name, "--settle", "5")
-        open_letters = pipeline.state()["dead_letters"].count_documents({"state": "open"})
+        letters = list(pipeline.state()["dead_letters"].find({"state": "open"}))
+        open_letters = len(letters)
         last_verify[:] = [f"verify exit {result.returncode}, open dead letters "
                           f"{open_letters}:\n{result.stdout[-3000:]}{result.stderr[-1000:]}"]
-        return result.returncode == 0 and open_letters == 0
+        last_verify.extend(f"\nopen: {letter.get('collection')} {letter.get('pid')} "
+                           f"{letter.get('reason')} v{letter.get('version')} "
+                           f"{str(letter.get('error'))[:120]}" for letter in letters[:10])
+        return result.returncode == 0 and open_letters == 0 and environment_equal()
+
+    def environment_equal() -> bool:
+        held = {doc["_sync"]["pid"]: (doc.get("total"), doc.get("status"))
+                for doc in copies.find({"deleted": False}, {"_sync": 1, "total": 1,
+                                                             "status": 1})}
+        wanted = {doc["_sync"]["pid"]: (doc.get("total"), doc.get("status"))
+                  for doc in pipeline.staging().find({"deleted": False}, {
+                      "_sync": 1, "total": 1, "status": 1})}
+        last_verify.append(f"\nenvironment ch: {len(held)} live copies, main staging "
+                           f"{len(wanted)}, {sum(held.get(k) != v for k, v in wanted.items())}"
+                           " differ")
+        return held == wanted
 
     try:
         wait_for(converged, CONVERGE_TIMEOUT, "convergence after chaos", pipeline, interval=3)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from bson import ObjectId
@@ -12,7 +13,9 @@ from stagesync.protocol.names import EXPIRE_ENVIRONMENTS
 from stagesync.protocol.routing import home_queue
 from stagesync.rules.identity import encode_id
 from stagesync.rules.subset import in_sample
+from stagesync.state.dead_letters import DeadLetterEntry, DeadLetterStore
 from stagesync.state.environments import CREATING, DELETING, LIVE, EnvironmentStore
+from stagesync.state.versions import take_version
 from stagesync.tasks.enqueue import broker_app
 
 from tests.support.pipeline import Pipeline, collection_config, wait_for
@@ -200,3 +203,30 @@ def test_a_sampled_environment_keeps_its_references_whole(pipeline_factory: Any)
     wait_for(lambda: pipeline.staging(1).find_one({"orderNo": 1001}), TIMEOUT,
              "the main staging", pipeline)
     assert env_orders.find_one({"orderNo": 1001, "deleted": False}) is None
+
+
+def test_the_watcher_replays_an_environment_s_waiting_failures(pipeline: Pipeline) -> None:
+    prod = pipeline.prod()
+    ids = prod.insert_many([{"userEmail": f"u{n}@x", "accountId": n} for n in range(30)]
+                           ).inserted_ids
+    pipeline.start_watcher()
+    pipeline.start_worker()
+    pipeline.wait_bootstrapped()
+    created = pipeline.cli("env", "create", "w1", "--wait", "--timeout", "60")
+    assert created.returncode == 0, created.stdout + created.stderr + pipeline.logs()
+    copies = env_collection(pipeline, "w1")
+    # What a lost replay leaves: copies missing, their passing failures open and untouched.
+    name = pipeline.collections[0]["name"]
+    lost = [encode_id(_id) for _id in ids[:5]]
+    copies.delete_many({"_sync.pid": {"$in": lost}})
+    state = pipeline.state()
+    DeadLetterStore(state).record(DeadLetterEntry(
+        collection=f"{name}@w1", pid=pid, op="update", reason="environment_error",
+        error="AutoReconnect: environment server restarting",
+        version=take_version(state, name)) for pid in lost)
+    state["dead_letters"].update_many(
+        {"collection": f"{name}@w1"},
+        {"$set": {"lastSeen": datetime.now(UTC) - timedelta(minutes=2)}})
+    wait_for(lambda: len(live_pids(copies)) == 30 and state["dead_letters"].count_documents(
+        {"collection": f"{name}@w1", "state": "open"}) == 0, 90,
+        "the watcher's replay of the environment's failures", pipeline)
