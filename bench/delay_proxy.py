@@ -65,16 +65,25 @@ class WireCounter:
 
     Chunks split messages anywhere (a header may straddle two reads, one read may hold many
     messages): the counter keeps the partial header and the bytes still owed by the current
-    message across `feed` calls. A length below 4 (never valid) counts as a 4-byte message."""
+    message across `feed` calls. A length below 4 (never valid) counts as a 4-byte message.
 
-    def __init__(self) -> None:
+    That state belongs to one byte stream: each connection and direction gets a counter of its
+    own, adding into a shared `total`. (One counter fed by every connection lost the framing
+    as soon as two connections' chunks interleaved mid-message, read a length out of a
+    document's bytes and then swallowed everything after it: messages stopped counting while
+    bytes went on.)"""
+
+    def __init__(self, total: WireCounter | None = None) -> None:
         self.messages = 0
         self.bytes = 0
+        self.total = total
         self._header = b""
         self._remaining = 0
 
     def feed(self, data: bytes) -> None:
         self.bytes += len(data)
+        if self.total is not None:
+            self.total.bytes += len(data)
         pos = 0
         while pos < len(data):
             if self._remaining:
@@ -87,6 +96,8 @@ class WireCounter:
             pos += take
             if len(self._header) == 4:
                 self.messages += 1
+                if self.total is not None:
+                    self.total.messages += 1
                 self._remaining = max(int.from_bytes(self._header, "little") - 4, 0)
                 self._header = b""
 
@@ -106,7 +117,7 @@ class DelayProxy:
         self.delay = delay
         self.listen = (listen_host, listen_port)
         self.port = 0
-        self.up = WireCounter()  # client -> server
+        self.up = WireCounter()  # client -> server, all connections (totals only)
         self.down = WireCounter()  # server -> client
         self.connections = 0
         self._early = 0.0  # measured timer overshoot, subtracted from every wait
@@ -179,8 +190,8 @@ class DelayProxy:
         try:
             server_r, server_w = await asyncio.open_connection(*self.target)
             async with asyncio.TaskGroup() as group:
-                group.create_task(self._pipe(client_r, server_w, self.up))
-                group.create_task(self._pipe(server_r, client_w, self.down))
+                group.create_task(self._pipe(client_r, server_w, WireCounter(self.up)))
+                group.create_task(self._pipe(server_r, client_w, WireCounter(self.down)))
         except (OSError, ExceptionGroup, asyncio.CancelledError):
             pass  # a side went away, or the proxy stops: close both
         finally:

@@ -84,8 +84,10 @@ TEST_SERVER_IN_LIST_MAX = 200
 
 # What the product is configured to sync: `plain` = orders alone (the `stagesync` row); `refs`
 # = users too, orders.customerId declared a reference to them; `subset` = a `percent` sample
-# of the users and the orders that follow them through that reference.
-Variant = Literal["plain", "refs", "subset"]
+# of the users and the orders that follow them through that reference; `follow` = refs, and
+# orders follow their users with every user kept (the environments bench: `env create
+# --sample P` then samples the users, and the orders follow).
+Variant = Literal["plain", "refs", "subset", "follow"]
 SUBSET_PERCENT = 10.0
 # Fixed, so the harness can tell which documents the product copies (`subset_member`) with
 # the same keyed hash; it keys nothing else here (no PII rules are configured).
@@ -181,6 +183,7 @@ def collection_configs(
         entries[COLLECTION]["references"] = {CUSTOMER: USERS}
     if variant == "subset":
         entries[USERS]["subset"] = {"percent": SUBSET_PERCENT}
+    if variant in ("subset", "follow"):
         entries[COLLECTION]["subset"] = {"follow": CUSTOMER}
     out = []
     for name in collection_names(variant):
@@ -213,7 +216,7 @@ def write_config(
         # The test server's `$in` is quadratic in the list's length (README, in_list_max).
         "in_list_max": TEST_SERVER_IN_LIST_MAX,
     }
-    if variant == "subset":
+    if variant in ("subset", "follow"):
         data["pii_secret"] = PII_SECRET
     # One batch in flight per worker process: more only queue up as small batches.
     watcher = {"batch_max_size": tuning.batch, "batch_max_wait_ms": tuning.batch_wait_ms,
