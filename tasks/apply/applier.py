@@ -50,12 +50,16 @@ class ApplyOptions:
     and `_sync.key` turn a racing write into a lost race that is re-planned after a real read.
     `write_unchanged=False` leaves copies that already hold production's content untouched
     (see `plan_batch`). `plan_only` collects the writes instead of making them.
+    `followers_later`: the collections that follow this one (`subset: {follow}`) are copied
+    after it (an environment's fill), against its complete copy: copies entering or leaving
+    now need not have their followers applied again (a read of production per batch).
     """
 
     compare_content: bool = False
     staging_known_empty: bool = False
     write_unchanged: bool = True
     plan_only: PlanOnly | None = None
+    followers_later: bool = False
 
 
 @dataclass
@@ -155,7 +159,8 @@ def apply_documents(
         options.plan_only.content.update(state.content)
     elif context.references is not None:
         result = state.result
-        context.references.copies_written(result.staging_ids, result.entered | result.left)
+        context.references.copies_written(
+            result.staging_ids, set() if options.followers_later else result.entered | result.left)
     if state.refused:
         raise WriteErrors(state.refused)
     return state.result

@@ -39,6 +39,7 @@ import time
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Literal
 
 from pymongo.collection import Collection
@@ -51,6 +52,7 @@ from stagesync.rules.id_ranges import IdRange, with_filter
 from stagesync.rules.identity import decode_id, encode_id
 from stagesync.rules.sync_meta import DELETED_AT_FIELD, PID_FIELD, SYNC, VERSION_FIELD
 from stagesync.state.dead_letters import DeadLetterEntry
+from stagesync.state.environments import FILLING
 from stagesync.state.resync_progress import (
     BATCH,
     EMPTY_START,
@@ -94,6 +96,17 @@ class ChunkRun:
     @property
     def context(self) -> ApplyContext:
         return self.runtime.context(self.collection)
+
+    @cached_property
+    def followers_later(self) -> bool:
+        """This resync fills an environment, whose fill copies the collections that follow
+        this one only once this copy is done (`environment_ops.fill_order`)."""
+        name, environment = split_scope(self.collection)
+        if environment is None:
+            return False
+        record = self.runtime.environment_store.get(environment)
+        return record is not None and record.state in FILLING and \
+            record.resyncs.get(name) == self.record["_id"]
 
     def over_budget(self) -> bool:
         return time.monotonic() > self.deadline
@@ -223,7 +236,8 @@ def _copy_batch(run: ChunkRun, version: int, batch: dict[str, Document | None], 
         # compare_content: staging is read in full and compared, so a resync repairs drift
         # made by hand in staging.
         result = apply_documents(context, version, dict(batch), ops, ApplyOptions(
-            compare_content=True, staging_known_empty=known_empty, write_unchanged=False))
+            compare_content=True, staging_known_empty=known_empty, write_unchanged=False,
+            followers_later=run.followers_later))
     except WriteErrors as refused:
         # A copy has no retry budget of its own: record what staging refused, go on.
         result = dead_letter_refused(run.runtime, run.collection, refused, "resync")
