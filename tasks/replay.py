@@ -17,6 +17,7 @@ from stagesync.deployments.failures import is_transient
 from stagesync.protocol.names import REPLAY_DEAD_LETTERS
 from stagesync.protocol.parts import WHOLE
 from stagesync.state.dead_letters import OP, PID, DeadLetterEntry
+from stagesync.state.environments import FROZEN
 from stagesync.state.replay_jobs import finish_replay_job
 from stagesync.state.versions import take_version
 from stagesync.tasks.apply.applier import apply_changes
@@ -39,6 +40,16 @@ def replay_dead_letters(
     counts: Counter[str] = Counter()
     try:
         context = runtime.context(collection)
+        if context.environment is not None and runtime.environment_store.require(
+                context.environment).state == FROZEN:
+            # A frozen environment holds still: its entries wait for its thaw (the watcher
+            # replays waiting environment failures again later).
+            log.info("replay skipped: the environment is frozen",
+                     extra={"collection": collection})
+            skipped = {"entries": 0, "resolved": 0, "still_failing": 0}
+            if job_id:
+                finish_replay_job(runtime.state_db, job_id, skipped)
+            return skipped
         entries = [
             entry for entry in runtime.dead_letters.list(collection, reason)
             if wanted is None or entry[PID] in wanted

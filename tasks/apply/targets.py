@@ -157,10 +157,11 @@ class TargetBatch:
             before = began.get(environment_of(target))
             if before is None:
                 continue  # created since this batch read production: its copy reads later
+            if isinstance(target, FrozenTarget):
+                _remember(target, self.ops)
+                continue
             try:
-                if isinstance(target, FrozenTarget):
-                    target.remember(self.ops)
-                elif isinstance(target, BrokenTarget):
+                if isinstance(target, BrokenTarget):
                     done[target.scope] = None
                     _contain(target, self.ops, target.error, self.replay)
                 elif isinstance(before, ApplyContext):
@@ -178,10 +179,20 @@ class TargetBatch:
 
 class EnvironmentsUnrecorded(RuntimeError):
     """An environment's failed changes could not even be recorded (the state database is
-    unreachable too): the task must retry the whole message rather than lose them."""
+    unreachable too), or a frozen one's could not be remembered: the task must retry the
+    whole message rather than lose them."""
 
 
-def _contain(target: EnvironmentTarget, ops: Mapping[str, str], error: Exception,
+def _remember(target: FrozenTarget, ops: Mapping[str, str]) -> None:
+    """A frozen environment's failure is never a dead letter: its replay would write into it."""
+    try:
+        target.remember(ops)
+    except Exception as error:
+        raise EnvironmentsUnrecorded(
+            f"{target.scope}: frozen, not remembered: {describe_error(error)}") from error
+
+
+def _contain(target: ApplyContext | BrokenTarget, ops: Mapping[str, str], error: Exception,
              replay: Callable[[str, list[str]], None] | None) -> None:
     """Record the changes as the environment's dead letters; after a passing failure (its
     server unreachable, a step-down, the task out of time) also start their replay, which

@@ -8,7 +8,10 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from stagesync.rules.identity import encode_id
+from stagesync.state.dead_letters import DeadLetterEntry, DeadLetterStore
 from stagesync.state.environments import CREATING, FROZEN, LIVE, RESETTING, EnvironmentStore
+from stagesync.state.versions import take_version
 
 from tests.integration.test_environments import env_collection, listed, live_pids
 from tests.support.pipeline import VENV_BIN, Pipeline, wait_for
@@ -64,8 +67,20 @@ def test_freeze_holds_still_and_thaw_applies_only_what_it_missed(pipeline: Pipel
     prod.delete_many({"accountId": {"$gte": 290, "$lt": 300}})
     wait_for(lambda: environment_view(pipeline.staging()) == production_view(pipeline),
              TIMEOUT, "the main staging caught up", pipeline)
+    # A replay of the environment's failures waits for its thaw too.
+    scope = f"{pipeline.collections[0]['name']}@pr-1"
+    state = pipeline.state()
+    DeadLetterStore(state).record([DeadLetterEntry(
+        collection=scope, pid=encode_id(prod.find_one({"accountId": 1})["_id"]), op="update",
+        reason="environment_error", error="AutoReconnect: passing",
+        version=take_version(state, pipeline.collections[0]["name"]))])
+    replay = pipeline.cli("dlq", "replay", "--collection", scope)
+    assert replay.returncode == 0, replay.stdout + replay.stderr
+    wait_for(lambda: state["replay_jobs"].find_one({"collection": scope, "state": "done"}),
+             TIMEOUT, "the replay job", pipeline)
     time.sleep(1.5)
     assert snapshot(copies) == before  # not one write, not one soft delete
+    assert state["dead_letters"].count_documents({"collection": scope, "state": "open"}) == 1
     entry = listed(pipeline)[0]
     assert entry["backlog"] == 70  # per document: 40 updated, 20 inserted, 10 deleted
     assert entry["collections"][pipeline.collections[0]["name"]]["lag_seconds"] > 1.0
