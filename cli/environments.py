@@ -34,6 +34,7 @@ from stagesync.state.database import state_database
 from stagesync.state.environment_backlog import EnvironmentBacklog
 from stagesync.state.environments import (
     CREATING,
+    DRAIN,
     FILLING,
     FROZEN,
     LIVE,
@@ -85,6 +86,12 @@ class Environments:
         if self.client is not self.staging:
             self.client.close()
         self.staging.close()
+
+    def __enter__(self) -> Environments:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
 
     def guard(self) -> None:
         """Never on production: the same-deployment guard, for a deployment of their own."""
@@ -317,9 +324,11 @@ def print_table(console: Console, entries: list[dict[str, Any]]) -> None:
 
 def run_create(settings: Settings, name: str, sample: float | None, ttl: str | None,
                wait: bool, timeout: float, console: Console) -> int:
-    environments = Environments(settings)
-    try:
-        environment = environments.create(name, sample, ttl)
+    with Environments(settings) as environments:
+        try:
+            environment = environments.create(name, sample, ttl)
+        except SameDeploymentError as error:
+            raise Refused(f"environments.uri: {error}", 3) from None
         sampled = f", sample {environment.sample:g}%" if environment.sample is not None else ""
         console.print(f"environment {name}: {environment.state}{sampled}, databases "
                       + ", ".join(sorted(environment.databases.values())))
@@ -327,25 +336,23 @@ def run_create(settings: Settings, name: str, sample: float | None, ttl: str | N
             if environment.state == CREATING:
                 console.print("copying; follow it with: stagesync env list")
             return 0
-        state = environments.wait_live(name, timeout, console)
-        if state != LIVE:
-            console.print(f"[red]environment {name} is still {state} after {timeout:.0f}s"
-                          "[/red]")
-            return 1
-        console.print(f"environment {name}: live")
-        return 0
-    except SameDeploymentError as error:
-        raise Refused(f"environments.uri: {error}", 3) from None
-    finally:
-        environments.close()
+        return _until_live(environments, name, timeout, console)
+
+
+def _until_live(environments: Environments, name: str, timeout: float,
+                console: Console) -> int:
+    """`--wait` of a create or a reset: 0 once live, 1 when `timeout` ran out first."""
+    state = environments.wait_live(name, timeout, console)
+    if state != LIVE:
+        console.print(f"[red]environment {name} is still {state} after {timeout:.0f}s[/red]")
+        return 1
+    console.print(f"environment {name}: live")
+    return 0
 
 
 def run_list(settings: Settings, as_json: bool, console: Console) -> int:
-    environments = Environments(settings)
-    try:
+    with Environments(settings) as environments:
         entries = environments.describe()
-    finally:
-        environments.close()
     if as_json:
         print(json.dumps(entries, indent=2))
     else:
@@ -354,11 +361,8 @@ def run_list(settings: Settings, as_json: bool, console: Console) -> int:
 
 
 def run_freeze(settings: Settings, name: str, console: Console) -> int:
-    environments = Environments(settings)
-    try:
+    with Environments(settings) as environments:
         environment = environments.freeze(name)
-    finally:
-        environments.close()
     moment = environment.frozen_cluster_time
     at = f" (production cluster time {moment.time}.{moment.inc})" if moment else ""
     console.print(f"environment {name}: frozen at "
@@ -369,10 +373,9 @@ def run_freeze(settings: Settings, name: str, console: Console) -> int:
 
 def run_thaw(settings: Settings, name: str, wait: bool, timeout: float,
              console: Console) -> int:
-    environments = Environments(settings)
-    try:
+    with Environments(settings) as environments:
         mode = environments.thaw(name)
-        how = {"drain": "applying the documents it missed", RESYNC: "copying it again "
+        how = {DRAIN: "applying the documents it missed", RESYNC: "copying it again "
                "(its backlog overflowed, or production's history was lost)"}.get(mode)
         console.print(f"environment {name}: live, " + (f"thawing: {how}" if how else
                                                       "nothing to catch up"))
@@ -384,36 +387,20 @@ def run_thaw(settings: Settings, name: str, wait: bool, timeout: float,
             return 1
         console.print(f"environment {name}: live, caught up")
         return 0
-    finally:
-        environments.close()
 
 
 def run_reset(settings: Settings, name: str, wait: bool, timeout: float,
               console: Console) -> int:
-    environments = Environments(settings)
-    try:
+    with Environments(settings) as environments:
         environments.reset(name)
         console.print(f"environment {name}: resetting: its documents are removed and copied "
                       "again from production")
-        if not wait:
-            return 0
-        state = environments.wait_live(name, timeout, console)
-        if state != LIVE:
-            console.print(f"[red]environment {name} is still {state} after {timeout:.0f}s"
-                          "[/red]")
-            return 1
-        console.print(f"environment {name}: live")
-        return 0
-    finally:
-        environments.close()
+        return _until_live(environments, name, timeout, console) if wait else 0
 
 
 def run_delete(settings: Settings, name: str, console: Console) -> int:
-    environments = Environments(settings)
-    try:
+    with Environments(settings) as environments:
         dropped = environments.delete(name)
-    finally:
-        environments.close()
     console.print(f"environment {name} deleted; databases dropped: "
                   + (", ".join(dropped) or "none"))
     return 0

@@ -76,15 +76,6 @@ class EnvironmentBacklog:
             query["collection"] = collection
         return self.entries.count_documents(query)
 
-    def oldest(self, environment: str) -> datetime | None:
-        """When the longest-waiting entry was first remembered (None: nothing waits)."""
-        entry = self.entries.find_one({"environment": environment}, {"at": 1},
-                                      sort=[("at", ASCENDING)])
-        if entry is None:
-            return None
-        moment: datetime = entry["at"]
-        return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-
     def clear(self, environment: str) -> None:
         """Everything remembered for the environment (a reset, a resyncing thaw, a delete)."""
         self.entries.delete_many({"environment": environment})

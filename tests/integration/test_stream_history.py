@@ -22,7 +22,7 @@ from stagesync.protocol.names import RESYNCS
 from stagesync.rules.identity import encode_id
 
 from tests.support.own_servers import OwnServers
-from tests.support.pipeline import Pipeline, collection_config, wait_for
+from tests.support.pipeline import Pipeline, Proc, collection_config, wait_for
 
 TIMEOUT = 45
 HISTORY = 50  # the production server's `--oplog-max-entries`
@@ -70,7 +70,10 @@ def synced(pipeline: Pipeline, pid: Any) -> dict[str, Any] | None:
     return pipeline.staging().find_one({"_sync.pid": encode_id(pid), "deleted": False})
 
 
-def test_lost_history_means_a_full_resync_then_streaming(own_servers: OwnServers) -> None:
+def bootstrapped_on_a_short_history(own_servers: OwnServers
+                                    ) -> tuple[Pipeline, Proc, Any, list[Any]]:
+    """20 orders copied by a watcher and a worker, on a production server whose history
+    holds HISTORY changes: the pipeline, its watcher, production's collection, the `_id`s."""
     production = own_servers.server("prod", oplog_max_entries=HISTORY)
     pipeline = own_servers.pipeline([collection_config("orders")], prod=production)
     prod = pipeline.prod()
@@ -78,16 +81,24 @@ def test_lost_history_means_a_full_resync_then_streaming(own_servers: OwnServers
     pipeline.start_worker(concurrency=2)
     watcher = pipeline.start_watcher()
     wait_for(lambda: len(pipeline.live_staging()) == 20, TIMEOUT, "bootstrap copy", pipeline)
-    pipeline.staging().update_many({}, {"$set": {"qaNotes": "keep"}})
-    watcher.terminate()
-    token = checkpoint(pipeline)
-    assert token is not None and resumable(prod, token)
+    return pipeline, watcher, prod, ids
 
-    # While the watcher is away: updates, deletes and far more inserts than history holds.
+
+def changed_past_history(prod: Any, ids: list[Any]) -> None:
+    """While the watcher is away: updates, deletes and far more inserts than history holds."""
     for _id in ids[:10]:
         prod.update_one({"_id": _id}, {"$set": {"status": "changed"}, "$inc": {"total": 1}})
     prod.delete_many({"_id": {"$in": ids[10:15]}})
     prod.insert_many([order(i) for i in range(100, 100 + PAST_HISTORY)])
+
+
+def test_lost_history_means_a_full_resync_then_streaming(own_servers: OwnServers) -> None:
+    pipeline, watcher, prod, ids = bootstrapped_on_a_short_history(own_servers)
+    pipeline.staging().update_many({}, {"$set": {"qaNotes": "keep"}})
+    watcher.terminate()
+    token = checkpoint(pipeline)
+    assert token is not None and resumable(prod, token)
+    changed_past_history(prod, ids)
     assert not resumable(prod, token)  # the server really lost the checkpoint's history
 
     pipeline.start_watcher()
@@ -159,23 +170,13 @@ def test_an_idle_collection_keeps_its_place_in_a_short_history(
 
 
 def test_lost_history_resyncs_the_live_environments_too(own_servers: OwnServers) -> None:
-    production = own_servers.server("prod", oplog_max_entries=HISTORY)
-    pipeline = own_servers.pipeline([collection_config("orders")], prod=production)
-    prod = pipeline.prod()
-    ids = prod.insert_many([order(i) for i in range(20)]).inserted_ids
-    pipeline.start_worker(concurrency=2)
-    watcher = pipeline.start_watcher()
-    wait_for(lambda: len(pipeline.live_staging()) == 20, TIMEOUT, "bootstrap copy", pipeline)
+    pipeline, watcher, prod, ids = bootstrapped_on_a_short_history(own_servers)
     created = pipeline.cli("env", "create", "h1", "--wait", "--timeout", "60")
     assert created.returncode == 0, created.stdout + created.stderr + pipeline.logs()
     database, _, name = pipeline.collections[0]["target"].partition(".")
     copies = pipeline.staging_client[f"{database}__h1"][name]
     watcher.terminate()
-
-    for _id in ids[:10]:
-        prod.update_one({"_id": _id}, {"$set": {"status": "changed"}})
-    prod.delete_many({"_id": {"$in": ids[10:15]}})
-    prod.insert_many([order(i) for i in range(100, 100 + PAST_HISTORY)])
+    changed_past_history(prod, ids)
     assert not resumable(prod, checkpoint(pipeline))
 
     pipeline.start_watcher()
