@@ -81,6 +81,10 @@ SIMPLE_COLLATION = Collation(locale="simple")
 # `in_list_max` of the product and the length of the baselines' `$in` reads on the test server
 # (MongoDB's default is 1000; SecantusDB's `$in` costs time quadratic in the list's length).
 TEST_SERVER_IN_LIST_MAX = 200
+# The test server decodes its whole oplog, holding its storage lock, for each read of the
+# oplog window (settings: watcher.oplog_check_seconds); every 30 s that took a tenth or more of
+# production's time in a seeded bench. MongoDB reads two entries and a statistic.
+TEST_SERVER_OPLOG_CHECK_SECONDS = 600.0
 
 # What the product is configured to sync: `plain` = orders alone (the `stagesync` row); `refs`
 # = users too, orders.customerId declared a reference to them; `subset` = a `percent` sample

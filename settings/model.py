@@ -103,6 +103,12 @@ class WatcherSettings(StrictModel):
     # reaches staging within a minute, its build time aside).
     index_follow: Literal["auto", "poll"] = "auto"
     index_poll_seconds: Annotated[float, Field(gt=0, le=3600)] = 45.0
+    # How often the watcher process reads production's oplog window (its first and last
+    # entries and `$collStats`) for the headroom gauge, once for all its collections. On
+    # MongoDB these are small reads; SecantusDB, the test server, decodes every oplog entry
+    # for each of them while holding its storage lock (seconds at 100,000 entries, with every
+    # other request waiting), so the bench reads it less often.
+    oplog_check_seconds: Annotated[float, Field(gt=0, le=3600)] = 30.0
 
 
 class WorkerSettings(StrictModel):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
@@ -26,9 +27,13 @@ CLOSE_WAIT_SECONDS = 1.0
 
 
 class BackgroundRead(Generic[T]):
-    def __init__(self, name: str, read: Callable[[], T]) -> None:
+    def __init__(self, name: str, read: Callable[[], T], every: float = 0.0) -> None:
+        """`every`: the least time between two reads' starts (the reads one process shares,
+        asked by each of its collections' loops, come no more often than that)."""
         self.name = name
         self._read = read
+        self._every = every
+        self._asked_at: float | None = None
         self._lock = threading.Lock()
         self._wanted = threading.Event()
         self._closed = False
@@ -52,9 +57,11 @@ class BackgroundRead(Generic[T]):
     def ask(self) -> None:
         """Start a read unless one is in flight; never blocks on the read itself."""
         with self._lock:
-            if self._closed or self._busy:
+            now = time.monotonic()
+            if self._closed or self._busy or (
+                    self._asked_at is not None and now - self._asked_at < self._every):
                 return
-            self._busy = True
+            self._busy, self._asked_at = True, now
             if self._thread is None:
                 self._thread = threading.Thread(
                     target=self._run, name=f"stagesync-{self.name}", daemon=True)

@@ -28,7 +28,7 @@ from stagesync.settings.model import Settings
 from stagesync.state.database import state_database
 from stagesync.state.start_up import prepare_staging
 from stagesync.tasks.enqueue import broker_app
-from stagesync.watcher.stream import CollectionWatcher, WatcherLinks
+from stagesync.watcher.stream import CollectionWatcher, WatcherLinks, oplog_window_read
 
 log = logging.getLogger("stagesync.watcher")
 
@@ -54,7 +54,8 @@ def run_watcher(settings: Settings, names: Sequence[str] = ()) -> int:
             start_http_server(settings.metrics.watcher_port, addr="0.0.0.0")
         run_id = uuid.uuid4().hex[:12]
         links = WatcherLinks(production, state_database(staging, settings.staging), redis_client,
-                             broker_app(settings), run_id, stop)
+                             broker_app(settings), run_id, stop,
+                             oplog_window_read(production, settings))
         threads = []
         for collection in collections:
             watcher = CollectionWatcher(settings, collection, production.collection(collection),
@@ -68,6 +69,7 @@ def run_watcher(settings: Settings, names: Sequence[str] = ()) -> int:
         while any(thread.is_alive() for thread in threads):
             for thread in threads:
                 thread.join(timeout=0.5)
+        links.oplog_window.close()
         redis_client.close()
         log.info("watcher stopped", extra={"run": run_id})
         return 0

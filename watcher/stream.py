@@ -62,8 +62,6 @@ HOUSEKEEPING_SECONDS = 0.2
 HEARTBEAT_SECONDS = 1.0
 RESYNC_CHECK_SECONDS = 5.0
 DEAD_LETTER_COUNT_SECONDS = 10.0
-# How often the oplog window is read for the headroom gauge (two small reads of production).
-OPLOG_CHECK_SECONDS = 30.0
 # How long one getMore may wait for new changes on servers that honour it: bounds the latency
 # of a change that arrives while a partial batch is buffered.
 STREAM_AWAIT_MS = 100
@@ -73,7 +71,8 @@ STREAM_AWAIT_MS = 100
 class WatcherLinks:
     """What every collection's watcher of one process shares: the production reader (for the
     oplog window), the state database, Redis, the publishing Celery app, the run id that holds
-    the leases, and the stop request."""
+    the leases, the stop request, and the oplog window's read (`oplog_window_read`: one per
+    process, since production has one oplog however many collections are watched)."""
 
     production: ProductionReader
     state_db: Database[dict[str, Any]]
@@ -81,6 +80,14 @@ class WatcherLinks:
     celery: Celery
     run_id: str
     stop: threading.Event
+    oplog_window: BackgroundRead[float | None]
+
+
+def oplog_window_read(production: ProductionReader, settings: Settings
+                      ) -> BackgroundRead[float | None]:
+    """The oplog window in seconds, read in the background every `oplog_check_seconds`."""
+    return BackgroundRead("oplog-window", lambda: production.oplog_window().seconds,
+                          every=settings.watcher.oplog_check_seconds)
 
 
 class CollectionWatcher:
@@ -110,7 +117,7 @@ class CollectionWatcher:
         self.timers = Timers({
             "housekeeping": HOUSEKEEPING_SECONDS, "lease": config.lease_seconds / 3,
             "heartbeat": HEARTBEAT_SECONDS, "resync": RESYNC_CHECK_SECONDS, "fetch": 0.0,
-            "dead_letters": DEAD_LETTER_COUNT_SECONDS, "oplog": OPLOG_CHECK_SECONDS,
+            "dead_letters": DEAD_LETTER_COUNT_SECONDS,
         })
         self.last_error: str | None = None
         self.state = "starting"
@@ -118,8 +125,7 @@ class CollectionWatcher:
         self._fresh_start: str | None = None  # why the next stream must start from now
         # The heartbeat's reads of MongoDB, off the stream loop's thread (watcher.background_read).
         self._dead_letters = BackgroundRead(f"dead-letters-{self.name}", self._count_dead_letters)
-        self._oplog_seconds = BackgroundRead(
-            f"oplog-window-{self.name}", lambda: self.production.oplog_window().seconds)
+        self._oplog_seconds = links.oplog_window
         # At 0 from the start, so that the first one is an increase an alert can see.
         metrics.HISTORY_LOST.labels(self.name)
         metrics.REPUBLISHED.labels(self.name)
@@ -150,7 +156,6 @@ class CollectionWatcher:
                 self._failed(error, failures)
         metrics.ACTIVE.labels(self.name).set(0)
         self._dead_letters.close()
-        self._oplog_seconds.close()
         self._release_quietly()
 
     def _history_lost(self, lost: HistoryLost) -> None:
@@ -231,8 +236,7 @@ class CollectionWatcher:
         monotonic, now = time.monotonic(), time.time()
         if self.timers.due("dead_letters", monotonic):
             self._dead_letters.ask()
-        if self.timers.due("oplog", monotonic):
-            self._oplog_seconds.ask()
+        self._oplog_seconds.ask()  # at most every `oplog_check_seconds`, for all collections
         reading = heartbeat.Reading(
             owner=self.run_id, state=self.state, unapplied=window.unapplied,
             groups=window.groups, oldest_pending=window.oldest_pending_change(),

@@ -37,7 +37,7 @@ from stagesync.rules.pii import Masker
 from stagesync.tasks.apply.applier import apply_changes
 from stagesync.tasks.apply.context import ApplyContext
 from stagesync.tasks.celery_options import celery_options
-from stagesync.watcher.stream import CollectionWatcher, WatcherLinks
+from stagesync.watcher.stream import CollectionWatcher, WatcherLinks, oplog_window_read
 
 from tests.support.pipeline import Pipeline, wait_for
 
@@ -113,7 +113,8 @@ def watcher_factory(
 
     def make(source: FakeSource) -> tuple[CollectionWatcher, Any]:
         links = WatcherLinks(production, staging[settings.staging.state_db], client,
-                             celery_app, "conformance", stop)
+                             celery_app, "conformance", stop,
+                             oplog_window_read(production, settings))
         watcher = CollectionWatcher(settings, settings.collections[0],
                                     source, links)  # type: ignore[arg-type]
         thread = threading.Thread(target=watcher.run, daemon=True)

@@ -11,7 +11,7 @@ from typing import Any
 from stagesync.settings.model import Settings
 from stagesync.watcher.background_read import BackgroundRead
 from stagesync.watcher.inflight import InflightWindow
-from stagesync.watcher.stream import CollectionWatcher, WatcherLinks
+from stagesync.watcher.stream import CollectionWatcher, WatcherLinks, oplog_window_read
 
 SLOW = 2.0  # seconds one read takes: far longer than the loop may ever wait
 QUICK = 0.2  # what the loop may spend on a call that only asks
@@ -139,7 +139,8 @@ def test_the_watchers_heartbeat_never_waits_for_the_oplog_window() -> None:
     production = SimpleNamespace(oplog_window=reader)
     links = WatcherLinks(production=production, state_db=NoDeadLetters(),  # type: ignore[arg-type]
                          redis=FakeRedis(), celery=None,  # type: ignore[arg-type]
-                         run_id="run", stop=threading.Event())
+                         run_id="run", stop=threading.Event(),
+                         oplog_window=oplog_window_read(production, settings))  # type: ignore[arg-type]
     watcher = CollectionWatcher(settings, settings.collections[0], None,  # type: ignore[arg-type]
                                 links)
     began = time.monotonic()
@@ -150,6 +151,12 @@ def test_the_watchers_heartbeat_never_waits_for_the_oplog_window() -> None:
     reader.release.set()
     wait_until(lambda: watcher._oplog_seconds.last == 3600.0)
     watcher.heartbeat(InflightWindow())
-    assert reader.calls == 1  # not due again for OPLOG_CHECK_SECONDS
-    watcher._oplog_seconds.close()
+    # Not due again for `oplog_check_seconds`, whichever collection's watcher asks.
+    other = CollectionWatcher(settings, settings.collections[0], None,  # type: ignore[arg-type]
+                              links)
+    other.heartbeat(InflightWindow())
+    assert reader.calls == 1
+    assert other._oplog_seconds.last == 3600.0
+    links.oplog_window.close()
+    other._dead_letters.close()
     watcher._dead_letters.close()
