@@ -43,7 +43,7 @@ from bench.product import (
     write_config,
 )
 from bench.systems import BenchContext
-from bench.workload import USERS, seed_production
+from bench.workload import CUSTOMER, USERS, seed_production
 
 VARIANT = "follow"  # users, and orders that reference and follow them (product.Variant)
 SOURCE, TARGET = "production.orders", "staging.orders"
@@ -92,6 +92,10 @@ def start_pair(stack: contextlib.ExitStack, workdir: Path, users: list[dict[str,
     source = collection(prod_client, SOURCE)
     seed_production(source.database[USERS], users)
     seed_production(source, orders)
+    # An application that keeps orders per customer reads them by customer: the index that
+    # lets a sampled environment read only its users' orders (`tasks.full_resync.by_parents`),
+    # and that `stagesync check` asks for on a followed path.
+    source.create_index(CUSTOMER)
     net = open_network("2ms", prod, staging, workdir)
     stack.callback(net.stop)
     return Pair(prod, staging, net, prod_client, staging_client, workdir)

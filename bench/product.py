@@ -228,7 +228,8 @@ def write_config(
                "stream_fetch_gap_ms": tuning.fetch_gap_ms,
                "hold_changes_in_flight": (None if tuning.hold is None
                                           else tuning.hold.lower() == "true"),
-               "max_inflight_batches": tuning.workers * tuning.concurrency}
+               "max_inflight_batches": tuning.workers * tuning.concurrency,
+               "oplog_check_seconds": TEST_SERVER_OPLOG_CHECK_SECONDS}
     data["watcher"] = {k: v for k, v in watcher.items() if v is not None}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(data, sort_keys=False))

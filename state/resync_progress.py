@@ -61,6 +61,9 @@ EMPTY_START = "emptyStart"  # staging held nothing: batches insert without readi
 UNSYNCED_START = "unsyncedStart"  # staging held documents without `_sync`
 INFLIGHT = "inflight"  # most chunks in flight at once
 BATCH = "batch"  # documents per apply (a chunk may hold a smaller one of its own)
+# The copy reads only the followers of the parent's copies (`tasks.full_resync.by_parents`);
+# its chunks' `resume` is then the last parent pid done, not an `_id`.
+BY_PARENTS = "byParents"
 # A phase's plan, under the phase's name (`copy`, `sweep`; see `phase_plan`):
 PLANNED = "planned"
 NEXT = "next"
@@ -73,7 +76,7 @@ INDEX = "index"
 LO = "lo"
 HI = "hi"
 OWNER = "owner"  # the task holding it
-RESUME = "resume"  # the last `_id` done (encoded): where to go on
+RESUME = "resume"  # the last `_id` (or parent pid, BY_PARENTS) done, encoded: where to go on
 BEAT_AT = "beatAt"
 FINISHED = ("done", "failed")
 

@@ -27,6 +27,7 @@ import time
 from datetime import timedelta
 from typing import Any
 
+from bson import MinKey
 from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
 from pymongo.errors import NetworkTimeout
@@ -39,6 +40,7 @@ from stagesync.rules.sync_meta import SYNC
 from stagesync.state.pii_state import reset_after_resync
 from stagesync.state.resync_progress import (
     BATCH,
+    BY_PARENTS,
     COMPLETE,
     EMPTY_START,
     HI,
@@ -80,6 +82,7 @@ from stagesync.state.versions import take_version
 from stagesync.tasks.celery_app import app
 from stagesync.tasks.celery_options import soft_time_limit
 from stagesync.tasks.environment_ops import continue_filling
+from stagesync.tasks.full_resync.by_parents import copies_by_parents, copy_by_parents
 from stagesync.tasks.full_resync.chunks import (
     SWEEP_PAGE,
     ChunkRun,
@@ -88,6 +91,7 @@ from stagesync.tasks.full_resync.chunks import (
     sweep_chunk,
 )
 from stagesync.tasks.full_resync.walk import (
+    WHOLE_COLLECTION,
     IdIndex,
     ProductionIds,
     StagingIds,
@@ -187,15 +191,21 @@ def _set_up(runtime: Runtime, collection: str, resync_id: str) -> None:
     inflight = max(runtime.settings.watcher.max_inflight_batches, len(queues_of(settings)))
     production = ProductionIds(context.production)
     estimate = production.estimated_count()
-    span = chunk_span(estimate, inflight, settings.resync_chunk_size)
-    plan = phase_plan(span, first_id(production), encode_id)
+    if copies_by_parents(runtime, context, empty):
+        plan = phase_plan(WHOLE_COLLECTION, [MinKey()], encode_id)
+    else:
+        span = chunk_span(estimate, inflight, settings.resync_chunk_size)
+        plan = phase_plan(span, first_id(production), encode_id)
+    by_parents = plan[SPAN] == WHOLE_COLLECTION
     begin_phase(runtime.state_db, resync_id, "planning", "copy", plan, {
         V0: started_at_version, EMPTY_START: empty, UNSYNCED_START: unsynced,
         INFLIGHT: inflight, BATCH: settings.resync_chunk_size, TOTAL: estimate,
+        BY_PARENTS: by_parents,
     })
     log.info("resync started", extra={"collection": collection, "resync": resync_id,
-                                      "estimate": estimate, "chunk_docs": span,
-                                      "inflight": inflight, "empty_staging": empty})
+                                      "estimate": estimate, "chunk_docs": plan[SPAN],
+                                      "inflight": inflight, "empty_staging": empty,
+                                      "by_parents": by_parents})
     mirror_for_resync(runtime, collection)
 
 
@@ -387,7 +397,10 @@ class ChunkWorker:
         chunk[STATE], chunk[OWNER] = "running", self.owner
         run = ChunkRun(self.runtime, self.collection, record, chunk, self.owner, self.deadline,
                        self.budget)
-        outcome = copy_chunk(run) if self.phase == "copy" else sweep_chunk(run)
+        if self.phase == "sweep":
+            outcome = sweep_chunk(run)
+        else:
+            outcome = copy_by_parents(run) if record.get(BY_PARENTS) else copy_chunk(run)
         if outcome == "exhausted" and finish_chunk(self.runtime.state_db, chunk, self.owner):
             add_progress(self.runtime.state_db, self.resync_id, 0, {}, chunks_done=1)
         return outcome

@@ -31,7 +31,7 @@ from typing import Any
 
 from pymongo.collection import Collection
 from pymongo.database import Database
-from stagesync.deployments.in_lists import in_lists
+from stagesync.deployments.in_lists import configured, in_lists
 from stagesync.deployments.production import ReadOnlyCollection
 from stagesync.deployments.staging import SIMPLE
 from stagesync.protocol.names import scoped_name, split_scope
@@ -72,6 +72,16 @@ class SubsetLinks:
 
     follow: Reference | None = None
     followers: Sequence[Follower] = ()
+
+
+def followers_of(reference: Reference, ids: list[Any], dbrefs: bool = True) -> dict[str, Any]:
+    """The production query for the documents that point at these `_id`s through
+    `reference`: by value, and as a DBRef's `$id` unless `dbrefs` is False (a caller that
+    knows none is stored so, and wants a query the index on the path alone answers)."""
+    by_value = {reference.dotted: {"$in": ids}}
+    if not dbrefs:
+        return by_value
+    return {"$or": [by_value, {f"{reference.dotted}.$id": {"$in": ids}}]}
 
 
 class ReferenceResolver:
@@ -185,14 +195,42 @@ class ReferenceResolver:
             return
         parents = [decode_id(pid) for pid in sorted(changed)]
         for follower in self.followers:
-            path = follower.reference.dotted
             pids = []
             for ids in in_lists(parents):
-                query = {"$or": [{path: {"$in": ids}}, {f"{path}.$id": {"$in": ids}}]}
+                query = followers_of(follower.reference, ids)
                 pids += [encode_id(doc["_id"])
                          for doc in follower.production.find(query, {"_id": 1})]
             if pids:
                 self.apply_again(follower.name, pids)
+
+    def live_parents(self, after: str | None) -> list[str]:
+        """The next `in_list_max` pids, in pid order after `after`, of the live copies (in
+        this target) of the collection this one follows: a copy that reads only the
+        followers of those (`tasks.full_resync.by_parents`) resumes at the last one done."""
+        if self.follow is None:
+            return []
+        copies = self.targets[self.follow.collection]
+        flag = split_dotted(copies.soft_delete_field)
+        size = configured()
+        pids: list[str] = []
+        while True:
+            page = list(copies.collection.find(
+                {PID_FIELD: {"$gt": after} if after is not None else {"$exists": True}},
+                {SYNC: 1, copies.soft_delete_field: 1}, sort=[(PID_FIELD, 1)], limit=size,
+                collation=SIMPLE))
+            pids += [document[SYNC]["pid"] for document in page
+                     if not read_meta(document).deleted and get_path(document, flag) is not True]
+            if len(page) < size or len(pids) >= size:
+                return pids[:size]
+            after = page[-1][SYNC]["pid"]
+
+    def parent_copies(self) -> int:
+        """How many copies (live or not) the followed collection has in this target, from
+        the collection's metadata."""
+        if self.follow is None:
+            return 0
+        return int(self.targets[self.follow.collection].collection
+                   .estimated_document_count())
 
     def _lookup(self, keys: Iterable[tuple[str, str]]
                 ) -> tuple[dict[tuple[str, str], Any], set[tuple[str, str]]]:

@@ -111,10 +111,11 @@ class ChunkRun:
     def over_budget(self) -> bool:
         return time.monotonic() > self.deadline
 
-    def record_batch(self, last_id: Any, docs: int, counts: Mapping[str, int],
+    def record_batch(self, resume: str | None, docs: int, counts: Mapping[str, int],
                      copied: int = 0) -> bool:
+        """Checkpoint a batch; `resume`: the encoded `_id` (or parent pid) to go on after."""
         state_db = self.runtime.state_db
-        if not checkpoint(state_db, self.chunk, self.owner, encode_id(last_id), docs, counts):
+        if not checkpoint(state_db, self.chunk, self.owner, resume, docs, counts):
             return False
         add_progress(state_db, self.record["_id"], copied, counts)
         return True
@@ -184,7 +185,7 @@ def copy_chunk(run: ChunkRun) -> Outcome:
             started = time.monotonic()
             if ids_only:
                 batch = read_sampled(context, batch)
-            if not _copy_batch(run, version, batch, last, probe):
+            if not copy_batch(run, version, batch, encode_id(last), probe):
                 return "lost"
             batch = {}
             if time.monotonic() - started > run.budget / 2:
@@ -195,7 +196,7 @@ def copy_chunk(run: ChunkRun) -> Outcome:
                 return "more"
         if ids_only:
             batch = read_sampled(context, batch)
-        if read_any and not _copy_batch(run, version, batch, last, probe):
+        if read_any and not copy_batch(run, version, batch, encode_id(last), probe):
             return "lost"
         return "exhausted"
     finally:
@@ -223,12 +224,13 @@ def read_sampled(context: ApplyContext, batch: Mapping[str, Document | None]
     return {pid: found[pid] for pid in batch if pid in found}
 
 
-def _copy_batch(run: ChunkRun, version: int, batch: dict[str, Document | None], last: Any,
-                probe: EmptinessProbe) -> bool:
+def copy_batch(run: ChunkRun, version: int, batch: dict[str, Document | None],
+               resume: str | None, probe: EmptinessProbe) -> bool:
+    """Apply one batch of masked production documents, then checkpoint at `resume`."""
     context = run.context
     context.record_unclassified()
     if not batch:  # nothing of this stretch is in the sample: only move the checkpoint on
-        return run.record_batch(last, 0, {})
+        return run.record_batch(resume, 0, {})
     run.runtime.rate_limiter.acquire(run.context.name, len(batch))
     known_empty = probe.known_empty(list(batch))
     ops = dict.fromkeys(batch, "resync")
@@ -241,7 +243,7 @@ def _copy_batch(run: ChunkRun, version: int, batch: dict[str, Document | None], 
     except WriteErrors as refused:
         # A copy has no retry budget of its own: record what staging refused, go on.
         result = dead_letter_refused(run.runtime, run.collection, refused, "resync")
-    if not run.record_batch(last, len(batch), result.outcomes, copied=len(batch)):
+    if not run.record_batch(resume, len(batch), result.outcomes, copied=len(batch)):
         return False
     run.runtime.report_done(run.collection, None, WHOLE, result, source="resync")
     return True
@@ -280,7 +282,7 @@ def sweep_chunk(run: ChunkRun) -> Outcome:
 
 def _sweep_and_record(run: ChunkRun, page: list[Document]) -> bool:
     outcomes = _sweep_page(run, [doc[SYNC]["pid"] for doc in page])
-    return run.record_batch(page[-1]["_id"], len(page), outcomes)
+    return run.record_batch(encode_id(page[-1]["_id"]), len(page), outcomes)
 
 
 def _sweep_page(run: ChunkRun, pids: list[str]) -> Counter[str]:

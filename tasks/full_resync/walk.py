@@ -28,6 +28,9 @@ from stagesync.rules.id_ranges import (
 
 ID_ONLY = {"_id": 1}
 BY_ID = [("_id", 1)]
+# A span: one chunk, for a copy that reads by something else than `_id` ranges (by parents,
+# `tasks.full_resync.by_parents`), so that planning it walks nothing.
+WHOLE_COLLECTION = 0
 
 
 class IdIndex(Protocol):
@@ -109,6 +112,8 @@ def first_id(index: IdIndex, after_bracket: str | None = None) -> list[Any]:
 def plan_chunk(index: IdIndex, lo: Any, span: int) -> tuple[IdRange, list[Any]]:
     """The chunk that starts at the `_id` `lo`, and where the next chunk starts ([] at the
     end of the collection)."""
+    if span == WHOLE_COLLECTION:
+        return IdRange.of(lo), []
     bracket = type_bracket(lo)
     if not is_single(bracket):
         found = index.ids({"_id": {"$gte": lo}}, skip=span, limit=1)

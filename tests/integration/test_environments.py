@@ -8,6 +8,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
 from bson import ObjectId
 from stagesync.protocol.names import EXPIRE_ENVIRONMENTS
 from stagesync.protocol.routing import home_queue
@@ -163,7 +164,16 @@ def test_environments_never_on_production(pipeline_factory: Any) -> None:
     assert EnvironmentStore(pipeline.state()).get("pr-1") is None  # nothing recorded
 
 
-def test_a_sampled_environment_keeps_its_references_whole(pipeline_factory: Any) -> None:
+@pytest.mark.parametrize(("percent", "indexed", "embedded", "by_parents"), [
+    (25, False, False, False),  # no index on customerId: the orders are read by `_id` range
+    (10, True, False, True),  # indexed, a small sample: only the sampled users' orders are read
+    # An embedded document at customerId could be a DBRef, which `$in` would not find: by range.
+    # (SecantusDB refuses to index a DBRef itself: "internal server error".)
+    (10, True, True, False),
+], ids=["by-range", "by-parents", "embedded-by-range"])
+def test_a_sampled_environment_keeps_its_references_whole(
+        pipeline_factory: Any, percent: int, indexed: bool, embedded: bool, by_parents: bool
+) -> None:
     tag = str(ObjectId())[-8:]
     users = collection_config("users", tag, business_key=["email"])
     orders = collection_config("orders", tag, business_key=["orderNo"],
@@ -174,17 +184,24 @@ def test_a_sampled_environment_keeps_its_references_whole(pipeline_factory: Any)
         [{"email": f"u{n}@x", "n": n} for n in range(200)]).inserted_ids
     pipeline.prod(1).insert_many([{"orderNo": n, "customerId": user_ids[n % 200]}
                                   for n in range(400)])
+    if indexed:
+        pipeline.prod(1).create_index("customerId")
+    if embedded:  # an order that references no user: in no staging
+        pipeline.prod(1).update_one({"orderNo": 0}, {"$set": {"customerId": {"legacy": 7}}})
     pipeline.start_watcher()
     pipeline.start_worker()
     pipeline.wait_bootstrapped()
-    created = pipeline.cli("env", "create", "s1", "--sample", "25", "--wait", "--timeout",
-                           "90")
+    created = pipeline.cli("env", "create", "s1", "--sample", str(percent), "--wait",
+                           "--timeout", "90")
     assert created.returncode == 0, created.stdout + created.stderr + pipeline.logs()
+    copy = pipeline.state()["resyncs"].find_one({"kind": "resync",
+                                                 "collection": f"orders_{tag}@s1"})
+    assert copy is not None and copy["byParents"] is by_parents
 
-    sampled = {encode_id(pid) for pid in user_ids if in_sample(encode_id(pid), 25,
+    sampled = {encode_id(pid) for pid in user_ids if in_sample(encode_id(pid), percent,
                                                                SECRET.encode())}
     env_users, env_orders = env_collection(pipeline, "s1", 0), env_collection(pipeline, "s1", 1)
-    assert live_pids(env_users) == sampled and 20 < len(sampled) < 80
+    assert live_pids(env_users) == sampled and percent < len(sampled) < 4 * percent
     expected = {encode_id(order["_id"]) for order in pipeline.prod(1).find({})
                 if encode_id(order["customerId"]) in sampled}
     wait_for(lambda: live_pids(env_orders) == expected, 30, "the orders that follow", pipeline)
@@ -192,7 +209,8 @@ def test_a_sampled_environment_keeps_its_references_whole(pipeline_factory: Any)
     copies = {doc["_id"] for doc in env_users.find({"deleted": False})}
     assert all(order["customerId"] in copies for order in env_orders.find({"deleted": False}))
     # The main staging holds everything, untouched.
-    assert len(pipeline.live_staging(0)) == 200 and len(pipeline.live_staging(1)) == 400
+    assert len(pipeline.live_staging(0)) == 200
+    assert len(pipeline.live_staging(1)) == 400 - embedded
     # A new order of a sampled user arrives through the stream; one of another user does not.
     inside = next(pid for pid in user_ids if encode_id(pid) in sampled)
     outside = next(pid for pid in user_ids if encode_id(pid) not in sampled)
