@@ -37,6 +37,7 @@ from stagesync.state.environments import (
     DRAIN,
     FILLING,
     FROZEN,
+    KNOWN_SECONDS,
     LIVE,
     RESYNC,
     SETTLE_SECONDS,
@@ -132,9 +133,9 @@ class Environments:
         for collection in self.settings.collections:
             copy = environment_settings(collection, environment)
             ensure(self.client[copy.target_db][copy.target_collection], target_indexes(copy))
-        # Every apply that reads production after the copy began must know the environment:
+        # Every apply that checks the environments after the copy began must know this one:
         # workers re-read the list at least every CACHE_SECONDS (state.environments).
-        settled = environment.created_at + timedelta(seconds=SETTLE_SECONDS)
+        settled = environment.created_at + timedelta(seconds=KNOWN_SECONDS)
         time.sleep(max(0.0, (settled - datetime.now(UTC)).total_seconds()))
         continue_filling(self.settings, self.state_db, broker_app(self.settings), name)
         return self.store.require(name)

@@ -24,9 +24,11 @@ runs the environment is `live` (the stream writes it again) but not yet caught u
 collections copied again, as a create fills them; then `live`.
 
 Every command that changes what the stream does to an environment waits SETTLE_SECONDS before
-it acts on that change (create's copy, freeze's return, thaw's drain, reset's wipe): workers
-see the store at most CACHE_SECONDS late, and an environment's write follows its check by the
-time of one plan and one bulk write.
+it acts on that change (freeze's return, thaw's drain, reset's wipe): workers see the store at
+most CACHE_SECONDS late, and an environment's write follows its check by the time of one plan
+and one bulk write. A create waits only KNOWN_SECONDS before its copy reads production: no
+write of the old state can be under way in an environment that did not exist, and a batch
+that learns of it after reading production writes it from that read (`tasks.apply.targets`).
 
 The stream writes into the environments in STREAMED states and remembers for FROZEN ones;
 workers read them through `EnvironmentCache`, which asks the store at most once per
@@ -62,6 +64,9 @@ DRAIN, RESYNC = "drain", "resync"  # the ways a thaw catches up
 # production after the copy began knows the environment).
 CACHE_SECONDS = 1.0
 SETTLE_SECONDS = 3 * CACHE_SECONDS
+# Every worker's next check of the store sees a change made this long ago: the cache's age,
+# and a margin for the latency of the store's write and of the cache's read.
+KNOWN_SECONDS = CACHE_SECONDS + 0.5
 EXPIRY_INDEX = "stagesync_environments_expiry"
 
 

@@ -18,8 +18,8 @@ copy by itself.
 
 Cost per batch: one query per referenced collection (by `_sync.pid`, indexed); a second one
 plus a state write only when some copies are missing; in a collection that others reference,
-one state query after its writes; and one production query per following collection when
-copies entered or left.
+one state query after its writes; and two production queries per following collection when
+copies entered or left (whether any follower holds a DBRef, then the followers).
 """
 
 from __future__ import annotations
@@ -74,14 +74,23 @@ class SubsetLinks:
     followers: Sequence[Follower] = ()
 
 
-def followers_of(reference: Reference, ids: list[Any], dbrefs: bool = True) -> dict[str, Any]:
+def followers_of(reference: Reference, ids: list[Any], dbrefs: bool) -> dict[str, Any]:
     """The production query for the documents that point at these `_id`s through
-    `reference`: by value, and as a DBRef's `$id` unless `dbrefs` is False (a caller that
-    knows none is stored so, and wants a query the index on the path alone answers)."""
+    `reference`: by value, and with `dbrefs` also as a DBRef's `$id`. Without it, the index
+    on the path answers the query; with it, MongoDB scans the collection unless `PATH.$id` is
+    indexed too (an `$or` uses indexes only when each of its branches has one)."""
     by_value = {reference.dotted: {"$in": ids}}
     if not dbrefs:
         return by_value
     return {"$or": [by_value, {f"{reference.dotted}.$id": {"$in": ids}}]}
+
+
+def holds_embedded(production: ReadOnlyCollection, reference: Reference) -> bool:
+    """Whether production holds an embedded document at the reference's path, which may be a
+    DBRef, so that followers must be looked up by `PATH.$id` too. One `find_one` that MongoDB
+    answers from the index on the path (type bounds); asked before each lookup, since a
+    DBRef written after it is applied by its own change, against the copies then live."""
+    return production.find_one({reference.dotted: {"$type": "object"}}) is not None
 
 
 class ReferenceResolver:
@@ -195,9 +204,10 @@ class ReferenceResolver:
             return
         parents = [decode_id(pid) for pid in sorted(changed)]
         for follower in self.followers:
+            dbrefs = holds_embedded(follower.production, follower.reference)
             pids = []
             for ids in in_lists(parents):
-                query = followers_of(follower.reference, ids)
+                query = followers_of(follower.reference, ids, dbrefs)
                 pids += [encode_id(doc["_id"])
                          for doc in follower.production.find(query, {"_id": 1})]
             if pids:

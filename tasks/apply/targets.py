@@ -34,7 +34,10 @@ environments are written, remembered or skipped is asked again just before they 
 take long, and a freeze must hold once its SETTLE_SECONDS have passed. An environment frozen
 since the batch began is remembered, not written; one thawed since is written from a read of
 its own (the batch's read kept only the documents of the targets written then); one created
-since is left to its copy, which reads production after it settled.
+since is written from the batch's read, which holds every document it wants (an environment's
+sample lies within the main staging's: the same keyed hash, the smaller percent), so that its
+copy need only wait until every worker's next check knows it (KNOWN_SECONDS), not for the
+applies under way to end.
 
 Containment: the main staging is applied first, exactly as before (its failures retry, split
 and dead-letter as the task decides). The environments are applied after it, each in its own
@@ -155,8 +158,6 @@ class TargetBatch:
         done: dict[str, ApplyResult | None] = {}
         for target in self.refresh() if self.refresh is not None else self.environments:
             before = began.get(environment_of(target))
-            if before is None:
-                continue  # created since this batch read production: its copy reads later
             if isinstance(target, FrozenTarget):
                 _remember(target, self.ops)
                 continue
@@ -164,7 +165,7 @@ class TargetBatch:
                 if isinstance(target, BrokenTarget):
                     done[target.scope] = None
                     _contain(target, self.ops, target.error, self.replay)
-                elif isinstance(before, ApplyContext):
+                elif before is None or isinstance(before, ApplyContext):  # created since, or not
                     done[target.scope] = apply_documents(
                         target, self.version, dict(self.production), self.ops)
                 else:  # thawed since the batch began: read for it, after a version of its own

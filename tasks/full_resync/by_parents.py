@@ -17,12 +17,9 @@ When (`copies_by_parents`, decided once, when the resync is set up):
   collection scan of its own (on MongoDB too);
 - the parent's copies in this target are at most SAMPLE_BY_ID_PERCENT of production's parent
   collection; past that, the follower is nearly whole, and reading it by `_id` range is cheaper
-  than looking it up.
-A reference may also be stored as a DBRef, which `{PATH: {$in}}` does not match. The copy
-looks DBRefs up too (`PATH.$id`) when production indexes `PATH.$id`; otherwise it goes by
-parents only when production holds no embedded document at PATH (`{PATH: {$type: "object"}}`,
-one `find_one` that MongoDB answers from the index on PATH: a DBRef is an embedded document),
-and reads by `_id` range when it does.
+  than looking it up;
+- production holds no embedded document at PATH (`references.holds_embedded`): a DBRef is one,
+  and `{PATH: {$in}}` would not find it. A DBRef written later is applied by its own change.
 
 Why it is complete: a parent copy that becomes live after its list was read has its followers
 applied by its own apply (`ReferenceResolver._followers_again`, which reads production after the
@@ -47,7 +44,7 @@ from stagesync.rules.identity import decode_id, encode_id
 from stagesync.state.resync_progress import BATCH, RESUME
 from stagesync.state.versions import take_version
 from stagesync.tasks.apply.context import ApplyContext
-from stagesync.tasks.apply.references import followers_of
+from stagesync.tasks.apply.references import followers_of, holds_embedded
 from stagesync.tasks.full_resync.chunks import (
     SAMPLE_BY_ID_PERCENT,
     ChunkRun,
@@ -65,17 +62,12 @@ def copies_by_parents(runtime: Runtime, context: ApplyContext, empty: bool) -> b
     follow = resolver.follow if resolver is not None else None
     if not empty or resolver is None or follow is None:
         return False
-    if not _indexed(context, follow.dotted):
+    if not any(keys[:1] == [follow.dotted] for keys in context.production.index_keys()):
         return False
     parents = runtime.context(follow.collection).production.estimated_count()
     if resolver.parent_copies() > parents * SAMPLE_BY_ID_PERCENT / 100:
         return False
-    return _indexed(context, f"{follow.dotted}.$id") or context.production.find_one(
-        {follow.dotted: {"$type": "object"}}) is None
-
-
-def _indexed(context: ApplyContext, path: str) -> bool:
-    return any(keys[:1] == [path] for keys in context.production.index_keys())
+    return not holds_embedded(context.production, follow)
 
 
 def copy_by_parents(run: ChunkRun) -> Outcome:
@@ -83,14 +75,13 @@ def copy_by_parents(run: ChunkRun) -> Outcome:
     resolver = context.references
     if resolver is None or resolver.follow is None:
         raise RuntimeError(f"{run.collection}: a copy by parents needs a followed reference")
-    dbrefs = _indexed(context, f"{resolver.follow.dotted}.$id")
     batch_size = int(run.chunk.get(BATCH) or run.record.get(BATCH)
                      or context.settings.resync_chunk_size)
     probe = EmptinessProbe.for_resync(run.record, context.target.collection)
     version = take_version(run.runtime.state_db, context.name)
     while parents := resolver.live_parents(run.chunk.get(RESUME)):
         query = with_filter(followers_of(resolver.follow, [decode_id(pid) for pid in parents],
-                                         dbrefs), context.settings.filter)
+                                         dbrefs=False), context.settings.filter)
         batch: dict[str, Document | None] = {}
         for document in context.production.find(query, batch_size=batch_size):
             batch[encode_id(document["_id"])] = context.masker.mask(document)

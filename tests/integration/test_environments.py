@@ -4,6 +4,8 @@ task (published to a real worker); a sampled environment keeps its references wh
 from __future__ import annotations
 
 import json
+import random
+import threading
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -117,6 +119,45 @@ def test_create_stream_list_expire_and_delete(pipeline: Pipeline) -> None:
              TIMEOUT, "the main staging after the delete", pipeline)
     assert f"{database}__pr-1" not in pipeline.staging_client.list_database_names()
     neighbour.database.client.drop_database(neighbour.database.name)
+
+
+def test_an_environment_created_while_production_writes_ends_equal_to_it(
+        pipeline: Pipeline) -> None:
+    """The copy starts KNOWN_SECONDS after the record: batches that learn of the environment
+    after reading production write it from that read, so no change falls between them."""
+    prod = pipeline.prod()
+    ids = prod.insert_many([{"userEmail": f"u{n}@x", "accountId": n, "n": 0}
+                            for n in range(300)]).inserted_ids
+    pipeline.start_watcher()
+    pipeline.start_worker(concurrency=2)
+    pipeline.wait_bootstrapped()
+    stop = threading.Event()
+
+    def write() -> None:
+        rng = random.Random(7)
+        while not stop.is_set():
+            prod.update_one({"_id": rng.choice(ids)}, {"$inc": {"n": 1}})
+            time.sleep(0.005)
+
+    writer = threading.Thread(target=write, daemon=True)
+    writer.start()
+    try:
+        created = pipeline.cli("env", "create", "busy", "--wait", "--timeout", "90")
+        time.sleep(1.0)  # writes after the copy too
+    finally:
+        stop.set()
+        writer.join()
+    assert created.returncode == 0, created.stdout + created.stderr + pipeline.logs()
+    copies = env_collection(pipeline, "busy")
+    wanted = {encode_id(doc["_id"]): doc["n"] for doc in prod.find({}, {"n": 1})}
+    assert sum(wanted.values()) > 100  # production moved during the create
+
+    def held() -> dict[str, int]:
+        return {doc["_sync"]["pid"]: doc["n"] for doc in copies.find(
+            {"deleted": False, "_sync.pid": {"$exists": True}}, {"_sync": 1, "n": 1})}
+
+    wait_for(lambda: held() == wanted, TIMEOUT, "the environment equal to production",
+             pipeline)
 
 
 def test_errors_say_which(pipeline_factory: Any) -> None:
