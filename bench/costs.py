@@ -256,7 +256,7 @@ class Costs:
     """Everything a row spent while measured (see the module doc)."""
 
     cpu: dict[str, float] = field(default_factory=dict)  # process row -> CPU seconds
-    wire: dict[str, dict[str, int]] = field(default_factory=dict)  # "prod"/"staging" -> counts
+    wire: dict[str, dict[str, Any]] = field(default_factory=dict)  # "prod"/"staging" -> counts
     written: dict[str, Counter[str]] = field(default_factory=dict)  # staging ns -> op -> n
     staging_ops: dict[str, int] = field(default_factory=dict)  # opcounters delta (writes)
     prod_ops: dict[str, int] = field(default_factory=dict)  # opcounters delta (reads)
@@ -293,7 +293,22 @@ class Costs:
 
 
 def wire_delta(before: Mapping[str, Mapping[str, Any]], after: Mapping[str, Mapping[str, Any]]
-               ) -> dict[str, dict[str, int]]:
-    """Per proxy, what passed between two snapshots of its counters."""
-    return {name: counter_delta(before.get(name, {}), counts, WIRE_FIELDS)
-            for name, counts in after.items()}
+               ) -> dict[str, dict[str, Any]]:
+    """Per proxy, what passed between two snapshots of its counters; `commands_up` (messages
+    up by command and collection, `delay_proxy.command_of`) where the proxy counts them."""
+    out: dict[str, dict[str, Any]] = {}
+    for name, counts in after.items():
+        earlier = before.get(name, {})
+        out[name] = dict(counter_delta(earlier, counts, WIRE_FIELDS))
+        if "commands_up" in counts:
+            commands = Counter(counts["commands_up"])
+            commands.subtract(earlier.get("commands_up", {}))
+            out[name]["commands_up"] = dict(+commands)
+    return out
+
+
+def top_commands(costs: Costs, side: str, units: int, top: int = 8) -> str:
+    """`find orders 5.1, update orders 3.0, ...`: messages up per `units` changes by command."""
+    commands = Counter(costs.wire.get(side, {}).get("commands_up", {}))
+    return ", ".join(f"{name} {count * 1000 / max(units, 1):.1f}"
+                     for name, count in commands.most_common(top))

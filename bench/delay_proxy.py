@@ -36,10 +36,14 @@ import signal
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Coroutine
 from typing import Any
 
 CHUNK = 64 * 1024
+HEAD_BYTES = 256  # of each message sent up, kept to tell its command (`command_of`)
+OP_MSG = 2013
+BSON_STRING = 2
 # Chunks queued per direction before reading pauses: bounds memory if one side stalls.
 MAX_QUEUED_CHUNKS = 1024
 
@@ -73,12 +77,17 @@ class WireCounter:
     document's bytes and then swallowed everything after it: messages stopped counting while
     bytes went on.)"""
 
-    def __init__(self, total: WireCounter | None = None) -> None:
+    def __init__(self, total: WireCounter | None = None,
+                 commands: Counter[str] | None = None) -> None:
+        """`commands`: counts each message by its command and collection (`command_of`)."""
         self.messages = 0
         self.bytes = 0
         self.total = total
+        self.commands = commands
         self._header = b""
         self._remaining = 0
+        self._head = bytearray()  # the current message's first bytes after its length
+        self._head_wanted = 0
 
     def feed(self, data: bytes) -> None:
         self.bytes += len(data)
@@ -88,6 +97,12 @@ class WireCounter:
         while pos < len(data):
             if self._remaining:
                 step = min(self._remaining, len(data) - pos)
+                if self._head_wanted:
+                    grab = data[pos : pos + min(step, self._head_wanted)]
+                    self._head += grab
+                    self._head_wanted -= len(grab)
+                    if not self._head_wanted:
+                        self._classify()
                 self._remaining -= step
                 pos += step
                 continue
@@ -100,6 +115,42 @@ class WireCounter:
                     self.total.messages += 1
                 self._remaining = max(int.from_bytes(self._header, "little") - 4, 0)
                 self._header = b""
+                if self.commands is not None:
+                    self._head = bytearray()
+                    self._head_wanted = min(self._remaining, HEAD_BYTES)
+                    if not self._head_wanted:
+                        self._classify()
+
+    def _classify(self) -> None:
+        if self.commands is not None:
+            self.commands[command_of(bytes(self._head))] += 1
+
+
+def command_of(head: bytes) -> str:
+    """`find orders`, `update watchers`, `getMore orders`, `hello`: an OP_MSG's command (the
+    first key of its body) and the collection it names (that key's string value, or a
+    `collection` field among the first bytes), from the bytes after the message length."""
+    if len(head) < 22 or int.from_bytes(head[8:12], "little") != OP_MSG or head[16] != 0:
+        return "other"
+    kind, name_end = head[21], head.find(b"\x00", 22)
+    if name_end < 0:
+        return "other"
+    command = head[22:name_end].decode("utf-8", "replace")
+    collection = _string_at(head, name_end + 1) if kind == BSON_STRING else None
+    if collection is None:
+        found = head.find(b"\x02collection\x00")
+        collection = _string_at(head, found + 12) if found >= 0 else None
+    return f"{command} {collection}" if collection else command
+
+
+def _string_at(head: bytes, at: int) -> str | None:
+    """A BSON string value (int32 length with its NUL, then the bytes) starting at `at`."""
+    if at + 4 > len(head):
+        return None
+    length = int.from_bytes(head[at : at + 4], "little")
+    end = at + 4 + length - 1
+    return head[at + 4 : end].decode("utf-8", "replace") if length > 0 and end <= len(head) \
+        else None
 
 
 class DelayProxy:
@@ -118,6 +169,7 @@ class DelayProxy:
         self.listen = (listen_host, listen_port)
         self.port = 0
         self.up = WireCounter()  # client -> server, all connections (totals only)
+        self.commands: Counter[str] = Counter()  # messages up by command and collection
         self.down = WireCounter()  # server -> client
         self.connections = 0
         self._early = 0.0  # measured timer overshoot, subtracted from every wait
@@ -154,7 +206,8 @@ class DelayProxy:
             self._thread.join(timeout)
 
     def stats(self) -> dict[str, int]:
-        return {"messages_up": self.up.messages, "bytes_up": self.up.bytes,
+        return {"commands_up": dict(self.commands),
+                "messages_up": self.up.messages, "bytes_up": self.up.bytes,
                 "messages_down": self.down.messages, "bytes_down": self.down.bytes,
                 "connections": self.connections}
 
@@ -190,7 +243,8 @@ class DelayProxy:
         try:
             server_r, server_w = await asyncio.open_connection(*self.target)
             async with asyncio.TaskGroup() as group:
-                group.create_task(self._pipe(client_r, server_w, WireCounter(self.up)))
+                group.create_task(self._pipe(client_r, server_w,
+                                             WireCounter(self.up, self.commands)))
                 group.create_task(self._pipe(server_r, client_w, WireCounter(self.down)))
         except (OSError, ExceptionGroup, asyncio.CancelledError):
             pass  # a side went away, or the proxy stops: close both

@@ -55,6 +55,7 @@ from bench.costs import (
     runner_children,
     sample_roles,
     system_seconds,
+    top_commands,
     wire_delta,
 )
 from bench.network import NETWORKS, Network, open_network
@@ -541,6 +542,13 @@ def _notes(rows: Sequence[Row], opts: RunOptions, root: Path) -> list[str]:
                  "changes/s over the minimal sync's (resync: the plain copy's); vs floor+idx = "
                  "over the same baseline writing into the product's index set (minimal-idx, "
                  "copy-idx).")
+    by_command = [(r, top_commands(r.costs, "staging", r.changes)) for r in rows
+                  if r.costs is not None and r.changes and r.label.startswith("stagesync")]
+    if any(text for _, text in by_command):
+        notes.append("staging messages up per 1,000 changes by command and collection (the "
+                     "proxy reads each message's first bytes): " + "; ".join(
+                         f"{r.scenario}/{r.network}/{r.label}: {text}"
+                         for r, text in by_command if text))
     if any(r.counters.get("redis_calls") is not None for r in rows):
         notes.append("redis cmds/1k = commands the system sent to its private Redis per 1,000 "
                      "changes (INFO commandstats delta from ready to stop; pub = LPUSH of task "

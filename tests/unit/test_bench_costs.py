@@ -14,6 +14,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import bson
 import pytest
 
 from bench.costs import (
@@ -29,7 +30,7 @@ from bench.costs import (
     tree_delta,
     wire_delta,
 )
-from bench.delay_proxy import WireCounter
+from bench.delay_proxy import WireCounter, command_of
 from bench.minimal_sync import GATHER_CHANGES, GATHER_SECONDS, gather
 from bench.pyspy import frame_name, parse_raw, product_totals
 
@@ -58,6 +59,28 @@ def test_a_header_split_inside_its_length_field_is_one_message() -> None:
     assert counter.messages == 0
     counter.feed(first[3:] + message(1)[:10])
     assert counter.messages == 2  # the second's length arrived whole in this chunk
+
+
+def op_msg(body: dict[str, Any]) -> bytes:
+    payload = struct.pack("<i", 0) + b"\x00" + bson.encode(body)
+    return struct.pack("<iiii", 16 + len(payload), 1, 0, 2013) + payload
+
+
+def test_messages_up_are_counted_by_command_and_collection_however_the_stream_is_cut() -> None:
+    stream = (op_msg({"find": "orders", "filter": {"_id": {"$in": list(range(300))}},
+                      "$db": "staging"})
+              + op_msg({"getMore": bson.Int64(7), "collection": "orders", "$db": "staging"})
+              + op_msg({"hello": 1, "$db": "admin"}) + message(30)
+              + op_msg({"update": "watchers", "ordered": True, "$db": "state"}))
+    for cut in (1, 7, 21, 23, 300, len(stream)):
+        commands: Counter[str] = Counter()
+        counter = WireCounter(commands=commands)
+        for start in range(0, len(stream), cut):
+            counter.feed(stream[start : start + cut])
+        assert counter.messages == 5
+        assert commands == {"find orders": 1, "getMore orders": 1, "hello": 1, "other": 1,
+                            "update watchers": 1}, cut
+    assert command_of(b"") == "other"
 
 
 def test_wire_delta_is_per_proxy_and_per_direction() -> None:
