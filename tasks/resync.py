@@ -17,6 +17,13 @@ resumes at its last checkpoint, and finished chunks are never redone.
 
 A change made during the resync takes a later version when it is applied, so it wins over
 the resync's copy whatever the order.
+
+Production's indexes are mirrored when the resync is set up, or, into a target that was empty,
+once the copy is done, as a bulk loader builds its secondary indexes after the load: building
+an index over the documents in place costs less than maintaining it on every insert, and the
+mirrored indexes are never unique (`rules.index_translation`), so no write of the copy or of
+the stream depends on them. stagesync's own indexes (`_sync.pid`, `_sync.key`, the business
+key) exist before any write.
 """
 
 from __future__ import annotations
@@ -206,7 +213,8 @@ def _set_up(runtime: Runtime, collection: str, resync_id: str) -> None:
                                       "estimate": estimate, "chunk_docs": plan[SPAN],
                                       "inflight": inflight, "empty_staging": empty,
                                       "by_parents": by_parents})
-    mirror_for_resync(runtime, collection)
+    if not empty:
+        mirror_for_resync(runtime, collection)
 
 
 def advance(runtime: Runtime, collection: str, resync_id: str, revive: bool = False) -> None:
@@ -294,6 +302,8 @@ def _open_sweep(runtime: Runtime, collection: str, record: dict[str, Any]) -> No
     if begin_phase(runtime.state_db, record["_id"], "applying", "sweep", plan):
         log.info("resync sweeping", extra={"collection": collection, "resync": record["_id"],
                                            "chunk_docs": span})
+        if record.get(EMPTY_START):
+            mirror_for_resync(runtime, collection)
 
 
 def _finish(runtime: Runtime, collection: str, resync_id: str) -> None:

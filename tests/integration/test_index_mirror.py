@@ -258,7 +258,9 @@ def test_production_s_index_changes_reach_the_live_environments(pipeline_factory
     def environment_indexes() -> set[str]:
         return {index["name"] for index in copies.list_indexes()}
 
-    assert "account_1" in environment_indexes()  # from its copy
+    # Built by its copy once the documents are in (in the background, as every build).
+    wait_for(lambda: "account_1" in environment_indexes(), TIMEOUT, "the copy's index",
+             pipeline)
     prod.create_index([("total", -1)], name="total_desc")
     wait_for(lambda: "total_desc" in environment_indexes(), TIMEOUT,
              "a new production index in the environment", pipeline)
