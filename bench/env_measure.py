@@ -98,11 +98,17 @@ class BurstCost:
     def messages_up(self, side: str) -> int:
         return int(self.wire.get(side, {}).get("messages_up", 0))
 
-    def busy_prod_messages(self) -> float:
-        """Production messages beyond the idle polling rate over the burst's duration: the
-        time-driven getMores of the watcher's streams do not depend on the changes, and a
-        burst that lasts longer pays more of them."""
-        return self.messages_up("prod") - self.idle_prod_messages_per_s * self.seconds
+    def prod_reads(self) -> int | None:
+        """Production's `find` and `aggregate` messages (the oplog's excluded): the workers'
+        reads of documents. What else goes up is the watcher's streams' getMores, which come
+        at a rate per second, not per change (a burst that lasts longer pays more of them),
+        and server monitoring. None when the proxy did not count commands."""
+        commands = self.wire.get("prod", {}).get("commands_up")
+        if commands is None:
+            return None
+        return sum(count for name, count in commands.items()
+                   if name.split(" ")[0] in ("find", "aggregate") and
+                   not name.endswith("oplog.rs"))
 
 
 def measure_burst(pair: Pair, product: Product, burst: Burst, where: Sequence[Target],
