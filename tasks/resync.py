@@ -32,11 +32,11 @@ import logging
 import math
 import time
 from datetime import timedelta
-from typing import Any
+from typing import Any, NoReturn
 
 from bson import MinKey
 from celery import Task
-from celery.exceptions import SoftTimeLimitExceeded
+from celery.exceptions import Reject, SoftTimeLimitExceeded
 from pymongo.errors import NetworkTimeout
 from stagesync.deployments.failures import describe_error, is_transient
 from stagesync.protocol.names import RESYNC, RESYNC_CHUNK, RESYNC_SWEEP
@@ -335,11 +335,9 @@ def _run_chunk(task: Task, phase: str, collection: str, resync_id: str, index: i
             log.warning("resync batch took too long; the chunk goes on with smaller ones",
                         extra={"collection": collection, "resync": resync_id,
                                "chunk": worker.index, "batch": smaller})
-            raise task.retry(args=worker.args, exc=error, countdown=1, max_retries=None
-                             ) from None
+            hand_on(task, worker.args, countdown=1, error=error)
         if _retryable(error):
-            raise task.retry(args=worker.args, exc=error, countdown=5, max_retries=None
-                             ) from None
+            hand_on(task, worker.args, countdown=5, error=error)
         fail(worker.runtime.state_db, resync_id, describe_error(error))
         log.exception("resync chunk failed", extra={"collection": collection,
                                                     "resync": resync_id, "phase": phase,
@@ -347,7 +345,23 @@ def _run_chunk(task: Task, phase: str, collection: str, resync_id: str, index: i
         raise
     if outcome == "more":
         # Same task id: the new message takes the chunk back from where it stands.
-        raise task.retry(args=worker.args, countdown=0, max_retries=None)
+        hand_on(task, worker.args, countdown=0)
+
+
+def hand_on(task: Task, args: list[Any], countdown: float,
+            error: BaseException | None = None) -> NoReturn:
+    """Continue in a new message of the same task id (`task.retry`). Should the soft time
+    limit fire while that message is published (a loaded machine, a slow broker), Celery's
+    retry rejects the message being run without requeueing it, and the chunk this task holds
+    would wait for a coordinator to revive it (seen in CI: a resync that never finished). The
+    message goes back to the queue instead (acks_late), and its redelivery takes the chunk
+    back (`held_chunk`)."""
+    try:
+        raise task.retry(args=args, exc=error, countdown=countdown, max_retries=None)
+    except Reject as rejected:
+        if isinstance(rejected.reason, SoftTimeLimitExceeded):
+            raise Reject(rejected.reason, requeue=True) from None
+        raise
 
 
 class ChunkWorker:
