@@ -71,6 +71,19 @@ def production_finds(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
     return seen
 
 
+def failing_writes(runtime: Runtime, name: str, environment: str, error: Exception
+                   ) -> list[Any]:
+    """The collection's targets, the environment's writes raising `error`."""
+    targets = runtime.targets(name)
+    bad = next(t for t in targets if t.environment == environment)
+
+    def fail(*_: Any, **__: Any) -> Any:
+        raise error
+
+    bad.target.execute = fail  # type: ignore[method-assign]
+    return targets
+
+
 def seed(pipeline: Pipeline, count: int) -> dict[str, str]:
     ids = pipeline.prod().insert_many(
         [{"userEmail": f"u{n}@x", "accountId": n, "n": n} for n in range(count)]).inserted_ids
@@ -110,13 +123,7 @@ def test_a_failing_environment_is_contained_and_scoped(
         pipeline: Pipeline, runtime: Runtime) -> None:
     name = pipeline.collections[0]["name"]
     broken, fine = add_environment(pipeline, "broken"), add_environment(pipeline, "fine")
-    targets = runtime.targets(name)
-    bad = next(t for t in targets if t.environment == "broken")
-
-    def refuse(*_: Any, **__: Any) -> Any:
-        raise RuntimeError("environment server on fire")
-
-    bad.target.execute = refuse  # type: ignore[method-assign]
+    targets = failing_writes(runtime, name, "broken", RuntimeError("environment server on fire"))
     ops = seed(pipeline, 20)
     batch = TargetBatch(targets[0], targets[1:], ops)
     result = batch.apply_main()
@@ -211,13 +218,8 @@ def test_a_passing_environment_failure_is_replayed_until_it_takes(
         pipeline: Pipeline, runtime: Runtime) -> None:
     name = pipeline.collections[0]["name"]
     flaky = add_environment(pipeline, "flaky")
-    targets = runtime.targets(name)
-    bad = next(t for t in targets if t.environment == "flaky")
-
-    def outage(*_: Any, **__: Any) -> Any:
-        raise AutoReconnect("environment server restarting")
-
-    bad.target.execute = outage  # type: ignore[method-assign]
+    targets = failing_writes(runtime, name, "flaky",
+                             AutoReconnect("environment server restarting"))
     ops = seed(pipeline, 20)
     app, queue = broker_app(pipeline.settings), home_queue(pipeline.settings.collections[0])
     replayed: list[tuple[str, list[str]]] = []
@@ -242,7 +244,8 @@ def test_a_passing_environment_failure_is_replayed_until_it_takes(
     def unreachable(*_: Any, **__: Any) -> Any:
         raise AutoReconnect("state database unreachable")
 
-    bad.dead_letters.record = unreachable  # type: ignore[method-assign]
+    flaky_target = next(t for t in targets if t.environment == "flaky")
+    flaky_target.dead_letters.record = unreachable  # type: ignore[method-assign]
     again = TargetBatch(targets[0], targets[1:], seed(pipeline, 3), replay=replay)
     again.apply_main()
     with pytest.raises(EnvironmentsUnrecorded):
