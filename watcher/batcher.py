@@ -20,6 +20,7 @@ and the flush may only checkpoint up to the resume token read just before it
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -124,6 +125,13 @@ class MicroBatcher:
         if busy:
             return waited >= self.busy_wait
         return stream_idle or waited >= self.max_wait
+
+    def wait_left(self, now: float, busy: bool) -> float:
+        """Seconds until `due` turns true by time alone (infinite with nothing buffered)."""
+        if not self._buffers:
+            return math.inf
+        waited = now - self._first_at if self._first_at is not None else 0.0
+        return max(0.0, (self.busy_wait if busy else self.max_wait) - waited)
 
     def drain(self, position: Token | None = None, held: Callable[[str], bool] | None = None,
               now: float = 0.0, least: int = 1) -> Drained:

@@ -43,7 +43,7 @@ from stagesync.watcher.checkpoint_saver import CheckpointSaver
 from stagesync.watcher.events import STREAM_PROJECTION
 from stagesync.watcher.index_follower import IndexFollower
 from stagesync.watcher.inflight import InflightWindow
-from stagesync.watcher.loop import HistoryLost, StreamLoop
+from stagesync.watcher.loop import STREAM_AWAIT_MS, HistoryLost, StreamLoop
 from stagesync.watcher.resyncs import ResyncSupervisor
 from stagesync.watcher.timers import Timers
 
@@ -62,9 +62,6 @@ HOUSEKEEPING_SECONDS = 0.2
 HEARTBEAT_SECONDS = 1.0
 RESYNC_CHECK_SECONDS = 5.0
 DEAD_LETTER_COUNT_SECONDS = 10.0
-# How long one getMore may wait for new changes on servers that honour it: bounds the latency
-# of a change that arrives while a partial batch is buffered.
-STREAM_AWAIT_MS = 100
 
 
 @dataclass(frozen=True)

@@ -128,3 +128,17 @@ def test_the_window_stays_a_few_groups_deep_when_completions_release_one_change_
             window.part_done(window.incomplete()[0].batch_id, WHOLE)
             window.advance()
     assert sizes and min(sizes) == max_size
+
+
+def test_the_wait_left_is_the_time_trigger_of_due() -> None:
+    """What the stream loop waits on between reads (`StreamLoop._await_seconds`): nothing
+    buffered never comes due by time; a buffer comes due after `max_wait`, or `busy_wait`
+    while the workers are busy, exactly when `due` turns true."""
+    batcher = MicroBatcher(lambda pid: "q", max_size=100, max_wait=0.02, busy_wait=0.25)
+    assert batcher.wait_left(5.0, busy=False) == float("inf")
+    batcher.add(Change("p0", "update", None), 10.0)
+    assert batcher.wait_left(10.0, busy=False) == 0.02
+    assert abs(batcher.wait_left(10.1, busy=True) - 0.15) < 1e-9
+    assert not batcher.due(10.1, stream_idle=False, busy=True)
+    assert batcher.wait_left(10.25, busy=True) == 0.0
+    assert batcher.due(10.25, stream_idle=False, busy=True)
