@@ -58,7 +58,7 @@ from stagesync.state.verifications import last_verification
 
 HEARTBEAT_FRESH_SECONDS = 10.0
 STREAM_COUNTERS = ("read", "enqueued", "created", "updated", "unchanged", "soft_deleted",
-                   "tombstoned", "superseded", "released", "dead_lettered")
+                   "tombstoned", "outside", "superseded", "released", "dead_lettered")
 
 
 class StatusReader:

@@ -11,6 +11,7 @@ indexes; this module only plans writes that keep both unique when applied in one
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -96,8 +97,8 @@ class _Change:
     key: str | None = None
 
 
-# Eight keyword-only parameters: every call names each one, and bundling them would only move
-# the same eight names into a throw-away object at each of the planner's three callers.
+# Nine keyword-only parameters: every call names each one, and bundling them would only move
+# the same nine names into a throw-away object at each of the planner's callers.
 def plan_batch(
     *,
     version: int,
@@ -108,6 +109,7 @@ def plan_batch(
     rules: CollectionRules,
     keys: Mapping[str, str | None] | None = None,
     write_unchanged: bool = True,
+    outside: AbstractSet[str] = frozenset(),
 ) -> BatchPlan:
     """Plan the writes for `pids`; `production[pid]` is the masked document or None (gone).
 
@@ -119,6 +121,12 @@ def plan_batch(
     A live copy that already holds production's content gets its version moved to this
     apply's, unless `write_unchanged` is False (a resync: see `tasks.full_resync.chunks`); it
     is then listed in `unchanged` and nothing is written.
+
+    `outside`: pids whose production document exists but lies outside the target's subset
+    (None in `production`). One without a copy is listed in `outside` and nothing is written:
+    no tombstone. In a sampled target that is nearly every change; the race a tombstone would
+    close (a slower apply that read the document as a member creating it afterwards) is closed
+    by the creator instead (`tasks.apply.applier.confirm_entered`).
     """
     if keys is None:
         keys = {pid: rules.key_of(doc) for pid, doc in production.items() if doc is not None}
@@ -133,6 +141,8 @@ def plan_batch(
             state.plan.superseded.append(pid)
         elif own is not None and state.is_targeted(own):
             state.plan.deferred.append(pid)
+        elif production[pid] is None and own is None and pid in outside:
+            state.plan.outside.append(pid)
         elif production[pid] is None:
             _plan_gone(state, change)
         else:

@@ -134,6 +134,8 @@ class BatchPlan:
     # pid -> staging `_id`.
     unchanged: dict[str, Any] = field(default_factory=dict)
     deferred: list[str] = field(default_factory=list)
+    # Outside the target's subset, with no copy: nothing written (see `plan_batch`).
+    outside: list[str] = field(default_factory=list)
     # Production documents whose current state decides a key conflict: read them, re-plan.
     need_production: set[str] = field(default_factory=set)
     # Business keys this batch stops holding live: dead-lettered conflicts on them can retry.

@@ -60,7 +60,8 @@ _LIVE_FILE = re.compile(r"^gauge_live[a-z]*_(\d+)\.db$")
 
 APPLIED = Counter(
     "stagesync_applied_total", "Changes done by workers, by outcome "
-    "(created, updated, unchanged, soft_deleted, tombstoned, superseded, dead_lettered, ...)",
+    "(created, updated, unchanged, soft_deleted, tombstoned, outside: left out by the subset, "
+    "superseded, dead_lettered, ...)",
     ["collection", "outcome", "source"],
 )
 BATCH_SIZE = Histogram(

@@ -188,12 +188,16 @@ class Runtime:
         if not collection.references and not referenced_by:
             return None
         targets = {}
+        subsets = set()
         for name in set(collection.references.values()):
             target = self.settings.collection(name)
             if environment is not None:
                 target = environment_settings(target, environment)
             targets[name] = Target(client[target.target_db][target.target_collection],
                                    target.soft_delete_field)
+            if target.subset is not None and (
+                    target.subset.follow or (target.subset.percent or 100) < 100):
+                subsets.add(name)
         follow = collection.subset.follow if collection.subset else None
         followers = [
             Follower(other.name, Reference(other.subset.follow, collection.name),
@@ -206,7 +210,8 @@ class Runtime:
             collection.name, references_of(collection.references), targets, self.state_db,
             referenced_by, self._apply_again,
             SubsetLinks(Reference(follow, collection.references[follow]) if follow else None,
-                        followers),
+                        followers,
+                        follows_subset=bool(follow) and collection.references[follow] in subsets),
             environment.name if environment is not None else None,
         )
 

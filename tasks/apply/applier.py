@@ -53,6 +53,8 @@ class ApplyOptions:
     `followers_later`: the collections that follow this one (`subset: {follow}`) are copied
     after it (an environment's fill), against its complete copy: copies entering or leaving
     now need not have their followers applied again (a read of production per batch).
+    `confirm_entered=False`: the caller confirms the copies this apply makes live itself
+    (`confirm_entered`; the fan-out does it once for every environment of a batch).
     """
 
     compare_content: bool = False
@@ -60,6 +62,7 @@ class ApplyOptions:
     write_unchanged: bool = True
     plan_only: PlanOnly | None = None
     followers_later: bool = False
+    confirm_entered: bool = True
 
 
 @dataclass
@@ -82,6 +85,9 @@ class ApplyRound:
     whole: set[str] = field(default_factory=set)  # staging `_id`s to read in full
     taken: set[str] = field(default_factory=set)  # production `_id`s held in staging by others
     retried: set[str] = field(default_factory=set)  # inserts given one more round
+    # Present in production, outside the target's subset, and written nowhere without a copy
+    # (`plan_batch`).
+    outside: frozenset[str] = frozenset()
     # This round's view: the dead-letter marks read (encoded staging `_id` -> `_sync.dl`) and
     # each pending pid's own copy (its `_id`), found by `_sync.pid`.
     marks: dict[str, int] = field(default_factory=dict)
@@ -139,6 +145,7 @@ def apply_documents(
 ) -> ApplyResult:
     """Write what production holds for these pids; `production` was read after `version`."""
     options = options or ApplyOptions()
+    present = [pid for pid, doc in production.items() if doc is not None]
     # Callers that read production themselves (resync chunks) get the sample applied here.
     production = {pid: doc if doc is not None and context.sampled(pid) else None
                   for pid, doc in production.items()}
@@ -148,6 +155,7 @@ def apply_documents(
         keys={pid: context.rules.key_of(doc) for pid, doc in production.items() if doc},
         result=ApplyResult(version), pending=set(production),
     )
+    state.outside = _outside(context, production, present, state.content)
     for round_number in range(MAX_ROUNDS):
         state.result.rounds += 1
         if _one_round(context, state, options, first=round_number == 0):
@@ -161,9 +169,55 @@ def apply_documents(
         result = state.result
         context.references.copies_written(
             result.staging_ids, set() if options.followers_later else result.entered | result.left)
+    if (options.plan_only is None and options.confirm_entered
+            and context.confirms_entered and state.result.entered):
+        confirmed = confirm_entered(context, state.result.entered)
+        if confirmed is not None:
+            state.result.add_confirmation(confirmed)
     if state.refused:
         raise WriteErrors(state.refused)
     return state.result
+
+
+def _outside(context: ApplyContext, pids: Iterable[str], present: Iterable[str],
+             content: Mapping[str, Document | None]) -> frozenset[str]:
+    """The pids that this target's subset leaves out and that need no tombstone
+    (`plan_batch`): outside the keyed-hash sample, present or not (no apply ever writes
+    those), and, where the creator of a copy confirms it (`ApplyContext.confirms_entered`),
+    those production holds outside the followed subset."""
+    static = {pid for pid in pids if not context.sampled(pid)}
+    if context.confirms_entered:
+        static.update(pid for pid in present if content.get(pid) is None)
+    return frozenset(static)
+
+
+def confirm_entered(context: ApplyContext, pids: Iterable[str],
+                    production: Mapping[str, Document | None] | None = None
+                    ) -> ApplyResult | None:
+    """Check, from a read made after our writes, that the documents whose copy this apply
+    just made live are still members of the target's subset; apply again, from a newer
+    version, those that are not (their copies are then removed as any member that leaves).
+    None when all still are: the common case, one production read and one lookup of the
+    followed copies.
+
+    Why this closes the race a tombstone closed (`plan_batch`'s `outside`): an apply that
+    left a document out read production and the followed copies before it read staging, and
+    found no copy there, so our write landed after its reads; our reads come after our write,
+    hence after its reads, and see at least as new a production and followed copies.
+    `production`: read by the caller after the writes (the fan-out, once for every
+    environment of a batch)."""
+    references = context.references
+    assert references is not None  # only targets that follow a subset confirm
+    pids = sorted(pids)
+    if production is None:
+        production = context.read_production(pids)
+    members = references.translate_known({pid: production.get(pid) for pid in pids})
+    left = [pid for pid in pids if members.get(pid) is None]
+    if not left:
+        return None
+    version = take_version(context.state_db, context.name)
+    return apply_documents(context, version, context.read_production(left),
+                           dict.fromkeys(left, "related"), ApplyOptions(write_unchanged=False))
 
 
 def _one_round(context: ApplyContext, state: ApplyRound, options: ApplyOptions,
@@ -182,7 +236,7 @@ def _one_round(context: ApplyContext, state: ApplyRound, options: ApplyOptions,
     plan = plan_batch(
         version=state.version, now=state.now, pids=state.pending, production=state.content,
         staging=replace(view, taken_ids=frozenset(state.taken)), rules=context.rules,
-        keys=state.keys, write_unchanged=options.write_unchanged,
+        keys=state.keys, write_unchanged=options.write_unchanged, outside=state.outside,
     )
     state.whole |= plan.need_content
     if plan.need_production:
@@ -228,6 +282,8 @@ def _note_settled(state: ApplyRound, plan: BatchPlan) -> None:
     state.done.update(plan.superseded)
     state.result.outcomes["unchanged"] += len(plan.unchanged)
     state.done.update(plan.unchanged)
+    state.result.outcomes["outside"] += len(plan.outside)
+    state.done.update(plan.outside)
     state.result.staging_ids.update(plan.unchanged)  # for the references waiting on them
     for letter in plan.dead_letters:
         state.dead[letter.pid] = letter

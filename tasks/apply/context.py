@@ -134,6 +134,13 @@ class ApplyContext:
         for current, pids in newer.items():
             self.dead_letters.clear(self.scope, pids, older_than=current)
 
+    @property
+    def confirms_entered(self) -> bool:
+        """Whether this target's subset follows another subset (`SubsetLinks.follows_subset`):
+        its applies then tombstone none of the many documents outside it, and every copy an
+        apply makes live is confirmed afterwards (`applier.confirm_entered`)."""
+        return self.references is not None and self.references.follows_subset
+
     def sampled(self, pid: str) -> bool:
         """In the `subset: {percent}` sample (always, without one)."""
         subset = self.settings.subset
@@ -185,3 +192,10 @@ class ApplyResult:
     # Pids whose copy became live (created, adopted, revived) or stopped being live.
     entered: set[str] = field(default_factory=set)
     left: set[str] = field(default_factory=set)
+
+    def add_confirmation(self, confirmed: ApplyResult) -> None:
+        """Count what confirming the entered copies wrote (those it removed, mostly none)."""
+        self.outcomes.update({outcome: count for outcome, count in confirmed.outcomes.items()
+                              if outcome not in ("unchanged", "outside")})
+        self.staging_writes += confirmed.staging_writes
+        self.left |= confirmed.left

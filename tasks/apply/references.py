@@ -72,6 +72,10 @@ class SubsetLinks:
 
     follow: Reference | None = None
     followers: Sequence[Follower] = ()
+    # The followed collection is itself a subset in this target (a `percent` sample, or a
+    # subset that follows another): most followers are then outside, and are not tombstoned
+    # (`rules.plan.plan_batch`, `tasks.apply.applier.confirm_entered`).
+    follows_subset: bool = False
 
 
 def followers_of(reference: Reference, ids: list[Any], dbrefs: bool) -> dict[str, Any]:
@@ -117,6 +121,7 @@ class ReferenceResolver:
         self.apply_again = apply_again
         self.follow = subset.follow
         self.followers = tuple(subset.followers)
+        self.follows_subset = subset.follow is not None and subset.follows_subset
 
     def translate(self, documents: Mapping[str, Document | None]) -> dict[str, Document | None]:
         """The documents with their references translated (production `_id` -> staging)."""

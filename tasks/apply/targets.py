@@ -66,10 +66,18 @@ from stagesync.state.dead_letters import DeadLetterEntry, DeadLetterStore
 from stagesync.state.environment_backlog import EnvironmentBacklog
 from stagesync.state.environments import EnvironmentStore
 from stagesync.state.versions import take_version
-from stagesync.tasks.apply.applier import apply_changes_read, apply_documents
+from stagesync.tasks.apply.applier import (
+    ApplyOptions,
+    apply_changes_read,
+    apply_documents,
+    confirm_entered,
+)
 from stagesync.tasks.apply.context import ApplyContext, ApplyResult, WriteErrors
 
 log = logging.getLogger("stagesync.apply")
+
+# The environments' applies leave confirming their entered copies to the batch (`_confirm`).
+CONFIRMED_HERE = ApplyOptions(confirm_entered=False)
 
 
 @dataclass(frozen=True)
@@ -156,6 +164,7 @@ class TargetBatch:
         self.applied = True
         began = {environment_of(target): target for target in self.environments}
         done: dict[str, ApplyResult | None] = {}
+        entered: dict[str, tuple[ApplyContext, set[str]]] = {}
         for target in self.refresh() if self.refresh is not None else self.environments:
             before = began.get(environment_of(target))
             if isinstance(target, FrozenTarget):
@@ -165,17 +174,42 @@ class TargetBatch:
                 if isinstance(target, BrokenTarget):
                     done[target.scope] = None
                     _contain(target, self.ops, target.error, self.replay)
-                elif before is None or isinstance(before, ApplyContext):  # created since, or not
-                    done[target.scope] = apply_documents(
-                        target, self.version, dict(self.production), self.ops)
+                    continue
+                if before is None or isinstance(before, ApplyContext):  # created since, or not
+                    version, production = self.version, dict(self.production)
                 else:  # thawed since the batch began: read for it, after a version of its own
                     version = take_version(target.state_db, target.name)
-                    done[target.scope] = apply_documents(
-                        target, version, target.read_production(self.ops), self.ops)
+                    production = target.read_production(self.ops)
+                result = apply_documents(target, version, production, self.ops, CONFIRMED_HERE)
+                done[target.scope] = result
+                if target.confirms_entered and result.entered:
+                    entered[target.scope] = (target, result.entered)
             except Exception as error:  # contained: see the module docstring
                 done[target.scope] = None
                 _contain(target, self.ops, error, self.replay)
+        self._confirm(entered, done)
         return done
+
+    def _confirm(self, entered: Mapping[str, tuple[ApplyContext, set[str]]],
+                 done: dict[str, ApplyResult | None]) -> None:
+        """Confirm the copies the environments' applies made live (`confirm_entered`), from
+        one production read for all of them, as the batch was applied."""
+        if not entered:
+            return
+        targets = [target for target, _ in entered.values()]
+        production = self.main.read_production(
+            set().union(*(pids for _, pids in entered.values())),
+            keep=lambda pid: any(target.sampled(pid) for target in targets))
+        for scope, (target, pids) in entered.items():
+            try:
+                confirmed = confirm_entered(target, pids, production)
+            except Exception as error:  # contained, as the apply itself
+                done[scope] = None
+                _contain(target, dict.fromkeys(pids, "related"), error, self.replay)
+                continue
+            result = done.get(scope)
+            if result is not None and confirmed is not None:
+                result.add_confirmation(confirmed)
 
 
 class EnvironmentsUnrecorded(RuntimeError):

@@ -303,3 +303,28 @@ def test_a_resync_leaves_an_unchanged_copy_as_it_is() -> None:
     [write] = plan_batch(version=10, now=NOW, pids=[P1], production={P1: production},
                          staging=view, rules=RULES, write_unchanged=False).writes
     assert write.outcome == "updated"
+
+
+def _plan_outside(production: dict[str, Any], staging: list[dict[str, Any]],
+                  outside: set[str]) -> BatchPlan:
+    by_pid = {d["_sync"]["pid"]: d for d in staging}
+    return plan_batch(version=10, now=NOW, pids=list(production), production=production,
+                      staging=StagingView(by_pid=by_pid, by_key={}), rules=RULES,
+                      outside=frozenset(outside))
+
+
+def test_a_document_outside_the_subset_without_a_copy_is_not_tombstoned() -> None:
+    """Outside the target's subset (None, as a gone one), with no copy: nothing is written.
+    Gone from production: a tombstone, as before."""
+    result = _plan_outside({P1: None, P2: None}, [], outside={P1})
+    assert result.outside == [P1]
+    [write] = result.writes
+    assert write.pid == P2 and write.outcome == "tombstoned"
+
+
+def test_a_copy_outside_the_subset_is_still_soft_deleted() -> None:
+    """A member that left keeps being removed as any copy whose document is gone."""
+    current = staged(P1, "a@x")
+    result = _plan_outside({P1: None}, [current], outside={P1})
+    [write] = result.writes
+    assert result.outside == [] and write.outcome == "soft_deleted"
