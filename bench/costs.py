@@ -307,8 +307,10 @@ def wire_delta(before: Mapping[str, Mapping[str, Any]], after: Mapping[str, Mapp
     return out
 
 
-def top_commands(costs: Costs, side: str, units: int, top: int = 8) -> str:
-    """`find orders 5.1, update orders 3.0, ...`: messages up per `units` changes by command."""
-    commands = Counter(costs.wire.get(side, {}).get("commands_up", {}))
+def top_commands(wire: Mapping[str, Mapping[str, Any]], side: str, units: int, top: int = 8
+                 ) -> str:
+    """`find orders 5.1, update orders 3.0, ...`: messages up per 1,000 of `units` (changes)
+    by command, from a `wire_delta`."""
+    commands = Counter(wire.get(side, {}).get("commands_up", {}))
     return ", ".join(f"{name} {count * 1000 / max(units, 1):.1f}"
                      for name, count in commands.most_common(top))

@@ -29,6 +29,7 @@ from rich.console import Console
 from rich.table import Table
 from stagesync.state.environments import KNOWN_SECONDS, LIVE, EnvironmentStore
 
+from bench.costs import top_commands
 from bench.env_figures import (
     Figure,
     environment_databases,
@@ -302,6 +303,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     results = figures(args, none, envs)
     console.print(figures_table(results, "environments (issue 29), 2 ms round trips"))
     console.print(burst_table([none, envs["burst"]]))
+    for cost in (none, envs["burst"]):
+        for side in ("prod", "staging"):
+            console.print(f"burst with {cost.environments} environments, {side} messages up "
+                          f"per 1,000 changes by command: "
+                          f"{top_commands(cost.wire, side, cost.changes)}", soft_wrap=True)
     for note in run.notes:
         console.print(note, soft_wrap=True)
     console.print(f"{run.tuning.describe()}; whole run {(time.monotonic() - began) / 60:.1f} "

@@ -542,7 +542,7 @@ def _notes(rows: Sequence[Row], opts: RunOptions, root: Path) -> list[str]:
                  "changes/s over the minimal sync's (resync: the plain copy's); vs floor+idx = "
                  "over the same baseline writing into the product's index set (minimal-idx, "
                  "copy-idx).")
-    by_command = [(r, top_commands(r.costs, "staging", r.changes)) for r in rows
+    by_command = [(r, top_commands(r.costs.wire, "staging", r.changes)) for r in rows
                   if r.costs is not None and r.changes and r.label.startswith("stagesync")]
     if any(text for _, text in by_command):
         notes.append("staging messages up per 1,000 changes by command and collection (the "
