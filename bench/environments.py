@@ -225,8 +225,9 @@ def figures(args: argparse.Namespace, none: BurstCost, envs: dict[str, Any]) -> 
     own = ratio(full_own, resync_own)
     return [
         Figure(f"env create --sample {args.sample:g} --wait", sampled_wall, 10, "s",
-               f"wall time of the command ({KNOWN_SECONDS:g} s of it: KNOWN_SECONDS, "
-               f"workers learning of it); its copy's own time {_s(sampled_own)}"),
+               f"wall time of the command (its copies read production from KNOWN_SECONDS, "
+               f"{KNOWN_SECONDS:g} s, after the record); its copy's own time "
+               f"{_s(sampled_own)}"),
         Figure("full env create / resync into an empty staging", ratio(full_wall, resync_wall),
                1.2, "x", f"{full_wall:.1f} s vs {resync_wall:.1f} s (wall of `env create "
                f"--wait` vs `resync users --wait` + `resync orders --wait`); the copies' own "

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import redis
@@ -37,7 +37,6 @@ from stagesync.state.environments import (
     DRAIN,
     FILLING,
     FROZEN,
-    KNOWN_SECONDS,
     LIVE,
     RESYNC,
     SETTLE_SECONDS,
@@ -133,10 +132,8 @@ class Environments:
         for collection in self.settings.collections:
             copy = environment_settings(collection, environment)
             ensure(self.client[copy.target_db][copy.target_collection], target_indexes(copy))
-        # Every apply that checks the environments after the copy began must know this one:
-        # workers re-read the list at least every CACHE_SECONDS (state.environments).
-        settled = environment.created_at + timedelta(seconds=KNOWN_SECONDS)
-        time.sleep(max(0.0, (settled - datetime.now(UTC)).total_seconds()))
+        # Every apply that reads production after the copy did must know this one: the copy
+        # reads nothing before every worker can (`resync_progress.NOT_BEFORE`).
         continue_filling(self.settings, self.state_db, broker_app(self.settings), name)
         return self.store.require(name)
 

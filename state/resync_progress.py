@@ -55,6 +55,10 @@ COUNTS = "counts"  # outcome -> documents, live
 SUMMARY = "summary"  # outcome -> documents, exact, once done
 ERROR = "error"
 EXPIRE_AT = "expireAt"  # TTL (`stagesync_resyncs_ttl`)
+# The copy reads no production document before this moment: a new environment's, until every
+# worker knows the environment (`state.environments.KNOWN_SECONDS`), so that each apply that
+# reads production after the copy began writes into it too.
+NOT_BEFORE = "notBefore"
 # Fixed when the copy opens (`tasks.resync`):
 V0 = "v0"  # the version taken before the copy: the sweep's criterion
 EMPTY_START = "emptyStart"  # staging held nothing: batches insert without reading
@@ -64,6 +68,9 @@ BATCH = "batch"  # documents per apply (a chunk may hold a smaller one of its ow
 # The copy reads only the followers of the parent's copies (`tasks.full_resync.by_parents`);
 # its chunks' `resume` is then the last parent pid done, not an `_id`.
 BY_PARENTS = "byParents"
+# Whether production held an embedded document at the followed path, asked while the parent's
+# copy still ran (`tasks.resync`: a follower's set-up waits for it, its probe need not).
+FOLLOW_EMBEDDED = "followEmbedded"
 # A phase's plan, under the phase's name (`copy`, `sweep`; see `phase_plan`):
 PLANNED = "planned"
 NEXT = "next"
@@ -104,14 +111,24 @@ def now() -> datetime:
     return datetime.now(UTC)
 
 
-def new_resync(state_db: Database[Document], collection: str, reason: str) -> str:
+def new_resync(state_db: Database[Document], collection: str, reason: str,
+               not_before: datetime | None = None) -> str:
     resync_id = f"{collection}-{now():%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
     resyncs(state_db).insert_one({
         "_id": resync_id, KIND: "resync", COLLECTION_FIELD: collection, STATE: "planning",
         REASON: reason, STARTED_AT: now(), DOCS: 0, CHUNKS_DONE: 0,
-        COUNTS: dict.fromkeys(SUMMARY_OUTCOMES, 0),
+        COUNTS: dict.fromkeys(SUMMARY_OUTCOMES, 0), NOT_BEFORE: not_before,
     })
     return resync_id
+
+
+def seconds_before_copy(record: Mapping[str, Any]) -> float:
+    """How long the copy must still wait before it reads production (`NOT_BEFORE`)."""
+    moment = record.get(NOT_BEFORE)
+    if moment is None:
+        return 0.0
+    moment = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    return max(0.0, (moment - now()).total_seconds())
 
 
 def started_since(state_db: Database[Document], collection: str, moment: datetime) -> bool:
@@ -166,6 +183,12 @@ def begin_phase(
          "$currentDate": {f"{phase}StartedAt": True}},
     )
     return moved.modified_count == 1
+
+
+def note_follow_embedded(state_db: Database[Document], resync_id: str, embedded: bool
+                         ) -> None:
+    resyncs(state_db).update_one({"_id": resync_id, STATE: "planning"},
+                                 {"$set": {FOLLOW_EMBEDDED: embedded}})
 
 
 def chunk_id(resync_id: str, phase: str, index: int) -> str:

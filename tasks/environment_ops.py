@@ -7,13 +7,14 @@ task is defined here.
 **Fill.** An environment is filled by the existing resync machinery, one resync per collection
 into the environment's target (`orders@pr-1`: `Runtime.context` resolves the scoped name, and
 the resync takes its versions from the collection's counter). Collections whose subset follows
-a reference start once the referenced collection's copy is done, so a sampled environment's
-closure is decided against a complete parent copy (children that arrive through the stream
-meanwhile are decided the same way). Each resync is recorded in the environment before its
-task is published; a fill continued again (another finished resync, or `env create` re-run on
-an environment stuck in `creating`) re-publishes the unfinished ones (idempotent), restarts
-failed ones, and starts what is missing. When every collection's copy is done the environment
-goes `creating` -> `live` (compare-and-set).
+a reference open their copy once the referenced collection's copy is done, so a sampled
+environment's closure is decided against a complete parent copy (children that arrive through
+the stream meanwhile are decided the same way); their resyncs start with the parent's, and ask
+production what they can meanwhile (`tasks.resync._set_up`). Each resync is recorded in the
+environment before its task is published; a fill continued again (another finished resync,
+or `env create` re-run on an environment stuck in `creating`) re-publishes the unfinished ones
+(idempotent), restarts failed ones, and starts what is missing. When every collection's copy
+is done the environment goes `creating` -> `live` (compare-and-set).
 
 **Thaw.** A thaw that drains publishes one `stagesync.thaw_environment` task per collection,
 which applies the remembered documents a chunk at a time (`tasks.environment_thaw`); a thaw
@@ -39,6 +40,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable
+from datetime import timedelta
 from typing import Any
 
 import redis
@@ -53,9 +55,11 @@ from stagesync.settings.model import Settings
 from stagesync.state.dead_letters import DeadLetterStore
 from stagesync.state.environment_backlog import EnvironmentBacklog
 from stagesync.state.environments import (
+    CREATING,
     DELETING,
     DRAIN,
     FILLING,
+    KNOWN_SECONDS,
     LISTED,
     LIVE,
     RESETTING,
@@ -105,13 +109,18 @@ def continue_filling(settings: Settings, state_db: Database[Document], app: Cele
     states = {collection: _resync_state(state_db, resync)
               for collection, resync in environment.resyncs.items()}
     ensure_resync_indexes(state_db)
-    for collection, parent in fill_order(settings).items():
+    # A new environment's copy waits, in its chunks, until every worker knows it (set-up
+    # and planning go on meanwhile); a reset's and a thaw's waited before they got here.
+    not_before = environment.created_at + timedelta(seconds=KNOWN_SECONDS) \
+        if environment.state == CREATING else None
+    for collection in fill_order(settings):
         state = states.get(collection)
         if state in RUNNING:
             _publish(settings, app, collection, name, environment.resyncs[collection])
-        elif state != "done" and (parent is None or states.get(parent) == "done"):
+        elif state != "done":
+            # A follower starts too: its set-up waits for its parent's copy (`tasks.resync`).
             resync = new_resync(state_db, scoped_name(collection, name),
-                                f"environment {name}")
+                                f"environment {name}", not_before)
             store.set_resyncs(name, {collection: resync})  # recorded, then published
             _publish(settings, app, collection, name, resync)
             states[collection] = "planning"
@@ -123,6 +132,18 @@ def continue_filling(settings: Settings, state_db: Database[Document], app: Cele
         log.info("environment live", extra={"environment": name})
         return LIVE
     return environment.state
+
+
+def parent_copied(settings: Settings, state_db: Database[Document], collection: str,
+                  name: str) -> bool:
+    """Whether the copy that `collection` follows in this environment is done (True when it
+    follows none): a sampled environment's closure is decided against a complete parent."""
+    parent = fill_order(settings).get(collection)
+    if parent is None:
+        return True
+    environment = EnvironmentStore(state_db).get(name)
+    resync = environment.resyncs.get(parent) if environment is not None else None
+    return resync is not None and _resync_state(state_db, resync) == "done"
 
 
 def _publish(settings: Settings, app: Celery, collection: str, environment: str,

@@ -50,6 +50,7 @@ from stagesync.state.resync_progress import (
     BY_PARENTS,
     COMPLETE,
     EMPTY_START,
+    FOLLOW_EMBEDDED,
     HI,
     INDEX,
     INFLIGHT,
@@ -79,8 +80,10 @@ from stagesync.state.resync_progress import (
     load_chunk,
     new_resync,
     next_queued_chunk,
+    note_follow_embedded,
     phase_plan,
     record_chunk,
+    seconds_before_copy,
     shrink_batch,
     stale_chunks,
     summary,
@@ -88,8 +91,13 @@ from stagesync.state.resync_progress import (
 from stagesync.state.versions import take_version
 from stagesync.tasks.celery_app import app
 from stagesync.tasks.celery_options import soft_time_limit
-from stagesync.tasks.environment_ops import continue_filling
-from stagesync.tasks.full_resync.by_parents import copies_by_parents, copy_by_parents
+from stagesync.tasks.environment_ops import continue_filling, parent_copied
+from stagesync.tasks.full_resync.by_parents import (
+    copies_by_parents,
+    copy_by_parents,
+    embedded_at_follow,
+    indexed_follow,
+)
 from stagesync.tasks.full_resync.chunks import (
     SWEEP_PAGE,
     ChunkRun,
@@ -184,8 +192,20 @@ def resync(self: Task, collection: str, resync_id: str | None = None) -> str:
 
 
 def _set_up(runtime: Runtime, collection: str, resync_id: str) -> None:
-    """Fix what the resync's chunks rely on, then open the copy phase."""
+    """Fix what the resync's chunks rely on, then open the copy phase. An environment's
+    follower (`subset: {follow}`) is started with its parent's copy, so that what it can ask
+    production beforehand is asked while that copy runs; it opens its copy only once the
+    parent's is done (`environment_ops.parent_copied`), when the parent's finish starts it
+    again."""
     context = runtime.context(collection)
+    if context.environment is not None and not parent_copied(
+            runtime.settings, runtime.state_db, context.name, context.environment):
+        record = load(runtime.state_db, resync_id) or {}
+        # Asked only where the copy may go by parents: the parent is itself a subset.
+        if FOLLOW_EMBEDDED not in record and context.confirms_entered \
+                and indexed_follow(context):
+            note_follow_embedded(runtime.state_db, resync_id, embedded_at_follow(context))
+        return
     settings = context.settings
     # Every version this resync's applies take is larger: the sweep tells by it which
     # staging documents no apply has written since the resync began. (The collection's
@@ -198,7 +218,8 @@ def _set_up(runtime: Runtime, collection: str, resync_id: str) -> None:
     inflight = max(runtime.settings.watcher.max_inflight_batches, len(queues_of(settings)))
     production = ProductionIds(context.production)
     estimate = production.estimated_count()
-    if copies_by_parents(runtime, context, empty):
+    record = load(runtime.state_db, resync_id) or {}
+    if copies_by_parents(runtime, context, empty, record.get(FOLLOW_EMBEDDED)):
         plan = phase_plan(WHOLE_COLLECTION, [MinKey()], encode_id)
     else:
         span = chunk_span(estimate, inflight, settings.resync_chunk_size)
@@ -424,6 +445,7 @@ class ChunkWorker:
         if self.phase == "sweep":
             outcome = sweep_chunk(run)
         else:
+            time.sleep(seconds_before_copy(record))  # a new environment's first moments
             outcome = copy_by_parents(run) if record.get(BY_PARENTS) else copy_chunk(run)
         if outcome == "exhausted" and finish_chunk(self.runtime.state_db, chunk, self.owner):
             add_progress(self.runtime.state_db, self.resync_id, 0, {}, chunks_done=1)

@@ -14,7 +14,7 @@ from stagesync.state.environments import CREATING, FROZEN, LIVE, RESETTING, Envi
 from stagesync.state.versions import take_version
 
 from tests.integration.test_environments import env_collection, listed, live_pids
-from tests.support.pipeline import VENV_BIN, Pipeline, wait_for
+from tests.support.pipeline import VENV_BIN, Pipeline, Proc, wait_for
 
 TIMEOUT = 90.0
 
@@ -32,12 +32,14 @@ def environment_view(collection: Any) -> dict[int, Any]:
     return {doc["accountId"]: doc.get("n") for doc in collection.find({"deleted": False})}
 
 
-def started(pipeline: Pipeline, documents: int) -> None:
+def started(pipeline: Pipeline, documents: int) -> Proc:
+    """Production seeded, the main staging bootstrapped; the worker."""
     pipeline.prod().insert_many([{"userEmail": f"u{n}@x", "accountId": n, "n": n}
                                  for n in range(documents)])
     pipeline.start_watcher()
-    pipeline.start_worker()
+    worker = pipeline.start_worker()
     pipeline.wait_bootstrapped()
+    return worker
 
 
 def create(pipeline: Pipeline, name: str, *args: str) -> None:
@@ -158,16 +160,23 @@ def test_reset_removes_qa_edits_and_fixtures(pipeline: Pipeline) -> None:
 
 def test_create_and_reset_killed_are_finished_by_running_them_again(
         pipeline: Pipeline) -> None:
-    started(pipeline, 300)
+    worker = started(pipeline, 300)
     stagesync = str(VENV_BIN / "stagesync")
     store = EnvironmentStore(pipeline.state())
 
+    # No worker: the copy, published at once, cannot finish before the create is killed.
+    worker.terminate()
     creating = pipeline.start("create", [stagesync, "env", "create", "k1", "--wait"])
     wait_for(lambda: store.get("k1") is not None, 30, "the record", pipeline)
-    time.sleep(0.5)  # recorded; its databases being made or its copy waiting to start
+    time.sleep(0.5)  # recorded; its databases being made or its copy published
     creating.kill()
     assert [(e["name"], e["state"]) for e in listed(pipeline)] == [("k1", CREATING)]
-    create(pipeline, "k1")
+    again = pipeline.start("create", [stagesync, "env", "create", "k1", "--wait"])
+    # The run again takes the environment up (it prints the copy's progress) before any
+    # worker could finish what the first one published.
+    wait_for(lambda: "copying" in again.log(), 60, "the create run again", pipeline)
+    pipeline.start_worker()
+    assert again.process.wait(90) == 0, again.log() + pipeline.logs()
     copies = env_collection(pipeline, "k1")
     assert len(live_pids(copies)) == 300
 

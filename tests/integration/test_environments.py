@@ -93,6 +93,9 @@ def test_create_stream_list_expire_and_delete(pipeline: Pipeline) -> None:
                  limit=settings.environments.max)
     pipeline.staging_client[f"{database}__half"]["orders"].insert_one({"x": 1})
     assert store.transition("half", [CREATING], DELETING)
+    expires = store.require("short").expires_at
+    assert expires is not None
+    time.sleep(max(0.0, (expires - datetime.now(UTC)).total_seconds()))  # `env create` is quick
     broker_app(settings).send_task(EXPIRE_ENVIRONMENTS,
                                    queue=home_queue(settings.collections[0]))
     wait_for(lambda: store.get("short") is None and store.get("half") is None, TIMEOUT,
@@ -237,12 +240,15 @@ def test_a_sampled_environment_keeps_its_references_whole(
     assert created.returncode == 0, created.stdout + created.stderr + pipeline.logs()
     copy = pipeline.state()["resyncs"].find_one({"kind": "resync",
                                                  "collection": f"orders_{tag}@s1"})
-    assert copy is not None and copy["byParents"] is by_parents
+    assert copy is not None and copy.get("byParents") is by_parents, (copy, pipeline.logs())
 
     sampled = {encode_id(pid) for pid in user_ids if in_sample(encode_id(pid), percent,
                                                                SECRET.encode())}
     env_users, env_orders = env_collection(pipeline, "s1", 0), env_collection(pipeline, "s1", 1)
-    assert live_pids(env_users) == sampled and percent < len(sampled) < 4 * percent
+    # A real subset: some users, not all. (Bounds around the expected count, 10 % of 200,
+    # failed about once in a hundred runs: the ids, and so the sample's size, are random.)
+    assert 0 < len(sampled) < len(user_ids)
+    assert live_pids(env_users) == sampled, pipeline.logs()
     expected = {encode_id(order["_id"]) for order in pipeline.prod(1).find({})
                 if encode_id(order["customerId"]) in sampled}
     wait_for(lambda: live_pids(env_orders) == expected, 30, "the orders that follow", pipeline)
