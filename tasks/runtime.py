@@ -38,8 +38,10 @@ from stagesync.state.dead_letters import DeadLetterStore
 from stagesync.state.environment_backlog import EnvironmentBacklog
 from stagesync.state.environments import (
     DELETING,
+    FILLING,
     FOLLOWED,
     FROZEN,
+    RESYNC,
     Environment,
     EnvironmentCache,
     EnvironmentStore,
@@ -112,7 +114,8 @@ class Runtime:
         return found
 
     def environment_context(self, name: str, environment: Environment) -> ApplyContext:
-        key = (name, environment.name, environment.created_at)
+        filling = environment.state in FILLING or environment.thaw_mode == RESYNC
+        key = (name, environment.name, environment.created_at, filling)
         context = self._environment_contexts.get(key)
         if context is None:
             main = self.context(name)
@@ -127,6 +130,7 @@ class Runtime:
                 settings, main.rules, main.masker, main.production, target, self.state_db,
                 self.dead_letters, self._references(settings, client, environment),
                 self.settings.secret_bytes(), index_guard=guard, environment=environment.name,
+                filling=filling,
             )
             self._environment_contexts = {
                 k: v for k, v in self._environment_contexts.items()

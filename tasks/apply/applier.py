@@ -184,9 +184,10 @@ def _outside(context: ApplyContext, pids: Iterable[str], present: Iterable[str],
     """The pids that this target's subset leaves out and that need no tombstone
     (`plan_batch`): outside the keyed-hash sample, present or not (no apply ever writes
     those), and, where the creator of a copy confirms it (`ApplyContext.confirms_entered`),
-    those production holds outside the followed subset."""
+    those production holds outside the followed subset, unless an environment's copy is
+    running: its chunks do not confirm what they create (`ApplyOptions.confirm_entered`)."""
     static = {pid for pid in pids if not context.sampled(pid)}
-    if context.confirms_entered:
+    if context.confirms_entered and not context.filling:
         static.update(pid for pid in present if content.get(pid) is None)
     return frozenset(static)
 

@@ -87,6 +87,10 @@ class ApplyContext:
     # masking belong to the collection (`name`); what the state database keeps per target
     # (dead letters, pending references, index-mirror records) is keyed by `scope`.
     environment: str | None = None
+    # The environment is being copied (created, reset, or thawed by a resync): its copy's
+    # creates are not confirmed, so no apply may leave a document out untombstoned
+    # (`applier._outside`).
+    filling: bool = False
 
     def __post_init__(self) -> None:
         # Dead letters of this scope recorded in this process, whoever records them, mark

@@ -239,7 +239,10 @@ def copy_batch(run: ChunkRun, version: int, batch: dict[str, Document | None],
         # made by hand in staging.
         result = apply_documents(context, version, dict(batch), ops, ApplyOptions(
             compare_content=True, staging_known_empty=known_empty, write_unchanged=False,
-            followers_later=run.followers_later))
+            followers_later=run.followers_later,
+            # Filling an environment, which no apply leaves documents out of untombstoned
+            # before it is live (`ApplyContext.filling`): the copy's creates need no check.
+            confirm_entered=not run.followers_later))
     except WriteErrors as refused:
         # A copy has no retry budget of its own: record what staging refused, go on.
         result = dead_letter_refused(run.runtime, run.collection, refused, "resync")
