@@ -197,9 +197,15 @@ class TargetBatch:
         if not entered:
             return
         targets = [target for target, _ in entered.values()]
-        production = self.main.read_production(
-            set().union(*(pids for _, pids in entered.values())),
-            keep=lambda pid: any(target.sampled(pid) for target in targets))
+        try:
+            production = self.main.read_production(
+                set().union(*(pids for _, pids in entered.values())),
+                keep=lambda pid: any(target.sampled(pid) for target in targets))
+        except Exception as error:  # contained: the replay of these changes confirms them
+            for scope, (target, pids) in entered.items():
+                done[scope] = None
+                _contain(target, dict.fromkeys(pids, "related"), error, self.replay)
+            return
         for scope, (target, pids) in entered.items():
             try:
                 confirmed = confirm_entered(target, pids, production)
