@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 from pymongo import MongoClient
-from stagesync.deployments.production import ProductionReader
+from stagesync.deployments.production import ProductionReader, ReadOnlyCollection
 from stagesync.settings.model import ProductionSettings
 
 from tests.support.backends import MongoPair
@@ -37,3 +37,17 @@ def clients(mongo_pair: MongoPair) -> Iterator[tuple[ProductionReader, Any, Any]
     reader.close()
     staging.close()
     writer.close()
+
+
+@pytest.fixture
+def production_finds(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
+    """Every query this process sends to production (the read-only reader's finds)."""
+    seen: list[dict[str, Any]] = []
+    real = ReadOnlyCollection.find
+
+    def counted(self: ReadOnlyCollection, query: Any, *args: Any, **kwargs: Any) -> Any:
+        seen.append(dict(query))
+        return real(self, query, *args, **kwargs)
+
+    monkeypatch.setattr(ReadOnlyCollection, "find", counted)
+    return seen

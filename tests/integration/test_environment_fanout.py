@@ -11,7 +11,6 @@ from typing import Any
 import pytest
 from pymongo.errors import AutoReconnect
 from stagesync.deployments.guard import SameDeploymentError
-from stagesync.deployments.production import ReadOnlyCollection
 from stagesync.deployments.staging_indexes import ensure, ensure_indexes, target_indexes
 from stagesync.protocol.routing import home_queue
 from stagesync.rules.identity import decode_id, encode_id
@@ -55,20 +54,6 @@ def runtime(pipeline: Pipeline) -> Iterator[Runtime]:
     ensure_indexes(made.staging, settings)
     yield made
     made.close()
-
-
-@pytest.fixture
-def production_finds(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
-    """Every query this process sends to production (the read-only reader's finds)."""
-    seen: list[dict[str, Any]] = []
-    real = ReadOnlyCollection.find
-
-    def counted(self: ReadOnlyCollection, query: Any, *args: Any, **kwargs: Any) -> Any:
-        seen.append(dict(query))
-        return real(self, query, *args, **kwargs)
-
-    monkeypatch.setattr(ReadOnlyCollection, "find", counted)
-    return seen
 
 
 def failing_writes(runtime: Runtime, name: str, environment: str, error: Exception

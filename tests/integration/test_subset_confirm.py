@@ -22,7 +22,10 @@ from stagesync.rules.subset import in_sample
 from stagesync.state.versions import take_version
 from stagesync.tasks import runtime as runtime_module
 from stagesync.tasks.apply.applier import ApplyOptions, apply_changes, apply_documents
+from stagesync.tasks.apply.targets import TargetBatch
+from stagesync.tasks.runtime import Runtime
 
+from tests.integration.test_environment_fanout import add_environment, env_copies
 from tests.support.pipeline import Pipeline, collection_config
 
 SECRET = "test-secret"  # the pipeline fixture's pii_secret
@@ -97,3 +100,39 @@ def test_a_copy_made_from_a_read_older_than_the_apply_that_left_it_out_does_not_
     else:
         # Without the confirmation the stale member would stay: what the test guards.
         assert copy["deleted"] is False
+
+
+def test_the_fan_out_confirms_every_environment_from_one_production_read(
+        pipeline_factory: Any, production_finds: list[dict[str, Any]]) -> None:
+    """Orders created in two sampled environments: their confirmation reads production once
+    for both (`TargetBatch._confirm`), as the batch itself did."""
+    tag = str(ObjectId())[-8:]
+    pipeline: Pipeline = pipeline_factory([
+        collection_config("users", tag, business_key=["email"]),
+        collection_config("orders", tag, business_key=["orderNo"],
+                          references={"customerId": f"users_{tag}"},
+                          subset={"follow": "customerId"}),
+    ])
+    worker = Runtime(pipeline.settings)
+    ensure_indexes(worker.staging, pipeline.settings)
+    environments = [add_environment(pipeline, name, sample=PERCENT) for name in ("e1", "e2")]
+    users, orders = (config["name"] for config in pipeline.collections)
+    member = _user(pipeline, sampled=True)
+    user_batch = TargetBatch(worker.context(users), worker.environment_targets(users),
+                             {encode_id(member): "insert"})
+    user_batch.apply_main()
+    user_batch.apply_environments()
+    order = pipeline.prod(1).insert_one({"orderNo": 1, "customerId": member}).inserted_id
+
+    production_finds.clear()
+    batch = TargetBatch(worker.context(orders), worker.environment_targets(orders),
+                        {encode_id(order): "insert"})
+    batch.apply_main()
+    done = batch.apply_environments()
+    assert all(result is not None and result.outcomes["created"] == 1
+               for result in done.values()), done
+    assert all(env_copies(pipeline, environment, 1).find_one({"deleted": False})
+               for environment in environments)
+    # The batch's read, then one confirming read for both environments.
+    assert len(production_finds) == 2, production_finds
+    worker.close()
