@@ -177,7 +177,7 @@ def resync(self: Task, collection: str, resync_id: str | None = None) -> str:
                                                         "resync": resync_id})
             return resync_id
         if record[STATE] == "planning":
-            _set_up(runtime, collection, resync_id)
+            _set_up(runtime, collection, resync_id, record)
         advance(runtime, collection, resync_id, revive=True)
     except Exception as error:
         # An overrun (a slow server: the soft time limit fired while planning) is retried
@@ -191,7 +191,8 @@ def resync(self: Task, collection: str, resync_id: str | None = None) -> str:
     return resync_id
 
 
-def _set_up(runtime: Runtime, collection: str, resync_id: str) -> None:
+def _set_up(runtime: Runtime, collection: str, resync_id: str, record: dict[str, Any]
+            ) -> None:
     """Fix what the resync's chunks rely on, then open the copy phase. An environment's
     follower (`subset: {follow}`) is started with its parent's copy, so that what it can ask
     production beforehand is asked while that copy runs; it opens its copy only once the
@@ -200,7 +201,6 @@ def _set_up(runtime: Runtime, collection: str, resync_id: str) -> None:
     context = runtime.context(collection)
     if context.environment is not None and not parent_copied(
             runtime.settings, runtime.state_db, context.name, context.environment):
-        record = load(runtime.state_db, resync_id) or {}
         # Asked only where the copy may go by parents: the parent is itself a subset.
         if FOLLOW_EMBEDDED not in record and context.confirms_entered \
                 and indexed_follow(context):
@@ -218,7 +218,6 @@ def _set_up(runtime: Runtime, collection: str, resync_id: str) -> None:
     inflight = max(runtime.settings.watcher.max_inflight_batches, len(queues_of(settings)))
     production = ProductionIds(context.production)
     estimate = production.estimated_count()
-    record = load(runtime.state_db, resync_id) or {}
     if copies_by_parents(runtime, context, empty, record.get(FOLLOW_EMBEDDED)):
         plan = phase_plan(WHOLE_COLLECTION, [MinKey()], encode_id)
     else:

@@ -146,16 +146,16 @@ def apply_documents(
     """Write what production holds for these pids; `production` was read after `version`."""
     options = options or ApplyOptions()
     present = [pid for pid, doc in production.items() if doc is not None]
+    unsampled = frozenset(pid for pid in production if not context.sampled(pid))
     # Callers that read production themselves (resync chunks) get the sample applied here.
-    production = {pid: doc if doc is not None and context.sampled(pid) else None
-                  for pid, doc in production.items()}
+    production = {pid: None if pid in unsampled else doc for pid, doc in production.items()}
     state = ApplyRound(
         version=version, ops=ops, production=production,
         content=_translated(context, production, options.plan_only),
         keys={pid: context.rules.key_of(doc) for pid, doc in production.items() if doc},
         result=ApplyResult(version), pending=set(production),
     )
-    state.outside = _outside(context, production, present, state.content)
+    state.outside = _outside(context, unsampled, present, state.content)
     for round_number in range(MAX_ROUNDS):
         state.result.rounds += 1
         if _one_round(context, state, options, first=round_number == 0):
@@ -179,17 +179,17 @@ def apply_documents(
     return state.result
 
 
-def _outside(context: ApplyContext, pids: Iterable[str], present: Iterable[str],
+def _outside(context: ApplyContext, unsampled: frozenset[str], present: Iterable[str],
              content: Mapping[str, Document | None]) -> frozenset[str]:
     """The pids that this target's subset leaves out and that need no tombstone
-    (`plan_batch`): outside the keyed-hash sample, present or not (no apply ever writes
-    those), and, where the creator of a copy confirms it (`ApplyContext.confirms_entered`),
-    those production holds outside the followed subset, unless an environment's copy is
-    running: its chunks do not confirm what they create (`ApplyOptions.confirm_entered`)."""
-    static = {pid for pid in pids if not context.sampled(pid)}
-    if context.confirms_entered and not context.filling:
-        static.update(pid for pid in present if content.get(pid) is None)
-    return frozenset(static)
+    (`plan_batch`): outside the keyed-hash sample (`unsampled`), present or not (no apply
+    ever writes those), and, where the creator of a copy confirms it
+    (`ApplyContext.confirms_entered`), those production holds outside the followed subset,
+    unless an environment's copy is running: its chunks do not confirm what they create
+    (`ApplyOptions.confirm_entered`)."""
+    if not context.confirms_entered or context.filling:
+        return unsampled
+    return unsampled | {pid for pid in present if content.get(pid) is None}
 
 
 def confirm_entered(context: ApplyContext, pids: Iterable[str],

@@ -121,7 +121,7 @@ class ReferenceResolver:
         self.apply_again = apply_again
         self.follow = subset.follow
         self.followers = tuple(subset.followers)
-        self.follows_subset = subset.follow is not None and subset.follows_subset
+        self.follows_subset = subset.follows_subset
 
     def translate(self, documents: Mapping[str, Document | None]) -> dict[str, Document | None]:
         """The documents with their references translated (production `_id` -> staging)."""
