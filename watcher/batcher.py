@@ -115,6 +115,12 @@ class MicroBatcher:
     def size(self) -> int:
         return sum(len(buffer) for buffer in self._buffers.values())
 
+    @property
+    def only_kept(self) -> bool:
+        """Something is buffered, and nothing came since the last drain left it there."""
+        return bool(self._buffers) and all(len(buffer) <= self._kept.get(queue, 0)
+                                           for queue, buffer in self._buffers.items())
+
     def due(self, now: float, stream_idle: bool, busy: bool = False) -> bool:
         if not self._buffers:
             return False

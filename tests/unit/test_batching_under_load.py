@@ -48,9 +48,15 @@ def test_held_changes_do_not_make_every_later_change_a_flush() -> None:
     for n in range(4):
         batcher.add(Change(f"hot{n}", "update", None), 0.0)
     assert batcher.due(0.0, stream_idle=False, busy=True)
+    assert not batcher.only_kept
     held = batcher.drain(token(4), held=lambda pid: pid.startswith("hot"), least=4)
     assert held.per_queue == {} and batcher.size == 4
+    # Only held changes: the watcher waits for a done report (`StreamLoop._await_done`),
+    # also when a held document changes again.
+    batcher.add(Change("hot0", "delete", None), 0.0)
+    assert batcher.only_kept
     batcher.add(Change("cold0", "update", None), 0.0)
+    assert not batcher.only_kept
     assert not batcher.due(0.0, stream_idle=False, busy=True)  # was: due, and a batch of 1
     for n in range(1, 4):
         batcher.add(Change(f"cold{n}", "update", None), 0.0)

@@ -1,0 +1,82 @@
+"""While every worker is busy and the only buffered changes are held back for batches in
+flight, the watcher waits for a done report on Redis instead of polling production
+(`watcher.loop.StreamLoop._await_done`); the held change goes out as soon as the report
+comes.
+
+Real processes: `stagesync watch` and a Celery worker, Redis, the test server; production is
+reached through an in-process counting proxy (`bench.delay_proxy`, no delay) so that the
+watcher's getMores can be counted from outside it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+from pymongo.uri_parser import parse_uri
+from stagesync.deployments.broker import queue_depth
+from stagesync.protocol.names import queue_names, stats_key
+
+from bench.delay_proxy import DelayProxy
+from tests.support.backends import MongoPair
+from tests.support.pipeline import Pipeline, collection_config, wait_for
+
+TIMEOUT = 45
+
+
+@pytest.fixture
+def counted_prod(mongo_pair: MongoPair) -> Iterator[tuple[DelayProxy, str]]:
+    host, port = parse_uri(mongo_pair.prod_uri)["nodelist"][0]
+    proxy = DelayProxy(host, port, delay=0.0)
+    listen = proxy.start()
+    yield proxy, f"mongodb://127.0.0.1:{listen}/?directConnection=true"
+    proxy.stop()
+
+
+def get_mores(proxy: DelayProxy) -> int:
+    return sum(n for command, n in list(proxy.commands.items())
+               if command.startswith("getMore"))
+
+
+def test_held_changes_wait_for_a_done_report_not_for_production(
+        pipeline_factory: Any, redis_url: str, counted_prod: tuple[DelayProxy, str]) -> None:
+    proxy, prod_uri = counted_prod
+    pipeline: Pipeline = pipeline_factory(
+        [collection_config("orders")], prod={"uri": prod_uri},
+        # One batch in flight makes the workers busy; no re-publishing during the test.
+        watcher={"max_inflight_batches": 1, "inflight_timeout_seconds": 120})
+    name = str(pipeline.collections[0]["name"])
+    pipeline.start_watcher()
+    bootstrap_worker = pipeline.start_worker(concurrency=1)
+    pipeline.wait_bootstrapped()
+    bootstrap_worker.terminate()
+    rds = redis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        def read() -> int:
+            return int(rds.hget(stats_key(name), "read") or 0)
+
+        prod = pipeline.prod()
+        prod.insert_one({"_id": "a", "userEmail": "a@corp.test", "accountId": 1, "v": 0})
+        wait_for(lambda: any(queue_depth(rds, q) for q in queue_names(name, 1)), TIMEOUT,
+                 "the insert's batch published", pipeline)
+        # The same document again: held back while the insert's batch is in flight.
+        prod.update_one({"_id": "a"}, {"$set": {"v": 1}})
+        wait_for(lambda: read() >= 2, TIMEOUT, "the update read and held", pipeline)
+
+        before = get_mores(proxy)
+        time.sleep(3.0)
+        polled = get_mores(proxy) - before
+        # About one getMore a second (each wait for a report ends at most a second later);
+        # polling until the next housekeeping or flush made it 33 in these 3 s.
+        print(f"\nheld changes, workers busy: {polled} getMores in 3 s")
+        assert polled <= 6, polled
+
+        # A worker applies the insert and reports it: the held update goes out at once.
+        pipeline.start_worker(concurrency=1)
+        wait_for(lambda: (pipeline.staging().find_one({"_sync.pid": {"$exists": True}, "v": 1})
+                          is not None), TIMEOUT, "the held update applied", pipeline)
+    finally:
+        rds.close()
