@@ -12,6 +12,7 @@ import argparse
 import contextlib
 import ctypes
 import ctypes.util
+import itertools
 import json
 import os
 import signal
@@ -146,6 +147,55 @@ def peak_rss_mb(pid: int) -> float | None:
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) / 1024
     return None
+
+
+def rss_mb(pid: int) -> float | None:
+    """Current resident set size (`VmRSS`) of a live process, in MiB; None if unreadable."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return None
+
+
+class RssSampler:
+    """Each role's resident memory over a measurement: the sum of `VmRSS` over its process
+    tree (a worker's pool children included), every `interval` seconds, from a thread.
+
+    Why a series and not only the peak (`VmHWM`): a long copy must hold its memory flat, and a
+    peak cannot tell a process that grows with the documents it has done from one that
+    reached its working size in the first second (issue 31: "memory flat across the run").
+    """
+
+    def __init__(self, processes: Mapping[str, int], interval: float = 1.0) -> None:
+        self.processes = dict(processes)
+        self.interval = interval
+        self.series: dict[str, list[float]] = {role: [] for role in self.processes}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            for role, pid in self.processes.items():
+                sizes = [size for size in map(rss_mb, process_tree(pid)) if size is not None]
+                if sizes:
+                    self.series[role].append(sum(sizes))
+            if self._stop.wait(self.interval):
+                return
+
+    def stop(self) -> dict[str, list[float]]:
+        self._stop.set()
+        self._thread.join(timeout=10)
+        return {role: values for role, values in self.series.items() if values}
+
+
+def quarters(values: list[float]) -> list[float]:
+    """The largest value of each quarter of a series (fewer than four values: as they are)."""
+    if len(values) < 4:
+        return list(values)
+    bounds = [round(len(values) * n / 4) for n in range(5)]
+    return [max(values[lo:hi]) for lo, hi in itertools.pairwise(bounds)]
 
 
 def process_tree(pid: int) -> list[int]:

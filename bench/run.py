@@ -59,7 +59,7 @@ from bench.costs import (
     wire_delta,
 )
 from bench.network import NETWORKS, Network, open_network
-from bench.procs import collection, peak_rss_mb, process_tree
+from bench.procs import RssSampler, collection, peak_rss_mb, process_tree, quarters
 from bench.report import cost_notes, cost_table
 from bench.systems import BenchContext, ResyncOutcome, RunOptions, SystemSpec, load_systems
 from bench.verify_equal import VerifyResult
@@ -96,6 +96,8 @@ class Row:
     unseen: int = 0  # steady writes never seen in staging before the timeout
     rss: dict[str, float] = field(default_factory=dict)
     children_rss: dict[str, list[float]] = field(default_factory=dict)
+    # MiB of each role's process tree, sampled every second while measured (`RssSampler`).
+    rss_series: dict[str, list[float]] = field(default_factory=dict)
     staging_msgs: int | None = None
     ping_overhead_ms: float | None = None
     writer_rate: float | None = None
@@ -198,12 +200,15 @@ def run_one(scenario: str, network: str, spec: SystemSpec, opts: RunOptions, roo
         meter.idle()
         load_before = os.getloadavg()[0]
         meter.begin()
+        sampler = RssSampler(system.processes())
+        stack.callback(sampler.stop)
         if scenario == "burst":
             _measure_burst(row, spec, opts, prod_coll, staging_coll, budget)
         elif scenario == "steady":
             _measure_steady(row, spec, opts, prod_coll, staging_coll, budget)
         else:
             _measure_resync(row, spec, ctx, system)
+        row.rss_series = sampler.stop()
         row.costs = meter.end()
         if row.resync is not None and row.resync.setup_cpu and COMMAND_ROLE in row.costs.cpu:
             # The copy's start-up is outside its clock; `stagesync resync --wait`'s is not
@@ -490,6 +495,11 @@ def _rss_text(row: Row) -> str:
     return ", ".join(parts) or "—"
 
 
+def _rss_over_run(row: Row) -> str:
+    return ", ".join(f"{role} " + " / ".join(f"{v:.0f}" for v in quarters(values))
+                     for role, values in row.rss_series.items())
+
+
 def _verified_text(row: Row) -> str:
     if row.error:
         return f"NO: {row.error}"
@@ -555,6 +565,12 @@ def _notes(rows: Sequence[Row], opts: RunOptions, root: Path) -> list[str]:
                      "messages onto queues). Per run: "
                      + "; ".join(f"{r.scenario}/{r.network}/{r.label}: {r.counters['redis_top']}"
                                  for r in rows if r.counters.get("redis_top")))
+    series = [(r, _rss_over_run(r)) for r in rows if r.rss_series]
+    if series:
+        notes.append("memory over the run: MiB of each role's process tree (pool children "
+                     "included), the largest of each quarter of the measurement, sampled every "
+                     "second: " + "; ".join(f"{r.scenario}/{r.network}/{r.label}: {text}"
+                                           for r, text in series))
     loads = [r for r in rows if r.load]
     if loads:
         notes.append("machine load (1-minute load average, 2 cores, everyone's work included) "
