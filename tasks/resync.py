@@ -103,6 +103,7 @@ from stagesync.tasks.full_resync.chunks import (
     ChunkRun,
     Outcome,
     copy_chunk,
+    sampled_share,
     sweep_chunk,
 )
 from stagesync.tasks.full_resync.walk import (
@@ -132,12 +133,19 @@ SWEEP_PAGES_PER_CHUNK = (10, 200)  # bounds of a sweep chunk, in pages of SWEEP_
 MAX_PLAN_STEPS = 64
 
 
-def chunk_span(estimate: int, inflight: int, batch: int) -> int:
+def chunk_span(estimate: int, inflight: int, batch: int, share: float = 1.0) -> int:
     """Documents per copy chunk: enough chunks to keep `inflight` workers busy, no chunk
-    longer than MAX_BATCHES_PER_CHUNK batches. The span is rounded down: rounded up, 181
-    documents over 18 slots gave spans of 11 and only 17 chunks."""
-    wanted = max(estimate, 1) // (max(inflight, 1) * CHUNKS_PER_SLOT)
-    return max(batch, min(wanted, batch * MAX_BATCHES_PER_CHUNK))
+    applying more than MAX_BATCHES_PER_CHUNK batches. The span is rounded down: rounded up,
+    181 documents over 18 slots gave spans of 11 and only 17 chunks.
+
+    `share`: the part of a chunk's documents it applies. A small sample (`samples_by_id`)
+    walks every `_id` and applies its percent, so its chunks are sized by what they apply:
+    sized by the `_id`s, a 5 % environment of 20,000 users was cut into two chunks of about
+    500 documents, each less than one batch, and planning them walked the `_id` index twice
+    more (on the test server every such walk reads the whole collection)."""
+    applied = math.ceil(max(estimate, 1) * share)
+    wanted = applied // (max(inflight, 1) * CHUNKS_PER_SLOT)
+    return math.floor(max(batch, min(wanted, batch * MAX_BATCHES_PER_CHUNK)) / share)
 
 
 def sweep_span(estimate: int, inflight: int) -> int:
@@ -221,7 +229,8 @@ def _set_up(runtime: Runtime, collection: str, resync_id: str, record: dict[str,
     if copies_by_parents(runtime, context, empty, record.get(FOLLOW_EMBEDDED)):
         plan = phase_plan(WHOLE_COLLECTION, [MinKey()], encode_id)
     else:
-        span = chunk_span(estimate, inflight, settings.resync_chunk_size)
+        span = chunk_span(estimate, inflight, settings.resync_chunk_size,
+                          sampled_share(context))
         plan = phase_plan(span, first_id(production), encode_id)
     by_parents = plan[SPAN] == WHOLE_COLLECTION
     begin_phase(runtime.state_db, resync_id, "planning", "copy", plan, {

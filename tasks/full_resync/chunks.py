@@ -212,6 +212,15 @@ def samples_by_id(context: ApplyContext) -> bool:
         subset.percent <= SAMPLE_BY_ID_PERCENT
 
 
+def sampled_share(context: ApplyContext) -> float:
+    """The part of the walked `_id`s a copy chunk applies: a small sample's (`samples_by_id`)
+    percent, else all of them."""
+    subset = context.settings.subset
+    if samples_by_id(context) and subset is not None and subset.percent is not None:
+        return subset.percent / 100
+    return 1.0
+
+
 def read_sampled(context: ApplyContext, batch: Mapping[str, Document | None]
                  ) -> dict[str, Document | None]:
     """The sampled documents whose `_id`s the walk found, read and masked; one deleted since

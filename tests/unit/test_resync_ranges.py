@@ -134,6 +134,25 @@ def test_chunk_span_keeps_workers_busy_and_chunks_bounded(
         assert -(-estimate // span) >= min(CHUNKS_PER_SLOT * inflight, -(-estimate // batch))
 
 
+@given(estimate=st.integers(0, 10**9), inflight=st.integers(1, 64),
+       batch=st.integers(10, 50_000), percent=st.floats(0.01, 20))
+def test_a_small_sample_s_chunks_are_sized_by_the_documents_they_apply(
+    estimate: int, inflight: int, batch: int, percent: float,
+) -> None:
+    share = percent / 100
+    span = chunk_span(estimate, inflight, batch, share)
+    # What a chunk applies (its share of the `_id`s it walks) is bounded like a whole copy's.
+    assert batch - 1 <= span * share <= batch * MAX_BATCHES_PER_CHUNK
+    # Never cut into more chunks than by `_id`s (one more, from rounding).
+    whole = max(estimate, 1)
+    assert -(-whole // span) <= -(-whole // chunk_span(estimate, inflight, batch)) + 1
+
+
+def test_a_five_percent_sample_of_20000_is_one_chunk() -> None:
+    assert chunk_span(20_000, 2, 1000, share=0.05) >= 20_000
+    assert chunk_span(20_000, 2, 1000) == 10_000  # by `_id`s: two chunks of ~500 applied
+
+
 @given(estimate=st.integers(0, 10**9), inflight=st.integers(1, 64))
 def test_sweep_span_is_bounded(estimate: int, inflight: int) -> None:
     assert 10_000 <= sweep_span(estimate, inflight) <= 200_000
