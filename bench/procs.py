@@ -142,18 +142,18 @@ def read_json(path: Path) -> dict[str, Any]:
 
 def peak_rss_mb(pid: int) -> float | None:
     """Peak resident set size (`VmHWM`) of a live process, in MiB; None if unreadable."""
-    with contextlib.suppress(OSError, ValueError):
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return None
+    return _status_mb(pid, "VmHWM:")
 
 
 def rss_mb(pid: int) -> float | None:
     """Current resident set size (`VmRSS`) of a live process, in MiB; None if unreadable."""
+    return _status_mb(pid, "VmRSS:")
+
+
+def _status_mb(pid: int, field: str) -> float | None:
     with contextlib.suppress(OSError, ValueError):
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+            if line.startswith(field):
                 return int(line.split()[1]) / 1024
     return None
 
