@@ -73,8 +73,10 @@ def test_held_changes_wait_for_a_done_report_not_for_production(
         # polling until the next housekeeping or flush made it 33 in these 3 s.
         print(f"\nheld changes, workers busy: {polled} getMores in 3 s")
         assert polled <= 6, polled
+        # The update was held all along: only the insert's batch waits in the queue.
+        assert sum(queue_depth(rds, q) for q in queue_names(name, 1)) == 1
 
-        # A worker applies the insert and reports it: the held update goes out at once.
+        # A worker applies the insert and reports it: the held update goes out then.
         pipeline.start_worker(concurrency=1)
         wait_for(lambda: (pipeline.staging().find_one({"_sync.pid": {"$exists": True}, "v": 1})
                           is not None), TIMEOUT, "the held update applied", pipeline)
