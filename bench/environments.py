@@ -27,7 +27,7 @@ from typing import Any
 
 from rich.console import Console
 from rich.table import Table
-from stagesync.state.environments import KNOWN_SECONDS, LIVE, EnvironmentStore
+from stagesync.state.environments import LIVE, EnvironmentStore
 
 from bench.costs import top_commands
 from bench.env_figures import (
@@ -225,9 +225,7 @@ def figures(args: argparse.Namespace, none: BurstCost, envs: dict[str, Any]) -> 
     own = ratio(full_own, resync_own)
     return [
         Figure(f"env create --sample {args.sample:g} --wait", sampled_wall, 10, "s",
-               f"wall time of the command (its copies read production from KNOWN_SECONDS, "
-               f"{KNOWN_SECONDS:g} s, after the record); its copy's own time "
-               f"{_s(sampled_own)}"),
+               f"wall time of the command; its copy's own time {_s(sampled_own)}"),
         Figure("full env create / resync into an empty staging", ratio(full_wall, resync_wall),
                1.2, "x", f"{full_wall:.1f} s vs {resync_wall:.1f} s (wall of `env create "
                f"--wait` vs `resync users --wait` + `resync orders --wait`); the copies' own "

@@ -17,6 +17,7 @@ import redis
 from pymongo import MongoClient
 from rich.console import Console
 from rich.table import Table
+from stagesync.deployments.broker import ChangeSignal
 from stagesync.deployments.guard import (
     SameDeploymentError,
     assert_distinct_deployments,
@@ -25,7 +26,7 @@ from stagesync.deployments.guard import (
 from stagesync.deployments.production import ProductionReader
 from stagesync.deployments.staging import connect_staging
 from stagesync.deployments.staging_indexes import ensure, target_indexes
-from stagesync.protocol.names import watcher_key
+from stagesync.protocol.names import ENVIRONMENTS_CHANGED_KEY, watcher_key
 from stagesync.rules.document import Document
 from stagesync.settings.durations import parse_duration
 from stagesync.settings.environments import check_environment_name
@@ -75,7 +76,9 @@ class Environments:
         self.settings = settings
         self.staging = connect_staging(settings.staging, serverSelectionTimeoutMS=10_000)
         self.state_db = state_database(self.staging, settings.staging)
-        self.store = EnvironmentStore(self.state_db)
+        self.broker = redis.Redis.from_url(settings.redis_url, socket_timeout=5)
+        self.store = EnvironmentStore(self.state_db,
+                                      ChangeSignal(self.broker, ENVIRONMENTS_CHANGED_KEY))
         self.store.ensure_indexes()
         self.backlog = EnvironmentBacklog(self.state_db)
         uri = settings.environments.uri
@@ -83,6 +86,7 @@ class Environments:
             settings.staging.model_copy(update={"uri": uri}), serverSelectionTimeoutMS=10_000)
 
     def close(self) -> None:
+        self.broker.close()
         if self.client is not self.staging:
             self.client.close()
         self.staging.close()
@@ -132,9 +136,8 @@ class Environments:
         for collection in self.settings.collections:
             copy = environment_settings(collection, environment)
             ensure(self.client[copy.target_db][copy.target_collection], target_indexes(copy))
-        # Every apply that reads production after the copy did must know this one: the copy
-        # reads nothing before every worker can (`resync_progress.NOT_BEFORE`).
-        continue_filling(self.settings, self.state_db, broker_app(self.settings), name)
+        continue_filling(self.settings, self.state_db, self.store, broker_app(self.settings),
+                         name)
         return self.store.require(name)
 
     def wait_live(self, name: str, timeout: float, console: Console) -> str:
@@ -195,7 +198,8 @@ class Environments:
         elif environment.state != LIVE:
             raise Refused(f"environment {name!r} is {environment.state}: only a frozen "
                           "environment can be thawed")
-        continue_thawing(self.settings, self.state_db, broker_app(self.settings), name)
+        continue_thawing(self.settings, self.state_db, self.store, broker_app(self.settings),
+                         name)
         return self.store.require(name).thaw_mode or "none"
 
     def wait_thawed(self, name: str, timeout: float, console: Console) -> bool:
@@ -220,7 +224,7 @@ class Environments:
 
     def reset(self, name: str) -> None:
         try:
-            reset_environment(self.settings, self.state_db, self.client,
+            reset_environment(self.settings, self.state_db, self.store, self.client,
                               broker_app(self.settings), name)
         except EnvironmentRefused as error:
             raise Refused(str(error)) from None
@@ -289,13 +293,11 @@ class Environments:
 
     # -- delete ---------------------------------------------------------------------------------
     def delete(self, name: str) -> list[str]:
-        broker = redis.Redis.from_url(self.settings.redis_url, socket_timeout=5)
         try:
-            return delete_environment(self.settings, self.state_db, self.client, name, broker)
+            return delete_environment(self.settings, self.state_db, self.store, self.client,
+                                      name, self.broker)
         except EnvironmentRefused as error:
             raise Refused(str(error)) from None
-        finally:
-            broker.close()
 
 
 def print_table(console: Console, entries: list[dict[str, Any]]) -> None:

@@ -119,6 +119,12 @@ def parse_done_report(report: bytes | str) -> tuple[str, BatchPart]:
     return batch, BatchPart.from_wire(part)
 
 
+# Replaced after every change of the environment store, and of the rate-limit overrides
+# (`deployments.broker.ChangeSignal`): the workers' caches of them read the token, not the store.
+ENVIRONMENTS_CHANGED_KEY = f"{PREFIX}:environments:changed"
+RATE_LIMITS_CHANGED_KEY = f"{PREFIX}:ratelimits:changed"
+
+
 def stats_key(collection: str) -> str:
     """Hash of running counters (read, applied, dead_lettered, ...) shown by `status`."""
     return f"{PREFIX}:{collection}:stats"

@@ -23,23 +23,29 @@ runs the environment is `live` (the stream writes it again) but not yet caught u
 **Reset.** `live`/`frozen` -> `resetting`: the environment's documents are removed and its
 collections copied again, as a create fills them; then `live`.
 
-Every command that changes what the stream does to an environment waits SETTLE_SECONDS before
-it acts on that change (freeze's return, thaw's drain, reset's wipe): workers see the store at
-most CACHE_SECONDS late, and an environment's write follows its check by the time of one plan
-and one bulk write. A create waits only KNOWN_SECONDS before its copy reads production: no
-write of the old state can be under way in an environment that did not exist, and a batch
-that learns of it after reading production writes it from that read (`tasks.apply.targets`).
+**How workers learn of a change.** Every write of the store replaces a token in Redis
+(`deployments.broker.ChangeSignal`, ENVIRONMENTS_CHANGED_KEY) once it is made; a store opened
+without the signal refuses to write. Workers read the environments through `EnvironmentCache`,
+which reads the token at every check and the store only when the token changed (or after
+RECHECK_SECONDS, for a change whose writer died before it announced it). So each worker's next
+check sees a change, and a quiet store costs the state database nothing per apply.
 
-The stream writes into the environments in STREAMED states and remembers for FROZEN ones;
-workers read them through `EnvironmentCache`, which asks the store at most once per
-`CACHE_SECONDS` per process.
+Every command that changes what the stream does to an environment waits SETTLE_SECONDS before
+it acts on that change (freeze's return, thaw's drain, reset's wipe): an apply that checked
+before the change may still write the old way, for the time of one plan and one bulk write.
+A create need not wait: no write of the old state can be under way in an environment that did
+not exist, its copy starts after the create announced it, and a batch that learns of it after
+reading production writes it from that read (`tasks.apply.targets`).
+
+The stream writes into the environments in STREAMED states and remembers for FROZEN ones.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -48,6 +54,7 @@ from bson import Timestamp
 from pymongo import ASCENDING, IndexModel, ReturnDocument
 from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError
+from stagesync.deployments.broker import ChangeSignal
 from stagesync.protocol.names import ENVIRONMENTS
 from stagesync.settings.collection import CollectionSettings, SubsetSettings
 
@@ -58,15 +65,13 @@ STREAMED = (CREATING, LIVE, RESETTING)  # the stream writes into these
 FOLLOWED = (*STREAMED, FROZEN)  # what the workers need to know of: written or remembered
 FILLING = (CREATING, RESETTING)  # copied by resyncs, `live` once they are done
 DRAIN, RESYNC = "drain", "resync"  # the ways a thaw catches up
-# Workers learn which environments exist, and in which state, from the store, at most this
-# old; a command waits SETTLE_SECONDS after changing one before it relies on the workers
-# knowing (e.g. `env create` before its copy reads production, so that every apply that reads
-# production after the copy began knows the environment).
-CACHE_SECONDS = 1.0
-SETTLE_SECONDS = 3 * CACHE_SECONDS
-# Every worker's next check of the store sees a change made this long ago: the cache's age,
-# and a margin for the latency of the store's write and of the cache's read.
-KNOWN_SECONDS = CACHE_SECONDS + 0.5
+# A command waits this long after changing an environment before it relies on no apply
+# writing the old way (workers see the change at their next check; an apply that checked
+# just before it writes within one plan and one bulk write).
+SETTLE_SECONDS = 3.0
+# A worker reads the store at least this often even when no change was announced: a writer
+# killed between its write and its announcement is then seen this late, not never.
+RECHECK_SECONDS = 30.0
 EXPIRY_INDEX = "stagesync_environments_expiry"
 
 
@@ -84,6 +89,11 @@ class TooManyEnvironments(EnvironmentRefused):
 
 class NoSuchEnvironment(EnvironmentRefused):
     pass
+
+
+class ReadOnlyStore(RuntimeError):
+    """A write through a store opened without its change signal: the workers would not learn
+    of it (see the module docstring)."""
 
 
 @dataclass(frozen=True)
@@ -123,8 +133,22 @@ class Environment:
 
 
 class EnvironmentStore:
-    def __init__(self, state_db: Database[dict[str, Any]]) -> None:
+    def __init__(self, state_db: Database[dict[str, Any]], signal: ChangeSignal | None = None
+                 ) -> None:
+        """`signal`: for a store that writes; without it the store only reads."""
         self.records = state_db[ENVIRONMENTS]
+        self.signal = signal
+
+    @contextmanager
+    def _changing(self) -> Iterator[None]:
+        """Around every write: refused before it begins without a signal, announced after it
+        (also after one that failed: it may have been applied)."""
+        if self.signal is None:
+            raise ReadOnlyStore("this environment store was opened without its change signal")
+        try:
+            yield
+        finally:
+            self.signal.announce()
 
     def ensure_indexes(self) -> None:
         self.records.create_indexes([IndexModel([("expiresAt", ASCENDING)], name=EXPIRY_INDEX)])
@@ -143,13 +167,15 @@ class EnvironmentStore:
             "expiresAt": moment + ttl if ttl else None, "sample": sample,
             "databases": dict(databases), "resyncs": {},
         }
-        try:
-            self.records.insert_one(record)
-        except DuplicateKeyError:
-            raise NameTaken(f"environment {name!r} already exists") from None
-        total = self.records.count_documents({})
+        with self._changing():
+            try:
+                self.records.insert_one(record)
+            except DuplicateKeyError:
+                raise NameTaken(f"environment {name!r} already exists") from None
+            total = self.records.count_documents({})
+            if total > limit:
+                self.records.delete_one({"_id": name, "state": CREATING})
         if total > limit:
-            self.records.delete_one({"_id": name, "state": CREATING})
             raise TooManyEnvironments(
                 f"too many environments: {total - 1} exist and environments.max is {limit}; "
                 "delete one first (stagesync env delete NAME)")
@@ -177,20 +203,22 @@ class EnvironmentStore:
         query: dict[str, Any] = {"_id": name, "state": {"$in": list(before)}}
         if unless_thawing:
             query["thaw"] = None
-        result = self.records.update_one(
-            query,
-            {"$set": {"state": after, **(also or {})}, "$currentDate": {"changedAt": True}},
-        )
+        with self._changing():
+            result = self.records.update_one(
+                query,
+                {"$set": {"state": after, **(also or {})}, "$currentDate": {"changedAt": True}},
+            )
         return result.matched_count == 1
 
     def set_resyncs(self, name: str, resyncs: Mapping[str, str]) -> None:
         """The resyncs filling an environment (created, reset, or thawed by resync), by
         collection."""
-        self.records.update_one(
-            {"_id": name, "$or": [{"state": {"$in": list(FILLING)}}, {"thaw.mode": RESYNC}]},
-            {"$set": {f"resyncs.{collection}": resync for collection, resync
-                      in resyncs.items()}},
-        )
+        with self._changing():
+            self.records.update_one(
+                {"_id": name, "$or": [{"state": {"$in": list(FILLING)}}, {"thaw.mode": RESYNC}]},
+                {"$set": {f"resyncs.{collection}": resync for collection, resync
+                          in resyncs.items()}},
+            )
 
     def freeze(self, name: str, cluster_time: Timestamp | None, remembered: int) -> bool:
         """`live` -> `frozen`, unless a thaw is still under way (its drain or resync would
@@ -212,17 +240,19 @@ class EnvironmentStore:
 
     def thawed(self, name: str, collection: str, collections: Iterable[str]) -> bool:
         """Record that `collection` caught up; True when the thaw is over (every one has)."""
-        record = self.records.find_one_and_update(
-            {"_id": name, "state": LIVE, "thaw": {"$ne": None}},
-            {"$addToSet": {"thaw.done": collection}}, return_document=ReturnDocument.AFTER)
+        with self._changing():
+            record = self.records.find_one_and_update(
+                {"_id": name, "state": LIVE, "thaw": {"$ne": None}},
+                {"$addToSet": {"thaw.done": collection}}, return_document=ReturnDocument.AFTER)
         if record is None or not set(collections) <= set(record["thaw"].get("done") or []):
             return False
         return self.finish_thaw(name)
 
     def finish_thaw(self, name: str) -> bool:
-        result = self.records.update_one({"_id": name, "state": LIVE, "thaw": {"$ne": None}},
-                                         {"$set": {"thaw": None, "frozenAt": None,
-                                                   "frozenClusterTime": None}})
+        with self._changing():
+            result = self.records.update_one(
+                {"_id": name, "state": LIVE, "thaw": {"$ne": None}},
+                {"$set": {"thaw": None, "frozenAt": None, "frozenClusterTime": None}})
         return result.modified_count == 1
 
     def begin_reset(self, name: str) -> bool:
@@ -234,23 +264,29 @@ class EnvironmentStore:
         })
 
     def wiped(self, name: str) -> None:
-        self.records.update_one({"_id": name, "state": RESETTING}, {"$set": {"wiped": True}})
+        with self._changing():
+            self.records.update_one({"_id": name, "state": RESETTING},
+                                    {"$set": {"wiped": True}})
 
     def count_backlog(self, name: str, added: int, limit: int) -> None:
         """Count documents newly remembered while frozen; past `limit` the environment
-        overflows: the stream stops remembering for it and its thaw resyncs."""
+        overflows: the stream stops remembering for it and its thaw resyncs. (The count is
+        not announced, only the overflow: workers read nothing but the overflow of it, and a
+        count per batch would make every worker read the store again at every apply.)"""
         if added <= 0:
             return
         record = self.records.find_one_and_update(
             {"_id": name, "state": FROZEN}, {"$inc": {"backlogged": added}},
             return_document=ReturnDocument.AFTER)
         if record is not None and int(record["backlogged"]) > limit:
-            self.records.update_one({"_id": name, "state": FROZEN},
-                                    {"$set": {"overflowed": True}})
+            with self._changing():
+                self.records.update_one({"_id": name, "state": FROZEN},
+                                        {"$set": {"overflowed": True}})
 
     def remove(self, name: str) -> bool:
         """The record goes last, once its databases are dropped; only from `deleting`."""
-        return self.records.delete_one({"_id": name, "state": DELETING}).deleted_count == 1
+        with self._changing():
+            return self.records.delete_one({"_id": name, "state": DELETING}).deleted_count == 1
 
     def expired(self, now: datetime | None = None) -> list[Environment]:
         """Environments past their lifetime, and deletes that a killed process left
@@ -275,18 +311,21 @@ def environment_settings(collection: CollectionSettings, environment: Environmen
 
 class EnvironmentCache:
     """The environments the stream writes into, as a worker process sees them: read from the
-    store at most once per `seconds`. A failed read raises, as the main apply's own reads of
-    the state database would."""
+    store when the change token (`token`, the store's ChangeSignal) is not the one it was read
+    under, or `seconds` after it was. A failed read of the store raises, as the main apply's
+    own reads of the state database would; a failed read of the token reads the store."""
 
-    def __init__(self, load: Callable[[], list[Environment]],
-                 seconds: float = CACHE_SECONDS, clock: Callable[[], float] = time.monotonic
+    def __init__(self, load: Callable[[], list[Environment]], token: Callable[[], object],
+                 seconds: float = RECHECK_SECONDS, clock: Callable[[], float] = time.monotonic
                  ) -> None:
         self._load = load
+        self._token = token
         self._seconds = seconds
         self._clock = clock
         self._lock = threading.Lock()
         self._value: list[Environment] = []
         self._at: float | None = None
+        self._seen: object = None
 
     def refresh(self) -> None:
         """Read the store at the next `current()` (a process that just changed it)."""
@@ -296,9 +335,16 @@ class EnvironmentCache:
     def current(self) -> list[Environment]:
         with self._lock:
             now = self._clock()
-            if self._at is None or now - self._at >= self._seconds:
+            try:
+                token = self._token()
+            except Exception:  # Redis is down: the store decides, every time
+                token = object()  # equal to nothing: read the store
+            if self._at is None or token != self._seen or now - self._at >= self._seconds:
+                # The token first, then the store: a change announced between the two is
+                # read again at the next check, never missed.
                 self._value = self._load()
                 self._at = now
+                self._seen = token
             return list(self._value)
 
 

@@ -55,10 +55,6 @@ COUNTS = "counts"  # outcome -> documents, live
 SUMMARY = "summary"  # outcome -> documents, exact, once done
 ERROR = "error"
 EXPIRE_AT = "expireAt"  # TTL (`stagesync_resyncs_ttl`)
-# The copy reads no production document before this moment: a new environment's, until every
-# worker knows the environment (`state.environments.KNOWN_SECONDS`), so that each apply that
-# reads production after the copy began writes into it too.
-NOT_BEFORE = "notBefore"
 # Fixed when the copy opens (`tasks.resync`):
 V0 = "v0"  # the version taken before the copy: the sweep's criterion
 EMPTY_START = "emptyStart"  # staging held nothing: batches insert without reading
@@ -111,24 +107,14 @@ def now() -> datetime:
     return datetime.now(UTC)
 
 
-def new_resync(state_db: Database[Document], collection: str, reason: str,
-               not_before: datetime | None = None) -> str:
+def new_resync(state_db: Database[Document], collection: str, reason: str) -> str:
     resync_id = f"{collection}-{now():%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
     resyncs(state_db).insert_one({
         "_id": resync_id, KIND: "resync", COLLECTION_FIELD: collection, STATE: "planning",
         REASON: reason, STARTED_AT: now(), DOCS: 0, CHUNKS_DONE: 0,
-        COUNTS: dict.fromkeys(SUMMARY_OUTCOMES, 0), NOT_BEFORE: not_before,
+        COUNTS: dict.fromkeys(SUMMARY_OUTCOMES, 0),
     })
     return resync_id
-
-
-def seconds_before_copy(record: Mapping[str, Any]) -> float:
-    """How long the copy must still wait before it reads production (`NOT_BEFORE`)."""
-    moment = record.get(NOT_BEFORE)
-    if moment is None:
-        return 0.0
-    moment = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-    return max(0.0, (moment - now()).total_seconds())
 
 
 def started_since(state_db: Database[Document], collection: str, moment: datetime) -> bool:

@@ -40,7 +40,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable
-from datetime import timedelta
 from typing import Any
 
 import redis
@@ -55,11 +54,9 @@ from stagesync.settings.model import Settings
 from stagesync.state.dead_letters import DeadLetterStore
 from stagesync.state.environment_backlog import EnvironmentBacklog
 from stagesync.state.environments import (
-    CREATING,
     DELETING,
     DRAIN,
     FILLING,
-    KNOWN_SECONDS,
     LISTED,
     LIVE,
     RESETTING,
@@ -95,11 +92,10 @@ def fill_order(settings: Settings) -> dict[str, str | None]:
     }
 
 
-def continue_filling(settings: Settings, state_db: Database[Document], app: Celery,
-                     name: str) -> str | None:
+def continue_filling(settings: Settings, state_db: Database[Document], store: EnvironmentStore,
+                     app: Celery, name: str) -> str | None:
     """Start or re-publish what the environment's copy still needs; `live` once it is all
     done. Returns the environment's state (None when it is gone)."""
-    store = EnvironmentStore(state_db)
     environment = store.get(name)
     if environment is None:
         return None
@@ -109,10 +105,6 @@ def continue_filling(settings: Settings, state_db: Database[Document], app: Cele
     states = {collection: _resync_state(state_db, resync)
               for collection, resync in environment.resyncs.items()}
     ensure_resync_indexes(state_db)
-    # A new environment's copy waits, in its chunks, until every worker knows it (set-up
-    # and planning go on meanwhile); a reset's and a thaw's waited before they got here.
-    not_before = environment.created_at + timedelta(seconds=KNOWN_SECONDS) \
-        if environment.state == CREATING else None
     for collection in fill_order(settings):
         state = states.get(collection)
         if state in RUNNING:
@@ -120,8 +112,11 @@ def continue_filling(settings: Settings, state_db: Database[Document], app: Cele
         elif state != "done":
             # A follower starts too: its set-up waits for its parent's copy (`tasks.resync`).
             resync = new_resync(state_db, scoped_name(collection, name),
-                                f"environment {name}", not_before)
-            store.set_resyncs(name, {collection: resync})  # recorded, then published
+                                f"environment {name}")
+            # Recorded (which announces the environment to every worker), then published: so
+            # a new environment's copy reads production only after each worker's next check
+            # knows it, and every apply that reads production after the copy writes it too.
+            store.set_resyncs(name, {collection: resync})
             _publish(settings, app, collection, name, resync)
             states[collection] = "planning"
     if all(states.get(collection) == "done" for collection in fill_order(settings)):
@@ -187,15 +182,15 @@ def thaw_mode(settings: Settings, state_db: Database[Document], environment: Env
     return DRAIN
 
 
-def continue_thawing(settings: Settings, state_db: Database[Document], app: Celery,
-                     name: str) -> str | None:
+def continue_thawing(settings: Settings, state_db: Database[Document], store: EnvironmentStore,
+                     app: Celery, name: str) -> str | None:
     """Publish what the environment's thaw still needs: a drain per collection not caught
     up, or the resyncs. Returns the environment's state (None when it is gone)."""
-    environment = EnvironmentStore(state_db).get(name)
+    environment = store.get(name)
     if environment is None or environment.thaw is None:
         return environment.state if environment else None
     if environment.thaw_mode == RESYNC:
-        return continue_filling(settings, state_db, app, name)
+        return continue_filling(settings, state_db, store, app, name)
     done = set(environment.thaw.get("done") or [])
     for collection in settings.collections:
         if collection.name not in done:
@@ -204,10 +199,9 @@ def continue_thawing(settings: Settings, state_db: Database[Document], app: Cele
     return environment.state
 
 
-def reset_environment(settings: Settings, state_db: Database[Document],
+def reset_environment(settings: Settings, state_db: Database[Document], store: EnvironmentStore,
                       client: MongoClient[Document], app: Celery, name: str) -> None:
     """Return the environment to production's state (see the module docstring)."""
-    store = EnvironmentStore(state_db)
     environment = store.require(name)
     if not (environment.state == RESETTING and environment.wiped):
         if not store.begin_reset(name):
@@ -222,7 +216,7 @@ def reset_environment(settings: Settings, state_db: Database[Document],
         _forget(state_db, [scoped_name(collection.name, name)
                            for collection in settings.collections], keep_indexes=True)
         store.wiped(name)
-    continue_filling(settings, state_db, app, name)
+    continue_filling(settings, state_db, store, app, name)
 
 
 def _wipe(settings: Settings, client: MongoClient[Document], environment: Environment) -> None:
@@ -238,19 +232,18 @@ def _wipe(settings: Settings, client: MongoClient[Document], environment: Enviro
                 client[database].drop_collection(name)
 
 
-def delete_environment(settings: Settings, state_db: Database[Document],
+def delete_environment(settings: Settings, state_db: Database[Document], store: EnvironmentStore,
                        client: MongoClient[Document], name: str,
                        broker: redis.Redis | None = None) -> list[str]:
     """Drop the environment's recorded databases, then its records; returns the databases
     dropped. Raises NoSuchEnvironment when there is none."""
-    store = EnvironmentStore(state_db)
     environment = store.require(name)
     if not store.transition(name, [*LISTED, DELETING], DELETING):
         environment = store.require(name)  # raced with another delete: it is gone, or not
     for resync in environment.resyncs.values():
         fail(state_db, resync, f"environment {name} deleted")  # its chunks stop
-    # Workers stop writing into it once they re-read the list (at most CACHE_SECONDS), and
-    # an apply already under way ends: a write after the drop would create the database
+    # Workers stop writing into it at their next check of the list, and an apply already
+    # under way ends: a write after the drop would create the database
     # again, unrecorded, and the next expiry pass would not see it (README, "Environments").
     time.sleep(SETTLE_SECONDS)
     dropped = []

@@ -66,7 +66,7 @@ def expire_environments(self: Task) -> list[str]:
     deleted = []
     for environment in runtime.environment_store.expired():
         try:
-            delete_environment(runtime.settings, runtime.state_db,
+            delete_environment(runtime.settings, runtime.state_db, runtime.environment_store,
                                runtime.environment_client(), environment.name, runtime.redis)
         except NoSuchEnvironment:
             continue  # deleted meanwhile by `env delete`

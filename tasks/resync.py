@@ -83,7 +83,6 @@ from stagesync.state.resync_progress import (
     note_follow_embedded,
     phase_plan,
     record_chunk,
-    seconds_before_copy,
     shrink_batch,
     stale_chunks,
     summary,
@@ -346,7 +345,8 @@ def _finish(runtime: Runtime, collection: str, resync_id: str) -> None:
     environment = runtime.context(collection).environment
     if environment is not None:
         # The next collections of the environment's copy, or `live` once all are done.
-        continue_filling(runtime.settings, runtime.state_db, app, environment)
+        continue_filling(runtime.settings, runtime.state_db, runtime.environment_store, app,
+                         environment)
 
 
 def _run_chunk(task: Task, phase: str, collection: str, resync_id: str, index: int) -> None:
@@ -453,7 +453,6 @@ class ChunkWorker:
         if self.phase == "sweep":
             outcome = sweep_chunk(run)
         else:
-            time.sleep(seconds_before_copy(record))  # a new environment's first moments
             outcome = copy_by_parents(run) if record.get(BY_PARENTS) else copy_chunk(run)
         if outcome == "exhausted" and finish_chunk(self.runtime.state_db, chunk, self.owner):
             add_progress(self.runtime.state_db, self.resync_id, 0, {}, chunks_done=1)

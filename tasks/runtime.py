@@ -14,11 +14,13 @@ from datetime import datetime
 
 import redis
 from pymongo import MongoClient
+from stagesync.deployments.broker import ChangeSignal
 from stagesync.deployments.guard import assert_distinct_deployments, assert_distinct_uris
 from stagesync.deployments.in_lists import configure as configure_in_lists
 from stagesync.deployments.production import ProductionReader
 from stagesync.deployments.staging import connect_staging
 from stagesync.protocol.names import (
+    ENVIRONMENTS_CHANGED_KEY,
     deliveries_key,
     done_key,
     done_report,
@@ -80,10 +82,11 @@ class Runtime:
         self.redis = redis.Redis.from_url(settings.redis_url, socket_timeout=30)
         self.rate_limiter = QueueRateLimiter(settings, self.redis, self.state_db)
         self._contexts: dict[str, ApplyContext] = {}
-        self.environment_store = EnvironmentStore(self.state_db)
+        signal = ChangeSignal(self.redis, ENVIRONMENTS_CHANGED_KEY)
+        self.environment_store = EnvironmentStore(self.state_db, signal)
         self.environment_backlog = EnvironmentBacklog(self.state_db)
         self.environments = EnvironmentCache(
-            lambda: self.environment_store.all(FOLLOWED))
+            lambda: self.environment_store.all(FOLLOWED), signal.token)
         self._environment_client: MongoClient[Document] | None = None
         # (collection, environment, its creation time) -> context: a name deleted and
         # created again gets a context of its own.
@@ -95,7 +98,7 @@ class Runtime:
 
     def environment_targets(self, name: str) -> list[EnvironmentTarget]:
         """One target per environment the stream follows (as this process last read them:
-        at most CACHE_SECONDS old): written, or remembered when frozen. An environment whose
+        as of its last check): written, or remembered when frozen. An environment whose
         context cannot be built is a BrokenTarget: contained, never failing the main
         staging's batch."""
         found: list[EnvironmentTarget] = []

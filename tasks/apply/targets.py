@@ -30,14 +30,14 @@ staging.
 Frozen environments are targets too (`FrozenTarget`): the batch's documents are remembered for
 their thaw (`state.environment_backlog`), per production `_id`, and never written. Which
 environments are written, remembered or skipped is asked again just before they are applied
-(the workers' cache, at most CACHE_SECONDS old), not only when the batch began: an apply can
-take long, and a freeze must hold once its SETTLE_SECONDS have passed. An environment frozen
-since the batch began is remembered, not written; one thawed since is written from a read of
-its own (the batch's read kept only the documents of the targets written then); one created
-since is written from the batch's read, which holds every document it wants (an environment's
-sample lies within the main staging's: the same keyed hash, the smaller percent), so that its
-copy need only wait until every worker's next check knows it (KNOWN_SECONDS), not for the
-applies under way to end.
+(the workers' cache, which asks Redis whether the store changed), not only when the batch
+began: an apply can take long, and a freeze must hold once its SETTLE_SECONDS have passed.
+An environment frozen since the batch began is remembered, not written; one thawed since is
+written from a read of its own (the batch's read kept only the documents of the targets
+written then); one created since is written from the batch's read, which holds every document
+it wants (an environment's sample lies within the main staging's: the same keyed hash, the
+smaller percent), so that its copy need only start after the environment was announced to
+every worker's next check (`state.environments`), not wait for the applies under way to end.
 
 Containment: the main staging is applied first, exactly as before (its failures retry, split
 and dead-letter as the task decides). The environments are applied after it, each in its own

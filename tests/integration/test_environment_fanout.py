@@ -15,7 +15,7 @@ from stagesync.deployments.staging_indexes import ensure, ensure_indexes, target
 from stagesync.protocol.routing import home_queue
 from stagesync.rules.identity import decode_id, encode_id
 from stagesync.rules.subset import in_sample
-from stagesync.state.environments import CREATING, LIVE, EnvironmentStore, environment_settings
+from stagesync.state.environments import CREATING, LIVE, environment_settings
 from stagesync.tasks.apply.targets import BrokenTarget, EnvironmentsUnrecorded, TargetBatch
 from stagesync.tasks.enqueue import broker_app, start_replay
 from stagesync.tasks.full_resync.chunks import read_sampled, samples_by_id
@@ -30,7 +30,7 @@ def add_environment(pipeline: Pipeline, name: str, sample: float | None = None) 
     """An environment recorded live with stagesync's indexes in its databases (what `env
     create` does before its copy)."""
     settings = pipeline.settings
-    store = EnvironmentStore(pipeline.state())
+    store = pipeline.environment_store()
     store.ensure_indexes()
     environment = store.create(name, settings.environment_databases(name), ttl=None,
                                sample=sample, limit=settings.environments.max)
@@ -153,7 +153,7 @@ def test_an_environment_on_production_is_refused_and_contained(pipeline_factory:
     probe: Pipeline = pipeline_factory()
     pipeline: Pipeline = pipeline_factory(environments={"uri": probe.pair.prod_uri})
     name = pipeline.collections[0]["name"]
-    store = EnvironmentStore(pipeline.state())
+    store = pipeline.environment_store()
     settings = pipeline.settings
     store.create("p", settings.environment_databases("p"), ttl=None, sample=None, limit=5)
     assert store.transition("p", [CREATING], LIVE)

@@ -10,7 +10,7 @@ from typing import Any
 
 from stagesync.rules.identity import encode_id
 from stagesync.state.dead_letters import DeadLetterEntry, DeadLetterStore
-from stagesync.state.environments import CREATING, FROZEN, LIVE, RESETTING, EnvironmentStore
+from stagesync.state.environments import CREATING, FROZEN, LIVE, RESETTING
 from stagesync.state.versions import take_version
 
 from tests.integration.test_environments import env_collection, listed, live_pids
@@ -118,7 +118,7 @@ def test_a_thaw_past_the_backlog_bound_copies_again(pipeline_factory: Any) -> No
     prod.delete_many({"accountId": {"$gte": 95}})
     wait_for(lambda: environment_view(pipeline.staging()) == production_view(pipeline),
              TIMEOUT, "the main staging caught up", pipeline)
-    store = EnvironmentStore(pipeline.state())
+    store = pipeline.environment_store()
     wait_for(lambda: store.require("b1").overflowed, TIMEOUT, "the backlog overflowed",
              pipeline)
     assert copies.count_documents({"deleted": False}) == 100  # still frozen
@@ -162,7 +162,7 @@ def test_create_and_reset_killed_are_finished_by_running_them_again(
         pipeline: Pipeline) -> None:
     worker = started(pipeline, 300)
     stagesync = str(VENV_BIN / "stagesync")
-    store = EnvironmentStore(pipeline.state())
+    store = pipeline.environment_store()
 
     # No worker: the copy, published at once, cannot finish before the create is killed.
     worker.terminate()
@@ -205,7 +205,7 @@ def test_a_thaw_killed_is_finished_by_running_it_again(pipeline: Pipeline) -> No
         prod.update_one({"accountId": n}, {"$set": {"n": -n - 1}})
     wait_for(lambda: environment_view(pipeline.staging()) == production_view(pipeline),
              TIMEOUT, "the main staging caught up", pipeline)
-    store = EnvironmentStore(pipeline.state())
+    store = pipeline.environment_store()
     wait_for(lambda: listed(pipeline)[0]["backlog"] == 100, TIMEOUT, "the backlog", pipeline)
 
     # Killed while it waits for the workers, before any drain was published.

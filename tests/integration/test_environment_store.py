@@ -9,16 +9,19 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+import redis
 from pymongo import MongoClient
+from stagesync.deployments.broker import ChangeSignal
+from stagesync.protocol.names import ENVIRONMENTS_CHANGED_KEY
 from stagesync.state.environments import (
     CREATING,
     DELETING,
     FROZEN,
     LIVE,
-    EnvironmentCache,
     EnvironmentStore,
     NameTaken,
     NoSuchEnvironment,
+    ReadOnlyStore,
     TooManyEnvironments,
 )
 
@@ -26,10 +29,17 @@ from tests.support.backends import MongoPair
 
 
 @pytest.fixture
-def store(mongo_pair: MongoPair) -> Iterator[EnvironmentStore]:
+def signal(redis_url: str) -> Iterator[ChangeSignal]:
+    client = redis.Redis.from_url(redis_url, socket_timeout=5)
+    yield ChangeSignal(client, ENVIRONMENTS_CHANGED_KEY)
+    client.close()
+
+
+@pytest.fixture
+def store(mongo_pair: MongoPair, signal: ChangeSignal) -> Iterator[EnvironmentStore]:
     client: MongoClient[dict[str, Any]] = MongoClient(mongo_pair.staging_uri)
     name = f"st_env_{uuid.uuid4().hex[:8]}"
-    store = EnvironmentStore(client[name])
+    store = EnvironmentStore(client[name], signal)
     store.ensure_indexes()
     yield store
     client.drop_database(name)
@@ -109,16 +119,31 @@ def test_expired_and_resyncs(store: EnvironmentStore) -> None:
     assert store.require("new").resyncs == {"orders": "r1"}
 
 
-def test_cache_reads_the_store_at_most_once_per_period() -> None:
-    loads: list[int] = []
-    clock = [0.0]
-    cache = EnvironmentCache(lambda: loads.append(1) or [], seconds=1.0,
-                             clock=lambda: clock[0])
-    for _ in range(5):
-        cache.current()
-    clock[0] = 0.9
-    cache.current()
-    assert len(loads) == 1
-    clock[0] = 1.0
-    cache.current()
-    assert len(loads) == 2
+def test_every_write_is_announced_and_a_store_without_signal_writes_nothing(
+        store: EnvironmentStore, signal: ChangeSignal) -> None:
+    """The workers learn of a change from the token alone (`EnvironmentCache`): each write
+    that they act on replaces it; a store opened to read refuses before it writes."""
+    tokens = [signal.token()]
+
+    def announced() -> bool:
+        tokens.append(signal.token())
+        return tokens[-1] != tokens[-2]
+
+    store.create("pr-1", {}, ttl=None, sample=None, limit=1)
+    assert announced()
+    with pytest.raises(TooManyEnvironments):
+        store.create("pr-2", {}, ttl=None, sample=None, limit=1)
+    assert announced()  # a cache that read it meanwhile forgets it
+    assert store.transition("pr-1", [CREATING], LIVE) and announced()
+    assert store.freeze("pr-1", None, 0) and announced()
+    store.count_backlog("pr-1", 2, limit=5)
+    assert not announced()  # a count, not the overflow: the workers read nothing of it
+    store.count_backlog("pr-1", 4, limit=5)
+    assert store.require("pr-1").overflowed and announced()
+    assert store.transition("pr-1", [FROZEN], DELETING) and announced()
+    assert store.remove("pr-1") and announced()
+
+    reader = EnvironmentStore(store.records.database)
+    with pytest.raises(ReadOnlyStore):
+        reader.create("pr-3", {}, ttl=None, sample=None, limit=5)
+    assert reader.get("pr-3") is None and not announced()

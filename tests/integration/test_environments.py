@@ -17,7 +17,7 @@ from stagesync.protocol.routing import home_queue
 from stagesync.rules.identity import encode_id
 from stagesync.rules.subset import in_sample
 from stagesync.state.dead_letters import DeadLetterEntry, DeadLetterStore
-from stagesync.state.environments import CREATING, DELETING, LIVE, EnvironmentStore
+from stagesync.state.environments import CREATING, DELETING, LIVE
 from stagesync.state.versions import take_version
 from stagesync.tasks.enqueue import broker_app
 
@@ -88,7 +88,7 @@ def test_create_stream_list_expire_and_delete(pipeline: Pipeline) -> None:
     settings = pipeline.settings
     # And what a delete killed halfway leaves (`deleting`, a database not yet dropped): the
     # same pass finishes it.
-    store = EnvironmentStore(pipeline.state())
+    store = pipeline.environment_store()
     store.create("half", settings.environment_databases("half"), ttl=None, sample=None,
                  limit=settings.environments.max)
     pipeline.staging_client[f"{database}__half"]["orders"].insert_one({"x": 1})
@@ -126,8 +126,8 @@ def test_create_stream_list_expire_and_delete(pipeline: Pipeline) -> None:
 
 def test_an_environment_created_while_production_writes_ends_equal_to_it(
         pipeline: Pipeline) -> None:
-    """The copy starts KNOWN_SECONDS after the record: batches that learn of the environment
-    after reading production write it from that read, so no change falls between them."""
+    """The copy starts once the environment is announced to the workers: batches that learn
+    of it after reading production write it from that read, so no change falls between them."""
     prod = pipeline.prod()
     ids = prod.insert_many([{"userEmail": f"u{n}@x", "accountId": n, "n": 0}
                             for n in range(300)]).inserted_ids
@@ -169,7 +169,7 @@ def test_errors_say_which(pipeline_factory: Any) -> None:
     assert bad.returncode == 2 and "bad environment name 'PR_1'" in bad.stderr, bad.stderr
     first = pipeline.cli("env", "create", "a")  # no worker: it stays `creating`
     assert first.returncode == 0, first.stdout + first.stderr
-    store = EnvironmentStore(pipeline.state())
+    store = pipeline.environment_store()
     assert store.require("a").state == CREATING
     too_many = pipeline.cli("env", "create", "b")
     assert too_many.returncode == 1, too_many.stdout + too_many.stderr
@@ -189,7 +189,7 @@ def test_create_run_again_finishes_an_environment_stuck_in_creating(pipeline: Pi
     pipeline.wait_bootstrapped()
     # What a create killed right after recording leaves: the record, no copy started.
     settings = pipeline.settings
-    store = EnvironmentStore(pipeline.state())
+    store = pipeline.environment_store()
     store.create("stuck", settings.environment_databases("stuck"), ttl=None, sample=None,
                  limit=settings.environments.max)
     assert [(e["name"], e["state"]) for e in listed(pipeline)] == [("stuck", CREATING)]
@@ -205,7 +205,7 @@ def test_environments_never_on_production(pipeline_factory: Any) -> None:
     refused = pipeline.cli("env", "create", "pr-1")
     assert refused.returncode == 3, refused.stdout + refused.stderr
     assert "environments.uri" in refused.stderr and "production" in refused.stderr
-    assert EnvironmentStore(pipeline.state()).get("pr-1") is None  # nothing recorded
+    assert pipeline.environment_store().get("pr-1") is None  # nothing recorded
 
 
 @pytest.mark.parametrize(("percent", "indexed", "embedded", "by_parents"), [

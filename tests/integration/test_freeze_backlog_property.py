@@ -18,8 +18,11 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+import redis
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+from stagesync.deployments.broker import ChangeSignal
+from stagesync.protocol.names import ENVIRONMENTS_CHANGED_KEY
 from stagesync.state.dead_letters import DeadLetterStore
 from stagesync.state.environment_backlog import EnvironmentBacklog
 from stagesync.state.environments import FROZEN, LIVE, EnvironmentStore
@@ -119,11 +122,12 @@ class Model:
 @example(steps=[("freeze", None), *(("change", pid) for pid in PIDS)], limit=2)
 @example(steps=[("freeze", None), *(("change", pid) for pid in PIDS), ("thaw", None),
                 ("change", "p1"), ("drain", 2), ("change", "p2"), ("land", 0)], limit=100)
-def test_a_thawed_environment_misses_no_document(clients: Any, steps: list[Any],
-                                                 limit: int) -> None:
+def test_a_thawed_environment_misses_no_document(clients: Any, redis_url: str,
+                                                 steps: list[Any], limit: int) -> None:
     _, staging, _ = clients
     state_db = staging["stagesync_freeze_property"]
-    store, backlog = EnvironmentStore(state_db), EnvironmentBacklog(state_db)
+    signal = ChangeSignal(redis.Redis.from_url(redis_url), ENVIRONMENTS_CHANGED_KEY)
+    store, backlog = EnvironmentStore(state_db, signal), EnvironmentBacklog(state_db)
     name = f"e{uuid.uuid4().hex[:10]}"
     store.create(name, {}, ttl=None, sample=None, limit=1_000_000)
     assert store.transition(name, ["creating"], LIVE)

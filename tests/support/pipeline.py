@@ -22,9 +22,10 @@ import redis
 import yaml
 from pymongo import MongoClient
 from pymongo.collection import Collection
-from stagesync.deployments.broker import queue_depth
-from stagesync.protocol.names import RESYNCS, done_key, queue_names
+from stagesync.deployments.broker import ChangeSignal, queue_depth
+from stagesync.protocol.names import ENVIRONMENTS_CHANGED_KEY, RESYNCS, done_key, queue_names
 from stagesync.settings import Settings, load_settings
+from stagesync.state.environments import EnvironmentStore
 
 from tests.support.backends import MongoPair
 
@@ -128,6 +129,12 @@ class Pipeline:
 
     def state(self) -> Any:
         return self.staging_client[self.state_db]
+
+    def environment_store(self) -> EnvironmentStore:
+        """The environment store as the commands open it: its writes are announced to the
+        workers (`state.environments`)."""
+        return EnvironmentStore(self.state(), ChangeSignal(
+            redis.Redis.from_url(self.redis_url, socket_timeout=5), ENVIRONMENTS_CHANGED_KEY))
 
     def live_staging(self, index: int = 0) -> list[dict[str, Any]]:
         return [d for d in self.staging(index).find({}) if d.get("deleted") is not True]
