@@ -205,7 +205,10 @@ def rate_limit(
                                                  "the configured one (or unlimited).")] = False,
 ) -> None:
     """Show or change a collection's rate limit for all its workers, at run time."""
+    import redis
+    from stagesync.deployments.broker import ChangeSignal
     from stagesync.deployments.staging import connect_staging
+    from stagesync.protocol.names import RATE_LIMITS_CHANGED_KEY
     from stagesync.settings.values import parse_rate_limit
     from stagesync.state.database import state_database
     from stagesync.state.rate_limits import effective_rate, set_rate_override
@@ -220,7 +223,12 @@ def rate_limit(
     client = connect_staging(settings.staging, serverSelectionTimeoutMS=10_000)
     state_db = state_database(client, settings.staging)
     if clear or rate is not None:
-        set_rate_override(state_db, name, None if clear else rate)
+        broker = redis.Redis.from_url(settings.redis_url, socket_timeout=5)
+        try:
+            set_rate_override(state_db, name, None if clear else rate,
+                              ChangeSignal(broker, RATE_LIMITS_CHANGED_KEY))
+        finally:
+            broker.close()
     current, source = effective_rate(settings, state_db, name)
     console.print(f"{name}: {current or 'unlimited'} ({source})")
     client.close()

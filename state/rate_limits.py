@@ -1,5 +1,6 @@
 """Per-queue rate limits changed at run time (`stagesync ratelimit NAME RATE`), in the state
-database's `runtime` collection, where every worker reads them within a few seconds.
+database's `runtime` collection. Each change is announced (`deployments.broker.ChangeSignal`,
+RATE_LIMITS_CHANGED_KEY), and every worker reads the overrides again at its next apply.
 
 The limit itself is enforced in Redis (`tasks.apply.rate_limit`); only the override must
 survive a Redis wipe and be shared by every worker, so it lives here. `runtime` also holds the
@@ -11,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from pymongo.database import Database
+from stagesync.deployments.broker import ChangeSignal
 from stagesync.protocol.names import RUNTIME
 from stagesync.settings.model import Settings
 from stagesync.settings.values import parse_rate_limit
@@ -23,16 +25,21 @@ def override_id(collection: str) -> str:
     return f"rate_limit:{collection}"
 
 
-def set_rate_override(state_db: Database[dict[str, Any]], collection: str, rate: str | None
-                      ) -> None:
-    """Store (or with None, remove) the run-time rate of a collection's queues."""
-    if rate is None:
-        state_db[COLLECTION].delete_one({"_id": override_id(collection)})
-        return
-    parse_rate_limit(rate)  # refuse a rate no worker could parse
-    state_db[COLLECTION].update_one(
-        {"_id": override_id(collection)}, {"$set": {RATE: rate}}, upsert=True
-    )
+def set_rate_override(state_db: Database[dict[str, Any]], collection: str, rate: str | None,
+                      signal: ChangeSignal) -> None:
+    """Store (or with None, remove) the run-time rate of a collection's queues, and announce
+    it to the workers."""
+    if rate is not None:
+        parse_rate_limit(rate)  # refuse a rate no worker could parse
+    try:
+        if rate is None:
+            state_db[COLLECTION].delete_one({"_id": override_id(collection)})
+        else:
+            state_db[COLLECTION].update_one(
+                {"_id": override_id(collection)}, {"$set": {RATE: rate}}, upsert=True
+            )
+    finally:
+        signal.announce()
 
 
 def effective_rate(

@@ -3,8 +3,9 @@
 Celery's own `rate_limit` (and Flower's control of it) counts per worker process, so a queue
 consumed by N workers would run N times faster than configured. The limit here is one shared
 moving window in Redis, kept by the `limits` library. The effective rate is the runtime
-override stored in staging (`state.rate_limits`: `stagesync ratelimit NAME RATE`, read by
-every worker within a few seconds) or else the configured `rate_limit`.
+override stored in staging (`state.rate_limits`: `stagesync ratelimit NAME RATE`, which
+every worker reads again at its next apply, told by the change signal in Redis) or else the
+configured `rate_limit`.
 """
 
 from __future__ import annotations
@@ -17,12 +18,19 @@ from limits import RateLimitItem
 from limits.storage import RedisStorage
 from limits.strategies import MovingWindowRateLimiter
 from pymongo.database import Database
-from stagesync.protocol.names import RATE_LIMIT_KEY_PREFIX, rate_limit_prefix
+from stagesync.deployments.broker import ChangeSignal
+from stagesync.protocol.names import (
+    RATE_LIMIT_KEY_PREFIX,
+    RATE_LIMITS_CHANGED_KEY,
+    rate_limit_prefix,
+)
 from stagesync.settings.model import Settings
 from stagesync.settings.values import parse_rate_limit
 from stagesync.state.rate_limits import effective_rate
 
-OVERRIDE_CACHE_SECONDS = 2.0
+# An override is read again at least this often even when no change was announced (a
+# command killed between its write and its announcement).
+OVERRIDE_RECHECK_SECONDS = 30.0
 
 
 class QueueRateLimiter:
@@ -35,15 +43,18 @@ class QueueRateLimiter:
         self.limiter = MovingWindowRateLimiter(
             RedisStorage(settings.redis_url, connection_pool=pool, key_prefix=RATE_LIMIT_KEY_PREFIX)
         )
-        self._cache: dict[str, tuple[float, RateLimitItem | None]] = {}
+        self.signal = ChangeSignal(client, RATE_LIMITS_CHANGED_KEY)
+        # collection -> (read again after, the change token it was read under, the item)
+        self._cache: dict[str, tuple[float, bytes | None, RateLimitItem | None]] = {}
 
     def current_item(self, collection: str) -> RateLimitItem | None:
+        token = self.signal.token()  # the limit is kept in Redis: no Redis, no apply anyway
         cached = self._cache.get(collection)
-        if cached and cached[0] > time.monotonic():
-            return cached[1]
+        if cached and cached[0] > time.monotonic() and cached[1] == token:
+            return cached[2]
         rate, _ = effective_rate(self.settings, self.state_db, collection)
         item = parse_rate_limit(rate) if rate else None
-        self._cache[collection] = (time.monotonic() + OVERRIDE_CACHE_SECONDS, item)
+        self._cache[collection] = (time.monotonic() + OVERRIDE_RECHECK_SECONDS, token, item)
         return item
 
     def acquire(self, collection: str, documents: int, max_wait: float = 120.0) -> float:
