@@ -139,6 +139,13 @@ class EnvironmentStore:
         self.records = state_db[ENVIRONMENTS]
         self.signal = signal
 
+    def announce(self) -> None:
+        """Tell every worker to read the store again at its next check (also done by every
+        write): for a command run again after a process died between a write and its
+        announcement."""
+        with self._changing():
+            pass
+
     @contextmanager
     def _changing(self) -> Iterator[None]:
         """Around every write: refused before it begins without a signal, announced after it

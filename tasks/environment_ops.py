@@ -102,6 +102,11 @@ def continue_filling(settings: Settings, state_db: Database[Document], store: En
     filling = environment.state in FILLING and environment.wiped
     if not filling and environment.thaw_mode != RESYNC:
         return environment.state
+    # Before any copy is published (again): a copy reads production only once every worker's
+    # next check knows the environment, so every apply that reads production after the copy
+    # writes it too. A process killed between a write of the store and its announcement
+    # (each write announces itself) is covered by this one.
+    store.announce()
     states = {collection: _resync_state(state_db, resync)
               for collection, resync in environment.resyncs.items()}
     ensure_resync_indexes(state_db)
@@ -113,10 +118,7 @@ def continue_filling(settings: Settings, state_db: Database[Document], store: En
             # A follower starts too: its set-up waits for its parent's copy (`tasks.resync`).
             resync = new_resync(state_db, scoped_name(collection, name),
                                 f"environment {name}")
-            # Recorded (which announces the environment to every worker), then published: so
-            # a new environment's copy reads production only after each worker's next check
-            # knows it, and every apply that reads production after the copy writes it too.
-            store.set_resyncs(name, {collection: resync})
+            store.set_resyncs(name, {collection: resync})  # recorded, then published
             _publish(settings, app, collection, name, resync)
             states[collection] = "planning"
     if all(states.get(collection) == "done" for collection in fill_order(settings)):

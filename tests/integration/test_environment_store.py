@@ -143,7 +143,12 @@ def test_every_write_is_announced_and_a_store_without_signal_writes_nothing(
     assert store.transition("pr-1", [FROZEN], DELETING) and announced()
     assert store.remove("pr-1") and announced()
 
+    store.announce()  # a command run again after a process died before announcing
+    assert announced()
+
     reader = EnvironmentStore(store.records.database)
     with pytest.raises(ReadOnlyStore):
         reader.create("pr-3", {}, ttl=None, sample=None, limit=5)
+    with pytest.raises(ReadOnlyStore):
+        reader.announce()
     assert reader.get("pr-3") is None and not announced()
