@@ -144,16 +144,21 @@ class StreamLoop:
         new change, can give the loop something to do. Waiting in a getMore instead meant
         one production round trip per housekeeping (0.2 s) for as long as the workers took
         to drain a burst: issue 29 measured the `orders` stream so at 80 getMores per 1,000
-        changes with ten environments, against 1.2 reads of documents. A change written
-        meanwhile is read once this returns (a report, or at most a second): with every
-        worker busy it would wait for a free one anyway."""
+        changes with ten environments, against 1.2 reads of documents.
+
+        The stream is read again only after a report: a wait that times out (for the
+        heartbeat, the lease or a resync check) goes back to waiting. A change written
+        meanwhile could not be published before a worker is free anyway, and one getMore
+        after the report brings all of them; reading once a second while ten environments
+        made every apply slow cost a getMore per second of the drain."""
         timers = self.timers
         wait = min(timers.left("heartbeat", now), timers.left("lease", now),
                    timers.left("resync", now), IDLE_AWAIT_MS / 1000)
         popped = self.redis.blpop([done_key(self.name)], timeout=max(wait, 0.01))
-        if popped is not None:
-            self.window.part_done(*parse_done_report(popped[1]))
-            self._drain_done_reports()  # the others, and the low watermark
+        if popped is None:
+            return
+        self.window.part_done(*parse_done_report(popped[1]))
+        self._drain_done_reports()  # the others, and the low watermark
         self.caught_up = False  # read the stream once before waiting again
         self._flush_if_due(time.monotonic(), self._busy(), stream_idle=True)
 
@@ -259,7 +264,8 @@ class StreamLoop:
 
     # -- housekeeping ------------------------------------------------------------------------
     def _housekeeping(self, now: float) -> None:
-        self._drain_done_reports()
+        if self._drain_done_reports():
+            self.caught_up = False  # a report may have released held changes: read, flush
         self._look_at_queues()
         self.checkpoints.save()
         if self.timers.due("lease", now) and not self.watcher.record.renew():
