@@ -117,6 +117,10 @@ class Tuning:
     pool: str = "prefork"
     # Resync cases measured: "empty" and/or "again" (an already-synced staging).
     resync_cases: str = "empty,again"
+    # The product's `in_list_max`: the test server's value unless set; None ("default") is the
+    # product's own, MongoDB's 1000, which shows the staging messages per apply there (the
+    # view reads are `$in` lists of this length).
+    in_list_max: int | None = TEST_SERVER_IN_LIST_MAX
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> Tuning:
@@ -143,7 +147,8 @@ class Tuning:
                  + ("default (50)" if self.fetch_gap_ms is None else str(self.fetch_gap_ms)),
                  f"hold_changes_in_flight {self.hold or 'default (true)'}",
                  f"resync_chunk_size {self.resync_chunk or 'default (1000)'}",
-                 f"staging w={self.write_concern}", f"log {self.log_level}"]
+                 f"staging w={self.write_concern}", f"log {self.log_level}",
+                 f"in_list_max {self.in_list_max or 'default (1000)'}"]
         return ", ".join(parts)
 
     def env_assignments(self) -> str:
@@ -156,7 +161,7 @@ class Tuning:
 
 # Integer tunings; all but the first two may be `default` (the product's own value).
 _INT_TUNING = ("workers", "concurrency", "batch", "batch_wait_ms", "busy_wait_ms",
-               "partitions", "fetch_gap_ms", "resync_chunk")
+               "partitions", "fetch_gap_ms", "resync_chunk", "in_list_max")
 
 
 # -- configuration ---------------------------------------------------------------------------------
@@ -218,8 +223,9 @@ def write_config(
         # A numeric write concern is a measured trade-off here, not a production setting.
         "allow_unsafe_concerns": write_concern != "majority",
         # The test server's `$in` is quadratic in the list's length (README, in_list_max).
-        "in_list_max": TEST_SERVER_IN_LIST_MAX,
     }
+    if tuning.in_list_max is not None:
+        data["in_list_max"] = tuning.in_list_max
     if variant in ("subset", "follow"):
         data["pii_secret"] = PII_SECRET
     # One batch in flight per worker process: more only queue up as small batches.
