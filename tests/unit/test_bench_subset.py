@@ -21,6 +21,7 @@ from stagesync.settings import load_settings
 from bench.completion import _applied, expectations
 from bench.product import (
     PII_SECRET,
+    TEST_SERVER_IN_LIST_MAX,
     BySyncPid,
     Tuning,
     order_copied,
@@ -118,3 +119,19 @@ def test_verification_compares_the_subset_with_references_translated() -> None:
     assert run([{**ours, "_id": ObjectId()}]) == (0, 0, 1)
     # An order outside the subset with a live copy in staging: extra.
     assert run([translated, {**theirs, "_id": ObjectId()}]) == (0, 1, 0)
+
+
+def test_in_list_max_is_the_test_servers_unless_set(tmp_path: Path) -> None:
+    """`BENCH_STAGESYNC_IN_LIST_MAX`: 200 unless set; `default` leaves the product's own
+    (MongoDB's 1000), to count staging messages per apply as MongoDB would see them."""
+    ctx = BenchContext("burst", "loopback", "mongodb://p", "mongodb://s", "mongodb://p",
+                       "mongodb://s", tmp_path, 60.0)
+
+    def written(env: dict[str, str]) -> int:
+        path = write_config(tmp_path / "c.yaml", ctx, "mongodb://p", "mongodb://s",
+                            "redis://127.0.0.1:1/0", Tuning.from_env(env))
+        return load_settings(path).in_list_max
+
+    assert written({}) == TEST_SERVER_IN_LIST_MAX
+    assert written({"BENCH_STAGESYNC_IN_LIST_MAX": "500"}) == 500
+    assert written({"BENCH_STAGESYNC_IN_LIST_MAX": "default"}) == 1000
