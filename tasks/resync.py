@@ -286,7 +286,10 @@ def _plan_one(runtime: Runtime, collection: str, record: dict[str, Any], phase: 
     index = int(plan[PLANNED])
     walk = _index_of(runtime, collection, phase)
     lo = decode_id(plan[NEXT])
-    chunk_range, following = plan_chunk(walk, lo, int(plan[SPAN]))
+    span = int(plan[SPAN])
+    # TOTAL is the production estimate until the resync finishes.
+    covers_rest = phase == "copy" and span >= int(record.get(TOTAL) or 0)
+    chunk_range, following = plan_chunk(walk, lo, span, covers_rest)
     chunk = record_chunk(state_db, record["_id"], phase, index, chunk_range)
     if chunk.get(HI) != chunk_range.hi:
         # Recorded by a planner that died before counting it: its bounds stand.

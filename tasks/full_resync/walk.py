@@ -109,13 +109,20 @@ def first_id(index: IdIndex, after_bracket: str | None = None) -> list[Any]:
     return found
 
 
-def plan_chunk(index: IdIndex, lo: Any, span: int) -> tuple[IdRange, list[Any]]:
+def plan_chunk(index: IdIndex, lo: Any, span: int, covers_rest: bool = False
+               ) -> tuple[IdRange, list[Any]]:
     """The chunk that starts at the `_id` `lo`, and where the next chunk starts ([] at the
-    end of the collection)."""
+    end of the collection).
+
+    `covers_rest`: the span is at least the collection's estimated size, so the walk would
+    find no `_id` `span` places further: the chunk runs to the end of `lo`'s bracket without
+    it. (A low estimate only makes that chunk larger, never wrong.) It saves a scan of the
+    whole `_id` index per resync of a small collection or sample: milliseconds on MongoDB, a
+    read of the whole collection on the test server."""
     if span == WHOLE_COLLECTION:
         return IdRange.of(lo), []
     bracket = type_bracket(lo)
-    if not is_single(bracket):
+    if not is_single(bracket) and not covers_rest:
         found = index.ids({"_id": {"$gte": lo}}, skip=span, limit=1)
         if found:
             return IdRange.of(lo, found[0]), found

@@ -38,12 +38,13 @@ def mixed(mongo_pair: MongoPair) -> Iterator[Collection[dict[str, Any]]]:
     client.close()
 
 
-def chunks(collection: Collection[dict[str, Any]], span: int) -> list[IdRange]:
+def chunks(collection: Collection[dict[str, Any]], span: int, covers_rest: bool = False
+           ) -> list[IdRange]:
     index = StagingIds(collection)
     found: list[IdRange] = []
     following = first_id(index)
     while following:
-        chunk, following = plan_chunk(index, following[0], span)
+        chunk, following = plan_chunk(index, following[0], span, covers_rest)
         found.append(chunk)
         assert len(found) <= len(IDS), "the walk does not end"
     return found
@@ -59,6 +60,19 @@ def test_every_id_of_every_type_is_in_exactly_one_chunk(
         assert 0 < len(read) <= span
         seen += read
     assert sorted(seen) == list(range(len(IDS)))
+
+
+@pytest.mark.parametrize("span", [1, 100])
+def test_a_span_said_to_cover_the_rest_makes_one_chunk_per_bracket_and_misses_nothing(
+    mixed: Collection[dict[str, Any]], span: int,
+) -> None:
+    """Without the walk: whatever the estimate was (span 1 stands for one far too low), each
+    chunk runs to the end of its bracket, and every `_id` is in exactly one."""
+    seen: list[int] = []
+    for chunk in chunks(mixed, span, covers_rest=True):
+        seen += [doc["n"] for doc in mixed.find(chunk.query(), {"n": 1})]
+    assert sorted(seen) == list(range(len(IDS)))
+    assert len(chunks(mixed, span, covers_rest=True)) <= len(chunks(mixed, 100))
 
 
 def test_a_chunk_resumed_after_any_checkpoint_reads_exactly_the_rest(
