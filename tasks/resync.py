@@ -280,7 +280,8 @@ def _index_of(runtime: Runtime, collection: str, phase: str) -> IdIndex:
 
 
 def _plan_one(runtime: Runtime, collection: str, record: dict[str, Any], phase: str) -> None:
-    """Find the next chunk's bounds, record it, publish it, then count it as planned."""
+    """Find the next chunk's bounds, record it, publish it, then count it as planned (after
+    looking for the next bracket's first `_id`, when the chunk ends with its bracket)."""
     state_db = runtime.state_db
     plan = record[phase]
     index = int(plan[PLANNED])
@@ -293,10 +294,11 @@ def _plan_one(runtime: Runtime, collection: str, record: dict[str, Any], phase: 
     chunk = record_chunk(state_db, record["_id"], phase, index, chunk_range)
     if chunk.get(HI) != chunk_range.hi:
         # Recorded by a planner that died before counting it: its bounds stand.
-        following = ([decode_id(chunk[HI])] if chunk.get(HI) is not None
-                     else first_id(walk, type_bracket(lo)))
+        following = [decode_id(chunk[HI])] if chunk.get(HI) is not None else None
     if chunk[STATE] != "done":
         _publish(runtime, collection, record["_id"], phase, index)
+    if following is None:  # the chunk ends with its bracket: the next one starts in another
+        following = first_id(walk, type_bracket(lo))
     advance_plan(state_db, record["_id"], phase, index,
                  encode_id(following[0]) if following else None)
 

@@ -110,9 +110,11 @@ def first_id(index: IdIndex, after_bracket: str | None = None) -> list[Any]:
 
 
 def plan_chunk(index: IdIndex, lo: Any, span: int, covers_rest: bool = False
-               ) -> tuple[IdRange, list[Any]]:
-    """The chunk that starts at the `_id` `lo`, and where the next chunk starts ([] at the
-    end of the collection).
+               ) -> tuple[IdRange, list[Any] | None]:
+    """The chunk that starts at the `_id` `lo`, and where the next chunk starts: `[_id]`, or
+    None when the chunk runs to the end of `lo`'s bracket. The next start is then
+    `first_id(index, chunk.bracket)`, which the caller asks once this chunk is on its way:
+    on the test server that query reads the whole collection, and the chunk need not wait.
 
     `covers_rest`: the span is at least the collection's estimated size, so the walk would
     find no `_id` `span` places further: the chunk runs to the end of `lo`'s bracket without
@@ -126,4 +128,4 @@ def plan_chunk(index: IdIndex, lo: Any, span: int, covers_rest: bool = False
         found = index.ids({"_id": {"$gte": lo}}, skip=span, limit=1)
         if found:
             return IdRange.of(lo, found[0]), found
-    return IdRange.of(lo), first_id(index, bracket)
+    return IdRange.of(lo), None

@@ -45,6 +45,8 @@ def chunks(collection: Collection[dict[str, Any]], span: int, covers_rest: bool 
     following = first_id(index)
     while following:
         chunk, following = plan_chunk(index, following[0], span, covers_rest)
+        if following is None:
+            following = first_id(index, chunk.bracket)
         found.append(chunk)
         assert len(found) <= len(IDS), "the walk does not end"
     return found
