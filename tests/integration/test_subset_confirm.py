@@ -15,10 +15,12 @@ from typing import Any
 
 import pytest
 from bson import ObjectId
+from pymongo import monitoring
 from stagesync.deployments.staging import connect_staging
 from stagesync.deployments.staging_indexes import ensure_indexes
 from stagesync.rules.identity import encode_id
 from stagesync.rules.subset import in_sample
+from stagesync.rules.sync_meta import KEY_FIELD
 from stagesync.state.versions import take_version
 from stagesync.tasks import runtime as runtime_module
 from stagesync.tasks.apply.applier import ApplyOptions, apply_changes, apply_documents
@@ -136,3 +138,56 @@ def test_the_fan_out_confirms_every_environment_from_one_production_read(
     # The batch's read, then one confirming read for both environments.
     assert len(production_finds) == 2, production_finds
     worker.close()
+
+
+def test_the_orders_left_outside_are_planned_without_looking_their_keys_up(
+        pipeline_factory: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An order whose customer has no copy is planned from its own copy alone: only the
+    member's business key is looked up in staging (in a 5 % environment, one key in twenty;
+    looking every key up cost each environment's apply a second query per list of pids)."""
+    listener = StagingFinds()
+
+    def listened(settings: Any, **options: Any) -> Any:
+        return connect_staging(settings, event_listeners=[listener], **options)
+
+    monkeypatch.setattr(runtime_module, "connect_staging", listened)
+    tag = str(ObjectId())[-8:]
+    pipeline: Pipeline = pipeline_factory([
+        collection_config("users", tag, business_key=["email"], subset={"percent": PERCENT}),
+        collection_config("orders", tag, business_key=["orderNo"],
+                          references={"customerId": f"users_{tag}"},
+                          subset={"follow": "customerId"}),
+    ])
+    worker = Runtime(pipeline.settings)
+    ensure_indexes(worker.staging, pipeline.settings)
+    users, orders = (worker.context(config["name"]) for config in pipeline.collections)
+    member, other = _user(pipeline, sampled=True), _user(pipeline, sampled=False)
+    apply_changes(users, {encode_id(member): "insert", encode_id(other): "insert"})
+    inside = pipeline.prod(1).insert_one({"orderNo": 0, "customerId": member}).inserted_id
+    outside = pipeline.prod(1).insert_many(
+        [{"orderNo": n, "customerId": other} for n in range(1, 31)]).inserted_ids
+
+    listener.filters.clear()
+    result = apply_changes(orders, {encode_id(pid): "insert" for pid in [inside, *outside]})
+    assert result.outcomes["created"] == 1 and result.outcomes["outside"] == 30, result.outcomes
+    keys = [value for query in listener.filters if KEY_FIELD in query
+            for value in query[KEY_FIELD]["$in"]]
+    assert len(keys) == 1, keys
+    worker.close()
+
+
+class StagingFinds(monitoring.CommandListener):
+    """The filters of the `find` commands a staging client sends."""
+
+    def __init__(self) -> None:
+        self.filters: list[dict[str, Any]] = []
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        if event.command_name == "find":
+            self.filters.append(dict(event.command.get("filter") or {}))
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        pass
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        pass
