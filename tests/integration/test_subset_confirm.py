@@ -34,10 +34,8 @@ SECRET = "test-secret"  # the pipeline fixture's pii_secret
 PERCENT = 50.0
 
 
-@pytest.fixture
-def runtime(pipeline_factory: Any, monkeypatch: pytest.MonkeyPatch
-            ) -> Iterator[tuple[Pipeline, Any]]:
-    """Users sampled, orders following them; a worker's runtime built in this process."""
+def sampled_users_and_their_orders(pipeline_factory: Any) -> Pipeline:
+    """Users sampled at PERCENT, orders following them."""
     tag = str(ObjectId())[-8:]
     pipeline: Pipeline = pipeline_factory([
         collection_config("users", tag, business_key=["email"], subset={"percent": PERCENT}),
@@ -45,6 +43,14 @@ def runtime(pipeline_factory: Any, monkeypatch: pytest.MonkeyPatch
                           references={"customerId": f"users_{tag}"},
                           subset={"follow": "customerId"}),
     ])
+    return pipeline
+
+
+@pytest.fixture
+def runtime(pipeline_factory: Any, monkeypatch: pytest.MonkeyPatch
+            ) -> Iterator[tuple[Pipeline, Any]]:
+    """Users sampled, orders following them; a worker's runtime built in this process."""
+    pipeline = sampled_users_and_their_orders(pipeline_factory)
     monkeypatch.setenv("STAGESYNC_CONFIG", str(pipeline.config_path))
     runtime_module.reset_runtime()
     staging = connect_staging(pipeline.settings.staging)
@@ -151,13 +157,7 @@ def test_the_orders_left_outside_are_planned_without_looking_their_keys_up(
         return connect_staging(settings, event_listeners=[listener], **options)
 
     monkeypatch.setattr(runtime_module, "connect_staging", listened)
-    tag = str(ObjectId())[-8:]
-    pipeline: Pipeline = pipeline_factory([
-        collection_config("users", tag, business_key=["email"], subset={"percent": PERCENT}),
-        collection_config("orders", tag, business_key=["orderNo"],
-                          references={"customerId": f"users_{tag}"},
-                          subset={"follow": "customerId"}),
-    ])
+    pipeline = sampled_users_and_their_orders(pipeline_factory)
     worker = Runtime(pipeline.settings)
     ensure_indexes(worker.staging, pipeline.settings)
     users, orders = (worker.context(config["name"]) for config in pipeline.collections)
