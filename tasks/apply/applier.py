@@ -270,8 +270,9 @@ def _one_round(context: ApplyContext, state: ApplyRound, options: ApplyOptions,
 def _to_write(state: ApplyRound) -> dict[str, Document]:
     """The production documents this target may write: the ones whose business key the view
     must look up. A pid outside the target's subset (content None: in a sampled environment,
-    nearly every change) is planned from its own copy alone, so looking its key up cost an
-    environment's apply a second staging query per 200 changes for nothing."""
+    nearly every change) is planned from its own copy alone; looking its key up (by `_sync.key`,
+    then by the raw key fields for never-synced documents) cost an environment's apply up to
+    two more staging queries per list of pids, for nothing."""
     return {pid: document for pid, document in state.production.items()
             if document is not None and state.content.get(pid) is not None}
 
