@@ -13,7 +13,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from pymongo import monitoring
 from stagesync.deployments.staging import connect_staging
 from stagesync.deployments.staging_indexes import ensure_indexes
 from stagesync.protocol.names import DEAD_LETTERS, ENVIRONMENTS, RUNTIME
@@ -22,6 +21,7 @@ from stagesync.rules.identity import encode_id
 from stagesync.state.dead_letters import DeadLetterStore
 from stagesync.tasks import runtime as runtime_module
 
+from tests.support.commands import CommandLog
 from tests.support.pipeline import Pipeline, collection_config
 
 # The version, one view read and the bulk write. Before issue 31 the view read was followed by
@@ -31,21 +31,8 @@ COMMON_PATH_MAX = 3
 CACHED = {ENVIRONMENTS, RUNTIME}
 
 
-class StagingCommands(monitoring.CommandListener):
+class StagingCommands(CommandLog):
     """Every command the worker's staging client starts: (name, collection)."""
-
-    def __init__(self) -> None:
-        self.commands: list[tuple[str, str]] = []
-
-    def started(self, event: monitoring.CommandStartedEvent) -> None:
-        target = event.command.get(event.command_name)
-        self.commands.append((event.command_name, str(target)))
-
-    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
-        pass
-
-    def failed(self, event: monitoring.CommandFailedEvent) -> None:
-        pass
 
     def per_apply(self) -> list[tuple[str, str]]:
         return [command for command in self.commands if command[1] not in CACHED]
@@ -95,7 +82,7 @@ def test_an_update_batch_of_held_documents_takes_three_staging_round_trips(
     # What the watcher does every few seconds: no dead letter is open, the signal is clean.
     assert DeadLetterStore(pipeline.state()).settle(pipeline.collections[0]["name"])
     prod.update_many({}, {"$inc": {"n": 1}})
-    listener.commands.clear()
+    listener.clear()
     apply(pipeline, pids, "update")
 
     commands = listener.per_apply()

@@ -15,7 +15,6 @@ from typing import Any
 
 import pytest
 from bson import ObjectId
-from pymongo import monitoring
 from stagesync.deployments.staging import connect_staging
 from stagesync.deployments.staging_indexes import ensure_indexes
 from stagesync.rules.identity import encode_id
@@ -28,6 +27,7 @@ from stagesync.tasks.apply.targets import TargetBatch
 from stagesync.tasks.runtime import Runtime
 
 from tests.integration.test_environment_fanout import add_environment, env_copies
+from tests.support.commands import CommandLog
 from tests.support.pipeline import Pipeline, collection_config
 
 SECRET = "test-secret"  # the pipeline fixture's pii_secret
@@ -151,7 +151,7 @@ def test_the_orders_left_outside_are_planned_without_looking_their_keys_up(
     """An order whose customer has no copy is planned from its own copy alone: only the
     member's business key is looked up in staging (in a 5 % environment, one key in twenty;
     looking every key up cost each environment's apply a second query per list of pids)."""
-    listener = StagingFinds()
+    listener = CommandLog()
 
     def listened(settings: Any, **options: Any) -> Any:
         return connect_staging(settings, event_listeners=[listener], **options)
@@ -167,27 +167,11 @@ def test_the_orders_left_outside_are_planned_without_looking_their_keys_up(
     outside = pipeline.prod(1).insert_many(
         [{"orderNo": n, "customerId": other} for n in range(1, 31)]).inserted_ids
 
-    listener.filters.clear()
+    listener.clear()
     result = apply_changes(orders, {encode_id(pid): "insert" for pid in [inside, *outside]})
     assert result.outcomes["created"] == 1 and result.outcomes["outside"] == 30, result.outcomes
-    keys = [value for query in listener.filters if KEY_FIELD in query
+    keys = [value for query in listener.find_filters() if KEY_FIELD in query
             for value in query[KEY_FIELD]["$in"]]
     assert len(keys) == 1, keys
     worker.close()
 
-
-class StagingFinds(monitoring.CommandListener):
-    """The filters of the `find` commands a staging client sends."""
-
-    def __init__(self) -> None:
-        self.filters: list[dict[str, Any]] = []
-
-    def started(self, event: monitoring.CommandStartedEvent) -> None:
-        if event.command_name == "find":
-            self.filters.append(dict(event.command.get("filter") or {}))
-
-    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
-        pass
-
-    def failed(self, event: monitoring.CommandFailedEvent) -> None:
-        pass
