@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from bson import Binary, ObjectId, json_util
@@ -63,6 +63,14 @@ def decode_id(encoded: str) -> Any:
     if encoded.startswith(_INT_PREFIX) and encoded.endswith('"}'):
         return int(encoded[len(_INT_PREFIX):-2])
     return json_util.loads(encoded, json_options=CANONICAL_JSON_OPTIONS)
+
+
+def sorts_as_ids(pids: Iterable[str]) -> bool:
+    """Whether these encoded pids are all ObjectIds, whose spellings (24 hex digits in one
+    frame) sort as the ObjectIds do: a run of production's `_id`s is then a run of pids, and
+    the copies of the run can be read as one range of `_sync.pid` with little else in it.
+    (Ints, say, sort by their digits as strings: 10 between 1 and 9.)"""
+    return all(len(pid) == 36 and pid.startswith(_OID_PREFIX) for pid in pids)
 
 
 def key_paths(business_key: Sequence[str]) -> list[Path]:

@@ -22,7 +22,13 @@ from stagesync.deployments.in_lists import in_lists
 from stagesync.deployments.staging import SIMPLE
 from stagesync.protocol.names import DUPLICATE_KEY, KEY_INDEX, PID_INDEX
 from stagesync.rules.document import Document
-from stagesync.rules.identity import business_key, decode_id, encode_id, key_digest
+from stagesync.rules.identity import (
+    business_key,
+    decode_id,
+    encode_id,
+    key_digest,
+    sorts_as_ids,
+)
 from stagesync.rules.plan_types import UNSYNCED, CollectionRules, PlannedWrite, StagingView
 from stagesync.rules.sync_meta import (
     DEAD_LETTER_FIELD,
@@ -75,6 +81,7 @@ class TargetCollection:
         pids: Sequence[str],
         production: Mapping[str, Mapping[str, Any] | None],
         whole: AbstractCollection[str] | bool = (),
+        pid_run: bool = False,
     ) -> StagingView:
         """Everything the planner may need, in one to three indexed queries.
 
@@ -83,10 +90,12 @@ class TargetCollection:
         only for keys nobody holds yet (first syncs of pre-existing staging data).
         Only `_sync` and the soft-delete flag are read, except for the staging `_id`s in
         `whole` (encoded, as the planner keeps them; or every document when `whole` is True),
-        read in full.
+        read in full. `pid_run`: the pids are a run of production's `_id`s (`_find_pid_run`).
         """
         projection = None if whole is True else self._projection
-        by_pid = {doc[SYNC]["pid"]: doc for doc in self._find_in(PID_FIELD, pids, projection)}
+        found = (self._find_pid_run(pids, projection) if pid_run and pids and sorts_as_ids(pids)
+                 else self._find_in(PID_FIELD, pids, projection))
+        by_pid = {doc[SYNC]["pid"]: doc for doc in found}
         if whole and whole is not True:
             for doc in self._find_in("_id", [decode_id(i) for i in whole], None):
                 pid = read_meta(doc).pid
@@ -144,6 +153,20 @@ class TargetCollection:
             yield from self.collection.find({field: {"$in": some}, **query}, projection,
                                             collation=collation, sort=sort,
                                             batch_size=len(some) + 1)
+
+    def _find_pid_run(self, pids: Sequence[str], projection: Mapping[str, Any] | None
+                      ) -> Iterator[Document]:
+        """The copies of a run of production's `_id`s (a resync's batch, read in `_id` order)
+        by one range of `_sync.pid`: one index range scan and one query, where a list costs
+        a `$in` per `in_list_max` pids (on the test server, 102 lists of 200 took 6.0 s of a
+        20,000-document resync's 18). A copy in the range that is not one of the run's (its
+        production document is gone, or outside the sample) is left out here."""
+        run = set(pids)
+        query = {PID_FIELD: {"$gte": min(pids), "$lte": max(pids)}}
+        for doc in self.collection.find(query, projection, collation=SIMPLE,
+                                        batch_size=len(run) + 1):
+            if doc[SYNC]["pid"] in run:
+                yield doc
 
     def _unsynced_by_key(self, wanted: Mapping[str, Mapping[str, Any]]) -> dict[str, Document]:
         if not wanted:

@@ -251,7 +251,7 @@ def copy_batch(run: ChunkRun, version: int, batch: dict[str, Document | None],
             followers_later=run.followers_later,
             # Filling an environment, which no apply leaves documents out of untombstoned
             # before it is live (`ApplyContext.filling`): the copy's creates need no check.
-            confirm_entered=not run.followers_later))
+            confirm_entered=not run.followers_later, pid_run=True))
     except WriteErrors as refused:
         # A copy has no retry budget of its own: record what staging refused, go on.
         result = dead_letter_refused(run.runtime, run.collection, refused, "resync")

@@ -11,7 +11,7 @@ from bson import Binary, Decimal128, Int64, ObjectId, json_util
 from bson.json_util import CANONICAL_JSON_OPTIONS
 from hypothesis import given
 from hypothesis import strategies as st
-from stagesync.rules.identity import decode_id, encode_id
+from stagesync.rules.identity import decode_id, encode_id, sorts_as_ids
 
 IDS = st.one_of(
     st.builds(ObjectId, st.binary(min_size=12, max_size=12)),
@@ -68,3 +68,26 @@ def test_a_key_digest_is_the_digest_of_json_utils_spelling(values: list[Any]) ->
 
     expected = hashlib.sha256(reference(values).encode()).hexdigest()
     assert key_digest(values) == expected
+
+
+OBJECT_IDS = st.builds(ObjectId, st.binary(min_size=12, max_size=12))
+
+
+@given(st.lists(OBJECT_IDS, min_size=1, max_size=30))
+def test_object_id_spellings_sort_as_the_object_ids(ids: list[ObjectId]) -> None:
+    """What a resync's range read of `_sync.pid` relies on (`sorts_as_ids`): every copy of a
+    run of ObjectIds lies between the spellings of its first and last."""
+    spelt = [encode_id(value) for value in sorted(ids)]
+    assert sorts_as_ids(spelt)
+    assert sorted(spelt) == spelt
+
+
+@given(st.lists(IDS, min_size=1, max_size=10))
+def test_only_object_id_spellings_are_taken_for_ordered(ids: list[Any]) -> None:
+    spelt = [encode_id(value) for value in ids]
+    assert sorts_as_ids(spelt) == all(type(value) is ObjectId for value in ids)
+
+
+def test_int_spellings_do_not_sort_as_ints() -> None:
+    assert not sorts_as_ids([encode_id(1), encode_id(9), encode_id(10)])
+    assert sorted([encode_id(1), encode_id(9), encode_id(10)])[1] == encode_id(10)
