@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from bson import Binary, ObjectId, json_util
@@ -65,12 +65,16 @@ def decode_id(encoded: str) -> Any:
     return json_util.loads(encoded, json_options=CANONICAL_JSON_OPTIONS)
 
 
-def sorts_as_ids(pids: Iterable[str]) -> bool:
-    """Whether these encoded pids are all ObjectIds, whose spellings (24 hex digits in one
-    frame) sort as the ObjectIds do: a run of production's `_id`s is then a run of pids, and
-    the copies of the run can be read as one range of `_sync.pid` with little else in it.
-    (Ints, say, sort by their digits as strings: 10 between 1 and 9.)"""
-    return all(len(pid) == 36 and pid.startswith(_OID_PREFIX) for pid in pids)
+# The first and the last spelling of an ObjectId. Every ObjectId is spelt between them, and
+# their spellings (24 hex digits in one frame) sort as the ObjectIds do: the copies of a range
+# of production's ObjectIds are a range of `_sync.pid`, which a resync reads with one query.
+# (Ints, say, do not sort so: spelt as strings, 10 comes between 1 and 9.)
+FIRST_OBJECT_ID = f'{_OID_PREFIX}{"0" * 24}"}}'
+LAST_OBJECT_ID = f'{_OID_PREFIX}{"f" * 24}"}}'
+
+
+def spells_object_id(pid: str) -> bool:
+    return FIRST_OBJECT_ID <= pid <= LAST_OBJECT_ID
 
 
 def key_paths(business_key: Sequence[str]) -> list[Path]:

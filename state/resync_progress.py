@@ -30,6 +30,7 @@ from pymongo.errors import DuplicateKeyError
 from stagesync.protocol.names import RESYNC_CHUNKS_INDEX, RESYNCS, RESYNCS_TTL_INDEX
 from stagesync.rules.document import Document
 from stagesync.rules.id_ranges import IdRange
+from stagesync.rules.identity import FIRST_OBJECT_ID, LAST_OBJECT_ID
 
 SUMMARY_OUTCOMES = ("created", "updated", "unchanged", "soft_deleted", "dead_lettered",
                     "superseded")
@@ -64,6 +65,9 @@ BATCH = "batch"  # documents per apply (a chunk may hold a smaller one of its ow
 # The copy reads only the followers of the parent's copies (`tasks.full_resync.by_parents`);
 # its chunks' `resume` is then the last parent pid done, not an `_id`.
 BY_PARENTS = "byParents"
+# The copy's chunks of ObjectIds sweep their own spans of staging (`tasks.full_resync.chunks`):
+# set where the resync starts with copies to sweep, by planners that know how.
+FOLDS_SWEEP = "foldsSweep"
 # Whether production held an embedded document at the followed path, asked while the parent's
 # copy still ran (`tasks.resync`: a follower's set-up waits for it, its probe need not).
 FOLLOW_EMBEDDED = "followEmbedded"
@@ -215,6 +219,16 @@ def advance_plan(
                   f"{phase}.{COMPLETE}": next_lo is None}},
     )
     return moved.modified_count == 1
+
+
+def copied_object_ids_only(state_db: Database[Document], resync_id: str) -> bool:
+    """Whether the resync's copy had chunks, every one a range of ObjectIds (bounds are
+    kept encoded: `IdRange`)."""
+    query = {RESYNC: resync_id, PHASE: "copy"}
+    other = {"$or": [{LO: {"$lt": FIRST_OBJECT_ID}}, {LO: {"$gt": LAST_OBJECT_ID}}]}
+    chunks = resyncs(state_db)
+    return chunks.find_one(query, {"_id": 1}) is not None and \
+        chunks.find_one({**query, **other}, {"_id": 1}) is None
 
 
 def in_flight(state_db: Database[Document], resync_id: str, phase: str) -> int:

@@ -50,6 +50,7 @@ from stagesync.state.resync_progress import (
     BY_PARENTS,
     COMPLETE,
     EMPTY_START,
+    FOLDS_SWEEP,
     FOLLOW_EMBEDDED,
     HI,
     INDEX,
@@ -70,6 +71,7 @@ from stagesync.state.resync_progress import (
     begin_phase,
     chunk_id,
     claim_chunk,
+    copied_object_ids_only,
     ensure_resync_indexes,
     fail,
     finish,
@@ -88,6 +90,7 @@ from stagesync.state.resync_progress import (
     summary,
 )
 from stagesync.state.versions import take_version
+from stagesync.tasks.apply.context import ApplyContext
 from stagesync.tasks.celery_app import app
 from stagesync.tasks.celery_options import soft_time_limit
 from stagesync.tasks.environment_ops import continue_filling, parent_copied
@@ -103,6 +106,7 @@ from stagesync.tasks.full_resync.chunks import (
     Outcome,
     copy_chunk,
     sampled_share,
+    stale_beyond_object_ids,
     sweep_chunk,
 )
 from stagesync.tasks.full_resync.walk import (
@@ -235,7 +239,7 @@ def _set_up(runtime: Runtime, collection: str, resync_id: str, record: dict[str,
     begin_phase(runtime.state_db, resync_id, "planning", "copy", plan, {
         V0: started_at_version, EMPTY_START: empty, UNSYNCED_START: unsynced,
         INFLIGHT: inflight, BATCH: settings.resync_chunk_size, TOTAL: estimate,
-        BY_PARENTS: by_parents,
+        BY_PARENTS: by_parents, FOLDS_SWEEP: not empty and not by_parents,
     })
     log.info("resync started", extra={"collection": collection, "resync": resync_id,
                                       "estimate": estimate, "chunk_docs": plan[SPAN],
@@ -322,11 +326,15 @@ def _revive(runtime: Runtime, collection: str, resync_id: str) -> None:
 
 
 def _open_sweep(runtime: Runtime, collection: str, record: dict[str, Any]) -> None:
-    """Plan the sweep; none is needed after a copy into an empty staging: every staging
+    """Plan the sweep. None is needed after a copy into an empty staging: every staging
     document was then written by an apply that began after the resync did, so none can hold
-    a version below the resync's first one (the sweep's criterion)."""
-    target = StagingIds(runtime.context(collection).target.collection)
-    if record.get(EMPTY_START):
+    a version below the resync's first one (the sweep's criterion). Nor after a copy whose
+    chunks swept their own spans (`chunks.SweptSpan`), when those covered every copy the
+    sweep could pick."""
+    context = runtime.context(collection)
+    target = StagingIds(context.target.collection)
+    swept = not record.get(EMPTY_START) and _copy_swept(runtime, context, record)
+    if record.get(EMPTY_START) or swept:
         span, first = SWEEP_PAGE, []
     else:
         span = sweep_span(target.estimated_count(), int(record.get(INFLIGHT) or 1))
@@ -334,9 +342,18 @@ def _open_sweep(runtime: Runtime, collection: str, record: dict[str, Any]) -> No
     plan = phase_plan(span, first, encode_id)
     if begin_phase(runtime.state_db, record["_id"], "applying", "sweep", plan):
         log.info("resync sweeping", extra={"collection": collection, "resync": record["_id"],
-                                           "chunk_docs": span})
+                                           "chunk_docs": span, "swept_by_copy": swept})
         if record.get(EMPTY_START):
             mirror_for_resync(runtime, collection)
+
+
+def _copy_swept(runtime: Runtime, context: ApplyContext, record: dict[str, Any]) -> bool:
+    """Whether the copy's chunks swept every copy the sweep could pick: every chunk was of
+    ObjectIds (their spans tile all ObjectIds' spellings), and staging holds no such copy
+    of another `_id` type."""
+    return bool(record.get(FOLDS_SWEEP)) and \
+        copied_object_ids_only(runtime.state_db, record["_id"]) and \
+        not stale_beyond_object_ids(context, int(record[V0]))
 
 
 def _finish(runtime: Runtime, collection: str, resync_id: str) -> None:

@@ -55,8 +55,9 @@ class ApplyOptions:
     now need not have their followers applied again (a read of production per batch).
     `confirm_entered=False`: the caller confirms the copies this apply makes live itself
     (`confirm_entered`; the fan-out does it once for every environment of a batch).
-    `pid_run`: the pids are production's `_id`s of one `_id` range (a resync's batch): the
-    first read of their copies is one range query (`TargetCollection.read_view`).
+    `pid_span`: the pids are the production documents of this span of `_sync.pid` (a
+    resync's batch): the first read of their copies is one range query, and the copies it finds
+    beside them are the result's `others` (`TargetCollection.read_view`).
     """
 
     compare_content: bool = False
@@ -65,7 +66,7 @@ class ApplyOptions:
     plan_only: PlanOnly | None = None
     followers_later: bool = False
     confirm_entered: bool = True
-    pid_run: bool = False
+    pid_span: Mapping[str, str] | None = None
 
 
 @dataclass
@@ -233,9 +234,11 @@ def _one_round(context: ApplyContext, state: ApplyRound, options: ApplyOptions,
         view = context.target.read_view(
             sorted(state.pending), _to_write(state),
             True if options.compare_content else state.whole,
-            # Later rounds re-read a few lost races: a list, not the whole run again.
-            pid_run=options.pid_run and first,
+            # Later rounds re-read a few lost races: a list, not the whole span again.
+            pid_span=options.pid_span if first else None,
         )
+        if first:
+            state.result.others = dict(view.others)
     state.marks = _marks_of(view)
     state.own = {pid: copy["_id"] for pid in state.pending
                  if (copy := view.by_pid.get(pid)) is not None}

@@ -22,13 +22,7 @@ from stagesync.deployments.in_lists import in_lists
 from stagesync.deployments.staging import SIMPLE
 from stagesync.protocol.names import DUPLICATE_KEY, KEY_INDEX, PID_INDEX
 from stagesync.rules.document import Document
-from stagesync.rules.identity import (
-    business_key,
-    decode_id,
-    encode_id,
-    key_digest,
-    sorts_as_ids,
-)
+from stagesync.rules.identity import business_key, decode_id, encode_id, key_digest
 from stagesync.rules.plan_types import UNSYNCED, CollectionRules, PlannedWrite, StagingView
 from stagesync.rules.sync_meta import (
     DEAD_LETTER_FIELD,
@@ -81,7 +75,7 @@ class TargetCollection:
         pids: Sequence[str],
         production: Mapping[str, Mapping[str, Any] | None],
         whole: AbstractCollection[str] | bool = (),
-        pid_run: bool = False,
+        pid_span: Mapping[str, str] | None = None,
     ) -> StagingView:
         """Everything the planner may need, in one to three indexed queries.
 
@@ -90,12 +84,29 @@ class TargetCollection:
         only for keys nobody holds yet (first syncs of pre-existing staging data).
         Only `_sync` and the soft-delete flag are read, except for the staging `_id`s in
         `whole` (encoded, as the planner keeps them; or every document when `whole` is True),
-        read in full. `pid_run`: the pids are a run of production's `_id`s (`_find_pid_run`).
+        read in full.
+
+        `pid_span`: the pids are the production documents of this span of `_sync.pid` (a
+        condition: a resync's batch of a range of ObjectIds, `FIRST_OBJECT_ID`). The copies
+        are then read with one range query, an index range scan, where a list costs one `$in`
+        per `in_list_max` pids (on the test server 102 lists of 200 took 6.0 s of a 20,000-
+        document resync's 18). The copies in the span that are not of these pids are the
+        view's `others`: their production documents were not in the batch.
         """
         projection = None if whole is True else self._projection
-        found = (self._find_pid_run(pids, projection) if pid_run and pids and sorts_as_ids(pids)
-                 else self._find_in(PID_FIELD, pids, projection))
-        by_pid = {doc[SYNC]["pid"]: doc for doc in found}
+        others: dict[str, Document] = {}
+        if pid_span is None:
+            by_pid = {doc[SYNC]["pid"]: doc for doc in self._find_in(PID_FIELD, pids, projection)}
+        else:
+            by_pid = {}
+            batch = set(pids)
+            for doc in self.collection.find({PID_FIELD: dict(pid_span)}, projection,
+                                            collation=SIMPLE, batch_size=len(batch) + 1):
+                pid = doc[SYNC]["pid"]
+                if pid in batch:
+                    by_pid[pid] = doc
+                else:
+                    others[pid] = doc
         if whole and whole is not True:
             for doc in self._find_in("_id", [decode_id(i) for i in whole], None):
                 pid = read_meta(doc).pid
@@ -132,7 +143,7 @@ class TargetCollection:
         elif whole:
             complete |= set(whole)
         return StagingView(by_pid=by_pid, by_key=by_key, unsynced_by_key=unsynced,
-                           whole=frozenset(complete))
+                           whole=frozenset(complete), others=others)
 
     def _find_in(self, field: str, values: Iterable[Any],
                  projection: Mapping[str, Any] | None, in_id_order: bool = False,
@@ -153,20 +164,6 @@ class TargetCollection:
             yield from self.collection.find({field: {"$in": some}, **query}, projection,
                                             collation=collation, sort=sort,
                                             batch_size=len(some) + 1)
-
-    def _find_pid_run(self, pids: Sequence[str], projection: Mapping[str, Any] | None
-                      ) -> Iterator[Document]:
-        """The copies of a run of production's `_id`s (a resync's batch, read in `_id` order)
-        by one range of `_sync.pid`: one index range scan and one query, where a list costs
-        a `$in` per `in_list_max` pids (on the test server, 102 lists of 200 took 6.0 s of a
-        20,000-document resync's 18). A copy in the range that is not one of the run's (its
-        production document is gone, or outside the sample) is left out here."""
-        run = set(pids)
-        query = {PID_FIELD: {"$gte": min(pids), "$lte": max(pids)}}
-        for doc in self.collection.find(query, projection, collation=SIMPLE,
-                                        batch_size=len(run) + 1):
-            if doc[SYNC]["pid"] in run:
-                yield doc
 
     def _unsynced_by_key(self, wanted: Mapping[str, Mapping[str, Any]]) -> dict[str, Document]:
         if not wanted:

@@ -25,6 +25,18 @@ moving its version would cost a staging write (an oplog entry, replicated) per d
 into an already-synced staging that was nearly all of a resync's time (20k documents at 2 ms
 on SecantusDB: 62 of 74 s of the staging server's profiled time).
 
+A chunk of ObjectIds sweeps its own span of staging (`SweptSpan`), where the resync started
+with copies to sweep (`FOLDS_SWEEP`): the spellings of ObjectIds sort as they do, so each
+batch's copies are read by one range of `_sync.pid`, from where the previous batch ended to
+its last `_id` (the chunk's first batch from its lower bound, or from the first ObjectId's
+spelling for the resync's first chunk; its last to its upper bound, or to the last ObjectId's
+spelling). The copies found in that span beside the batch's have no production document in
+the range just read (gone, outside the filter or the sample): those that no apply has written
+since the resync began are applied as sweeps, there and then. The spans of the chunks tile
+every ObjectId's spelling, so when every chunk was of ObjectIds and staging holds no such copy
+of another `_id` type, the resync needs no sweep phase (`stale_beyond_object_ids`): no second
+read of staging, and no look-up of every copy's `_id` in production.
+
 Sweep: reads the chunk's staging range in `_id` order with one cursor per task turn (so never
 for longer than the turn's time budget), a page at a time, picks the synced, live documents
 that no apply has written since the resync began (`_sync.v` below the resync's starting
@@ -37,7 +49,8 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, Literal
@@ -49,14 +62,28 @@ from stagesync.protocol.names import split_scope
 from stagesync.protocol.parts import WHOLE
 from stagesync.rules.document import Document
 from stagesync.rules.id_ranges import IdRange, with_filter
-from stagesync.rules.identity import decode_id, encode_id
-from stagesync.rules.sync_meta import DELETED_AT_FIELD, PID_FIELD, SYNC, VERSION_FIELD
+from stagesync.rules.identity import (
+    FIRST_OBJECT_ID,
+    LAST_OBJECT_ID,
+    decode_id,
+    encode_id,
+    spells_object_id,
+)
+from stagesync.rules.sync_meta import (
+    DELETED_AT_FIELD,
+    PID_FIELD,
+    SYNC,
+    VERSION_FIELD,
+    read_meta,
+)
 from stagesync.state.dead_letters import DeadLetterEntry
 from stagesync.state.environments import FILLING
 from stagesync.state.resync_progress import (
     BATCH,
     EMPTY_START,
+    FOLDS_SWEEP,
     HI,
+    INDEX,
     LO,
     RESUME,
     UNSYNCED_START,
@@ -143,7 +170,9 @@ class EmptinessProbe:
             return cls("all", target)
         return cls("never" if record.get(UNSYNCED_START, True) else "probe", target)
 
-    def known_empty(self, pids: list[str]) -> bool:
+    def known_empty(self, pids: list[str], span: Mapping[str, str] | None = None) -> bool:
+        """`span`: the batch's span of `_sync.pid` (`SweptSpan`), which must then hold no
+        copy at all, the batch's or another's."""
         if self.mode == "all":
             return True
         if not self.probing or not pids:
@@ -152,12 +181,46 @@ class EmptinessProbe:
         # so finding nothing there proves that none has a copy (a hit may be a neighbour's).
         # Simple collation: byte order (which is Python's str order), and stagesync's index.
         found = self.target.find_one(
-            {PID_FIELD: {"$gte": min(pids), "$lte": max(pids)}}, {"_id": 1}, collation=SIMPLE
+            {PID_FIELD: dict(span) if span else {"$gte": min(pids), "$lte": max(pids)}},
+            {"_id": 1}, collation=SIMPLE,
         )
         if found is not None:
             self.probing = False
             return False
         return True
+
+
+class SweptSpan:
+    """The span of `_sync.pid` a chunk of ObjectIds has read so far, batch by batch (module
+    doc): each batch's span starts where the last one ended."""
+
+    def __init__(self, run: ChunkRun) -> None:
+        resume = run.chunk.get(RESUME)
+        if resume is not None:
+            self.start = {"$gt": resume}
+        elif int(run.chunk[INDEX]) == 0:  # nothing in production before it
+            self.start = {"$gte": FIRST_OBJECT_ID}
+        else:
+            self.start = {"$gte": run.chunk[LO]}  # bounds are kept encoded, as pids are
+        hi = run.chunk.get(HI)
+        self.end = {"$lt": hi} if hi is not None else {"$lte": LAST_OBJECT_ID}
+
+    @classmethod
+    def of(cls, run: ChunkRun) -> SweptSpan | None:
+        """None where the chunk leaves the sweep to the sweep phase."""
+        if not run.record.get(FOLDS_SWEEP) or not spells_object_id(run.chunk[LO]):
+            return None
+        return cls(run)
+
+    def through(self, pid: str) -> dict[str, str]:
+        """The next batch's span, which ends with `pid`."""
+        span = {**self.start, "$lte": pid}
+        self.start = {"$gt": pid}
+        return span
+
+    def rest(self) -> dict[str, str]:
+        """The last batch's span, to the chunk's end."""
+        return {**self.start, **self.end}
 
 
 def copy_chunk(run: ChunkRun) -> Outcome:
@@ -168,6 +231,7 @@ def copy_chunk(run: ChunkRun) -> Outcome:
     version = take_version(run.runtime.state_db, context.name)
     query = with_filter(run.range.query(after=run.chunk.get(RESUME)), context.settings.filter)
     ids_only = samples_by_id(context)
+    swept = SweptSpan.of(run)
     cursor = context.production.find(query, {"_id": 1} if ids_only else None, sort=BY_ID,
                                      batch_size=batch_size, hint=BY_ID)
     try:
@@ -185,7 +249,9 @@ def copy_chunk(run: ChunkRun) -> Outcome:
             started = time.monotonic()
             if ids_only:
                 batch = read_sampled(context, batch)
-            if not copy_batch(run, version, batch, encode_id(last), probe):
+            resume = encode_id(last)
+            if not copy_batch(run, version, batch, resume, probe,
+                              swept.through(resume) if swept else None):
                 return "lost"
             batch = {}
             if time.monotonic() - started > run.budget / 2:
@@ -196,7 +262,9 @@ def copy_chunk(run: ChunkRun) -> Outcome:
                 return "more"
         if ids_only:
             batch = read_sampled(context, batch)
-        if read_any and not copy_batch(run, version, batch, encode_id(last), probe):
+        if (read_any or swept) and not copy_batch(
+                run, version, batch, encode_id(last) if read_any else run.chunk.get(RESUME),
+                probe, swept.rest() if swept else None):
             return "lost"
         return "exhausted"
     finally:
@@ -234,14 +302,16 @@ def read_sampled(context: ApplyContext, batch: Mapping[str, Document | None]
 
 
 def copy_batch(run: ChunkRun, version: int, batch: dict[str, Document | None],
-               resume: str | None, probe: EmptinessProbe) -> bool:
-    """Apply one batch of masked production documents, then checkpoint at `resume`."""
+               resume: str | None, probe: EmptinessProbe,
+               span: Mapping[str, str] | None = None) -> bool:
+    """Apply one batch of masked production documents, sweep the copies of its `span`
+    (`SweptSpan`) that are not of it, then checkpoint at `resume`."""
     context = run.context
     context.record_unclassified()
-    if not batch:  # nothing of this stretch is in the sample: only move the checkpoint on
-        return run.record_batch(resume, 0, {})
+    if not batch:  # nothing of this stretch is in the sample: sweep, move the checkpoint on
+        return run.record_batch(resume, 0, sweep_span(run, span, ()) if span else {})
     run.runtime.rate_limiter.acquire(run.context.name, len(batch))
-    known_empty = probe.known_empty(list(batch))
+    known_empty = probe.known_empty(list(batch), span)
     ops = dict.fromkeys(batch, "resync")
     try:
         # compare_content: staging is read in full and compared, so a resync repairs drift
@@ -251,11 +321,18 @@ def copy_batch(run: ChunkRun, version: int, batch: dict[str, Document | None],
             followers_later=run.followers_later,
             # Filling an environment, which no apply leaves documents out of untombstoned
             # before it is live (`ApplyContext.filling`): the copy's creates need no check.
-            confirm_entered=not run.followers_later, pid_run=True))
+            confirm_entered=not run.followers_later, pid_span=span))
+        others = result.others
     except WriteErrors as refused:
         # A copy has no retry budget of its own: record what staging refused, go on.
         result = dead_letter_refused(run.runtime, run.collection, refused, "resync")
-    if not run.record_batch(resume, len(batch), result.outcomes, copied=len(batch)):
+        others = None  # the span is read again below
+    outcomes = Counter(result.outcomes)
+    if span is not None and others is None:
+        outcomes.update(sweep_span(run, span, batch))
+    elif others:
+        outcomes.update(_apply_gone(run, unwritten_since_start(run, others.values())))
+    if not run.record_batch(resume, len(batch), outcomes, copied=len(batch)):
         return False
     run.runtime.report_done(run.collection, None, WHOLE, result, source="resync")
     return True
@@ -306,7 +383,42 @@ def _sweep_page(run: ChunkRun, pids: list[str]) -> Counter[str]:
             with_filter({"_id": {"$in": ids}}, context.settings.filter), {"_id": 1})
     }
     # Missing, outside the configured filter, or outside the sample: the apply soft-deletes.
-    gone = [pid for pid in pids if pid not in present or not context.sampled(pid)]
+    return _apply_gone(run, [pid for pid in pids if pid not in present
+                             or not context.sampled(pid)])
+
+
+def unwritten_since_start(run: ChunkRun, copies: Iterable[Mapping[str, Any]]) -> list[str]:
+    """The pids of these copies that the sweep would pick (`sweep_chunk`'s query): synced,
+    live, and written by no apply since the resync began."""
+    v0 = int(run.record[V0])
+    return [meta.pid for meta in map(read_meta, copies) if meta.pid is not None
+            and meta.deleted_at is None and meta.version is not None and meta.version < v0]
+
+
+def sweep_span(run: ChunkRun, span: Mapping[str, str], batch: AbstractSet[str]
+               ) -> Counter[str]:
+    """Sweep the copies of a span of `_sync.pid` that are not of `batch`, where no view read
+    them: a stretch with nothing in the sample, or a batch that staging refused."""
+    query = {PID_FIELD: dict(span), DELETED_AT_FIELD: {"$exists": False},
+             VERSION_FIELD: {"$lt": int(run.record[V0])}}
+    found = run.context.target.collection.find(query, {SYNC: 1}, collation=SIMPLE)
+    return _apply_gone(run, [pid for pid in unwritten_since_start(run, found)
+                             if pid not in batch])
+
+
+def stale_beyond_object_ids(context: ApplyContext, v0: int) -> bool:
+    """Whether staging holds a copy the sweep would pick (`unwritten_since_start`) whose pid
+    is no ObjectId: the swept spans of a copy of ObjectIds do not reach it."""
+    return any(context.target.collection.find_one(
+        {PID_FIELD: beyond, DELETED_AT_FIELD: {"$exists": False}, VERSION_FIELD: {"$lt": v0}},
+        {"_id": 1}, collation=SIMPLE) is not None
+        for beyond in ({"$lt": FIRST_OBJECT_ID}, {"$gt": LAST_OBJECT_ID}))
+
+
+def _apply_gone(run: ChunkRun, gone: list[str]) -> Counter[str]:
+    """Apply these pids as sweeps: the apply reads production again, and soft-deletes the
+    copies whose document is gone, outside the filter or outside the sample."""
+    context = run.context
     if not gone:
         return Counter()
     run.runtime.rate_limiter.acquire(run.context.name, len(gone))

@@ -18,7 +18,7 @@ from stagesync.deployments.staging import connect_staging
 from stagesync.deployments.staging_indexes import ensure_indexes
 from stagesync.protocol.names import DEAD_LETTERS, ENVIRONMENTS, RUNTIME
 from stagesync.protocol.parts import WHOLE
-from stagesync.rules.identity import encode_id
+from stagesync.rules.identity import FIRST_OBJECT_ID, LAST_OBJECT_ID, encode_id
 from stagesync.state.dead_letters import DeadLetterStore
 from stagesync.state.versions import take_version
 from stagesync.tasks import runtime as runtime_module
@@ -95,47 +95,30 @@ def test_an_update_batch_of_held_documents_takes_three_staging_round_trips(
     assert pipeline.state()[DEAD_LETTERS].count_documents({}) == 0
 
 
-def resync_batch_finds(pipeline: Pipeline, listener: StagingCommands, ids: list[Any]
-                       ) -> tuple[list[tuple[str, str]], dict[str, int]]:
-    """Copy `ids` in, delete the middle one from production (its copy stays in the run's
-    range), then apply the rest as a resync chunk's batch into the equal staging: the finds
-    on the target and the outcomes."""
+
+def test_a_resync_batch_reads_its_span_of_copies_with_one_query(
+        worker_staging: tuple[Pipeline, StagingCommands]) -> None:
+    """A batch of ObjectIds and the copies beside it in its span of `_sync.pid`, in one
+    query where lists of `in_list_max` (the tests' 200) took three."""
+    pipeline, listener = worker_staging
+    ids = sorted(ObjectId() for _ in range(451))
     prod = pipeline.prod()
     prod.insert_many([{"_id": value, "userEmail": f"u{n}@x", "accountId": n, "n": 0}
                       for n, value in enumerate(ids)])
     apply(pipeline, ids, "insert")
-    gone = ids[len(ids) // 2]
-    prod.delete_one({"_id": gone})
+    gone = ids[200]
+    prod.delete_one({"_id": gone})  # its copy stays, in the batch's span
     runtime = runtime_module.get_runtime()
     context = runtime.context(pipeline.collections[0]["name"])
     version = take_version(runtime.state_db, context.name)
-    run = {encode_id(doc["_id"]): context.masker.mask(doc)
-           for doc in context.production.find({"_id": {"$in": ids}}, sort=[("_id", 1)])}
+    batch = {encode_id(doc["_id"]): context.masker.mask(doc)
+             for doc in context.production.find({}, sort=[("_id", 1)])}
     listener.clear()
-    result = apply_documents(context, version, dict(run), dict.fromkeys(run, "resync"),
+    result = apply_documents(context, version, dict(batch), dict.fromkeys(batch, "resync"),
                              ApplyOptions(compare_content=True, write_unchanged=False,
-                                          pid_run=True))
+                                          pid_span={"$gte": FIRST_OBJECT_ID,
+                                                    "$lte": LAST_OBJECT_ID}))
     target = context.target.collection.name
-    return [command for command in listener.commands if command == ("find", target)], \
-        dict(+result.outcomes)  # the outcomes that happened
-
-
-def test_a_resync_batch_of_object_ids_reads_its_copies_with_one_range_query(
-        worker_staging: tuple[Pipeline, StagingCommands]) -> None:
-    pipeline, listener = worker_staging
-    # 450 pids: three `$in` lists at the tests' `in_list_max` (200).
-    finds, outcomes = resync_batch_finds(pipeline, listener, sorted(ObjectId()
-                                                                    for _ in range(451)))
-    assert len(finds) == 1, finds
-    # The copy of the deleted document lies in the range and is left to the sweep.
-    assert outcomes == {"unchanged": 450}, outcomes
-
-
-def test_a_resync_batch_of_int_ids_reads_its_copies_by_lists(
-        worker_staging: tuple[Pipeline, StagingCommands]) -> None:
-    """Ints spelt as strings do not sort as numbers (10 between 1 and 9): a range of the
-    spellings could hold most of the collection, so their copies are looked up by list."""
-    pipeline, listener = worker_staging
-    finds, outcomes = resync_batch_finds(pipeline, listener, list(range(451)))
-    assert len(finds) == 3, finds
-    assert outcomes == {"unchanged": 450}, outcomes
+    assert listener.commands.count(("find", target)) == 1, listener.commands
+    assert dict(+result.outcomes) == {"unchanged": 450}
+    assert set(result.others) == {encode_id(gone)}

@@ -1,6 +1,7 @@
 """Full resync by `_id` range chunks, with real workers: every `_id` type copied exactly once,
-a worker killed halfway costs no finished chunk, and a live stream writing into the same
-documents still ends with staging equal to production."""
+a worker killed halfway costs no finished chunk, a live stream writing into the same
+documents still ends with staging equal to production, and a copy of ObjectIds sweeps
+staging as it goes (no sweep phase) unless a copy of another `_id` type needs one."""
 
 from __future__ import annotations
 
@@ -154,33 +155,7 @@ def test_a_bootstrap_resync_with_a_live_stream_on_the_same_documents_ends_equal(
     pipeline.start_worker()
     pipeline.start_watcher()  # no checkpoint: opens the stream, then resyncs into empty staging
     name = pipeline.collections[0]["name"]
-    stop = threading.Event()
-    deleted: list[Any] = []
-    inserted: list[Any] = []
-    writes = Counter[str]()
-
-    def writer() -> None:
-        rng = random.Random(7)
-        live = list(ids)
-        while not stop.is_set():
-            roll = rng.random()
-            target = rng.choice(live)
-            if roll < 0.8:
-                prod.update_one({"_id": target}, {"$set": {"total": rng.randint(1, 10**6),
-                                                           "status": rng.choice("abc")}})
-                writes["update"] += 1
-            elif roll < 0.9:
-                prod.delete_one({"_id": target})
-                live.remove(target)
-                deleted.append(target)
-                writes["delete"] += 1
-            else:
-                new = prod.insert_one(order(10_000 + len(inserted))).inserted_id
-                live.append(new)
-                inserted.append(new)
-                writes["insert"] += 1
-            time.sleep(0.02)
-
+    writes = LiveWriter(prod, ids)
     state = pipeline.state()
     # Writes start once the resync has looked at staging (empty: its copies skip the staging
     # read and race the stream's inserts) and run until it is done.
@@ -188,31 +163,150 @@ def test_a_bootstrap_resync_with_a_live_stream_on_the_same_documents_ends_equal(
                        and r.get("resyncPending"), TIMEOUT, "the bootstrap resync", pipeline)
     wait_for(lambda: (state["resyncs"].find_one({"_id": pending}) or {}).get("state")
              != "planning", TIMEOUT, "the resync set up", pipeline)
-    thread = threading.Thread(target=writer, daemon=True)
-    thread.start()
-    try:
+    with writes:
         wait_for(lambda: (state["resyncs"].find_one({"_id": pending}) or {}).get("state")
                  in ("done", "failed"), TIMEOUT, "the bootstrap resync", pipeline,
                  interval=0.2)
-        during = sum(writes.values())
-    finally:
-        stop.set()
-        thread.join()
+        during = sum(writes.counts.values())
     resync = state["resyncs"].find_one({"_id": pending})
     assert resync["state"] == "done" and resync["emptyStart"] is True
-    assert during > 30, writes  # the stream wrote while the resync copied
-    wait_for(lambda: pipeline.cli("verify", name, "--settle", "10").returncode == 0, TIMEOUT,
-             "staging equal to production", pipeline, interval=1.0)
+    assert during > 30, writes.counts  # the stream wrote while the resync copied
+    writes.check_staging(pipeline, name)
+
+
+def test_a_resync_into_a_synced_staging_with_a_live_stream_ends_equal(
+    pipeline_factory: Any,
+) -> None:
+    """The copy sweeps its spans while the stream deletes, inserts and updates."""
+    pipeline: Pipeline = pipeline_factory([collection_config("orders", resync_chunk_size=100)],
+                                          status={"stalled_after_seconds": 120})
+    prod = pipeline.prod()
+    ids = prod.insert_many([order(i) for i in range(1500)]).inserted_ids
+    pipeline.start_worker()
+    pipeline.start_watcher()
+    name = pipeline.collections[0]["name"]
+    wait_for(lambda: pipeline.cli("verify", name, "--settle", "5").returncode == 0, TIMEOUT,
+             "the bootstrap", pipeline, interval=1.0)
+    with LiveWriter(prod, ids) as writes:
+        done = pipeline.cli("resync", name, "--wait", "--timeout", str(TIMEOUT))
+        during = sum(writes.counts.values())
+    assert done.returncode == 0, done.stdout + done.stderr + pipeline.logs()
+    record = resync_record(pipeline, done.stdout)
+    assert record["foldsSweep"] is True and record["emptyStart"] is False
+    assert during > 30, writes.counts
+    writes.check_staging(pipeline, name)
+
+
+def test_a_resync_of_object_ids_sweeps_staging_as_it_copies(pipeline_factory: Any) -> None:
+    pipeline: Pipeline = pipeline_factory([collection_config("orders", resync_chunk_size=10)])
+    prod = pipeline.prod()
+    ids = prod.insert_many([order(i) for i in range(95)]).inserted_ids  # ascending ObjectIds
+    pipeline.start_worker()
+    name = pipeline.collections[0]["name"]
+    first = pipeline.cli("resync", name, "--wait", "--timeout", str(TIMEOUT))
+    assert first.returncode == 0, first.stdout + first.stderr + pipeline.logs()
+    # Gone while no watcher ran: below the first chunk, inside chunks, above the last one.
+    gone = [ids[0], ids[1], ids[10], ids[11], ids[12], ids[47], ids[93], ids[94]]
+    prod.delete_many({"_id": {"$in": gone}})
+    # Its pid is an ObjectId older than any in production: below every span but the first's.
+    pipeline.staging().insert_one({"userEmail": "old@corp.test", "accountId": 1, "_sync": {
+        **pipeline.staging().find_one({"_sync.pid": encode_id(ids[2])})["_sync"],
+        "pid": encode_id(ObjectId("000000010000000000000000")), "key": "a stale key"}})
+
+    again = pipeline.cli("resync", name, "--wait", "--timeout", str(TIMEOUT))
+    assert again.returncode == 0, again.stdout + again.stderr + pipeline.logs()
+    record = resync_record(pipeline, again.stdout)
+    assert record["summary"]["soft_deleted"] == len(gone) + 1, record["summary"]
+    assert record["summary"]["unchanged"] == len(ids) - len(gone)
+    assert record["copy"]["planned"] > 2
+    resyncs = pipeline.state()["resyncs"]
+    assert resyncs.count_documents({"resync": record["_id"], "phase": "sweep"}) == 0
     staging = pipeline.staging()
-    for production_id in deleted:
-        copy = staging.find_one({"_sync.pid": encode_id(production_id)})
-        assert copy is None or copy["deleted"] is True
-    # An inserted document may have been deleted again by the writer: it is in both lists.
-    for production_id in set(inserted) - set(deleted):
-        copy = staging.find_one({"_sync.pid": encode_id(production_id)})
-        assert copy is not None and copy["deleted"] is False
-    live = Counter(doc["_sync"]["pid"] for doc in staging.find({"deleted": False}, {"_sync": 1}))
-    assert max(live.values()) == 1
+    for production_id in gone:
+        assert staging.find_one({"_sync.pid": encode_id(production_id)})["deleted"] is True
+    assert staging.count_documents({"deleted": False}) == len(ids) - len(gone)
+    verify = pipeline.cli("verify", name, "--settle", "0")
+    assert verify.returncode == 0, verify.stdout
+
+
+def test_a_stale_copy_of_another_id_type_gets_the_sweep_phase(pipeline_factory: Any) -> None:
+    pipeline: Pipeline = pipeline_factory([collection_config("orders", resync_chunk_size=10)])
+    prod = pipeline.prod()
+    prod.insert_many([order(i) for i in range(30)])
+    prod.insert_one(order(99, _id=7))
+    pipeline.start_worker()
+    name = pipeline.collections[0]["name"]
+    first = pipeline.cli("resync", name, "--wait", "--timeout", str(TIMEOUT))
+    assert first.returncode == 0, first.stdout + first.stderr + pipeline.logs()
+    prod.delete_one({"_id": 7})  # production now holds ObjectIds only
+
+    again = pipeline.cli("resync", name, "--wait", "--timeout", str(TIMEOUT))
+    assert again.returncode == 0, again.stdout + again.stderr + pipeline.logs()
+    record = resync_record(pipeline, again.stdout)
+    assert record["summary"]["soft_deleted"] == 1, record["summary"]
+    resyncs = pipeline.state()["resyncs"]
+    assert resyncs.count_documents({"resync": record["_id"], "phase": "sweep"}) >= 1
+    assert pipeline.staging().find_one({"_sync.pid": encode_id(7)})["deleted"] is True
+
+
+class LiveWriter:
+    """Production's writes while a resync runs, as a stream of a live application: 80 %
+    updates, 10 % deletes, 10 % inserts, every 20 ms, from a thread."""
+
+    def __init__(self, prod: Any, ids: list[Any]) -> None:
+        self.prod = prod
+        self.live = list(ids)
+        self.deleted: list[Any] = []
+        self.inserted: list[Any] = []
+        self.counts = Counter[str]()
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._write, daemon=True)
+
+    def __enter__(self) -> LiveWriter:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop.set()
+        self.thread.join()
+
+    def _write(self) -> None:
+        rng = random.Random(7)
+        while not self.stop.is_set():
+            roll = rng.random()
+            target = rng.choice(self.live)
+            if roll < 0.8:
+                self.prod.update_one({"_id": target}, {"$set": {
+                    "total": rng.randint(1, 10**6), "status": rng.choice("abc")}})
+                self.counts["update"] += 1
+            elif roll < 0.9:
+                self.prod.delete_one({"_id": target})
+                self.live.remove(target)
+                self.deleted.append(target)
+                self.counts["delete"] += 1
+            else:
+                new = self.prod.insert_one(order(10_000 + len(self.inserted))).inserted_id
+                self.live.append(new)
+                self.inserted.append(new)
+                self.counts["insert"] += 1
+            time.sleep(0.02)
+
+    def check_staging(self, pipeline: Pipeline, name: str) -> None:
+        """Staging ends equal to production, each deleted document soft-deleted, each one
+        inserted live, and no document with two live copies."""
+        wait_for(lambda: pipeline.cli("verify", name, "--settle", "10").returncode == 0,
+                 TIMEOUT, "staging equal to production", pipeline, interval=1.0)
+        staging = pipeline.staging()
+        for production_id in self.deleted:
+            copy = staging.find_one({"_sync.pid": encode_id(production_id)})
+            assert copy is None or copy["deleted"] is True
+        # An inserted document may have been deleted again by the writer: it is in both lists.
+        for production_id in set(self.inserted) - set(self.deleted):
+            copy = staging.find_one({"_sync.pid": encode_id(production_id)})
+            assert copy is not None and copy["deleted"] is False
+        live = Counter(doc["_sync"]["pid"]
+                       for doc in staging.find({"deleted": False}, {"_sync": 1}))
+        assert max(live.values()) == 1
 
 
 def test_bookkeeping_is_indexed_expires_and_counts_without_scanning(

@@ -11,7 +11,12 @@ from bson import Binary, Decimal128, Int64, ObjectId, json_util
 from bson.json_util import CANONICAL_JSON_OPTIONS
 from hypothesis import given
 from hypothesis import strategies as st
-from stagesync.rules.identity import decode_id, encode_id, sorts_as_ids
+from stagesync.rules.identity import (
+    FIRST_OBJECT_ID,
+    LAST_OBJECT_ID,
+    decode_id,
+    encode_id,
+)
 
 IDS = st.one_of(
     st.builds(ObjectId, st.binary(min_size=12, max_size=12)),
@@ -70,24 +75,26 @@ def test_a_key_digest_is_the_digest_of_json_utils_spelling(values: list[Any]) ->
     assert key_digest(values) == expected
 
 
+
 OBJECT_IDS = st.builds(ObjectId, st.binary(min_size=12, max_size=12))
 
 
 @given(st.lists(OBJECT_IDS, min_size=1, max_size=30))
 def test_object_id_spellings_sort_as_the_object_ids(ids: list[ObjectId]) -> None:
-    """What a resync's range read of `_sync.pid` relies on (`sorts_as_ids`): every copy of a
-    run of ObjectIds lies between the spellings of its first and last."""
+    """What a resync's range reads of `_sync.pid` rely on: the copies of a run of ObjectIds
+    lie between the spellings of its first and last."""
     spelt = [encode_id(value) for value in sorted(ids)]
-    assert sorts_as_ids(spelt)
     assert sorted(spelt) == spelt
+    assert all(FIRST_OBJECT_ID <= pid <= LAST_OBJECT_ID for pid in spelt)
 
 
-@given(st.lists(IDS, min_size=1, max_size=10))
-def test_only_object_id_spellings_are_taken_for_ordered(ids: list[Any]) -> None:
-    spelt = [encode_id(value) for value in ids]
-    assert sorts_as_ids(spelt) == all(type(value) is ObjectId for value in ids)
+@given(IDS)
+def test_only_object_ids_are_spelt_between_the_first_and_the_last(value: Any) -> None:
+    spelt = encode_id(value)
+    assert (FIRST_OBJECT_ID <= spelt <= LAST_OBJECT_ID) == (type(value) is ObjectId)
 
 
-def test_int_spellings_do_not_sort_as_ints() -> None:
-    assert not sorts_as_ids([encode_id(1), encode_id(9), encode_id(10)])
-    assert sorted([encode_id(1), encode_id(9), encode_id(10)])[1] == encode_id(10)
+def test_the_bounds_are_object_id_spellings() -> None:
+    assert encode_id(ObjectId("0" * 24)) == FIRST_OBJECT_ID
+    assert encode_id(ObjectId("f" * 24)) == LAST_OBJECT_ID
+    assert encode_id(1) < encode_id(10) < encode_id(9)  # ints: no range of their spellings

@@ -23,7 +23,7 @@ from stagesync.rules.id_ranges import (
     whole_bracket,
 )
 from stagesync.rules.identity import encode_id
-from stagesync.tasks.full_resync.chunks import EmptinessProbe
+from stagesync.tasks.full_resync.chunks import ChunkRun, EmptinessProbe, SweptSpan
 from stagesync.tasks.resync import (
     CHUNKS_PER_SLOT,
     MAX_BATCHES_PER_CHUNK,
@@ -208,6 +208,52 @@ def test_probe_skips_reads_until_a_batch_has_copies_then_stops_asking() -> None:
     assert probe.known_empty(ids[:5])  # no copy among them
     assert not probe.known_empty(ids[4:8])  # ids[5] has a copy
     assert not probe.known_empty(ids[8:]) and target.queries == 2  # no more probes
+
+
+def in_span(pid: str, span: dict[str, str]) -> bool:
+    checks = {"$gt": pid.__gt__, "$gte": pid.__ge__, "$lt": pid.__lt__, "$lte": pid.__le__}
+    return all(checks[op](bound) for op, bound in span.items())
+
+
+OIDS = st.builds(ObjectId, st.binary(min_size=12, max_size=12))
+
+
+@given(st.lists(OIDS, min_size=1, max_size=40, unique=True), st.data())
+def test_the_swept_spans_of_a_copy_of_object_ids_tile_every_object_id(
+        production: list[ObjectId], data: st.DataObject) -> None:
+    """Cut production's ObjectIds into chunks (the planner's bounds: each starts where the
+    last ended, the last runs to the end of the bracket) and each chunk into batches; every
+    ObjectId, in production or not, then falls in exactly one batch's span (what lets the
+    resync skip its sweep phase)."""
+    production.sort()
+    cuts = sorted(data.draw(st.sets(st.integers(1, len(production) - 1), max_size=5))
+                  if len(production) > 1 else [])
+    bounds = [0, *cuts]
+    spans: list[dict[str, str]] = []
+    for number, start in enumerate(bounds):
+        end = bounds[number + 1] if number + 1 < len(bounds) else len(production)
+        chunk = {"index": number, "lo": encode_id(production[start]),
+                 "hi": encode_id(production[end]) if end < len(production) else None}
+        run = ChunkRun(None, "c", {"foldsSweep": True}, chunk, "me",  # type: ignore[arg-type]
+                       0.0, 0.0)
+        swept = SweptSpan.of(run)
+        assert swept is not None
+        ids = production[start:end]
+        size = data.draw(st.integers(1, 5))
+        batches = [ids[i:i + size] for i in range(0, len(ids), size)]
+        spans += [swept.through(encode_id(batch[-1])) for batch in batches[:-1]]
+        spans.append(swept.rest())  # the last batch runs to the chunk's end
+    others = data.draw(st.lists(OIDS, max_size=10))
+    probes = [ObjectId("0" * 24), ObjectId("f" * 24), *production, *others]
+    for value in probes:
+        assert sum(in_span(encode_id(value), span) for span in spans) == 1, value
+
+
+def test_a_chunk_of_another_id_type_leaves_its_sweep_to_the_sweep_phase() -> None:
+    for lo, folds in ((5, True), (ObjectId(), False)):
+        run = ChunkRun(None, "c", {"foldsSweep": folds}, {"index": 1, "lo": encode_id(lo)},  # type: ignore[arg-type]
+                       "me", 0.0, 0.0)
+        assert SweptSpan.of(run) is None
 
 
 @pytest.mark.parametrize("limit", [5, 8, 16, 17, 60, 240])
