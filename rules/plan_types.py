@@ -86,8 +86,9 @@ class StagingView:
     # insert under that `_id` failed): their copies get a new ObjectId.
     taken_ids: frozenset[str] = frozenset()
     # Copies that a read by a span of `_sync.pid` found beside the batch's (a resync's, see
-    # `TargetCollection.read_view`): pid -> copy. The plan leaves them; the resync sweeps them.
-    others: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    # `TargetCollection.read_view`): pid -> copy; None: too many to keep. The plan leaves
+    # them; the resync sweeps them.
+    others: Mapping[str, Mapping[str, Any]] | None = field(default_factory=dict)
 
     def new_id(self, pid: str, rules: CollectionRules) -> Any:
         """The `_id` of a new copy: production's where that is free, else a new ObjectId."""

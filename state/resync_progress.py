@@ -84,6 +84,7 @@ LO = "lo"
 HI = "hi"
 OWNER = "owner"  # the task holding it
 RESUME = "resume"  # the last `_id` (or parent pid, BY_PARENTS) done, encoded: where to go on
+UNSWEPT = "unswept"  # a copy chunk of FOLDS_SWEEP left part of its span to the sweep phase
 BEAT_AT = "beatAt"
 FINISHED = ("done", "failed")
 
@@ -221,14 +222,21 @@ def advance_plan(
     return moved.modified_count == 1
 
 
-def copied_object_ids_only(state_db: Database[Document], resync_id: str) -> bool:
+def leave_to_sweep(state_db: Database[Document], chunk_key: str) -> None:
+    """A copy chunk left part of its span of staging to the sweep phase
+    (`tasks.full_resync.chunks`)."""
+    resyncs(state_db).update_one({"_id": chunk_key}, {"$set": {UNSWEPT: True}})
+
+
+def copy_swept_all(state_db: Database[Document], resync_id: str) -> bool:
     """Whether the resync's copy had chunks, every one a range of ObjectIds (bounds are
-    kept encoded: `IdRange`)."""
+    kept encoded: `IdRange`) that swept its whole span."""
     query = {RESYNC: resync_id, PHASE: "copy"}
-    other = {"$or": [{LO: {"$lt": FIRST_OBJECT_ID}}, {LO: {"$gt": LAST_OBJECT_ID}}]}
+    unswept = {"$or": [{LO: {"$lt": FIRST_OBJECT_ID}}, {LO: {"$gt": LAST_OBJECT_ID}},
+                       {UNSWEPT: True}]}
     chunks = resyncs(state_db)
     return chunks.find_one(query, {"_id": 1}) is not None and \
-        chunks.find_one({**query, **other}, {"_id": 1}) is None
+        chunks.find_one({**query, **unswept}, {"_id": 1}) is None
 
 
 def in_flight(state_db: Database[Document], resync_id: str, phase: str) -> int:

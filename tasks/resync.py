@@ -71,7 +71,7 @@ from stagesync.state.resync_progress import (
     begin_phase,
     chunk_id,
     claim_chunk,
-    copied_object_ids_only,
+    copy_swept_all,
     ensure_resync_indexes,
     fail,
     finish,
@@ -349,10 +349,10 @@ def _open_sweep(runtime: Runtime, collection: str, record: dict[str, Any]) -> No
 
 def _copy_swept(runtime: Runtime, context: ApplyContext, record: dict[str, Any]) -> bool:
     """Whether the copy's chunks swept every copy the sweep could pick: every chunk was of
-    ObjectIds (their spans tile all ObjectIds' spellings), and staging holds no such copy
-    of another `_id` type."""
+    ObjectIds (their spans tile all ObjectIds' spellings) and swept its whole span, and
+    staging holds no such copy of another `_id` type."""
     return bool(record.get(FOLDS_SWEEP)) and \
-        copied_object_ids_only(runtime.state_db, record["_id"]) and \
+        copy_swept_all(runtime.state_db, record["_id"]) and \
         not stale_beyond_object_ids(context, int(record[V0]))
 
 

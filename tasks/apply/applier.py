@@ -238,7 +238,7 @@ def _one_round(context: ApplyContext, state: ApplyRound, options: ApplyOptions,
             pid_span=options.pid_span if first else None,
         )
         if first:
-            state.result.others = dict(view.others)
+            state.result.others = None if view.others is None else dict(view.others)
     state.marks = _marks_of(view)
     state.own = {pid: copy["_id"] for pid in state.pending
                  if (copy := view.by_pid.get(pid)) is not None}

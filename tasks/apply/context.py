@@ -196,8 +196,9 @@ class ApplyResult:
     # Pids whose copy became live (created, adopted, revived) or stopped being live.
     entered: set[str] = field(default_factory=set)
     left: set[str] = field(default_factory=set)
-    # Copies the first read found beside the batch's (`ApplyOptions.pid_span`): pid -> copy.
-    others: dict[str, Mapping[str, Any]] = field(default_factory=dict)
+    # Copies the first read found beside the batch's (`ApplyOptions.pid_span`): pid -> copy;
+    # None: too many to keep (`TargetCollection.read_view`).
+    others: dict[str, Mapping[str, Any]] | None = field(default_factory=dict)
 
     def add_confirmation(self, confirmed: ApplyResult) -> None:
         """Count what confirming the entered copies wrote (those it removed, mostly none)."""

@@ -91,10 +91,12 @@ class TargetCollection:
         are then read with one range query, an index range scan, where a list costs one `$in`
         per `in_list_max` pids (on the test server 102 lists of 200 took 6.0 s of a 20,000-
         document resync's 18). The copies in the span that are not of these pids are the
-        view's `others`: their production documents were not in the batch.
+        view's `others`: their production documents were not in the batch. More of them than
+        of the batch's (production deleted most of the span) are not kept (`others` None), so
+        that memory stays a batch's.
         """
         projection = None if whole is True else self._projection
-        others: dict[str, Document] = {}
+        others: dict[str, Document] | None = {}
         if pid_span is None:
             by_pid = {doc[SYNC]["pid"]: doc for doc in self._find_in(PID_FIELD, pids, projection)}
         else:
@@ -105,8 +107,10 @@ class TargetCollection:
                 pid = doc[SYNC]["pid"]
                 if pid in batch:
                     by_pid[pid] = doc
-                else:
+                elif others is not None:
                     others[pid] = doc
+                    if len(others) > len(batch):
+                        others = None
         if whole and whole is not True:
             for doc in self._find_in("_id", [decode_id(i) for i in whole], None):
                 pid = read_meta(doc).pid

@@ -32,10 +32,13 @@ its last `_id` (the chunk's first batch from its lower bound, or from the first 
 spelling for the resync's first chunk; its last to its upper bound, or to the last ObjectId's
 spelling). The copies found in that span beside the batch's have no production document in
 the range just read (gone, outside the filter or the sample): those that no apply has written
-since the resync began are applied as sweeps, there and then. The spans of the chunks tile
-every ObjectId's spelling, so when every chunk was of ObjectIds and staging holds no such copy
-of another `_id` type, the resync needs no sweep phase (`stale_beyond_object_ids`): no second
-read of staging, and no look-up of every copy's `_id` in production.
+since the resync began are applied as sweeps, there and then. Where that would hold more than
+a batch in memory (more of them than of the batch's, or more than a page in a stretch no view
+read), or staging refused the batch, the chunk leaves its span to the sweep phase, which
+pages (`leave_to_sweep`). The spans of the chunks tile every ObjectId's spelling, so when
+every chunk was of ObjectIds and swept its span, and staging holds no such copy of another
+`_id` type, the resync needs no sweep phase (`stale_beyond_object_ids`): no second read of
+staging, and no look-up of every copy's `_id` in production.
 
 Sweep: reads the chunk's staging range in `_id` order with one cursor per task turn (so never
 for longer than the turn's time budget), a page at a time, picks the synced, live documents
@@ -50,7 +53,6 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Iterable, Mapping
-from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, Literal
@@ -90,6 +92,7 @@ from stagesync.state.resync_progress import (
     V0,
     add_progress,
     checkpoint,
+    leave_to_sweep,
     shrink_batch,
 )
 from stagesync.state.versions import take_version
@@ -137,6 +140,9 @@ class ChunkRun:
 
     def over_budget(self) -> bool:
         return time.monotonic() > self.deadline
+
+    def leave_to_sweep(self) -> None:
+        leave_to_sweep(self.runtime.state_db, self.chunk["_id"])
 
     def record_batch(self, resume: str | None, docs: int, counts: Mapping[str, int],
                      copied: int = 0) -> bool:
@@ -309,7 +315,7 @@ def copy_batch(run: ChunkRun, version: int, batch: dict[str, Document | None],
     context = run.context
     context.record_unclassified()
     if not batch:  # nothing of this stretch is in the sample: sweep, move the checkpoint on
-        return run.record_batch(resume, 0, sweep_span(run, span, ()) if span else {})
+        return run.record_batch(resume, 0, sweep_span(run, span) if span else {})
     run.runtime.rate_limiter.acquire(run.context.name, len(batch))
     known_empty = probe.known_empty(list(batch), span)
     ops = dict.fromkeys(batch, "resync")
@@ -326,10 +332,10 @@ def copy_batch(run: ChunkRun, version: int, batch: dict[str, Document | None],
     except WriteErrors as refused:
         # A copy has no retry budget of its own: record what staging refused, go on.
         result = dead_letter_refused(run.runtime, run.collection, refused, "resync")
-        others = None  # the span is read again below
+        others = None
     outcomes = Counter(result.outcomes)
-    if span is not None and others is None:
-        outcomes.update(sweep_span(run, span, batch))
+    if span is not None and others is None:  # refused, or more copies beside it than in it
+        run.leave_to_sweep()
     elif others:
         outcomes.update(_apply_gone(run, unwritten_since_start(run, others.values())))
     if not run.record_batch(resume, len(batch), outcomes, copied=len(batch)):
@@ -395,15 +401,18 @@ def unwritten_since_start(run: ChunkRun, copies: Iterable[Mapping[str, Any]]) ->
             and meta.deleted_at is None and meta.version is not None and meta.version < v0]
 
 
-def sweep_span(run: ChunkRun, span: Mapping[str, str], batch: AbstractSet[str]
-               ) -> Counter[str]:
-    """Sweep the copies of a span of `_sync.pid` that are not of `batch`, where no view read
-    them: a stretch with nothing in the sample, or a batch that staging refused."""
+def sweep_span(run: ChunkRun, span: Mapping[str, str]) -> Counter[str]:
+    """Sweep the copies of a span of `_sync.pid` that no view read (a stretch with nothing in
+    the sample, a chunk's end after its last full batch), or, past a page of them, leave them
+    to the sweep phase, which pages."""
     query = {PID_FIELD: dict(span), DELETED_AT_FIELD: {"$exists": False},
              VERSION_FIELD: {"$lt": int(run.record[V0])}}
-    found = run.context.target.collection.find(query, {SYNC: 1}, collation=SIMPLE)
-    return _apply_gone(run, [pid for pid in unwritten_since_start(run, found)
-                             if pid not in batch])
+    found = list(run.context.target.collection.find(query, {SYNC: 1}, collation=SIMPLE,
+                                                    limit=SWEEP_PAGE + 1))
+    if len(found) > SWEEP_PAGE:
+        run.leave_to_sweep()
+        return Counter()
+    return _apply_gone(run, unwritten_since_start(run, found))
 
 
 def stale_beyond_object_ids(context: ApplyContext, v0: int) -> bool:

@@ -143,9 +143,8 @@ def test_a_resync_killed_halfway_finishes_after_a_restart_without_redoing_finish
     assert verify.returncode == 0, verify.stdout
 
 
-def test_a_bootstrap_resync_with_a_live_stream_on_the_same_documents_ends_equal(
-    pipeline_factory: Any,
-) -> None:
+def streaming_pipeline(pipeline_factory: Any) -> tuple[Pipeline, LiveWriter]:
+    """1,500 orders, a worker and a watcher, and the writer to start during a resync."""
     # The resync is slow here (SecantusDB, 2 cores shared with the stream's applies): the
     # watcher must not take a pause for a stall and start another one.
     pipeline: Pipeline = pipeline_factory([collection_config("orders", resync_chunk_size=100)],
@@ -153,9 +152,16 @@ def test_a_bootstrap_resync_with_a_live_stream_on_the_same_documents_ends_equal(
     prod = pipeline.prod()
     ids = prod.insert_many([order(i) for i in range(1500)]).inserted_ids
     pipeline.start_worker()
-    pipeline.start_watcher()  # no checkpoint: opens the stream, then resyncs into empty staging
+    pipeline.start_watcher()
+    return pipeline, LiveWriter(prod, ids)
+
+
+def test_a_bootstrap_resync_with_a_live_stream_on_the_same_documents_ends_equal(
+    pipeline_factory: Any,
+) -> None:
+    # No checkpoint: the watcher opens the stream, then resyncs into the empty staging.
+    pipeline, writes = streaming_pipeline(pipeline_factory)
     name = pipeline.collections[0]["name"]
-    writes = LiveWriter(prod, ids)
     state = pipeline.state()
     # Writes start once the resync has looked at staging (empty: its copies skip the staging
     # read and race the stream's inserts) and run until it is done.
@@ -178,16 +184,11 @@ def test_a_resync_into_a_synced_staging_with_a_live_stream_ends_equal(
     pipeline_factory: Any,
 ) -> None:
     """The copy sweeps its spans while the stream deletes, inserts and updates."""
-    pipeline: Pipeline = pipeline_factory([collection_config("orders", resync_chunk_size=100)],
-                                          status={"stalled_after_seconds": 120})
-    prod = pipeline.prod()
-    ids = prod.insert_many([order(i) for i in range(1500)]).inserted_ids
-    pipeline.start_worker()
-    pipeline.start_watcher()
+    pipeline, writes = streaming_pipeline(pipeline_factory)
     name = pipeline.collections[0]["name"]
     wait_for(lambda: pipeline.cli("verify", name, "--settle", "5").returncode == 0, TIMEOUT,
              "the bootstrap", pipeline, interval=1.0)
-    with LiveWriter(prod, ids) as writes:
+    with writes:
         done = pipeline.cli("resync", name, "--wait", "--timeout", str(TIMEOUT))
         during = sum(writes.counts.values())
     assert done.returncode == 0, done.stdout + done.stderr + pipeline.logs()
@@ -227,6 +228,32 @@ def test_a_resync_of_object_ids_sweeps_staging_as_it_copies(pipeline_factory: An
     assert staging.count_documents({"deleted": False}) == len(ids) - len(gone)
     verify = pipeline.cli("verify", name, "--settle", "0")
     assert verify.returncode == 0, verify.stdout
+
+
+def test_a_span_mostly_gone_from_production_is_left_to_the_sweep_phase(
+    pipeline_factory: Any,
+) -> None:
+    """More stale copies beside a batch than in it are not held in memory: the chunk leaves
+    its span to the sweep phase, which pages, and they are soft-deleted all the same."""
+    pipeline: Pipeline = pipeline_factory([collection_config("orders", resync_chunk_size=10)])
+    prod = pipeline.prod()
+    ids = prod.insert_many([order(i) for i in range(95)]).inserted_ids
+    pipeline.start_worker()
+    name = pipeline.collections[0]["name"]
+    first = pipeline.cli("resync", name, "--wait", "--timeout", str(TIMEOUT))
+    assert first.returncode == 0, first.stdout + first.stderr + pipeline.logs()
+    gone = ids[20:60]  # one batch's span holds them all
+    prod.delete_many({"_id": {"$in": gone}})
+
+    again = pipeline.cli("resync", name, "--wait", "--timeout", str(TIMEOUT))
+    assert again.returncode == 0, again.stdout + again.stderr + pipeline.logs()
+    record = resync_record(pipeline, again.stdout)
+    assert record["summary"]["soft_deleted"] == len(gone), record["summary"]
+    resyncs = pipeline.state()["resyncs"]
+    assert resyncs.count_documents({"resync": record["_id"], "phase": "copy",
+                                    "unswept": True}) >= 1
+    assert resyncs.count_documents({"resync": record["_id"], "phase": "sweep"}) >= 1
+    assert pipeline.staging().count_documents({"deleted": False}) == len(ids) - len(gone)
 
 
 def test_a_stale_copy_of_another_id_type_gets_the_sweep_phase(pipeline_factory: Any) -> None:
