@@ -109,6 +109,7 @@ from stagesync.tasks.full_resync.chunks import (
     stale_beyond_object_ids,
     sweep_chunk,
 )
+from stagesync.tasks.full_resync.collector import collector_paused
 from stagesync.tasks.full_resync.walk import (
     WHOLE_COLLECTION,
     IdIndex,
@@ -472,10 +473,11 @@ class ChunkWorker:
         chunk[STATE], chunk[OWNER] = "running", self.owner
         run = ChunkRun(self.runtime, self.collection, record, chunk, self.owner, self.deadline,
                        self.budget)
-        if self.phase == "sweep":
-            outcome = sweep_chunk(run)
-        else:
-            outcome = copy_by_parents(run) if record.get(BY_PARENTS) else copy_chunk(run)
+        with collector_paused():
+            if self.phase == "sweep":
+                outcome = sweep_chunk(run)
+            else:
+                outcome = copy_by_parents(run) if record.get(BY_PARENTS) else copy_chunk(run)
         if outcome == "exhausted" and finish_chunk(self.runtime.state_db, chunk, self.owner):
             add_progress(self.runtime.state_db, self.resync_id, 0, {}, chunks_done=1)
         return outcome
