@@ -314,7 +314,8 @@ def copy_batch(run: ChunkRun, version: int, batch: dict[str, Document | None],
     (`SweptSpan`) that are not of it, then checkpoint at `resume`."""
     context = run.context
     context.record_unclassified()
-    if not batch:  # nothing of this stretch is in the sample: sweep, move the checkpoint on
+    if not batch:  # nothing left to copy (none of it sampled, or the chunk's end after its
+        # last full batch): sweep the span, move the checkpoint on
         return run.record_batch(resume, 0, sweep_span(run, span) if span else {})
     run.runtime.rate_limiter.acquire(run.context.name, len(batch))
     known_empty = probe.known_empty(list(batch), span)
