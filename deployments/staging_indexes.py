@@ -18,6 +18,14 @@ dropped and rebuilt (below).
 - `stagesync_deleted_at`, for purges of old soft-deleted documents;
 - `stagesync_tombstone_ttl`, letting MongoDB drop tombstones once they have served.
 
+A resync into an empty target loads like a bulk loader (`tasks.full_resync.indexes_after`):
+the indexes in `DEFERRED` are dropped while it copies and built over the loaded documents
+after, which costs the server far less than maintaining them on every insert. `stagesync_pid`
+stays: every lookup by production `_id` (the stream's applies, other collections' references)
+needs it, and its uniqueness keeps one copy per production document while the copy races the
+stream. A worker that starts meanwhile leaves the deferred ones to the load
+(`ensure_indexes(..., loading=...)`).
+
 All use the simple collation, stated explicitly: a staging collection restored with a
 case-insensitive default collation would otherwise give them that collation, and ids or keys
 that differ only in case would collide.
@@ -37,7 +45,7 @@ meanwhile (68, 85, 86, 276, 27) makes the others read the indexes again and re-d
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Container, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,6 +71,8 @@ SIMPLE_COLLATION = {"locale": "simple"}
 # IndexBuildAborted.
 RACE_CODES = frozenset({27, 68, 85, 86, 276})
 ATTEMPTS = 4
+# Built after a bulk load rather than maintained by its inserts (module doc).
+DEFERRED = frozenset({KEY_INDEX, BUSINESS_KEY_INDEX, TOMBSTONE_TTL_INDEX})
 
 
 class IndexConflictError(RuntimeError):
@@ -85,12 +95,46 @@ def target_indexes(collection: CollectionSettings) -> list[IndexModel]:
     ]
 
 
-def ensure_indexes(client: MongoClient[dict[str, Any]], settings: Settings) -> None:
-    """The target collections' indexes. The state database's are its stores' business
-    (`state.database.ensure_state_indexes`): this room sits below them."""
+def deferred_indexes(collection: CollectionSettings) -> list[IndexModel]:
+    """The indexes a bulk load builds after its inserts (module doc)."""
+    return [model for model in target_indexes(collection) if model.document["name"] in DEFERRED]
+
+
+def ensure_indexes(client: MongoClient[dict[str, Any]], settings: Settings,
+                   loading: Container[str] = ()) -> None:
+    """The target collections' indexes; those `DEFERRED` are left out on the collections
+    named in `loading` (a bulk load builds them when it is done). The state database's are
+    its stores' business (`state.database.ensure_state_indexes`): this room sits below them."""
     for collection in settings.collections:
         target = client[collection.target_db][collection.target_collection]
-        ensure(target, target_indexes(collection))
+        ensure(target, [model for model in target_indexes(collection)
+                        if collection.name not in loading
+                        or model.document["name"] not in DEFERRED])
+
+
+def drop_deferred(collection: Collection[dict[str, Any]]) -> list[str]:
+    """Drop stagesync's own `DEFERRED` indexes from a collection about to be bulk loaded; the
+    names dropped. An index of the user's that serves instead is left (it only slows the
+    load); one that another set-up dropped first is no error."""
+    present = {str(index.get("name")) for index in collection.list_indexes()}
+    dropped = []
+    for name in sorted(DEFERRED & present):
+        try:
+            collection.drop_index(name)
+        except OperationFailure as error:
+            if error.code not in RACE_CODES:
+                raise
+            continue
+        dropped.append(name)
+    return dropped
+
+
+def missing_deferred(collection: Collection[dict[str, Any]],
+                     settings: CollectionSettings) -> bool:
+    """Whether a `DEFERRED` index is not served on this collection (a load that did not end)."""
+    existing = list(collection.list_indexes())
+    return any(plan_index(model.document, existing).reuse is None
+               for model in deferred_indexes(settings))
 
 
 # -- deciding, without I/O ------------------------------------------------------------------

@@ -19,7 +19,7 @@ from __future__ import annotations
 import re
 import uuid
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -68,6 +68,9 @@ BY_PARENTS = "byParents"
 # The copy's chunks of ObjectIds sweep their own spans of staging (`tasks.full_resync.chunks`):
 # set where the resync starts with copies to sweep, by planners that know how.
 FOLDS_SWEEP = "foldsSweep"
+# The target was empty: the copy loads it with the `DEFERRED` indexes dropped and builds them
+# once the copy is done (`tasks.full_resync.indexes_after`).
+INDEXES_AFTER = "indexesAfter"
 # Whether production held an embedded document at the followed path, asked while the parent's
 # copy still ran (`tasks.resync`: a follower's set-up waits for it, its probe need not).
 FOLLOW_EMBEDDED = "followEmbedded"
@@ -146,6 +149,14 @@ def resync_records(state_db: Database[Document], collection: str) -> list[Docume
         {"_id": {"$regex": resync_ids_of(collection)}, KIND: "resync",
          COLLECTION_FIELD: collection},
         {STATE: 1, STARTED_AT: 1, DOCS: 1, TOTAL: 1}))
+
+
+def loading(state_db: Database[Document], collections: Iterable[str]) -> set[str]:
+    """The collections whose resync is loading them with their deferred indexes dropped
+    (`INDEXES_AFTER`, still copying): a worker starting now leaves those indexes to it."""
+    return {name for name in collections if resyncs(state_db).find_one(
+        {"_id": {"$regex": resync_ids_of(name)}, KIND: "resync", COLLECTION_FIELD: name,
+         STATE: "applying", INDEXES_AFTER: True}, {"_id": 1}) is not None}
 
 
 def load(state_db: Database[Document], resync_id: str) -> Document | None:

@@ -22,8 +22,9 @@ Production's indexes are mirrored when the resync is set up, or, into a target t
 once the copy is done, as a bulk loader builds its secondary indexes after the load: building
 an index over the documents in place costs less than maintaining it on every insert, and the
 mirrored indexes are never unique (`rules.index_translation`), so no write of the copy or of
-the stream depends on them. stagesync's own indexes (`_sync.pid`, `_sync.key`, the business
-key) exist before any write.
+the stream depends on them. Into an empty target stagesync's own business-key and TTL indexes
+are built after the copy too, before the resync moves on (`full_resync.indexes_after`, which
+says how the unique business key is made good meanwhile); `_sync.pid` exists before any write.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from celery import Task
 from celery.exceptions import Reject, SoftTimeLimitExceeded
 from pymongo.errors import NetworkTimeout
 from stagesync.deployments.failures import describe_error, is_transient
+from stagesync.deployments.staging_indexes import missing_deferred
 from stagesync.protocol.names import RESYNC, RESYNC_CHUNK, RESYNC_SWEEP
 from stagesync.protocol.routing import queues_of
 from stagesync.rules.id_ranges import type_bracket
@@ -54,6 +56,7 @@ from stagesync.state.resync_progress import (
     FOLLOW_EMBEDDED,
     HI,
     INDEX,
+    INDEXES_AFTER,
     INFLIGHT,
     NEXT,
     OWNER,
@@ -110,6 +113,7 @@ from stagesync.tasks.full_resync.chunks import (
     sweep_chunk,
 )
 from stagesync.tasks.full_resync.collector import collector_paused
+from stagesync.tasks.full_resync.indexes_after import complete_indexes, defer_indexes
 from stagesync.tasks.full_resync.walk import (
     WHOLE_COLLECTION,
     IdIndex,
@@ -237,11 +241,18 @@ def _set_up(runtime: Runtime, collection: str, resync_id: str, record: dict[str,
                           sampled_share(context))
         plan = phase_plan(span, first_id(production), encode_id)
     by_parents = plan[SPAN] == WHOLE_COLLECTION
+    if not empty and missing_deferred(target, settings):
+        # An earlier resync's load that never built them (it failed): before this one
+        # compares anything, so that every apply of this one has them.
+        add_progress(runtime.state_db, resync_id, 0, complete_indexes(runtime, collection))
     begin_phase(runtime.state_db, resync_id, "planning", "copy", plan, {
         V0: started_at_version, EMPTY_START: empty, UNSYNCED_START: unsynced,
         INFLIGHT: inflight, BATCH: settings.resync_chunk_size, TOTAL: estimate,
         BY_PARENTS: by_parents, FOLDS_SWEEP: not empty and not by_parents,
+        INDEXES_AFTER: empty,
     })
+    if empty:  # recorded first: a worker that starts from here on leaves them to us
+        defer_indexes(runtime, collection)
     log.info("resync started", extra={"collection": collection, "resync": resync_id,
                                       "estimate": estimate, "chunk_docs": plan[SPAN],
                                       "inflight": inflight, "empty_staging": empty,
@@ -340,6 +351,8 @@ def _open_sweep(runtime: Runtime, collection: str, record: dict[str, Any]) -> No
     else:
         span = sweep_span(target.estimated_count(), int(record.get(INFLIGHT) or 1))
         first = first_id(target)
+    if record.get(INDEXES_AFTER):
+        add_progress(runtime.state_db, record["_id"], 0, complete_indexes(runtime, collection))
     plan = phase_plan(span, first, encode_id)
     if begin_phase(runtime.state_db, record["_id"], "applying", "sweep", plan):
         log.info("resync sweeping", extra={"collection": collection, "resync": record["_id"],

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from bson import Binary, Decimal128, Int64, MaxKey, MinKey, ObjectId, Timestamp
+from stagesync.deployments.staging_indexes import DEFERRED
 from stagesync.rules.id_ranges import IdRange
 from stagesync.rules.identity import encode_id
 
@@ -176,6 +177,10 @@ def test_a_bootstrap_resync_with_a_live_stream_on_the_same_documents_ends_equal(
         during = sum(writes.counts.values())
     resync = state["resyncs"].find_one({"_id": pending})
     assert resync["state"] == "done" and resync["emptyStart"] is True
+    # The copy loaded before it built the business-key and TTL indexes, the stream applying
+    # meanwhile; they exist once it is done.
+    assert resync["indexesAfter"] is True
+    assert {index["name"] for index in pipeline.staging().list_indexes()} >= DEFERRED
     assert during > 30, writes.counts  # the stream wrote while the resync copied
     writes.check_staging(pipeline, name)
 

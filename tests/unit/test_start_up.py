@@ -57,13 +57,15 @@ def test_the_guard_runs_first_with_the_state_databases_marker_then_the_indexes(
     done: list[Any] = []
     monkeypatch.setattr(start_up, "assert_distinct_deployments",
                         lambda _p, _s, _c, markers: done.append(markers))
-    monkeypatch.setattr(start_up, "ensure_indexes", lambda *_: done.append("targets"))
+    monkeypatch.setattr(start_up, "loading", lambda _db, names: set(names))
+    monkeypatch.setattr(start_up, "ensure_indexes",
+                        lambda _c, _s, loading: done.append(("targets", loading)))
     monkeypatch.setattr(start_up, "ensure_state_indexes", lambda db: done.append(db.name))
     start_up.prepare_staging(object(), Client(), settings())  # type: ignore[arg-type]
     markers, *rest = done
     assert isinstance(markers, GuardMarkers)
     assert (markers.database, markers.collection) == ("ours", "guard")
-    assert rest == ["targets", "ours"]
+    assert rest == [("targets", {"orders"}), "ours"]
 
 
 def test_a_refusal_creates_no_index(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -71,7 +73,8 @@ def test_a_refusal_creates_no_index(monkeypatch: pytest.MonkeyPatch) -> None:
         raise SameDeploymentError("refusing to run")
 
     monkeypatch.setattr(start_up, "assert_distinct_deployments", refuse)
-    monkeypatch.setattr(start_up, "ensure_indexes", lambda *_: pytest.fail("indexes created"))
+    monkeypatch.setattr(start_up, "ensure_indexes",
+                        lambda *_, **__: pytest.fail("indexes created"))
     monkeypatch.setattr(start_up, "ensure_state_indexes",
                         lambda *_: pytest.fail("state indexes created"))
     with pytest.raises(SameDeploymentError):
