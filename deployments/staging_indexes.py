@@ -72,7 +72,7 @@ SIMPLE_COLLATION = {"locale": "simple"}
 RACE_CODES = frozenset({27, 68, 85, 86, 276})
 ATTEMPTS = 4
 # Built after a bulk load rather than maintained by its inserts (module doc).
-DEFERRED = frozenset({KEY_INDEX, BUSINESS_KEY_INDEX, TOMBSTONE_TTL_INDEX})
+DEFERRED = frozenset({KEY_INDEX, BUSINESS_KEY_INDEX, DELETED_AT_INDEX, TOMBSTONE_TTL_INDEX})
 
 
 class IndexConflictError(RuntimeError):

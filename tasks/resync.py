@@ -22,8 +22,8 @@ Production's indexes are mirrored when the resync is set up, or, into a target t
 once the copy is done, as a bulk loader builds its secondary indexes after the load: building
 an index over the documents in place costs less than maintaining it on every insert, and the
 mirrored indexes are never unique (`rules.index_translation`), so no write of the copy or of
-the stream depends on them. Into an empty target stagesync's own business-key and TTL indexes
-are built after the copy too, before the resync moves on (`full_resync.indexes_after`, which
+the stream depends on them. Into an empty target stagesync's own indexes but `_sync.pid` are
+built after the copy too, before the resync moves on (`full_resync.indexes_after`, which
 says how the unique business key is made good meanwhile); `_sync.pid` exists before any write.
 """
 
