@@ -4,11 +4,10 @@ Both walk their range in `_id` order and record a checkpoint (the last `_id` don
 batch, so a chunk killed halfway, or stopped at its time budget, resumes where it was.
 
 Copy: one version is taken immediately before the range is read, then the range is read with
-one cursor, in batches of `resync_chunk_size` (a batch ahead, by a thread: `read_ahead`), each
-masked and applied through the usual merge path with that version. Every batch was read after
-its version was taken (later batches even later), which is all "Versions order reads" needs
-(DESIGN): a production write after the read produces a change whose apply takes a larger
-version and reads again.
+one cursor, in batches of `resync_chunk_size`, each masked and applied through the usual merge
+path with that version. Every batch was read after its version was taken (later batches even
+later), which is all "Versions order reads" needs (DESIGN): a production write after the read
+produces a change whose apply takes a larger version and reads again.
 
 A small sample (`subset: {percent}` of at most SAMPLE_BY_ID_PERCENT, an environment's
 `--sample`) is not read whole: the range is walked on the `_id` index alone (a covered query
@@ -99,7 +98,6 @@ from stagesync.state.resync_progress import (
 from stagesync.state.versions import take_version
 from stagesync.tasks.apply.applier import ApplyOptions, apply_changes, apply_documents
 from stagesync.tasks.apply.context import ApplyContext, ApplyResult, WriteErrors
-from stagesync.tasks.full_resync.read_ahead import ReadAhead
 from stagesync.tasks.runtime import Runtime
 
 BY_ID = [("_id", 1)]
@@ -242,12 +240,11 @@ def copy_chunk(run: ChunkRun) -> Outcome:
     swept = SweptSpan.of(run)
     cursor = context.production.find(query, {"_id": 1} if ids_only else None, sort=BY_ID,
                                      batch_size=batch_size, hint=BY_ID)
-    documents = ReadAhead(cursor, batch_size)
     try:
         batch: dict[str, Document | None] = {}
         last: Any = None
         read_any = False  # `last` cannot tell: an `_id` can be null
-        for document in documents:
+        for document in cursor:
             read_any = True
             last = document["_id"]
             pid = encode_id(last)
@@ -277,7 +274,9 @@ def copy_chunk(run: ChunkRun) -> Outcome:
             return "lost"
         return "exhausted"
     finally:
-        documents.close()
+        close = getattr(cursor, "close", None)
+        if close is not None:
+            close()
 
 
 def samples_by_id(context: ApplyContext) -> bool:
