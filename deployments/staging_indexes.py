@@ -19,11 +19,8 @@ dropped and rebuilt (below).
 - `stagesync_tombstone_ttl`, letting MongoDB drop tombstones once they have served.
 
 A resync into an empty target loads like a bulk loader (`tasks.full_resync.indexes_after`):
-the indexes in `DEFERRED` are dropped while it copies and built over the loaded documents
-after, which costs the server far less than maintaining them on every insert. `stagesync_pid`
-stays: every lookup by production `_id` (the stream's applies, other collections' references)
-needs it, and its uniqueness keeps one copy per production document while the copy races the
-stream. A worker that starts meanwhile leaves the deferred ones to the load
+the indexes in `DEFERRED`, which no apply looks anything up by, are dropped while it copies and
+built over the loaded documents after. A worker that starts meanwhile leaves them to the load
 (`ensure_indexes(..., loading=...)`).
 
 All use the simple collation, stated explicitly: a staging collection restored with a
@@ -72,7 +69,7 @@ SIMPLE_COLLATION = {"locale": "simple"}
 RACE_CODES = frozenset({27, 68, 85, 86, 276})
 ATTEMPTS = 4
 # Built after a bulk load rather than maintained by its inserts (module doc).
-DEFERRED = frozenset({KEY_INDEX, BUSINESS_KEY_INDEX, DELETED_AT_INDEX, TOMBSTONE_TTL_INDEX})
+DEFERRED = frozenset({DELETED_AT_INDEX, TOMBSTONE_TTL_INDEX})
 
 
 class IndexConflictError(RuntimeError):

@@ -22,9 +22,9 @@ Production's indexes are mirrored when the resync is set up, or, into a target t
 once the copy is done, as a bulk loader builds its secondary indexes after the load: building
 an index over the documents in place costs less than maintaining it on every insert, and the
 mirrored indexes are never unique (`rules.index_translation`), so no write of the copy or of
-the stream depends on them. Into an empty target stagesync's own indexes but `_sync.pid` are
-built after the copy too, before the resync moves on (`full_resync.indexes_after`, which
-says how the unique business key is made good meanwhile); `_sync.pid` exists before any write.
+the stream depends on them. Into an empty target stagesync's own indexes that no lookup uses
+(the purge's and the tombstones' TTL) are built after the copy too, before the resync moves on
+(`full_resync.indexes_after`); those the applies look copies up by exist before any write.
 """
 
 from __future__ import annotations
@@ -242,9 +242,8 @@ def _set_up(runtime: Runtime, collection: str, resync_id: str, record: dict[str,
         plan = phase_plan(span, first_id(production), encode_id)
     by_parents = plan[SPAN] == WHOLE_COLLECTION
     if not empty and missing_deferred(target, settings):
-        # An earlier resync's load that never built them (it failed): before this one
-        # compares anything, so that every apply of this one has them.
-        add_progress(runtime.state_db, resync_id, 0, complete_indexes(runtime, collection))
+        # An earlier resync's load that never built them (it failed).
+        complete_indexes(runtime, collection)
     begin_phase(runtime.state_db, resync_id, "planning", "copy", plan, {
         V0: started_at_version, EMPTY_START: empty, UNSYNCED_START: unsynced,
         INFLIGHT: inflight, BATCH: settings.resync_chunk_size, TOTAL: estimate,
@@ -352,7 +351,7 @@ def _open_sweep(runtime: Runtime, collection: str, record: dict[str, Any]) -> No
         span = sweep_span(target.estimated_count(), int(record.get(INFLIGHT) or 1))
         first = first_id(target)
     if record.get(INDEXES_AFTER):
-        add_progress(runtime.state_db, record["_id"], 0, complete_indexes(runtime, collection))
+        complete_indexes(runtime, collection)
     plan = phase_plan(span, first, encode_id)
     if begin_phase(runtime.state_db, record["_id"], "applying", "sweep", plan):
         log.info("resync sweeping", extra={"collection": collection, "resync": record["_id"],

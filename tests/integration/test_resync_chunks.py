@@ -177,7 +177,7 @@ def test_a_bootstrap_resync_with_a_live_stream_on_the_same_documents_ends_equal(
         during = sum(writes.counts.values())
     resync = state["resyncs"].find_one({"_id": pending})
     assert resync["state"] == "done" and resync["emptyStart"] is True
-    # The copy loaded before it built the business-key and TTL indexes, the stream applying
+    # The copy loaded before it built the purge and TTL indexes, the stream applying
     # meanwhile; they exist once it is done.
     assert resync["indexesAfter"] is True
     assert {index["name"] for index in pipeline.staging().list_indexes()} >= DEFERRED

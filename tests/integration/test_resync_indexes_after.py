@@ -1,8 +1,8 @@
-"""A resync into an empty staging loads before it builds the business-key and TTL indexes
-(`tasks.full_resync.indexes_after`): the indexes exist when it is done, business keys that
-the missing unique index let in twice end as the normal path ends them (one copy, the others
-dead-lettered `key_conflict`), a worker starting during the load leaves those indexes to it,
-and a load that never built them is completed by the next resync. Real workers and servers."""
+"""A resync into an empty staging loads before it builds the purge and TTL indexes
+(`tasks.full_resync.indexes_after`): they exist when it is done, the business keys that
+production gives two documents end as they always do (one copy, the others dead-lettered
+`key_conflict`), a worker starting during the load leaves those indexes to it, and a load that
+never built them is completed by the next resync. Real workers and servers."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from tests.support.pipeline import Pipeline, collection_config
 
 TIMEOUT = 120
 # Positions in `_id` order that share one business key: far enough apart to fall in
-# different batches of 20, so that no batch's own plan sees two of them.
+# different batches of 20, so that the unique `_sync.key`, not a batch's own plan, decides.
 SHARED = {5: "twice@corp.test", 150: "twice@corp.test",
           10: "thrice@corp.test", 90: "thrice@corp.test", 170: "thrice@corp.test"}
 
@@ -48,7 +48,7 @@ def resync(pipeline: Pipeline) -> dict[str, Any]:
     return record
 
 
-def test_a_load_into_an_empty_staging_builds_its_indexes_and_settles_shared_keys(
+def test_a_load_into_an_empty_staging_builds_its_indexes_and_keeps_keys_unique(
     pipeline_factory: Any,
 ) -> None:
     pipeline: Pipeline = pipeline_factory([collection_config("orders",
@@ -64,7 +64,7 @@ def test_a_load_into_an_empty_staging_builds_its_indexes_and_settles_shared_keys
     name = pipeline.collections[0]["name"]
     dead = {entry["pid"]: entry["reason"]
             for entry in pipeline.state()["dead_letters"].find({"collection": name})}
-    # The copies that gave way went through the normal path, which found the key held.
+    # The copies whose key was held went through the normal path: key conflicts.
     assert dead == dict.fromkeys([encode_id(i) for i in SHARED
                                   if staging.find_one({"_sync.pid": encode_id(i)}) is None],
                                  "key_conflict")

@@ -44,8 +44,8 @@ def test_restored_staging_with_the_business_key_index_under_its_usual_name_syncs
         assert "not reachable" not in proc.log(400), proc.log(400)
     wait_for(lambda: " ready." in worker.log(400), 30, "worker ready", pipeline)
     assert '"level": "ERROR"' not in worker.log(400), worker.log(400)
-    # The bootstrap resync found staging empty: it builds its business-key, purge and TTL
-    # indexes once its copy is done (`full_resync.indexes_after`).
+    # The bootstrap resync found staging empty: it builds its purge and TTL indexes once its
+    # copy is done (`full_resync.indexes_after`).
     wait_for(lambda: {"stagesync_key", "stagesync_tombstone_ttl"} <= set(index_specs(pipeline)),
              30, "the bootstrap's indexes", pipeline)
     indexes = index_specs(pipeline)
