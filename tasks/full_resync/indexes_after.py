@@ -14,8 +14,9 @@ measured faster on the test server (below); it would take holding the stream's a
 collection back for the load, which is not built.
 
 Measured at 20,000 documents, 2 ms, on SecantusDB (which rewrites every index entry on every
-insert): the resync 10.8 s before, 10.3 s with these two deferred; 9.1 s with the three lookup
-indexes but `_sync.pid` deferred as well.
+insert): the resync 10.8 s before, 9.6-10.3 s with these two deferred, 9.1-9.7 s with
+`_sync.key` and the business key deferred as well (bench/README, "A load builds its indexes
+after").
 
 The build runs where the copy ends (`tasks.resync._open_sweep`), before the resync moves on,
 so a resync is never done while its target lacks an index; a build interrupted by a worker's
