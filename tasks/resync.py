@@ -45,7 +45,6 @@ from stagesync.protocol.names import RESYNC, RESYNC_CHUNK, RESYNC_SWEEP
 from stagesync.protocol.routing import queues_of
 from stagesync.rules.id_ranges import type_bracket
 from stagesync.rules.identity import decode_id, encode_id
-from stagesync.rules.sync_meta import SYNC
 from stagesync.state.pii_state import reset_after_resync
 from stagesync.state.resync_progress import (
     BATCH,
@@ -108,6 +107,7 @@ from stagesync.tasks.full_resync.chunks import (
     ChunkRun,
     Outcome,
     copy_chunk,
+    may_hold_unsynced,
     sampled_share,
     stale_beyond_object_ids,
     sweep_chunk,
@@ -230,7 +230,7 @@ def _set_up(runtime: Runtime, collection: str, resync_id: str, record: dict[str,
     started_at_version = take_version(runtime.state_db, context.name)
     target = context.target.collection
     empty = target.find_one({}, {"_id": 1}) is None
-    unsynced = not empty and target.find_one({SYNC: {"$exists": False}}, {"_id": 1}) is not None
+    unsynced = not empty and may_hold_unsynced(target)
     inflight = max(runtime.settings.watcher.max_inflight_batches, len(queues_of(settings)))
     production = ProductionIds(context.production)
     estimate = production.estimated_count()

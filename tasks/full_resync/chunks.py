@@ -58,6 +58,7 @@ from functools import cached_property
 from typing import Any, Literal
 
 from pymongo.collection import Collection
+from pymongo.errors import ExecutionTimeout
 from stagesync.deployments.in_lists import in_lists
 from stagesync.deployments.staging import SIMPLE
 from stagesync.protocol.names import split_scope
@@ -151,6 +152,24 @@ class ChunkRun:
         if not checkpoint(state_db, self.chunk, self.owner, resume, docs, counts):
             return False
         add_progress(state_db, self.record["_id"], copied, counts)
+        return True
+
+
+# How long a resync's set-up looks for a never-synced staging document. No index holds "no
+# `_sync`", so a staging where every document is synced is read whole to prove it (on MongoDB a
+# collection scan, minutes at a hundred million documents, past a task's time limit). Past this
+# the resync assumes there may be some: every batch then reads staging (`EmptinessProbe`
+# "never"), as a copy that sweeps its spans does anyway.
+UNSYNCED_PROBE_MS = 5_000
+
+
+def may_hold_unsynced(target: Collection[Document]) -> bool:
+    """Whether staging may hold a document without `_sync` (one a sync may adopt by its
+    business key): False only when a bounded look found none."""
+    try:
+        return target.find_one({SYNC: {"$exists": False}}, {"_id": 1},
+                               max_time_ms=UNSYNCED_PROBE_MS) is not None
+    except ExecutionTimeout:
         return True
 
 
