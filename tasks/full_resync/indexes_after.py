@@ -36,12 +36,11 @@ from stagesync.tasks.runtime import Runtime
 log = logging.getLogger("stagesync.resync")
 
 
-def defer_indexes(runtime: Runtime, collection: str) -> list[str]:
-    """Drop the deferred indexes of a target about to be loaded; the names dropped."""
+def defer_indexes(runtime: Runtime, collection: str) -> None:
+    """Drop the deferred indexes of a target about to be loaded."""
     dropped = drop_deferred(runtime.context(collection).target.collection)
     log.info("resync loads before building indexes",
              extra={"collection": collection, "indexes": dropped})
-    return dropped
 
 
 def complete_indexes(runtime: Runtime, collection: str) -> None:
