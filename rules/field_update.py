@@ -25,10 +25,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 from stagesync.rules.merge import FieldRules
-from stagesync.rules.paths import Path, addressable, update_path
+from stagesync.rules.paths import Path, addressable, is_document, update_path
 
 Update = dict[str, Any] | list[dict[str, Any]]
 
@@ -51,25 +52,62 @@ def plan_field_update(
 
     `also_set` (the soft-delete flag, `_sync`) is written with it, by top-level-safe paths.
     """
-    owned_now = [path for path, _ in leaves]
-    before = [path for path in owned_before if rules.syncable(path)]
-    if not all(addressable(path) for path in [*owned_now, *before]):
+    shape = _shape_of(tuple(owned_before), tuple(path for path, _ in leaves), rules)
+    if shape.names is None:
         return None
-    if _operators_exact(before, leaves):
-        removed = set(before) - set(owned_now)
+    if shape.exact and not any(is_document(value) for _, value in leaves):
+        # An empty sub-document among the values (non-empty ones are walked into leaves)
+        # needs the pipeline: it keeps staging's content in it (`$cond`).
         update: dict[str, Any] = {
-            "$set": {**{update_path(p): v for p, v in leaves}, **also_set}
+            "$set": {**dict(zip(shape.names, [value for _, value in leaves], strict=True)),
+                     **also_set}
         }
-        if removed:
-            update["$unset"] = {update_path(p): "" for p in sorted(removed)}
+        if shape.removed:
+            update["$unset"] = dict.fromkeys(shape.removed, "")
         return FieldUpdate(update)
-    return FieldUpdate(_pipeline(before, leaves, also_set))
+    return FieldUpdate(_pipeline(shape.before, leaves, also_set))
 
 
-def _operators_exact(before: Sequence[Path], leaves: Sequence[tuple[Path, Any]]) -> bool:
-    now = [path for path, _ in leaves]
-    if any(isinstance(value, Mapping) for _, value in leaves):
-        return False  # an empty sub-document: keep staging's content in it (pipeline `$cond`)
+@dataclass(frozen=True)
+class _Shape:
+    """What the update between two shapes of a document (its owned paths before and now)
+    is, whatever the values: an update of a collection's documents mostly keeps their shape,
+    and deciding it again for each one was a third of planning an update (issue 31)."""
+
+    before: tuple[Path, ...]  # the paths owned before that the sync still writes
+    names: tuple[str, ...] | None  # the update paths of the leaves now; None: not addressable
+    exact: bool  # update operators give the exact result (unless a value is an empty document)
+    removed: tuple[str, ...]  # update paths owned before and not now, sorted
+
+
+def _shape_of(owned_before: tuple[Path, ...], owned_now: tuple[Path, ...],
+              rules: FieldRules) -> _Shape:
+    if len(owned_before) + len(owned_now) > _SHAPE_KEPT_MAX_PATHS:
+        return _shape(owned_before, owned_now, rules)
+    return _remembered_shape(owned_before, owned_now, rules)
+
+
+def _shape(owned_before: tuple[Path, ...], owned_now: tuple[Path, ...],
+           rules: FieldRules) -> _Shape:
+    before = tuple(path for path in owned_before if rules.syncable(path))
+    if not all(addressable(path) for path in [*owned_now, *before]):
+        return _Shape(before, None, False, ())
+    removed = sorted(set(before) - set(owned_now))
+    return _Shape(before, tuple(update_path(path) for path in owned_now),
+                  _operators_exact(before, owned_now),
+                  tuple(update_path(path) for path in removed))
+
+
+# Shapes remembered, and the most paths (before and now) one may have: documents whose field
+# names are data (a map keyed by ids) seldom repeat a shape, and would make the cache large.
+_SHAPES_KEPT = 512
+_SHAPE_KEPT_MAX_PATHS = 512
+_remembered_shape = lru_cache(maxsize=_SHAPES_KEPT)(_shape)
+
+
+def _operators_exact(before: Sequence[Path], now: Sequence[Path]) -> bool:
+    """Whether `$set`/`$unset` give the exact result, for values none of which is a
+    sub-document (the caller checks those)."""
     now_set, before_set = set(now), set(before)
     now_parents = _parents(now)
     for path in before_set ^ now_set:

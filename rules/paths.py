@@ -20,13 +20,13 @@ _MISSING = object()
 # Values that are never sub-documents: most leaves are one of these, and telling them apart
 # by type is far cheaper than `isinstance(value, Mapping)`, an ABC check (a planner walks
 # every leaf of every document of a batch).
-_PLAIN_TYPES = frozenset({str, int, float, bool, list, bytes, type(None), datetime})
+PLAIN_TYPES = frozenset({str, int, float, bool, list, bytes, type(None), datetime})
 
 
 def is_document(value: Any) -> bool:
     """Whether a value is a sub-document (any Mapping)."""
     kind = type(value)
-    return kind is dict or (kind not in _PLAIN_TYPES and isinstance(value, Mapping))
+    return kind is dict or (kind not in PLAIN_TYPES and isinstance(value, Mapping))
 
 
 def leaf_paths(document: Mapping[str, Any], prefix: Path = ()) -> Iterator[tuple[Path, Any]]:

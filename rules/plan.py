@@ -263,8 +263,7 @@ def _plan_write(state: PlanningRound, change: _Change, document: Mapping[str, An
     pid, key, rules = change.pid, change.key, state.rules
     assert key is not None
     # The leaves are walked once: content, owned paths and the update all come from them.
-    leaves = rules.fields.syncable_leaves(document)
-    content = content_of(leaves)
+    leaves, content = rules.fields.syncable_content(document)
     encoded = bson.encode(content)
     digest = content_digest(encoded)
     target_meta = _meta_of(change, target)

@@ -26,7 +26,7 @@ import zlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from functools import cached_property
+from functools import cached_property, lru_cache
 from typing import Any
 
 from bson import Binary
@@ -54,6 +54,11 @@ EXPIRE_AT_FIELD = f"{SYNC}.{EXPIRE_AT}"
 DEAD_LETTER_FIELD = f"{SYNC}.{DEAD_LETTER}"
 
 _SEPARATOR = "\x00"
+# Shapes of owned paths whose encoding is remembered (`encode_owned`), and the most leaves one
+# may have.
+_SHAPES_KEPT = 512
+_SHAPE_KEPT_MAX_LEAVES = 256
+_SHAPE_KEPT_MAX_BYTES = 4096  # compressed: a few hundred leaves
 
 
 @dataclass(frozen=True)
@@ -84,16 +89,44 @@ class SyncMeta:
 
 
 def encode_owned(paths: Iterable[Path]) -> Binary:
+    """`_sync.owned` of a document whose owned leaves are `paths`, in this order.
+
+    Remembered by the paths themselves: a collection's documents mostly share their shape, and
+    escaping, joining and compressing the same paths again was a quarter of the CPU of
+    planning a created copy (issue 31). Documents with very many leaves are not remembered:
+    those whose field names are data (a map keyed by ids) seldom repeat a shape, and would
+    make the remembered ones large."""
+    shape = tuple(paths)
+    if len(shape) > _SHAPE_KEPT_MAX_LEAVES:
+        return _compressed(shape)
+    return _compressed_shape(shape)
+
+
+def _compressed(paths: tuple[Path, ...]) -> Binary:
     # Each path behind its separator, so that a path with one empty field name differs from
     # no path at all.
     joined = "".join(_SEPARATOR + join_dotted(path) for path in paths)
     return Binary(zlib.compress(joined.encode(), 6))
 
 
+# Binary is immutable (a bytes subclass), so one value can serve every document of a shape.
+_compressed_shape = lru_cache(maxsize=_SHAPES_KEPT)(_compressed)
+
+
+def _decompressed(raw: bytes) -> tuple[Path, ...]:
+    text = zlib.decompress(raw).decode()
+    return tuple(split_dotted(p) for p in text.split(_SEPARATOR)[1:])
+
+
+_decompressed_shape = lru_cache(maxsize=_SHAPES_KEPT)(_decompressed)
+
+
 def decode_owned(raw: Any) -> tuple[Path, ...]:
     if isinstance(raw, bytes):  # Binary subtype 0 decodes as bytes
-        text = zlib.decompress(raw).decode()
-        return tuple(split_dotted(p) for p in text.split(_SEPARATOR)[1:])
+        if len(raw) > _SHAPE_KEPT_MAX_BYTES:
+            return _decompressed(bytes(raw))
+        # The copies of one shape store the same bytes (`encode_owned`).
+        return _decompressed_shape(bytes(raw))
     if isinstance(raw, list):  # the earlier format: one string per path
         return tuple(split_dotted(p) for p in raw if isinstance(p, str))
     return ()

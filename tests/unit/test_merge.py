@@ -29,6 +29,7 @@ from stagesync.rules.identity import (
 )
 from stagesync.rules.merge import (
     FieldRules,
+    content_of,
     merge_fields,
     owned_paths,
     production_content,
@@ -593,6 +594,26 @@ def with_fields(document: Mapping[str, Any], fields: Mapping[Path, Any]) -> dict
 def sorted_keys(document: Mapping[str, Any]) -> dict[str, Any]:
     return {k: sorted_keys(v) if isinstance(v, Mapping) else v
             for k, v in sorted(document.items())}
+
+
+@PROPERTY
+@given(documents)
+def test_syncable_content_is_the_leaves_and_the_content_they_make(
+    production: dict[str, Any],
+) -> None:
+    """The planner's one walk gives what the leaves and `content_of` give, field order and
+    BSON types included (a sub-document whose every leaf is staging's is left out)."""
+    leaves, content = RULES.syncable_content(production)
+    assert leaves == RULES.syncable_leaves(production)
+    assert bson.encode(content) == bson.encode(content_of(leaves))
+
+
+def test_syncable_content_leaves_out_what_staging_owns() -> None:
+    production = {"a": 1, "qa": {"flags": [1]}, "qaNotes": "x", "deleted": True, "_id": 7,
+                  "b": {"c": {}, "d": {"e": 2}}}
+    leaves, content = RULES.syncable_content(production)
+    assert content == {"a": 1, "b": {"c": {}, "d": {"e": 2}}}
+    assert [path for path, _ in leaves] == [("a",), ("b", "c"), ("b", "d", "e")]
 
 
 @PROPERTY

@@ -28,3 +28,13 @@ def test_ownership_of_many_small_fields_costs_a_fraction_of_the_document() -> No
     as_strings = [name for name in document]
     assert len(bson.encode({"owned": owned})) < len(bson.encode(document)) / 5
     assert len(bson.encode({"owned": owned})) < len(bson.encode({"owned": as_strings})) / 5
+
+
+def test_a_shape_encodes_the_same_each_time_and_large_ones_round_trip() -> None:
+    """`encode_owned` remembers shapes of up to a few hundred leaves; larger ones are encoded
+    each time, to the same format."""
+    shape = [("a",), ("b", "c.d")]
+    assert encode_owned(iter(shape)) == encode_owned(list(shape))
+    assert decode_owned(encode_owned(shape)) == tuple(shape)
+    large = [(f"m{i}", "x") for i in range(1000)]
+    assert decode_owned(encode_owned(large)) == tuple(large)
