@@ -20,7 +20,9 @@ from __future__ import annotations
 import copy
 import hashlib
 from collections.abc import Iterable, Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 import bson
@@ -131,19 +133,37 @@ def production_view(document: Mapping[str, Any], owned: Iterable[Path]) -> dict[
     An owned leaf that holds a sub-document in staging was an empty sub-document in production
     with staging's own fields put inside since: production's part of it is `{}`.
     """
-    wanted = set(owned)
-    prefixes = {path[:i] for path in wanted for i in range(1, len(path))}
+    wanted, prefixes = owned_sets(tuple(owned))
     return _view(document, (), wanted, prefixes)
 
 
-def _view(node: Mapping[str, Any], prefix: Path, wanted: set[Path], prefixes: set[Path]
-          ) -> dict[str, Any]:
+def owned_sets(owned: tuple[Path, ...]) -> tuple[frozenset[Path], frozenset[Path]]:
+    """The owned paths as a set, and the set of their proper prefixes (the sub-documents on
+    the way). Remembered per shape, as `_sync.owned` is decoded (`rules.sync_meta`): a
+    resync into a staging that already holds production asks for them for every copy."""
+    if len(owned) > _SHAPE_KEPT_MAX_PATHS:
+        return _owned_sets(owned)
+    return _remembered_owned_sets(owned)
+
+
+def _owned_sets(owned: tuple[Path, ...]) -> tuple[frozenset[Path], frozenset[Path]]:
+    return frozenset(owned), frozenset(path[:i] for path in owned for i in range(1, len(path)))
+
+
+# Owned-path shapes whose sets are remembered, and the most paths one may have.
+_SHAPES_KEPT = 512
+_SHAPE_KEPT_MAX_PATHS = 256
+_remembered_owned_sets = lru_cache(maxsize=_SHAPES_KEPT)(_owned_sets)
+
+
+def _view(node: Mapping[str, Any], prefix: Path, wanted: AbstractSet[Path],
+          prefixes: AbstractSet[Path]) -> dict[str, Any]:
     view: dict[str, Any] = {}
     for name, value in node.items():
         path = (*prefix, name)
         if path in wanted:
-            view[name] = {} if isinstance(value, Mapping) else value
-        elif path in prefixes and isinstance(value, Mapping):
+            view[name] = {} if is_document(value) else value
+        elif path in prefixes and is_document(value):
             inner = _view(value, path, wanted, prefixes)
             if inner:
                 view[name] = inner
@@ -156,18 +176,29 @@ def shared_parents(document: Mapping[str, Any], owned: Iterable[Path]) -> set[Pa
     Such a sub-document stays where staging put it: update operators leave an existing field
     in place, and a merge never removes one that still holds staging's content.
     """
-    wanted = set(owned)
-    prefixes = {path[:i] for path in wanted for i in range(1, len(path))}
-    known = wanted | prefixes
+    wanted, prefixes = owned_sets(tuple(owned))
     shared: set[Path] = set()
-    for parent in known:
-        node = get_path(document, parent)
-        if not isinstance(node, Mapping) or not node:
-            continue
-        if parent in wanted or any((*parent, name) not in known for name in node):
-            shared.add(parent)
+    _find_shared(document, (), wanted, prefixes, shared)
     # A sub-document around a shared one cannot move either.
     return shared | {path[:i] for path in shared for i in range(1, len(path))}
+
+
+def _find_shared(node: Mapping[str, Any], prefix: Path, wanted: AbstractSet[Path],
+                 prefixes: AbstractSet[Path], shared: set[Path]) -> None:
+    """Walks the owned paths and the sub-documents on their way, nothing else: an owned leaf
+    that holds a non-empty sub-document, or a sub-document on the way with a field of
+    staging's own, is shared."""
+    for name, value in node.items():
+        path = (*prefix, name)
+        if not is_document(value) or not value:
+            continue
+        if path in wanted:
+            shared.add(path)
+        elif path in prefixes:
+            if any((*path, child) not in wanted and (*path, child) not in prefixes
+                   for child in value):
+                shared.add(path)
+            _find_shared(value, path, wanted, prefixes, shared)
 
 
 def shared_last(view: Mapping[str, Any], shared: set[Path], prefix: Path = ()) -> dict[str, Any]:

@@ -267,7 +267,8 @@ def _plan_write(state: PlanningRound, change: _Change, document: Mapping[str, An
     encoded = bson.encode(content)
     digest = content_digest(encoded)
     target_meta = _meta_of(change, target)
-    if target is not None and _unchanged(state, change, target, target_meta, content, digest):
+    if target is not None and _unchanged(state, change, target, target_meta, content, encoded,
+                                         digest):
         # Decided before the rest is built: a copy that already holds production's content
         # (often, in a burst on hot documents) costs neither its owned paths nor a size check.
         _claim(state, change, version_only(pid, target, target_meta, state.version,
@@ -392,7 +393,7 @@ def _release_stale_claim(state: PlanningRound, change: _Change) -> None:
 
 
 def _unchanged(state: PlanningRound, change: _Change, target: Mapping[str, Any],
-               meta: SyncMeta, content: Mapping[str, Any], digest: str) -> bool:
+               meta: SyncMeta, content: Mapping[str, Any], encoded: bytes, digest: str) -> bool:
     """Whether staging already holds exactly this production content, live, under this key.
 
     Read in full, the content itself is compared (a resync repairs drift made by hand);
@@ -406,6 +407,8 @@ def _unchanged(state: PlanningRound, change: _Change, target: Mapping[str, Any],
         # Where a sub-document holding staging's own fields stands is staging's (see
         # `shared_last`), so it is compared out of production's order.
         shared = shared_parents(target, meta.owned)
-        return bson.encode(shared_last(production_view(target, meta.owned), shared)) == \
-            bson.encode(shared_last(content, shared))
+        view = production_view(target, meta.owned)
+        if not shared:  # nearly always: production's order is the order to compare in
+            return bson.encode(view) == encoded
+        return bson.encode(shared_last(view, shared)) == bson.encode(shared_last(content, shared))
     return meta.fingerprint == digest

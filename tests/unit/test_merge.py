@@ -652,6 +652,27 @@ def test_merging_a_then_b_equals_b_and_keeps_staging_fields(
 
 
 @PROPERTY
+@given(documents, staging_entries)
+def test_shared_parents_are_the_sub_documents_holding_fields_of_both(
+    production: dict[str, Any], entries: list[tuple[Path, str, Any]]
+) -> None:
+    """The walk finds what the definition says, asked of every owned path and every
+    sub-document on the way: an owned leaf holding a non-empty sub-document, or a sub-document
+    on the way holding a field that is neither (and every sub-document around those)."""
+    body, owned = merge_fields(with_fields({}, staging_only_fields(entries, production)),
+                               production, set(), RULES)
+    wanted = set(owned)
+    on_the_way = {path[:i] for path in wanted for i in range(1, len(path))}
+    defined: set[Path] = set()
+    for path in wanted | on_the_way:
+        node = get_path(body, path)
+        if isinstance(node, Mapping) and node and (path in wanted or any(
+                (*path, name) not in wanted | on_the_way for name in node)):
+            defined |= {path[:i] for i in range(1, len(path) + 1)}
+    assert shared_parents(body, owned) == defined
+
+
+@PROPERTY
 @given(documents, documents, staging_entries)
 def test_merge_result_does_not_depend_on_history(
     first: dict[str, Any], second: dict[str, Any], entries: list[tuple[Path, str, Any]]
