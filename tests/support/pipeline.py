@@ -211,12 +211,24 @@ class Pipeline:
                  timeout, f"watcher streaming {name}", self)
 
     def wait_bootstrapped(self, timeout: float = 60.0) -> None:
-        """The watcher streams and its bootstrap resync is done: from here on, a change
-        reaches staging through the stream only (a running copy could read it too)."""
-        self.wait_streaming()
-        wait_for(lambda: self.state()[RESYNCS].find_one(
-            {"kind": {"$eq": "resync"}, "state": {"$eq": "done"}}), timeout,
-            "bootstrap resync done", self)
+        """The watcher streams every collection and each one's bootstrap resync is done: from
+        here on, a change reaches staging through the stream only (a running copy could read
+        it too). Every collection's, not the first done: the `users` bootstrap, still running
+        after the `orders` one was done, publishes applies of the orders that follow the users
+        it copies (`ReferenceResolver._followers_again`), and those fan out to an environment
+        created meanwhile; its orders copy then found its target written and went by `_id`
+        ranges where one by parents was due (seen once in CI, under load)."""
+        for index in range(len(self.collections)):
+            self.wait_streaming(index=index)
+
+        def bootstrapped() -> bool:
+            resyncs = self.state()[RESYNCS]
+            return all(resyncs.find_one({"kind": {"$eq": "resync"},
+                                         "collection": {"$eq": collection["name"]},
+                                         "state": {"$eq": "done"}})
+                       for collection in self.collections)
+
+        wait_for(bootstrapped, timeout, "every bootstrap resync done", self)
 
 
 def wait_for(check: Callable[[], T], timeout: float, what: str,
