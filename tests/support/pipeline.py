@@ -216,8 +216,9 @@ class Pipeline:
         it too). Every collection's, not the first done: the `users` bootstrap, still running
         after the `orders` one was done, publishes applies of the orders that follow the users
         it copies (`ReferenceResolver._followers_again`), and those fan out to an environment
-        created meanwhile; its orders copy then found its target written and went by `_id`
-        ranges where one by parents was due (seen once in CI, under load)."""
+        created meanwhile, whose orders copy then finds its target written and goes by `_id`
+        ranges where one by parents is due: the likely cause of one failure in CI, under
+        load (read from the code; its logs were gone)."""
         for index in range(len(self.collections)):
             self.wait_streaming(index=index)
 
